@@ -1,0 +1,244 @@
+//! Incremental frame decoding.
+//!
+//! Input arrives in chunks of any size. A frame that lies whole inside the chunk is
+//! handed out as a slice of that chunk (no copy); only a frame split across chunks is
+//! assembled in the decoder's buffer, which the caller provides and which must hold the
+//! largest frame the decoder accepts.
+
+use super::{FrameError, HEADER_LEN};
+
+/// What one [`FrameDecoder::decode`] call did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// Bytes of the input taken; feed the rest (`&input[consumed..]`) in the next call.
+    pub consumed: usize,
+    /// A complete frame's payload, if one was finished.
+    pub frame: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Collecting the length prefix; `have` bytes of it are in `header`.
+    Header {
+        header: [u8; HEADER_LEN],
+        have: u8,
+    },
+    /// Collecting a body of `len` bytes; `have` of them are in the buffer.
+    Body {
+        len: usize,
+        have: usize,
+    },
+    Failed,
+}
+
+const START: State = State::Header {
+    header: [0; HEADER_LEN],
+    have: 0,
+};
+
+/// Incremental decoder of length-prefixed frames with a fixed limit.
+#[derive(Debug)]
+pub struct FrameDecoder<B> {
+    buf: B,
+    max: u32,
+    state: State,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
+    /// A decoder that accepts frames of at most `max` payload bytes, assembling split
+    /// frames in `buf` (at least `max` bytes long).
+    pub fn new(buf: B, max: u32) -> Result<Self, FrameError> {
+        let available = buf.as_ref().len();
+        if available < max as usize {
+            return Err(FrameError::BufferTooSmall {
+                needed: max as usize,
+                available,
+            });
+        }
+        Ok(Self {
+            buf,
+            max,
+            state: START,
+        })
+    }
+
+    /// The largest payload this decoder accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.max
+    }
+
+    /// Bytes of an unfinished frame held (prefix and body).
+    pub fn buffered(&self) -> usize {
+        match self.state {
+            State::Header { have, .. } => have as usize,
+            State::Body { have, .. } => HEADER_LEN + have,
+            State::Failed => 0,
+        }
+    }
+
+    /// True after an error: the stream is out of step and must be closed.
+    pub fn is_failed(&self) -> bool {
+        self.state == State::Failed
+    }
+
+    /// Takes bytes from `input` until one frame is complete or the input is used up.
+    ///
+    /// Call again with the rest of the input while `consumed < input.len()`.
+    pub fn decode<'a>(&'a mut self, input: &'a [u8]) -> Result<Progress<'a>, FrameError> {
+        let mut consumed = 0;
+        loop {
+            match self.state {
+                State::Failed => return Err(FrameError::Failed),
+                State::Header { mut header, have } => {
+                    let have = have as usize;
+                    let rest = &input[consumed..];
+                    // Fast path: a whole frame inside the input is lent out without a copy.
+                    if have == 0 && rest.len() >= HEADER_LEN {
+                        let len = self.check_len(be_u32(&rest[..HEADER_LEN]))?;
+                        if let Some(frame) = rest.get(HEADER_LEN..HEADER_LEN + len) {
+                            return Ok(Progress {
+                                consumed: consumed + HEADER_LEN + len,
+                                frame: Some(frame),
+                            });
+                        }
+                    }
+                    let take = (HEADER_LEN - have).min(rest.len());
+                    header[have..have + take].copy_from_slice(&rest[..take]);
+                    consumed += take;
+                    let have = have + take;
+                    if have < HEADER_LEN {
+                        self.state = State::Header {
+                            header,
+                            have: have as u8,
+                        };
+                        return Ok(Progress {
+                            consumed,
+                            frame: None,
+                        });
+                    }
+                    let len = self.check_len(u32::from_be_bytes(header))?;
+                    self.state = State::Body { len, have: 0 };
+                }
+                State::Body { len, have } => {
+                    let rest = &input[consumed..];
+                    let take = (len - have).min(rest.len());
+                    self.buf.as_mut()[have..have + take].copy_from_slice(&rest[..take]);
+                    consumed += take;
+                    let have = have + take;
+                    if have < len {
+                        self.state = State::Body { len, have };
+                        return Ok(Progress {
+                            consumed,
+                            frame: None,
+                        });
+                    }
+                    self.state = START;
+                    return Ok(Progress {
+                        consumed,
+                        frame: Some(&self.buf.as_ref()[..len]),
+                    });
+                }
+            }
+        }
+    }
+
+    fn check_len(&mut self, len: u32) -> Result<usize, FrameError> {
+        if len > self.max {
+            self.state = State::Failed;
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        Ok(len as usize)
+    }
+}
+
+fn be_u32(bytes: &[u8]) -> u32 {
+    let mut b = [0; HEADER_LEN];
+    b.copy_from_slice(bytes);
+    u32::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{DEFAULT_MAX_FRAME, encode_frame};
+    use std::vec::Vec;
+
+    #[test]
+    fn whole_frame_is_lent_from_input() {
+        let mut out = [0u8; 16];
+        let n = encode_frame(b"hello", DEFAULT_MAX_FRAME, &mut out).unwrap();
+        let mut dec = FrameDecoder::new([0u8; 8], 8).unwrap();
+        let p = dec.decode(&out[..n]).unwrap();
+        assert_eq!(
+            p,
+            Progress {
+                consumed: n,
+                frame: Some(&b"hello"[..])
+            }
+        );
+        assert_eq!(p.frame.unwrap().as_ptr(), out[4..].as_ptr());
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let mut out = [0u8; 16];
+        let n = encode_frame(b"abc", 64, &mut out).unwrap();
+        let mut dec = FrameDecoder::new([0u8; 64], 64).unwrap();
+        for i in 0..n - 1 {
+            let p = dec.decode(&out[i..i + 1]).unwrap();
+            assert_eq!(
+                p,
+                Progress {
+                    consumed: 1,
+                    frame: None
+                }
+            );
+        }
+        let p = dec.decode(&out[n - 1..n]).unwrap();
+        assert_eq!(p.frame, Some(&b"abc"[..]));
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn oversize_prefix_rejected_before_body() {
+        let mut dec = FrameDecoder::new([0u8; 16], 16).unwrap();
+        let mut input = Vec::from(17u32.to_be_bytes());
+        input.extend_from_slice(&[0xAA; 17]);
+        // Prefix split: the first half is accepted, the second half fails.
+        assert_eq!(dec.decode(&input[..2]).unwrap().consumed, 2);
+        assert_eq!(
+            dec.decode(&input[2..]),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        );
+        assert_eq!(dec.buffered(), 0);
+        assert!(dec.is_failed());
+        assert_eq!(dec.decode(&input[4..]), Err(FrameError::Failed));
+    }
+
+    #[test]
+    fn buffer_must_hold_the_limit() {
+        assert_eq!(
+            FrameDecoder::new([0u8; 8], 9).unwrap_err(),
+            FrameError::BufferTooSmall {
+                needed: 9,
+                available: 8
+            }
+        );
+    }
+
+    #[test]
+    fn encoder_refuses_above_peer_limit() {
+        let mut out = [0u8; 64];
+        assert_eq!(
+            encode_frame(&[0; 33], 32, &mut out),
+            Err(FrameError::TooLarge { len: 33, max: 32 })
+        );
+        assert_eq!(
+            encode_frame(&[0; 10], 32, &mut out[..8]),
+            Err(FrameError::BufferTooSmall {
+                needed: 14,
+                available: 8
+            })
+        );
+    }
+}

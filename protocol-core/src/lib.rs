@@ -1,0 +1,19 @@
+//! Tern's protocol core: the node protocol as sans-IO state machines.
+//!
+//! Nothing here touches a socket, a clock or an allocator. Adapters feed bytes and the
+//! current time in and carry out what the state machines ask for. This layer holds:
+//!
+//! - [`frame`]: length-prefixed framing with the frame limit checked on the prefix;
+//! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation.
+//!
+//! The byte-level specification is in `WIRE.md` next to this crate's manifest.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod frame;
+pub mod wire;

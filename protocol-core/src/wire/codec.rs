@@ -1,0 +1,184 @@
+//! Message encoding into caller buffers and zero-copy decoding out of frames.
+
+use super::messages::{Body, ErrorCode, Message};
+use crate::frame::{FrameError, HEADER_LEN, encode_frame_with};
+
+/// Why a frame's payload is not a message of this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A message tag this version does not know (a newer peer, or garbage).
+    UnknownKind { tag: u32 },
+    /// A stream body tag this version does not know.
+    UnknownBody { tag: u32 },
+    /// The payload does not decode as the message its tag names.
+    Malformed { reason: &'static str },
+    /// The message decoded but bytes were left over.
+    TrailingBytes { extra: usize },
+}
+
+impl DecodeError {
+    /// The error code to send back before closing.
+    pub fn code(&self) -> ErrorCode {
+        match *self {
+            DecodeError::UnknownKind { tag } | DecodeError::UnknownBody { tag } => {
+                ErrorCode::UnknownMessage { tag }
+            }
+            DecodeError::Malformed { .. } | DecodeError::TrailingBytes { .. } => {
+                ErrorCode::Malformed
+            }
+        }
+    }
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::UnknownKind { tag } => write!(f, "unknown message kind {tag}"),
+            DecodeError::UnknownBody { tag } => write!(f, "unknown stream body kind {tag}"),
+            DecodeError::Malformed { reason } => write!(f, "malformed message: {reason}"),
+            DecodeError::TrailingBytes { extra } => {
+                write!(f, "malformed message: {extra} trailing bytes")
+            }
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The encoded message is larger than the frame limit the peer announced.
+    TooLarge { max: u32 },
+    /// The caller's buffer is too small for the message.
+    BufferTooSmall { available: usize },
+    /// A value postcard cannot encode.
+    Unencodable,
+}
+
+impl From<FrameError> for EncodeError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { max, .. } => EncodeError::TooLarge { max },
+            FrameError::BufferTooSmall { available, .. } => {
+                EncodeError::BufferTooSmall { available }
+            }
+            FrameError::Failed => EncodeError::Unencodable,
+        }
+    }
+}
+
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EncodeError::TooLarge { max } => {
+                write!(f, "message exceeds the peer's frame limit of {max} bytes")
+            }
+            EncodeError::BufferTooSmall { available } => {
+                write!(f, "message does not fit the {available}-byte buffer")
+            }
+            EncodeError::Unencodable => f.write_str("message cannot be encoded"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Encodes `msg` as one frame into `out`, refusing anything above `peer_max`.
+/// Returns the bytes written (prefix included).
+pub fn encode_message(
+    msg: &Message<'_>,
+    peer_max: u32,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let room = out.len().saturating_sub(HEADER_LEN);
+    encode_frame_with(peer_max, out, |body| {
+        let limited_by_peer = (peer_max as usize) < room;
+        encode_into(msg, body).map_err(|e| match e {
+            EncodeError::BufferTooSmall { .. } if limited_by_peer => {
+                EncodeError::TooLarge { max: peer_max }
+            }
+            EncodeError::BufferTooSmall { .. } => EncodeError::BufferTooSmall {
+                available: room + HEADER_LEN,
+            },
+            other => other,
+        })
+    })
+}
+
+/// Encodes `msg` without a frame prefix (for journals and replay buffers).
+pub fn encode_payload(msg: &Message<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
+    encode_into(msg, out)
+}
+
+fn encode_into(msg: &Message<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
+    let available = out.len();
+    match postcard::to_slice(msg, out) {
+        Ok(written) => Ok(written.len()),
+        Err(postcard::Error::SerializeBufferFull) => Err(EncodeError::BufferTooSmall { available }),
+        Err(_) => Err(EncodeError::Unencodable),
+    }
+}
+
+/// Decodes one frame's payload. Strings and byte payloads borrow from `payload`.
+pub fn decode_message(payload: &[u8]) -> Result<Message<'_>, DecodeError> {
+    let (tag, after_tag) = read_varint(payload)?;
+    if tag >= u64::from(Message::KINDS) {
+        return Err(DecodeError::UnknownKind { tag: clamp(tag) });
+    }
+    if tag == DATA_TAG {
+        // Data = seq, ack, body tag: name an unknown body precisely.
+        let (_, after_seq) = read_varint(&payload[after_tag..])?;
+        let rest = &payload[after_tag + after_seq..];
+        let (_, after_ack) = read_varint(rest)?;
+        let (body, _) = read_varint(&rest[after_ack..])?;
+        if body >= u64::from(Body::KINDS) {
+            return Err(DecodeError::UnknownBody { tag: clamp(body) });
+        }
+    }
+    match postcard::take_from_bytes::<Message<'_>>(payload) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(DecodeError::TrailingBytes { extra: rest.len() }),
+        Err(e) => Err(DecodeError::Malformed {
+            reason: postcard_reason(e),
+        }),
+    }
+}
+
+const DATA_TAG: u64 = 2;
+
+fn clamp(tag: u64) -> u32 {
+    u32::try_from(tag).unwrap_or(u32::MAX)
+}
+
+/// Reads a postcard (LEB128) varint; returns it and the bytes it took.
+fn read_varint(bytes: &[u8]) -> Result<(u64, usize), DecodeError> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    Err(DecodeError::Malformed {
+        reason: if bytes.is_empty() {
+            "empty payload"
+        } else {
+            "bad varint"
+        },
+    })
+}
+
+fn postcard_reason(e: postcard::Error) -> &'static str {
+    use postcard::Error as E;
+    match e {
+        E::DeserializeUnexpectedEnd => "truncated",
+        E::DeserializeBadVarint => "bad varint",
+        E::DeserializeBadBool => "bad bool",
+        E::DeserializeBadChar | E::DeserializeBadUtf8 => "invalid utf-8",
+        E::DeserializeBadOption => "bad option tag",
+        E::DeserializeBadEnum => "unknown enum variant",
+        E::DeserializeBadEncoding => "bad encoding",
+        _ => "does not decode",
+    }
+}

@@ -1,0 +1,12 @@
+//! The node protocol's messages, their encoding, and version negotiation.
+//!
+//! One frame carries one [`Message`], postcard-encoded. Decoding borrows strings and
+//! byte payloads from the frame, so a microcontroller decodes without allocating.
+
+mod codec;
+mod messages;
+mod version;
+
+pub use codec::{DecodeError, EncodeError, decode_message, encode_message, encode_payload};
+pub use messages::*;
+pub use version::{PROTOCOL_VERSIONS, VersionMismatch, VersionRange, negotiate};
