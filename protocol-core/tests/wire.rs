@@ -1,6 +1,6 @@
 //! Properties of framing and message encoding.
+#![allow(clippy::unwrap_used)]
 
-use heapless::Vec as HVec;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use protocol_core::frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, HEADER_LEN, encode_frame};
@@ -131,18 +131,20 @@ fn borrow(o: &Owned) -> Message<'_> {
         }),
         Owned::HelloAck(a) => Message::HelloAck(*a),
         Owned::Register(s, a, caps) => {
-            let mut capabilities = HVec::new();
-            for (name, version, input, output, needs_approval) in caps {
-                capabilities
-                    .push(CapabilityDescriptor {
+            let list: std::vec::Vec<_> = caps
+                .iter()
+                .map(
+                    |(name, version, input, output, needs_approval)| CapabilityDescriptor {
                         name,
                         version: *version,
                         input,
                         output,
                         needs_approval: *needs_approval,
-                    })
-                    .unwrap();
-            }
+                    },
+                )
+                .collect();
+            // Test-only: the message borrows the list for the rest of the test.
+            let capabilities = Capabilities::new(list.leak()).unwrap();
             data(*s, *a, Body::Register(Register { capabilities }))
         }
         Owned::Call(s, a, call_id, cap, t, ct, d) => data(
@@ -422,6 +424,66 @@ fn tags_are_stable() {
     });
     let n = encode_payload(&ev, &mut buf).unwrap();
     assert_eq!(&buf[..n], &[2, 1, 0, 5, 2, b'u', b'p', 1, b't', 1, 9]);
+}
+
+#[test]
+fn capability_list_is_bounded_and_decodes_lazily() {
+    let caps: std::vec::Vec<_> = (0..=MAX_CAPABILITIES as u32)
+        .map(|version| CapabilityDescriptor {
+            name: "echo",
+            version,
+            input: "application/json",
+            output: "application/json",
+            needs_approval: false,
+        })
+        .collect();
+    assert_eq!(
+        Capabilities::new(&caps).unwrap_err(),
+        TooManyCapabilities {
+            count: MAX_CAPABILITIES + 1
+        }
+    );
+    let ok = Capabilities::new(&caps[..3]).unwrap();
+    let msg = Message::Data(Data {
+        seq: 1,
+        ack: 0,
+        body: Body::Register(Register { capabilities: ok }),
+    });
+    let mut buf = [0u8; 512];
+    let n = encode_payload(&msg, &mut buf).unwrap();
+    let Message::Data(Data {
+        body: Body::Register(r),
+        ..
+    }) = decode_message(&buf[..n]).unwrap()
+    else {
+        panic!("not a register")
+    };
+    assert_eq!(r.capabilities.len(), 3);
+    assert_eq!(
+        r.capabilities
+            .iter()
+            .map(|c| c.version)
+            .collect::<std::vec::Vec<_>>(),
+        [0, 1, 2]
+    );
+    // A message stays small: the list is a slice of the frame, not an inline array.
+    assert!(
+        core::mem::size_of::<Message<'_>>() <= 160,
+        "{}",
+        core::mem::size_of::<Message<'_>>()
+    );
+
+    // A list with one descriptor too many is refused when decoded, not when iterated.
+    let mut wire = std::vec::Vec::new();
+    for c in &caps {
+        wire.extend(postcard::to_allocvec(c).unwrap());
+    }
+    let mut payload = vec![2, 1, 0, 0]; // Data, seq 1, ack 0, Register
+    payload.extend(postcard::to_allocvec(&serde_bytes::Bytes::new(&wire)).unwrap());
+    assert!(matches!(
+        decode_message(&payload),
+        Err(DecodeError::Malformed { .. })
+    ));
 }
 
 #[test]

@@ -179,6 +179,7 @@ fn postcard_reason(e: postcard::Error) -> &'static str {
         E::DeserializeBadOption => "bad option tag",
         E::DeserializeBadEnum => "unknown enum variant",
         E::DeserializeBadEncoding => "bad encoding",
+        E::SerdeDeCustom => "invalid field value",
         _ => "does not decode",
     }
 }

@@ -3,9 +3,9 @@
 //! The order of variants in every enum here *is* the wire tag (postcard encodes the
 //! variant index as a varint). Variants are only ever appended; see `WIRE.md`.
 
-use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
+use super::capabilities::Capabilities;
 use super::version::VersionRange;
 
 /// Position in one direction of a session's ordered stream. The first message is 1;
@@ -15,9 +15,6 @@ pub type Seq = u64;
 pub type CallId = u64;
 /// Names a session across reconnects.
 pub type SessionId = [u8; 16];
-
-/// Most capabilities a node announces in one [`Register`].
-pub const MAX_CAPABILITIES: usize = 32;
 
 /// One frame's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,10 +171,10 @@ pub struct CapabilityDescriptor<'a> {
     pub needs_approval: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register<'a> {
     #[serde(borrow)]
-    pub capabilities: Vec<CapabilityDescriptor<'a>, MAX_CAPABILITIES>,
+    pub capabilities: Capabilities<'a>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,10 +3,12 @@
 //! One frame carries one [`Message`], postcard-encoded. Decoding borrows strings and
 //! byte payloads from the frame, so a microcontroller decodes without allocating.
 
+mod capabilities;
 mod codec;
 mod messages;
 mod version;
 
+pub use capabilities::{Capabilities, CapabilityIter, MAX_CAPABILITIES, TooManyCapabilities};
 pub use codec::{DecodeError, EncodeError, decode_message, encode_message, encode_payload};
 pub use messages::*;
 pub use version::{PROTOCOL_VERSIONS, VersionMismatch, VersionRange, negotiate};
