@@ -17,3 +17,4 @@ extern crate std;
 
 pub mod frame;
 pub mod wire;
+pub mod pairing;
