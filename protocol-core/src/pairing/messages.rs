@@ -119,6 +119,28 @@ pub struct Issued<'a> {
     pub server_fingerprint: [u8; 32],
 }
 
+/// An owned copy of [`Issued`], for hosts with an allocator.
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedIssued {
+    pub device_id: alloc::string::String,
+    pub client_cert: alloc::vec::Vec<u8>,
+    pub ca_cert: alloc::vec::Vec<u8>,
+    pub server_fingerprint: [u8; 32],
+}
+
+#[cfg(feature = "alloc")]
+impl Issued<'_> {
+    pub fn to_owned(&self) -> OwnedIssued {
+        OwnedIssued {
+            device_id: self.device_id.into(),
+            client_cert: self.client_cert.into(),
+            ca_cert: self.ca_cert.into(),
+            server_fingerprint: self.server_fingerprint,
+        }
+    }
+}
+
 /// Encodes `msg` as one frame into `out`, refusing anything above `peer_max`.
 pub fn encode_pairing(
     msg: &PairingMessage<'_>,

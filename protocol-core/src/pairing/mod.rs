@@ -41,6 +41,8 @@ pub use messages::{
     Abort, Answer, Challenge, Confirm, Issued, PAIRING_MAX_FRAME, PAIRING_VERSION, PairingMessage,
     Sealed, Start, decode_answer, decode_pairing, encode_answer, encode_pairing,
 };
+#[cfg(feature = "alloc")]
+pub use messages::OwnedIssued;
 pub use node::{NodeConfig, NodeOutput, NodePairing, Paired};
 pub use seal::{SealKeys, TAG_LEN};
 
