@@ -12,9 +12,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use protocol_core::pairing::{
-    Approval, ApprovalError, ApprovalState, CodeLifetime, CodeWindow, DaemonOutput,
-    DaemonPairing, Issued, LimitError, MAX_CODE_ID, PairingCode, PairingError, PairingUri,
-    RecordBytes, TokenBucket,
+    Approval, ApprovalError, ApprovalState, CodeLifetime, CodeWindow, DaemonOutput, DaemonPairing,
+    Issued, LimitError, MAX_CODE_ID, PairingCode, PairingError, PairingUri, RecordBytes,
+    TokenBucket,
 };
 use protocol_core::wire::EncodeError;
 use serde::{Deserialize, Serialize};
@@ -103,7 +103,9 @@ pub enum ServiceOutput {
     /// A certificate was issued (it is on its way to the node).
     Issued(ClientCertificate),
     /// The node waits for an operator; call `drive` again after a decision.
-    AwaitingApproval { code_id: u16 },
+    AwaitingApproval {
+        code_id: u16,
+    },
     /// The node has its certificate.
     Completed,
     Failed(PairingError),

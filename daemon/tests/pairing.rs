@@ -1,5 +1,6 @@
 //! Node state machine <-> daemon state machine + pairing service + the real CA, in
 //! memory, with a relay in between that may read, change or replace frames.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use daemon::pairing::{PairingRecord, PairingService, PairingSettings, ServiceOut
 use protocol_core::frame::FrameDecoder;
 use protocol_core::pairing::{
     ApprovalState, Challenge, Confirm, DaemonConfig, DaemonPairing, Input, MAX_FAILED_ATTEMPTS,
-    NodeConfig, NodeOutput, NodePairing, OwnedIssued, PAIRING_MAX_FRAME, PAKE_CONTEXT,
-    PairingCode, PairingError, PairingMessage, PairingUri, Sealed, Start, VERIFIER_ID,
-    decode_pairing, encode_pairing,
+    NodeConfig, NodeOutput, NodePairing, OwnedIssued, PAIRING_MAX_FRAME, PAKE_CONTEXT, PairingCode,
+    PairingError, PairingMessage, PairingUri, Sealed, Start, VERIFIER_ID, decode_pairing,
+    encode_pairing,
 };
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 use spake2plus::rand_core::SeedableRng;
@@ -46,9 +47,12 @@ impl World {
     fn new(settings: PairingSettings) -> Self {
         let mut rng = ChaCha20Rng::from_seed([42; 32]);
         let ca = Arc::new(
-            CertificateAuthority::create("tern CA", T0, IssuancePolicy::default(), &mut rng).unwrap(),
+            CertificateAuthority::create("tern CA", T0, IssuancePolicy::default(), &mut rng)
+                .unwrap(),
         );
-        let server = ca.issue_server(&["ternd.test".into()], T0, &mut rng).unwrap();
+        let server = ca
+            .issue_server(&["ternd.test".into()], T0, &mut rng)
+            .unwrap();
         let service = PairingService::new(ca.clone(), server.fingerprint, settings, T0).unwrap();
         Self {
             rng,
@@ -83,7 +87,8 @@ fn node_key() -> NodeKey {
 
 /// Strips the frame prefix with the real decoder.
 fn unframe(bytes: &[u8]) -> Vec<u8> {
-    let mut dec = FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME).unwrap();
+    let mut dec =
+        FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME).unwrap();
     let p = dec.decode(bytes).unwrap();
     assert_eq!(p.consumed, bytes.len());
     p.frame.unwrap().to_vec()
@@ -111,7 +116,9 @@ fn run(
         let mut moved = false;
         loop {
             match node.poll_output(w.now, &mut out).unwrap() {
-                NodeOutput::Transmit(n) => to_daemon.push_back(relay(Dir::ToDaemon, unframe(&out[..n]))),
+                NodeOutput::Transmit(n) => {
+                    to_daemon.push_back(relay(Dir::ToDaemon, unframe(&out[..n])))
+                }
                 NodeOutput::AwaitingApproval => outcome.node.push(NodeEvent::AwaitingApproval),
                 NodeOutput::Paired(p) => outcome.node.push(NodeEvent::Paired(p.to_owned())),
                 NodeOutput::Failed(e) => outcome.node.push(NodeEvent::Failed(e)),
@@ -120,7 +127,9 @@ fn run(
         }
         loop {
             match w.service.drive(w.now, conn, &mut out, &mut w.rng).unwrap() {
-                ServiceOutput::Transmit(n) => to_node.push_back(relay(Dir::ToNode, unframe(&out[..n]))),
+                ServiceOutput::Transmit(n) => {
+                    to_node.push_back(relay(Dir::ToNode, unframe(&out[..n])))
+                }
                 ServiceOutput::Timeout(_) | ServiceOutput::Done => break,
                 other => outcome.daemon.push(other),
             }
@@ -150,14 +159,31 @@ fn new_node<'c>(
     csr: &'c [u8],
     config: NodeConfig,
 ) -> NodePairing<'c, Vec<u8>> {
-    NodePairing::new(w.now, code, csr, vec![0u8; PAIRING_MAX_FRAME as usize], config, &mut w.rng).unwrap()
+    NodePairing::new(
+        w.now,
+        code,
+        csr,
+        vec![0u8; PAIRING_MAX_FRAME as usize],
+        config,
+        &mut w.rng,
+    )
+    .unwrap()
 }
 
 fn new_conn(w: &World) -> DaemonPairing<Vec<u8>> {
-    DaemonPairing::new(w.now, vec![0u8; 2 * PAIRING_MAX_FRAME as usize], DaemonConfig::default()).unwrap()
+    DaemonPairing::new(
+        w.now,
+        vec![0u8; 2 * PAIRING_MAX_FRAME as usize],
+        DaemonConfig::default(),
+    )
+    .unwrap()
 }
 
-fn attempt(w: &mut World, code: &PairingCode, relay: &mut dyn FnMut(Dir, Vec<u8>) -> Vec<u8>) -> Outcome {
+fn attempt(
+    w: &mut World,
+    code: &PairingCode,
+    relay: &mut dyn FnMut(Dir, Vec<u8>) -> Vec<u8>,
+) -> Outcome {
     let key = node_key();
     let mut node = new_node(w, code, &key.csr, NodeConfig::default());
     let mut conn = new_conn(w);
@@ -195,7 +221,14 @@ fn full_pairing_ends_with_a_certificate_for_the_nodes_own_key() {
     let [NodeEvent::Paired(paired)] = &outcome.node[..] else {
         panic!("node: {:?}", outcome.node);
     };
-    assert!(matches!(&outcome.daemon[..], [ServiceOutput::Issued(_), ServiceOutput::Completed]), "{:?}", outcome.daemon);
+    assert!(
+        matches!(
+            &outcome.daemon[..],
+            [ServiceOutput::Issued(_), ServiceOutput::Completed]
+        ),
+        "{:?}",
+        outcome.daemon
+    );
 
     let (_, cert) = X509Certificate::from_der(&paired.client_cert).unwrap();
     assert_eq!(
@@ -228,7 +261,13 @@ fn wrong_code_is_a_typed_failure_and_counts_an_attempt() {
     let code = w.code("node-2");
     let outcome = attempt(&mut w, &wrong(&code), &mut pass);
     assert_eq!(failed(&outcome.node), Some(PairingError::WrongCode));
-    assert!(outcome.daemon.contains(&ServiceOutput::Failed(PairingError::WrongCode)), "{:?}", outcome.daemon);
+    assert!(
+        outcome
+            .daemon
+            .contains(&ServiceOutput::Failed(PairingError::WrongCode)),
+        "{:?}",
+        outcome.daemon
+    );
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 1);
 }
 
@@ -246,7 +285,12 @@ fn window_closes_after_twenty_failures_even_for_the_right_code() {
     w.now += 7_000;
     let outcome = attempt(&mut w, &code, &mut pass);
     assert_eq!(failed(&outcome.node), Some(PairingError::WindowClosed));
-    assert!(!outcome.node.iter().any(|e| matches!(e, NodeEvent::Paired(_))));
+    assert!(
+        !outcome
+            .node
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Paired(_)))
+    );
 }
 
 #[test]
@@ -257,7 +301,11 @@ fn abandoned_attempt_still_counts() {
     let outcome = attempt(&mut w, &wrong(&code), &mut |dir, f| {
         if dir == Dir::ToDaemon && matches!(decode_pairing(&f), Ok(PairingMessage::Abort(_))) {
             // Drop the abort: the daemon never hears back.
-            return encode_payload(&PairingMessage::Start(Start { version: 1, code_id: 0, share_p: &[] }));
+            return encode_payload(&PairingMessage::Start(Start {
+                version: 1,
+                code_id: 0,
+                share_p: &[],
+            }));
         }
         f
     });
@@ -278,7 +326,11 @@ fn expired_code_is_refused() {
     w.now += 10 * 60 * 1000;
     let outcome = attempt(&mut w, &code, &mut pass);
     assert_eq!(failed(&outcome.node), Some(PairingError::Expired));
-    assert!(outcome.daemon.contains(&ServiceOutput::Failed(PairingError::Expired)));
+    assert!(
+        outcome
+            .daemon
+            .contains(&ServiceOutput::Failed(PairingError::Expired))
+    );
 }
 
 #[test]
@@ -291,9 +343,15 @@ fn lifetime_settings_are_bounded() {
             Err(daemon::pairing::ServiceError::Limit(_))
         ));
     }
-    let code = w.service.create_code(w.now, "n", Some(30_000), None, &mut rng).unwrap();
+    let code = w
+        .service
+        .create_code(w.now, "n", Some(30_000), None, &mut rng)
+        .unwrap();
     w.now += 30_000;
-    assert_eq!(failed(&attempt(&mut w, &code, &mut pass).node), Some(PairingError::Expired));
+    assert_eq!(
+        failed(&attempt(&mut w, &code, &mut pass).node),
+        Some(PairingError::Expired)
+    );
 }
 
 #[test]
@@ -306,14 +364,22 @@ fn pairing_starts_are_rate_limited() {
     let code = w.code("node-6");
     let bad = wrong(&code);
     for _ in 0..2 {
-        assert_eq!(failed(&attempt(&mut w, &bad, &mut pass).node), Some(PairingError::WrongCode));
+        assert_eq!(
+            failed(&attempt(&mut w, &bad, &mut pass).node),
+            Some(PairingError::WrongCode)
+        );
     }
     let limited = attempt(&mut w, &code, &mut pass);
-    assert!(matches!(failed(&limited.node), Some(PairingError::RateLimited { retry_after_ms }) if retry_after_ms > 0));
+    assert!(
+        matches!(failed(&limited.node), Some(PairingError::RateLimited { retry_after_ms }) if retry_after_ms > 0)
+    );
     // Rate-limited starts do not use up the code's attempts.
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 2);
     w.now += 60_000;
-    assert!(matches!(&attempt(&mut w, &code, &mut pass).node[..], [NodeEvent::Paired(_)]));
+    assert!(matches!(
+        &attempt(&mut w, &code, &mut pass).node[..],
+        [NodeEvent::Paired(_)]
+    ));
 }
 
 #[test]
@@ -321,7 +387,10 @@ fn unknown_code_id_is_refused() {
     let mut w = World::new(PairingSettings::default());
     let code = w.code("node-u");
     let other = PairingCode::new((code.id() + 1) % 10_000, 1).unwrap();
-    assert_eq!(failed(&attempt(&mut w, &other, &mut pass).node), Some(PairingError::UnknownCode));
+    assert_eq!(
+        failed(&attempt(&mut w, &other, &mut pass).node),
+        Some(PairingError::UnknownCode)
+    );
 }
 
 /// A relay without the code replaces the node's share with one of its own (a guess).
@@ -336,14 +405,26 @@ fn relay_swapping_share_p_fails() {
             && let Ok(PairingMessage::Start(s)) = decode_pairing(&f)
         {
             let id = guess.prover_id();
-            let ctx = Context { context: PAKE_CONTEXT, prover_id: &id, verifier_id: VERIFIER_ID };
+            let ctx = Context {
+                context: PAKE_CONTEXT,
+                prover_id: &id,
+                verifier_id: VERIFIER_ID,
+            };
             let (_, share) = Prover::start(&guess.prover_secret(), &ctx, &mut rng);
-            return encode_payload(&PairingMessage::Start(Start { share_p: share.as_bytes(), ..s }));
+            return encode_payload(&PairingMessage::Start(Start {
+                share_p: share.as_bytes(),
+                ..s
+            }));
         }
         f
     });
     assert_eq!(failed(&outcome.node), Some(PairingError::WrongCode));
-    assert!(!outcome.daemon.iter().any(|o| matches!(o, ServiceOutput::Issued(_))));
+    assert!(
+        !outcome
+            .daemon
+            .iter()
+            .any(|o| matches!(o, ServiceOutput::Issued(_)))
+    );
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 1);
 }
 
@@ -360,8 +441,13 @@ fn relay_swapping_share_v_fails() {
             Ok(PairingMessage::Start(s)) if dir == Dir::ToDaemon => node_share = s.share_p.to_vec(),
             Ok(PairingMessage::Challenge(_)) if dir == Dir::ToNode => {
                 let id = guess.prover_id();
-                let ctx = Context { context: PAKE_CONTEXT, prover_id: &id, verifier_id: VERIFIER_ID };
-                let record = VerifierRecord::<P256Sha256>::from_bytes(&guess.verifier_record()).unwrap();
+                let ctx = Context {
+                    context: PAKE_CONTEXT,
+                    prover_id: &id,
+                    verifier_id: VERIFIER_ID,
+                };
+                let record =
+                    VerifierRecord::<P256Sha256>::from_bytes(&guess.verifier_record()).unwrap();
                 let (verifier, share_v) = Verifier::start(&record, &ctx, &mut rng);
                 let share_p = spake2plus::ShareP::from_bytes(&node_share).unwrap();
                 let (_, confirm_v) = verifier.receive(&share_p).unwrap();
@@ -375,7 +461,12 @@ fn relay_swapping_share_v_fails() {
         f
     });
     assert_eq!(failed(&outcome.node), Some(PairingError::WrongCode));
-    assert!(!outcome.node.iter().any(|e| matches!(e, NodeEvent::Paired(_))));
+    assert!(
+        !outcome
+            .node
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Paired(_)))
+    );
 }
 
 #[test]
@@ -389,7 +480,10 @@ fn tampered_answer_is_detected() {
             let mut c = s.ciphertext.to_vec();
             let mid = c.len() / 2;
             c[mid] ^= 0x20;
-            return encode_payload(&PairingMessage::Sealed(Sealed { ciphertext: &c, ..s }));
+            return encode_payload(&PairingMessage::Sealed(Sealed {
+                ciphertext: &c,
+                ..s
+            }));
         }
         f
     });
@@ -408,39 +502,73 @@ fn swapped_csr_is_detected() {
         {
             let mut sealed = evil.csr.clone();
             sealed.extend_from_slice(&[0u8; 16]);
-            return encode_payload(&PairingMessage::Confirm(Confirm { sealed_csr: &sealed, ..c }));
+            return encode_payload(&PairingMessage::Confirm(Confirm {
+                sealed_csr: &sealed,
+                ..c
+            }));
         }
         f
     });
-    assert!(outcome.daemon.contains(&ServiceOutput::Failed(PairingError::Tampered)), "{:?}", outcome.daemon);
+    assert!(
+        outcome
+            .daemon
+            .contains(&ServiceOutput::Failed(PairingError::Tampered)),
+        "{:?}",
+        outcome.daemon
+    );
     assert_eq!(failed(&outcome.node), Some(PairingError::Tampered));
-    assert!(!outcome.daemon.iter().any(|o| matches!(o, ServiceOutput::Issued(_))));
+    assert!(
+        !outcome
+            .daemon
+            .iter()
+            .any(|o| matches!(o, ServiceOutput::Issued(_)))
+    );
 }
 
 #[test]
 fn approval_pending_then_approved() {
-    let mut w = World::new(PairingSettings { require_approval: true, ..PairingSettings::default() });
+    let mut w = World::new(PairingSettings {
+        require_approval: true,
+        ..PairingSettings::default()
+    });
     let code = w.code("node-11");
     let key = node_key();
     let mut node = new_node(&mut w, &code, &key.csr, NodeConfig::default());
     let mut conn = new_conn(&w);
     let first = run(&mut w, &mut node, &mut conn, &mut pass);
     assert_eq!(first.node, [NodeEvent::AwaitingApproval]);
-    assert_eq!(first.daemon, [ServiceOutput::AwaitingApproval { code_id: code.id() }]);
-    assert_eq!(w.service.record(code.id()).unwrap().approval.state, ApprovalState::Pending);
+    assert_eq!(
+        first.daemon,
+        [ServiceOutput::AwaitingApproval { code_id: code.id() }]
+    );
+    assert_eq!(
+        w.service.record(code.id()).unwrap().approval.state,
+        ApprovalState::Pending
+    );
 
     w.now += 60_000;
     w.service.approve(w.now, code.id()).unwrap();
     let second = run(&mut w, &mut node, &mut conn, &mut pass);
-    let [NodeEvent::Paired(p)] = &second.node[..] else { panic!("{:?}", second.node) };
+    let [NodeEvent::Paired(p)] = &second.node[..] else {
+        panic!("{:?}", second.node)
+    };
     let (_, cert) = X509Certificate::from_der(&p.client_cert).unwrap();
-    assert_eq!(cert.public_key().raw, key.key.subject_public_key_info().as_slice());
-    assert_eq!(w.service.record(code.id()).unwrap().approval.state, ApprovalState::Completed);
+    assert_eq!(
+        cert.public_key().raw,
+        key.key.subject_public_key_info().as_slice()
+    );
+    assert_eq!(
+        w.service.record(code.id()).unwrap().approval.state,
+        ApprovalState::Completed
+    );
 }
 
 #[test]
 fn approval_rejected_and_expired() {
-    let mut w = World::new(PairingSettings { require_approval: true, ..PairingSettings::default() });
+    let mut w = World::new(PairingSettings {
+        require_approval: true,
+        ..PairingSettings::default()
+    });
     let code = w.code("node-12");
     let key = node_key();
     let mut node = new_node(&mut w, &code, &key.csr, NodeConfig::default());
@@ -451,14 +579,20 @@ fn approval_rejected_and_expired() {
     assert_eq!(failed(&out.node), Some(PairingError::RejectedByOperator));
 
     let code = w.code("node-13");
-    let patient = NodeConfig { timeout_ms: 60 * 60 * 1000, ..NodeConfig::default() };
+    let patient = NodeConfig {
+        timeout_ms: 60 * 60 * 1000,
+        ..NodeConfig::default()
+    };
     let mut node = new_node(&mut w, &code, &key.csr, patient);
     let mut conn = new_conn(&w);
     run(&mut w, &mut node, &mut conn, &mut pass);
     w.now += 21 * 60 * 1000;
     let out = run(&mut w, &mut node, &mut conn, &mut pass);
     assert_eq!(failed(&out.node), Some(PairingError::ApprovalExpired));
-    assert_eq!(w.service.record(code.id()).map(|r| r.approval.state), Some(ApprovalState::Expired));
+    assert_eq!(
+        w.service.record(code.id()).map(|r| r.approval.state),
+        Some(ApprovalState::Expired)
+    );
 }
 
 #[test]
@@ -466,7 +600,10 @@ fn node_refuses_a_daemon_other_than_the_pinned_one() {
     let mut w = World::new(PairingSettings::default());
     let code = w.code("node-14");
     let key = node_key();
-    let config = NodeConfig { expected_fingerprint: Some([0xee; 32]), ..NodeConfig::default() };
+    let config = NodeConfig {
+        expected_fingerprint: Some([0xee; 32]),
+        ..NodeConfig::default()
+    };
     let mut node = new_node(&mut w, &code, &key.csr, config);
     let mut conn = new_conn(&w);
     let out = run(&mut w, &mut node, &mut conn, &mut pass);
@@ -486,18 +623,33 @@ fn qr_uri_carries_address_code_and_fingerprint() {
 
 #[test]
 fn records_are_plain_persistable_data() {
-    let mut w = World::new(PairingSettings { require_approval: true, ..PairingSettings::default() });
+    let mut w = World::new(PairingSettings {
+        require_approval: true,
+        ..PairingSettings::default()
+    });
     let code = w.code("node-16");
     let records = w.service.records();
     let json = serde_json::to_string(&records).unwrap();
-    assert!(!json.contains(&code.display().to_string()[5..]), "the code is not stored");
+    assert!(
+        !json.contains(&code.display().to_string()[5..]),
+        "the code is not stored"
+    );
     let back: Vec<PairingRecord> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, records);
 
     // A restarted daemon pairs with the restored record.
-    let mut fresh = PairingService::new(w.ca.clone(), w.server.fingerprint, PairingSettings::default(), w.now).unwrap();
+    let mut fresh = PairingService::new(
+        w.ca.clone(),
+        w.server.fingerprint,
+        PairingSettings::default(),
+        w.now,
+    )
+    .unwrap();
     fresh.restore(back);
     fresh.approve(w.now, code.id()).unwrap();
     w.service = fresh;
-    assert!(matches!(&attempt(&mut w, &code, &mut pass).node[..], [NodeEvent::Paired(_)]));
+    assert!(matches!(
+        &attempt(&mut w, &code, &mut pass).node[..],
+        [NodeEvent::Paired(_)]
+    ));
 }

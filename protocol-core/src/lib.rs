@@ -16,5 +16,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod frame;
-pub mod wire;
 pub mod pairing;
+pub mod wire;

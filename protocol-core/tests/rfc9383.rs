@@ -5,6 +5,7 @@
 //! The values the API keeps inside (TT, K_main, K_confirmP/V) are checked for
 //! consistency among themselves with an independent HKDF/HMAC, so a mistyped constant
 //! cannot pass.
+#![allow(clippy::unwrap_used)]
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -125,16 +126,36 @@ fn both_roles_reproduce_the_vectors() {
     let share_p = ShareP::<P256Sha256>::from_bytes(&unhex(SHARE_P)).unwrap();
     let share_v = ShareV::<P256Sha256>::from_bytes(&unhex(SHARE_V)).unwrap();
     let (verifier, confirm_v) = verifier.receive(&share_p).unwrap();
-    assert_eq!(confirm_v.as_bytes().as_slice(), &unhex(CONFIRM_V)[..], "confirmV");
+    assert_eq!(
+        confirm_v.as_bytes().as_slice(),
+        &unhex(CONFIRM_V)[..],
+        "confirmV"
+    );
 
     let confirm_v = ConfirmV::<P256Sha256>::from_bytes(&unhex(CONFIRM_V)).unwrap();
-    let (confirm_p, prover_key) = prover.receive(&share_v).unwrap().finish(&confirm_v).unwrap();
-    assert_eq!(confirm_p.as_bytes().as_slice(), &unhex(CONFIRM_P)[..], "confirmP");
-    assert_eq!(prover_key.as_bytes().as_slice(), &unhex(K_SHARED)[..], "K_shared (prover)");
+    let (confirm_p, prover_key) = prover
+        .receive(&share_v)
+        .unwrap()
+        .finish(&confirm_v)
+        .unwrap();
+    assert_eq!(
+        confirm_p.as_bytes().as_slice(),
+        &unhex(CONFIRM_P)[..],
+        "confirmP"
+    );
+    assert_eq!(
+        prover_key.as_bytes().as_slice(),
+        &unhex(K_SHARED)[..],
+        "K_shared (prover)"
+    );
 
     let confirm_p = ConfirmP::<P256Sha256>::from_bytes(&unhex(CONFIRM_P)).unwrap();
     let verifier_key = verifier.finish(&confirm_p).unwrap();
-    assert_eq!(verifier_key.as_bytes().as_slice(), &unhex(K_SHARED)[..], "K_shared (verifier)");
+    assert_eq!(
+        verifier_key.as_bytes().as_slice(),
+        &unhex(K_SHARED)[..],
+        "K_shared (verifier)"
+    );
 }
 
 #[test]
@@ -147,12 +168,20 @@ fn wrong_confirmations_are_refused() {
     let bad = ConfirmV::<P256Sha256>::from_bytes(&bad).unwrap();
     assert!(prover.receive(&share_v).unwrap().finish(&bad).is_err());
 
-    let (verifier, _) = Verifier::start(&secret.verifier_record(), &context(), &mut Replay::scalar(Y));
+    let (verifier, _) = Verifier::start(
+        &secret.verifier_record(),
+        &context(),
+        &mut Replay::scalar(Y),
+    );
     let share_p = ShareP::<P256Sha256>::from_bytes(&unhex(SHARE_P)).unwrap();
     let (verifier, _) = verifier.receive(&share_p).unwrap();
     let mut bad = unhex(CONFIRM_P);
     bad[0] ^= 0x80;
-    assert!(verifier.finish(&ConfirmP::from_bytes(&bad).unwrap()).is_err());
+    assert!(
+        verifier
+            .finish(&ConfirmP::from_bytes(&bad).unwrap())
+            .is_err()
+    );
 }
 
 /// The RFC's intermediate values agree with each other under an independent key
@@ -194,6 +223,14 @@ fn key_schedule_is_consistent_with_the_vectors() {
         m.update(msg);
         m.finalize().into_bytes().to_vec()
     };
-    assert_eq!(mac(&confirmation[..32], &unhex(SHARE_V)), unhex(CONFIRM_P), "confirmP");
-    assert_eq!(mac(&confirmation[32..], &unhex(SHARE_P)), unhex(CONFIRM_V), "confirmV");
+    assert_eq!(
+        mac(&confirmation[..32], &unhex(SHARE_V)),
+        unhex(CONFIRM_P),
+        "confirmP"
+    );
+    assert_eq!(
+        mac(&confirmation[32..], &unhex(SHARE_P)),
+        unhex(CONFIRM_V),
+        "confirmV"
+    );
 }

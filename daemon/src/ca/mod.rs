@@ -52,7 +52,9 @@ impl fmt::Display for CaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CaError::CsrParse => f.write_str("certificate signing request does not parse"),
-            CaError::CsrSignature => f.write_str("certificate signing request signature is invalid"),
+            CaError::CsrSignature => {
+                f.write_str("certificate signing request signature is invalid")
+            }
             CaError::UnsupportedKey => f.write_str("only P-256 keys are accepted"),
             CaError::BadDeviceId => f.write_str("invalid device id"),
             CaError::NotOurs => f.write_str("certificate was not issued by this CA"),
@@ -322,7 +324,11 @@ pub fn check_device_id(id: &str) -> Result<(), CaError> {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok { Ok(()) } else { Err(CaError::BadDeviceId) }
+    if ok {
+        Ok(())
+    } else {
+        Err(CaError::BadDeviceId)
+    }
 }
 
 fn common_name(name: &str) -> DistinguishedName {
@@ -340,7 +346,8 @@ fn serial<R: CryptoRng + ?Sized>(rng: &mut R) -> SerialNumber {
 }
 
 fn to_time(ms: u64) -> Result<OffsetDateTime, CaError> {
-    let secs = i64::try_from(ms / 1000).map_err(|_| CaError::Generate("time out of range".into()))?;
+    let secs =
+        i64::try_from(ms / 1000).map_err(|_| CaError::Generate("time out of range".into()))?;
     OffsetDateTime::from_unix_timestamp(secs).map_err(|e| CaError::Generate(e.to_string()))
 }
 

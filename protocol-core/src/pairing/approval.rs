@@ -25,7 +25,11 @@ pub struct ApprovalError {
 
 impl core::fmt::Display for ApprovalError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "a pairing cannot go from {:?} to {:?}", self.from, self.to)
+        write!(
+            f,
+            "a pairing cannot go from {:?} to {:?}",
+            self.from, self.to
+        )
     }
 }
 
@@ -98,6 +102,7 @@ impl Approval {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use ApprovalState::*;
@@ -106,9 +111,21 @@ mod tests {
     fn transitions() {
         let mut a = Approval::new(0, 100, true);
         assert_eq!(a.state, Pending);
-        assert_eq!(a.complete(1), Err(ApprovalError { from: Pending, to: Completed }));
+        assert_eq!(
+            a.complete(1),
+            Err(ApprovalError {
+                from: Pending,
+                to: Completed
+            })
+        );
         assert_eq!(a.approve(2), Ok(Approved));
-        assert_eq!(a.reject(3), Err(ApprovalError { from: Approved, to: Rejected }));
+        assert_eq!(
+            a.reject(3),
+            Err(ApprovalError {
+                from: Approved,
+                to: Rejected
+            })
+        );
         assert_eq!(a.complete(4), Ok(Completed));
         assert_eq!(a.tick(1_000), Completed);
 
@@ -117,7 +134,13 @@ mod tests {
         assert!(r.approve(6).is_err());
 
         let mut e = Approval::new(0, 100, true);
-        assert_eq!(e.approve(100), Err(ApprovalError { from: Expired, to: Approved }));
+        assert_eq!(
+            e.approve(100),
+            Err(ApprovalError {
+                from: Expired,
+                to: Approved
+            })
+        );
         assert_eq!(Approval::new(0, 100, false).state, Approved);
     }
 }

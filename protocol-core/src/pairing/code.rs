@@ -294,7 +294,10 @@ fn check_addr(addr: &str) -> Result<(), CodeError> {
         && port.bytes().all(|b| b.is_ascii_digit())
         && port.parse::<u16>().is_ok();
     let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        !v6.is_empty()
+            && v6
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
     } else {
         !host.is_empty()
             && host.len() <= 253
@@ -333,6 +336,7 @@ fn hex_val(c: u8) -> Option<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -376,14 +380,38 @@ mod tests {
         assert!(PairingUri::parse(&ok).is_ok());
         let cases: [(String, CodeError); 9] = [
             ("http://pair?v=1".into(), CodeError::BadScheme),
-            ("tern://pair?v=2&addr=a:1&code=000123456789&fp=00".into(), CodeError::UnsupportedVersion),
-            (std::format!("tern://pair?v=1&code=000123456789&fp={fp}"), CodeError::Missing("addr")),
-            (std::format!("tern://pair?v=1&addr=a:1&fp={fp}"), CodeError::Missing("code")),
-            ("tern://pair?v=1&addr=a:1&code=000123456789".into(), CodeError::Missing("fp")),
-            (std::format!("tern://pair?v=1&v=1&addr=a:1&code=000123456789&fp={fp}"), CodeError::DuplicateParameter),
-            (std::format!("tern://pair?v=1&addr=a/b:1&code=000123456789&fp={fp}"), CodeError::BadAddress),
-            (std::format!("tern://pair?v=1&addr=a:1&code=00012345678&fp={fp}"), CodeError::BadLength),
-            ("tern://pair?v=1&addr=a:1&code=000123456789&fp=zz".into(), CodeError::BadFingerprint),
+            (
+                "tern://pair?v=2&addr=a:1&code=000123456789&fp=00".into(),
+                CodeError::UnsupportedVersion,
+            ),
+            (
+                std::format!("tern://pair?v=1&code=000123456789&fp={fp}"),
+                CodeError::Missing("addr"),
+            ),
+            (
+                std::format!("tern://pair?v=1&addr=a:1&fp={fp}"),
+                CodeError::Missing("code"),
+            ),
+            (
+                "tern://pair?v=1&addr=a:1&code=000123456789".into(),
+                CodeError::Missing("fp"),
+            ),
+            (
+                std::format!("tern://pair?v=1&v=1&addr=a:1&code=000123456789&fp={fp}"),
+                CodeError::DuplicateParameter,
+            ),
+            (
+                std::format!("tern://pair?v=1&addr=a/b:1&code=000123456789&fp={fp}"),
+                CodeError::BadAddress,
+            ),
+            (
+                std::format!("tern://pair?v=1&addr=a:1&code=00012345678&fp={fp}"),
+                CodeError::BadLength,
+            ),
+            (
+                "tern://pair?v=1&addr=a:1&code=000123456789&fp=zz".into(),
+                CodeError::BadFingerprint,
+            ),
         ];
         for (uri, want) in cases {
             assert_eq!(PairingUri::parse(&uri), Err(want), "{uri}");

@@ -6,7 +6,9 @@
 //! authenticated CSR (issue a certificate, wait for an operator, or reject).
 
 use spake2plus::rand_core::CryptoRng;
-use spake2plus::{ConfirmP, Context, P256Sha256, ShareP, Verifier, VerifierConfirming, VerifierRecord};
+use spake2plus::{
+    ConfirmP, Context, P256Sha256, ShareP, Verifier, VerifierConfirming, VerifierRecord,
+};
 
 use super::code::{PAKE_CONTEXT, PairingCode, RecordBytes, VERIFIER_ID};
 use super::messages::{
@@ -62,11 +64,23 @@ pub enum DaemonOutput<'a> {
     Done,
 }
 
+// No allocator to box the PAKE state into; there is one state per run.
+#[allow(clippy::large_enum_variant)]
 enum State {
     AwaitStart,
-    AwaitRecord { code_id: u16, share_p: [u8; 65] },
-    AwaitConfirm { code_id: u16, verifier: VerifierConfirming<P256Sha256> },
-    AwaitDecision { code_id: u16, keys: SealKeys, csr_len: usize },
+    AwaitRecord {
+        code_id: u16,
+        share_p: [u8; 65],
+    },
+    AwaitConfirm {
+        code_id: u16,
+        verifier: VerifierConfirming<P256Sha256>,
+    },
+    AwaitDecision {
+        code_id: u16,
+        keys: SealKeys,
+        csr_len: usize,
+    },
     Completed,
     Failed(PairingError),
     Moving,
@@ -74,8 +88,15 @@ enum State {
 
 #[derive(Debug, Clone, Copy)]
 enum Tx {
-    Challenge { share_v: [u8; 65], confirm_v: [u8; 32] },
-    Sealed { seq: u32, at: usize, len: usize },
+    Challenge {
+        share_v: [u8; 65],
+        confirm_v: [u8; 32],
+    },
+    Sealed {
+        seq: u32,
+        at: usize,
+        len: usize,
+    },
     Abort(PairingError),
 }
 
@@ -167,7 +188,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
                 theirs: version,
             });
         }
-        let share = ShareP::<P256Sha256>::from_bytes(share_p).map_err(|_| PairingError::Malformed)?;
+        let share =
+            ShareP::<P256Sha256>::from_bytes(share_p).map_err(|_| PairingError::Malformed)?;
         self.state = State::AwaitRecord {
             code_id,
             share_p: *share.as_bytes(),
@@ -187,27 +209,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
             return Err(PairingError::UnexpectedMessage);
         };
         let mut step = || -> Result<_, PairingError> {
-            let record =
-                VerifierRecord::<P256Sha256>::from_bytes(record).map_err(|_| PairingError::Internal)?;
+            let record = VerifierRecord::<P256Sha256>::from_bytes(record)
+                .map_err(|_| PairingError::Internal)?;
             let share_p =
                 ShareP::<P256Sha256>::from_bytes(&share_p).map_err(|_| PairingError::Malformed)?;
-            let prover_id = PairingCode::new(code_id, 0).map_err(|_| PairingError::UnknownCode)?.prover_id();
+            let prover_id = PairingCode::new(code_id, 0)
+                .map_err(|_| PairingError::UnknownCode)?
+                .prover_id();
             let context = Context {
                 context: PAKE_CONTEXT,
                 prover_id: &prover_id,
                 verifier_id: VERIFIER_ID,
             };
             let (verifier, share_v) = Verifier::start(&record, &context, rng);
-            let (confirming, confirm_v) =
-                verifier.receive(&share_p).map_err(|_| PairingError::Malformed)?;
+            let (confirming, confirm_v) = verifier
+                .receive(&share_p)
+                .map_err(|_| PairingError::Malformed)?;
             Ok((confirming, *share_v.as_bytes(), *confirm_v.as_bytes()))
         };
         match step() {
             Ok((verifier, share_v, confirm_v)) => {
-                self.state = State::AwaitConfirm {
-                    code_id,
-                    verifier,
-                };
+                self.state = State::AwaitConfirm { code_id, verifier };
                 self.tx = Some(Tx::Challenge { share_v, confirm_v });
                 Ok(())
             }
@@ -223,18 +245,26 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
         }
     }
 
-    fn on_confirm(&mut self, now: Millis, confirm_p: &[u8], sealed_csr: &[u8]) -> Result<(), PairingError> {
+    fn on_confirm(
+        &mut self,
+        now: Millis,
+        confirm_p: &[u8],
+        sealed_csr: &[u8],
+    ) -> Result<(), PairingError> {
         let State::AwaitConfirm { .. } = self.state else {
             return Err(PairingError::UnexpectedMessage);
         };
         let confirm_p =
             ConfirmP::<P256Sha256>::from_bytes(confirm_p).map_err(|_| PairingError::WrongCode)?;
-        let State::AwaitConfirm { code_id, verifier, .. } =
-            core::mem::replace(&mut self.state, State::Moving)
+        let State::AwaitConfirm {
+            code_id, verifier, ..
+        } = core::mem::replace(&mut self.state, State::Moving)
         else {
             return Err(PairingError::Internal);
         };
-        let shared = verifier.finish(&confirm_p).map_err(|_| PairingError::WrongCode)?;
+        let shared = verifier
+            .finish(&confirm_p)
+            .map_err(|_| PairingError::WrongCode)?;
         let keys = SealKeys::derive(shared.as_bytes(), code_id);
         let buf = self.buf.as_mut();
         let room = buf
@@ -242,7 +272,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
             .ok_or(PairingError::BufferTooSmall)?;
         room.copy_from_slice(sealed_csr);
         let csr_len = keys.open(Kind::Csr, 0, room)?;
-        self.state = State::AwaitDecision { code_id, keys, csr_len };
+        self.state = State::AwaitDecision {
+            code_id,
+            keys,
+            csr_len,
+        };
         self.event = Some(Event::CsrReceived(code_id));
         self.deadline = now.saturating_add(self.config.decision_timeout_ms);
         Ok(())
@@ -257,7 +291,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
     }
 
     fn answer(&mut self, answer: &Answer<'_>) -> Result<(), PairingError> {
-        let State::AwaitDecision { ref keys, csr_len, .. } = self.state else {
+        let State::AwaitDecision {
+            ref keys, csr_len, ..
+        } = self.state
+        else {
             return Err(PairingError::UnexpectedMessage);
         };
         if self.tx.is_some() {
@@ -267,7 +304,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
         let at = csr_len;
         let buf = &mut self.buf.as_mut()[at..];
         let room = buf.len().saturating_sub(TAG_LEN);
-        let len = encode_answer(answer, &mut buf[..room]).map_err(|_| PairingError::BufferTooSmall)?;
+        let len =
+            encode_answer(answer, &mut buf[..room]).map_err(|_| PairingError::BufferTooSmall)?;
         let sealed = keys.seal(Kind::Answer, self.next_seq, buf, len)?;
         self.tx = Some(Tx::Sealed {
             seq: self.next_seq,
@@ -306,12 +344,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
     }
 
     /// The next thing to do. Call until it returns `Timeout`, `Waiting` or `Done`.
-    pub fn poll_output(&mut self, now: Millis, out: &mut [u8]) -> Result<DaemonOutput<'_>, EncodeError> {
+    pub fn poll_output(
+        &mut self,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<DaemonOutput<'_>, EncodeError> {
         if let Some(tx) = self.tx {
             let msg = match tx {
-                Tx::Challenge { ref share_v, ref confirm_v } => {
-                    PairingMessage::Challenge(Challenge { share_v, confirm_v })
-                }
+                Tx::Challenge {
+                    ref share_v,
+                    ref confirm_v,
+                } => PairingMessage::Challenge(Challenge { share_v, confirm_v }),
                 Tx::Sealed { seq, at, len } => PairingMessage::Sealed(Sealed {
                     seq,
                     ciphertext: &self.buf.as_ref()[at..at + len],

@@ -181,6 +181,7 @@ impl TokenBucket {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -229,7 +230,9 @@ mod tests {
         }
         assert_eq!(
             b.try_take(400),
-            Err(PairingError::RateLimited { retry_after_ms: 600 })
+            Err(PairingError::RateLimited {
+                retry_after_ms: 600
+            })
         );
         b.try_take(1_000).unwrap();
         assert!(b.try_take(1_500).is_err());

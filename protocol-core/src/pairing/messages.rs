@@ -164,7 +164,9 @@ pub fn decode_pairing(payload: &[u8]) -> Result<PairingMessage<'_>, DecodeError>
         && tag < 0x80
         && u32::from(tag) >= PairingMessage::KINDS
     {
-        return Err(DecodeError::UnknownKind { tag: u32::from(tag) });
+        return Err(DecodeError::UnknownKind {
+            tag: u32::from(tag),
+        });
     }
     from_bytes(payload)
 }
@@ -202,6 +204,7 @@ fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -317,10 +320,16 @@ mod tests {
 
     #[test]
     fn unknown_kind_and_peer_limit() {
-        assert_eq!(decode_pairing(&[9]), Err(DecodeError::UnknownKind { tag: 9 }));
+        assert_eq!(
+            decode_pairing(&[9]),
+            Err(DecodeError::UnknownKind { tag: 9 })
+        );
         assert!(decode_pairing(&[]).is_err());
         let big = [0u8; 100];
-        let msg = PairingMessage::Sealed(Sealed { seq: 0, ciphertext: &big });
+        let msg = PairingMessage::Sealed(Sealed {
+            seq: 0,
+            ciphertext: &big,
+        });
         let mut out = [0u8; 256];
         assert_eq!(
             encode_pairing(&msg, 64, &mut out),

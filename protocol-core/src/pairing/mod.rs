@@ -37,12 +37,12 @@ pub use limits::{
     CodeLifetime, CodeWindow, DEFAULT_CODE_LIFETIME_MS, LimitError, MAX_CODE_LIFETIME_MS,
     MAX_FAILED_ATTEMPTS, MIN_CODE_LIFETIME_MS, TokenBucket,
 };
+#[cfg(feature = "alloc")]
+pub use messages::OwnedIssued;
 pub use messages::{
     Abort, Answer, Challenge, Confirm, Issued, PAIRING_MAX_FRAME, PAIRING_VERSION, PairingMessage,
     Sealed, Start, decode_answer, decode_pairing, encode_answer, encode_pairing,
 };
-#[cfg(feature = "alloc")]
-pub use messages::OwnedIssued;
 pub use node::{NodeConfig, NodeOutput, NodePairing, Paired};
 pub use seal::{SealKeys, TAG_LEN};
 
@@ -128,7 +128,10 @@ impl core::fmt::Display for PairingError {
             PairingError::Malformed => f.write_str("malformed pairing message"),
             PairingError::UnexpectedMessage => f.write_str("unexpected pairing message"),
             PairingError::VersionMismatch { ours, theirs } => {
-                write!(f, "pairing version {theirs} not spoken (this side speaks {ours})")
+                write!(
+                    f,
+                    "pairing version {theirs} not spoken (this side speaks {ours})"
+                )
             }
             PairingError::TimedOut => f.write_str("pairing timed out"),
             PairingError::BufferTooSmall => f.write_str("buffer too small for a pairing message"),

@@ -55,10 +55,14 @@ pub enum NodeOutput<'a> {
     Done,
 }
 
+// No allocator to box the PAKE state into; there is one state per run.
+#[allow(clippy::large_enum_variant)]
 enum State {
     AwaitChallenge(Prover<P256Sha256>),
     AwaitAnswer(SealKeys),
-    Paired { len: usize },
+    Paired {
+        len: usize,
+    },
     Failed(PairingError),
     /// Transient, while a step consumes the previous state.
     Moving,
@@ -175,14 +179,17 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         let State::AwaitChallenge(_) = self.state else {
             return Err(PairingError::UnexpectedMessage);
         };
-        let share_v = ShareV::<P256Sha256>::from_bytes(share_v).map_err(|_| PairingError::Malformed)?;
+        let share_v =
+            ShareV::<P256Sha256>::from_bytes(share_v).map_err(|_| PairingError::Malformed)?;
         let confirm_v =
             ConfirmV::<P256Sha256>::from_bytes(confirm_v).map_err(|_| PairingError::Malformed)?;
         let State::AwaitChallenge(prover) = core::mem::replace(&mut self.state, State::Moving)
         else {
             return Err(PairingError::Internal);
         };
-        let confirming = prover.receive(&share_v).map_err(|_| PairingError::Malformed)?;
+        let confirming = prover
+            .receive(&share_v)
+            .map_err(|_| PairingError::Malformed)?;
         // RFC 9383 order: the daemon's confirmation is checked before ours goes out, so an
         // impostor without the record learns nothing it could test guesses against.
         let (confirm_p, shared) = confirming
@@ -212,7 +219,9 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
             return Err(PairingError::Tampered);
         }
         let buf = self.buf.as_mut();
-        let room = buf.get_mut(..ciphertext.len()).ok_or(PairingError::BufferTooSmall)?;
+        let room = buf
+            .get_mut(..ciphertext.len())
+            .ok_or(PairingError::BufferTooSmall)?;
         room.copy_from_slice(ciphertext);
         let len = keys.open(Kind::Answer, seq, room)?;
         self.next_seq += 1;
@@ -250,7 +259,11 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
 
     /// The next thing to do. Call until it returns `Timeout` or `Done`. A frame that does
     /// not fit `out` stays queued.
-    pub fn poll_output(&mut self, now: Millis, out: &mut [u8]) -> Result<NodeOutput<'_>, EncodeError> {
+    pub fn poll_output(
+        &mut self,
+        now: Millis,
+        out: &mut [u8],
+    ) -> Result<NodeOutput<'_>, EncodeError> {
         if let Some(tx) = self.tx {
             let msg = match tx {
                 Tx::Start => PairingMessage::Start(Start {
@@ -258,7 +271,10 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
                     code_id: self.code_id,
                     share_p: &self.share_p,
                 }),
-                Tx::Confirm { ref confirm_p, sealed } => PairingMessage::Confirm(Confirm {
+                Tx::Confirm {
+                    ref confirm_p,
+                    sealed,
+                } => PairingMessage::Confirm(Confirm {
                     confirm_p,
                     sealed_csr: &self.buf.as_ref()[..sealed],
                 }),

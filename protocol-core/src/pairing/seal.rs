@@ -125,6 +125,7 @@ fn nonce(seq: u32) -> Nonce {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -140,14 +141,26 @@ mod tests {
         assert_eq!(&buf[..5], b"hello");
         for (kind, seq) in [(Kind::Answer, 4), (Kind::Csr, 3)] {
             let mut copy = sealed;
-            assert_eq!(keys.open(kind, seq, &mut copy[..n]), Err(PairingError::Tampered));
+            assert_eq!(
+                keys.open(kind, seq, &mut copy[..n]),
+                Err(PairingError::Tampered)
+            );
         }
         let mut flipped = sealed;
         flipped[1] ^= 1;
-        assert_eq!(keys.open(Kind::Answer, 3, &mut flipped[..n]), Err(PairingError::Tampered));
+        assert_eq!(
+            keys.open(Kind::Answer, 3, &mut flipped[..n]),
+            Err(PairingError::Tampered)
+        );
         let other = SealKeys::derive(&[7; 32], 43);
         let mut copy = sealed;
-        assert_eq!(other.open(Kind::Answer, 3, &mut copy[..n]), Err(PairingError::Tampered));
-        assert_eq!(keys.open(Kind::Answer, 3, &mut [0u8; 15]), Err(PairingError::Tampered));
+        assert_eq!(
+            other.open(Kind::Answer, 3, &mut copy[..n]),
+            Err(PairingError::Tampered)
+        );
+        assert_eq!(
+            keys.open(Kind::Answer, 3, &mut [0u8; 15]),
+            Err(PairingError::Tampered)
+        );
     }
 }
