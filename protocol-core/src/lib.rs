@@ -5,6 +5,7 @@
 //!
 //! - [`frame`]: length-prefixed framing with the frame limit checked on the prefix;
 //! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation.
+//! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers.
 //!
 //! The byte-level specification is in `WIRE.md` next to this crate's manifest.
 #![no_std]
