@@ -175,7 +175,13 @@ impl PairingService {
             return Err(ServiceError::DeviceBusy(device_id.to_owned()));
         }
         let id = self.free_id(rng)?;
-        let code = PairingCode::generate(id, rng).map_err(ServiceError::Uri)?;
+        // A code whose record cannot be derived (probability 2^-256) is drawn again.
+        let (code, record) = loop {
+            let code = PairingCode::generate(id, rng).map_err(ServiceError::Uri)?;
+            if let Ok(record) = code.verifier_record() {
+                break (code, record);
+            }
+        };
         let window = CodeWindow::new(now_ms, lifetime);
         let required = require_approval.unwrap_or(self.settings.require_approval);
         let deadline = window.expires_ms.saturating_add(self.settings.decision_ms);
@@ -184,7 +190,7 @@ impl PairingService {
             PairingRecord {
                 code_id: id,
                 device_id: device_id.to_owned(),
-                verifier_record: code.verifier_record().to_vec(),
+                verifier_record: record.to_vec(),
                 window,
                 approval: Approval::new(now_ms, deadline, required),
                 awaiting_decision: false,
@@ -306,12 +312,23 @@ impl PairingService {
                     Err(e) => conn.refuse(e),
                 },
                 DaemonOutput::CsrReceived { code_id, .. } => {
-                    match self.records.get_mut(&code_id) {
-                        Some(r) => r.window.confirmed(),
-                        None => conn.refuse(PairingError::UnknownCode),
-                    }
-                    if let Some(out) = self.decide(now_ms, code_id, conn, rng) {
-                        return Ok(out);
+                    let refused = match self.records.get_mut(&code_id) {
+                        Some(r) => {
+                            // The run proved the code: its attempt was not a failure,
+                            // but only the first such run gets a certificate.
+                            let first = !r.window.used;
+                            r.window.confirmed();
+                            (!first).then_some(PairingError::AlreadyUsed)
+                        }
+                        None => Some(PairingError::UnknownCode),
+                    };
+                    match refused {
+                        Some(e) => conn.refuse(e),
+                        None => {
+                            if let Some(out) = self.decide(now_ms, code_id, conn, rng) {
+                                return Ok(out);
+                            }
+                        }
                     }
                 }
                 DaemonOutput::Completed => return Ok(ServiceOutput::Completed),

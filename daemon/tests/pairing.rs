@@ -410,7 +410,7 @@ fn relay_swapping_share_p_fails() {
                 prover_id: &id,
                 verifier_id: VERIFIER_ID,
             };
-            let (_, share) = Prover::start(&guess.prover_secret(), &ctx, &mut rng);
+            let (_, share) = Prover::start(&guess.prover_secret().unwrap(), &ctx, &mut rng);
             return encode_payload(&PairingMessage::Start(Start {
                 share_p: share.as_bytes(),
                 ..s
@@ -447,7 +447,8 @@ fn relay_swapping_share_v_fails() {
                     verifier_id: VERIFIER_ID,
                 };
                 let record =
-                    VerifierRecord::<P256Sha256>::from_bytes(&guess.verifier_record()).unwrap();
+                    VerifierRecord::<P256Sha256>::from_bytes(&guess.verifier_record().unwrap())
+                        .unwrap();
                 let (verifier, share_v) = Verifier::start(&record, &ctx, &mut rng);
                 let share_p = spake2plus::ShareP::from_bytes(&node_share).unwrap();
                 let (_, confirm_v) = verifier.receive(&share_p).unwrap();
@@ -652,4 +653,55 @@ fn records_are_plain_persistable_data() {
         &attempt(&mut w, &code, &mut pass).node[..],
         [NodeEvent::Paired(_)]
     ));
+}
+
+#[test]
+fn two_runs_with_the_right_code_issue_one_certificate() {
+    let mut w = World::new(PairingSettings::default());
+    let code = w.code("node-17");
+    let (k1, k2) = (node_key(), node_key());
+    let mut node2 = new_node(&mut w, &code, &k2.csr, NodeConfig::default());
+    let mut conn2 = new_conn(&w);
+    let mut out = vec![0u8; PAIRING_MAX_FRAME as usize + 4];
+
+    // The second run gets as far as its Confirm, which is held back.
+    let NodeOutput::Transmit(n) = node2.poll_output(w.now, &mut out).unwrap() else {
+        panic!()
+    };
+    conn2
+        .handle_input(w.now, Input::Frame(&unframe(&out[..n])))
+        .unwrap();
+    let ServiceOutput::Transmit(n) = w
+        .service
+        .drive(w.now, &mut conn2, &mut out, &mut w.rng)
+        .unwrap()
+    else {
+        panic!()
+    };
+    node2
+        .handle_input(w.now, Input::Frame(&unframe(&out[..n])))
+        .unwrap();
+    let NodeOutput::Transmit(n) = node2.poll_output(w.now, &mut out).unwrap() else {
+        panic!()
+    };
+    let held = unframe(&out[..n]);
+
+    // The first run completes.
+    let mut node1 = new_node(&mut w, &code, &k1.csr, NodeConfig::default());
+    let mut conn1 = new_conn(&w);
+    let first = run(&mut w, &mut node1, &mut conn1, &mut pass);
+    assert!(matches!(&first.node[..], [NodeEvent::Paired(_)]));
+
+    // The second run proves the code too, but the code is used up.
+    conn2.handle_input(w.now, Input::Frame(&held)).unwrap();
+    let second = run(&mut w, &mut node2, &mut conn2, &mut pass);
+    assert!(
+        second
+            .daemon
+            .contains(&ServiceOutput::Failed(PairingError::AlreadyUsed)),
+        "{:?}",
+        second.daemon
+    );
+    assert_eq!(failed(&second.node), Some(PairingError::AlreadyUsed));
+    assert_eq!(w.service.record(code.id()).unwrap().window.failures, 0);
 }

@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     } else {
         PairingCode::new(42, 87_654_321).expect("valid code")
     };
-    let record = code.verifier_record();
+    let record = code.verifier_record().expect("valid record");
     let mut now = 1_000u64;
     let mut node = NodePairing::new(
         now,

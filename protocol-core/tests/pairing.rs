@@ -76,7 +76,7 @@ impl<'c> Pair<'c> {
             DaemonOutput::RecordNeeded { code_id: 7 }
         );
         self.daemon
-            .accept_record(&code().verifier_record(), &mut self.rng)
+            .accept_record(&code().verifier_record().unwrap(), &mut self.rng)
             .unwrap();
         let challenge = self.daemon_frame(1).unwrap();
         self.node.handle_input(2, Input::Frame(&challenge)).unwrap();

@@ -148,7 +148,9 @@ impl PairingCode {
     /// The prover's `w0`, `w1` (RFC 9383 section 3.2): PBKDF2-HMAC-SHA256 over
     /// `len(pw) || pw || len(idProver) || idProver || len(idVerifier) || idVerifier`,
     /// with `pw` the eight secret digits and `idProver` the four id digits.
-    pub fn prover_secret(&self) -> ProverSecret<P256Sha256> {
+    ///
+    /// Fails only if a half of the PBKDF output reduces to zero (probability 2^-256).
+    pub fn prover_secret(&self) -> Result<ProverSecret<P256Sha256>, spake2plus::Error> {
         let mut pw = [0u8; 8];
         write_digits(self.secret, &mut pw);
         let id = self.prover_id();
@@ -168,19 +170,12 @@ impl PairingCode {
         input.zeroize();
         let secret = ProverSecret::from_pbkdf_output(&output);
         output.zeroize();
-        // Either half reducing to zero has probability 2^-256; fall back to a fixed
-        // valid output rather than panic, which then simply never confirms.
-        secret.unwrap_or_else(|_| {
-            let mut one = [0u8; P256Sha256::MIN_PBKDF_OUTPUT_LEN];
-            one[39] = 1;
-            one[79] = 1;
-            ProverSecret::from_pbkdf_output(&one).unwrap_or_else(|_| unreachable!())
-        })
+        secret
     }
 
     /// The registration record the daemon keeps instead of the code.
-    pub fn verifier_record(&self) -> RecordBytes {
-        *self.prover_secret().verifier_record().to_bytes()
+    pub fn verifier_record(&self) -> Result<RecordBytes, spake2plus::Error> {
+        Ok(*self.prover_secret()?.verifier_record().to_bytes())
     }
 
     /// `idProver`: the id's four digits.

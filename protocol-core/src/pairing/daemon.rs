@@ -307,6 +307,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
         let len =
             encode_answer(answer, &mut buf[..room]).map_err(|_| PairingError::BufferTooSmall)?;
         let sealed = keys.seal(Kind::Answer, self.next_seq, buf, len)?;
+        // Room for the `Sealed` envelope (tag, seq, length) within the node's limit.
+        if sealed + 16 > self.config.peer_max_frame as usize {
+            return Err(PairingError::BufferTooSmall);
+        }
         self.tx = Some(Tx::Sealed {
             seq: self.next_seq,
             at,

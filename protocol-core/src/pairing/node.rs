@@ -132,7 +132,8 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
             prover_id: &prover_id,
             verifier_id: VERIFIER_ID,
         };
-        let (prover, share) = Prover::start(&code.prover_secret(), &context, rng);
+        let secret = code.prover_secret().map_err(|_| PairingError::Internal)?;
+        let (prover, share) = Prover::start(&secret, &context, rng);
         Ok(Self {
             config,
             code_id: code.id(),
