@@ -68,7 +68,7 @@ impl<'c> Pair<'c> {
     }
 
     /// Start -> record -> Challenge -> Confirm -> CSR at the daemon.
-    fn to_csr(&mut self) -> Vec<u8> {
+    fn run_to_csr(&mut self) -> Vec<u8> {
         let start = self.node_frame(0).unwrap();
         self.daemon.handle_input(1, Input::Frame(&start)).unwrap();
         assert_eq!(
@@ -103,7 +103,7 @@ fn happy_path_with_pending_answer() {
     let k = keyed();
     let mut p = Pair::new(&code(), &k.csr, NodeConfig::default());
     assert_eq!(
-        p.to_csr(),
+        p.run_to_csr(),
         k.csr,
         "the daemon gets the node's CSR unchanged"
     );
@@ -133,7 +133,7 @@ fn happy_path_with_pending_answer() {
 fn certificate_for_another_key_is_refused() {
     let (k, other) = (keyed(), keyed());
     let mut p = Pair::new(&code(), &k.csr, NodeConfig::default());
-    p.to_csr();
+    p.run_to_csr();
     p.daemon.issue(&issued(&other.cert, [0; 32])).unwrap();
     let answer = p.daemon_frame(4).unwrap();
     assert_eq!(
@@ -154,7 +154,7 @@ fn certificate_for_another_key_is_refused() {
 fn replayed_answer_is_refused() {
     let k = keyed();
     let mut p = Pair::new(&code(), &k.csr, NodeConfig::default());
-    p.to_csr();
+    p.run_to_csr();
     p.daemon.pending().unwrap();
     let pending = p.daemon_frame(4).unwrap();
     p.node.handle_input(5, Input::Frame(&pending)).unwrap();
