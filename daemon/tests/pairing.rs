@@ -401,9 +401,7 @@ fn relay_swapping_share_p_fails() {
     let guess = wrong(&code);
     let mut rng = ChaCha20Rng::from_seed([3; 32]);
     let outcome = attempt(&mut w, &code, &mut |dir, f| {
-        if dir == Dir::ToDaemon
-            && let Ok(PairingMessage::Start(s)) = decode_pairing(&f)
-        {
+        if let (Dir::ToDaemon, Ok(PairingMessage::Start(s))) = (dir, decode_pairing(&f)) {
             let id = guess.prover_id();
             let ctx = Context {
                 context: PAKE_CONTEXT,
@@ -475,9 +473,7 @@ fn tampered_answer_is_detected() {
     let mut w = World::new(PairingSettings::default());
     let code = w.code("node-9");
     let outcome = attempt(&mut w, &code, &mut |dir, f| {
-        if dir == Dir::ToNode
-            && let Ok(PairingMessage::Sealed(s)) = decode_pairing(&f)
-        {
+        if let (Dir::ToNode, Ok(PairingMessage::Sealed(s))) = (dir, decode_pairing(&f)) {
             let mut c = s.ciphertext.to_vec();
             let mid = c.len() / 2;
             c[mid] ^= 0x20;
@@ -498,9 +494,7 @@ fn swapped_csr_is_detected() {
     let code = w.code("node-10");
     let evil = node_key();
     let outcome = attempt(&mut w, &code, &mut |dir, f| {
-        if dir == Dir::ToDaemon
-            && let Ok(PairingMessage::Confirm(c)) = decode_pairing(&f)
-        {
+        if let (Dir::ToDaemon, Ok(PairingMessage::Confirm(c))) = (dir, decode_pairing(&f)) {
             let mut sealed = evil.csr.clone();
             sealed.extend_from_slice(&[0u8; 16]);
             return encode_payload(&PairingMessage::Confirm(Confirm {

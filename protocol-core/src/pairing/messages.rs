@@ -160,13 +160,14 @@ pub fn encode_pairing(
 
 /// Decodes one pairing frame's payload; byte fields borrow from `payload`.
 pub fn decode_pairing(payload: &[u8]) -> Result<PairingMessage<'_>, DecodeError> {
-    if let Some(&tag) = payload.first()
-        && tag < 0x80
-        && u32::from(tag) >= PairingMessage::KINDS
-    {
-        return Err(DecodeError::UnknownKind {
-            tag: u32::from(tag),
-        });
+    // A one-byte tag names an unknown kind precisely; longer varints are malformed.
+    match payload.first() {
+        Some(&tag) if tag < 0x80 && u32::from(tag) >= PairingMessage::KINDS => {
+            return Err(DecodeError::UnknownKind {
+                tag: u32::from(tag),
+            });
+        }
+        _ => {}
     }
     from_bytes(payload)
 }

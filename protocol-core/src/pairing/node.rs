@@ -238,8 +238,10 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
                 if ours.is_none() || ours != theirs || certificate_spki(issued.ca_cert).is_none() {
                     return Err(PairingError::BadCertificate);
                 }
-                if let Some(fp) = self.config.expected_fingerprint
-                    && fp != issued.server_fingerprint
+                if self
+                    .config
+                    .expected_fingerprint
+                    .is_some_and(|fp| fp != issued.server_fingerprint)
                 {
                     return Err(PairingError::FingerprintMismatch);
                 }
