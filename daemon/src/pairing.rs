@@ -247,11 +247,30 @@ impl PairingService {
     }
 
     /// Loads stored records. A connection does not survive a restart, so a record that
-    /// was waiting for a decision no longer has a node attached.
+    /// was waiting for a decision no longer has a node attached: its code is reopened for
+    /// the node to come back with.
     pub fn restore(&mut self, records: impl IntoIterator<Item = PairingRecord>) {
         for mut r in records {
-            r.awaiting_decision = false;
+            if r.awaiting_decision {
+                r.awaiting_decision = false;
+                r.window.reopen();
+            }
             self.records.insert(r.code_id, r);
+        }
+    }
+
+    /// The transport closed a pairing connection. One that held a proven code without
+    /// a certificate yet gives the code back, so the node can reconnect with it.
+    pub fn connection_closed<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, conn: &DaemonPairing<B>) {
+        if conn.csr().is_none() {
+            return;
+        }
+        let Some(r) = conn.code_id().and_then(|id| self.records.get_mut(&id)) else {
+            return;
+        };
+        if r.awaiting_decision {
+            r.awaiting_decision = false;
+            r.window.reopen();
         }
     }
 
@@ -398,6 +417,8 @@ impl PairingService {
                         Some(ServiceOutput::Issued(cert))
                     }
                     Err(_) => {
+                        // The node proved the code; let it retry with a good CSR.
+                        r.window.reopen();
                         conn.refuse(PairingError::BadCsr);
                         None
                     }

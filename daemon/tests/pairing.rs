@@ -239,6 +239,11 @@ fn full_pairing_ends_with_a_certificate_for_the_nodes_own_key() {
     assert_eq!(paired.device_id, "node-1");
     assert_eq!(paired.ca_cert, w.ca.certificate_der());
     assert_eq!(paired.server_fingerprint, w.server.fingerprint.0);
+    // What the node later compares at each handshake with the daemon.
+    assert_eq!(
+        protocol_core::pairing::certificate_fingerprint(&w.server.cert_der),
+        paired.server_fingerprint
+    );
     assert!(!cert.is_ca());
     let info = w.ca.verify_client(&paired.client_cert).unwrap();
     assert_eq!(info.device_id, "node-1");
@@ -698,4 +703,61 @@ fn two_runs_with_the_right_code_issue_one_certificate() {
     );
     assert_eq!(failed(&second.node), Some(PairingError::AlreadyUsed));
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 0);
+}
+
+#[test]
+fn bad_csr_is_refused_and_the_code_stays_usable() {
+    let mut w = World::new(PairingSettings::default());
+    let code = w.code("node-18");
+    let good = node_key();
+    let mut bad_sig = good.csr.clone();
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 1;
+    let mut node = new_node(&mut w, &code, &bad_sig, NodeConfig::default());
+    let mut conn = new_conn(&w);
+    let out = run(&mut w, &mut node, &mut conn, &mut pass);
+    assert_eq!(failed(&out.node), Some(PairingError::BadCsr));
+    assert!(
+        out.daemon
+            .contains(&ServiceOutput::Failed(PairingError::BadCsr))
+    );
+    let r = w.service.record(code.id()).unwrap();
+    assert!(!r.window.used && r.window.failures == 0 && r.issued.is_none());
+
+    let mut node = new_node(&mut w, &code, &good.csr, NodeConfig::default());
+    let mut conn = new_conn(&w);
+    assert!(matches!(
+        &run(&mut w, &mut node, &mut conn, &mut pass).node[..],
+        [NodeEvent::Paired(_)]
+    ));
+}
+
+#[test]
+fn node_that_drops_while_pending_can_come_back() {
+    let mut w = World::new(PairingSettings {
+        require_approval: true,
+        ..PairingSettings::default()
+    });
+    let code = w.code("node-19");
+    let key = node_key();
+    let mut node = new_node(&mut w, &code, &key.csr, NodeConfig::default());
+    let mut conn = new_conn(&w);
+    assert_eq!(
+        run(&mut w, &mut node, &mut conn, &mut pass).node,
+        [NodeEvent::AwaitingApproval]
+    );
+    assert!(w.service.record(code.id()).unwrap().window.used);
+    w.service.connection_closed(&conn);
+    drop((node, conn));
+
+    w.service.approve(w.now, code.id()).unwrap();
+    w.now += 1_000;
+    let mut node = new_node(&mut w, &code, &key.csr, NodeConfig::default());
+    let mut conn = new_conn(&w);
+    let out = run(&mut w, &mut node, &mut conn, &mut pass);
+    assert!(
+        matches!(&out.node[..], [NodeEvent::Paired(_)]),
+        "{:?}",
+        out.node
+    );
 }

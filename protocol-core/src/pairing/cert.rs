@@ -3,6 +3,14 @@
 
 use der::asn1::AnyRef;
 use der::{Decode, Reader, SliceReader, Tag};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a certificate's DER: what a node pins for the daemon's server certificate
+/// and compares at every TLS handshake (embedded TLS stacks may not check
+/// basicConstraints, so a chain to the CA alone would not tell the daemon from a node).
+pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
 
 /// The `SubjectPublicKeyInfo` (whole TLV) of a PKCS#10 CSR.
 pub fn csr_spki(csr: &[u8]) -> Option<&[u8]> {

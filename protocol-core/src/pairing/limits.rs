@@ -112,6 +112,13 @@ impl CodeWindow {
         self.used = true;
     }
 
+    /// A run proved the code but ended without a certificate (its CSR was refused, or its
+    /// connection closed while an operator decided): the code may be used again, within
+    /// its lifetime.
+    pub fn reopen(&mut self) {
+        self.used = false;
+    }
+
     pub fn is_closed(&self, now_ms: u64) -> bool {
         self.check(now_ms).is_err()
     }
@@ -220,6 +227,8 @@ mod tests {
         w.confirmed();
         assert_eq!(w.failures, 0);
         assert_eq!(w.check(2), Err(PairingError::AlreadyUsed));
+        w.reopen();
+        assert_eq!(w.check(2), Ok(()));
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod node;
 mod seal;
 
 pub use approval::{Approval, ApprovalError, ApprovalState};
-pub use cert::{certificate_spki, csr_spki};
+pub use cert::{certificate_fingerprint, certificate_spki, csr_spki};
 pub use code::{
     CodeDisplay, CodeError, MAX_CODE_ID, PAKE_CONTEXT, PBKDF2_ROUNDS, PairingCode, PairingUri,
     RecordBytes, SECRET_SPACE, URI_PREFIX, URI_VERSION, VERIFIER_ID,
