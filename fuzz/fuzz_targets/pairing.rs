@@ -11,9 +11,10 @@ use chacha20::ChaCha20Rng;
 use libfuzzer_sys::fuzz_target;
 use protocol_core::pairing::{
     DaemonConfig, DaemonOutput, DaemonPairing, Input, Issued, NodeConfig, NodeOutput, NodePairing,
-    PAIRING_MAX_FRAME, PairingCode, certificate_spki, csr_spki,
+    PAIRING_MAX_FRAME, PairingCode, RecordBytes, certificate_spki, csr_spki,
 };
 use spake2plus::rand_core::SeedableRng;
+use std::sync::OnceLock;
 
 /// A CSR for a fixed P-256 key (the node's own), and a self-signed certificate for the
 /// same key (`openssl req -new` / `openssl req -x509`, DER; the key was discarded).
@@ -51,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         PairingCode::new(42, 87_654_321).expect("valid code")
     };
-    let record = code.verifier_record().expect("valid record");
+    // Deriving the record is the slow part of a run; it is the same every time.
+    static RECORD: OnceLock<RecordBytes> = OnceLock::new();
+    let record = *RECORD.get_or_init(|| code.verifier_record().expect("valid record"));
     let mut now = 1_000u64;
     let mut node = NodePairing::new(
         now,
