@@ -301,6 +301,12 @@ impl PairingService {
             .records
             .get_mut(&code_id)
             .ok_or(PairingError::UnknownCode)?;
+        match r.approval.tick(now_ms) {
+            ApprovalState::Rejected => return Err(PairingError::RejectedByOperator),
+            ApprovalState::Expired => return Err(PairingError::ApprovalExpired),
+            ApprovalState::Completed => return Err(PairingError::AlreadyUsed),
+            ApprovalState::Pending | ApprovalState::Approved => {}
+        }
         r.window.begin_attempt(now_ms)?;
         RecordBytes::try_from(r.verifier_record.as_slice()).map_err(|_| PairingError::Internal)
     }

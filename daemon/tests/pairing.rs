@@ -761,3 +761,16 @@ fn node_that_drops_while_pending_can_come_back() {
         out.node
     );
 }
+
+#[test]
+fn rejected_code_is_refused_before_the_pake() {
+    let mut w = World::new(PairingSettings {
+        require_approval: true,
+        ..PairingSettings::default()
+    });
+    let code = w.code("node-20");
+    w.service.reject(w.now, code.id()).unwrap();
+    let out = attempt(&mut w, &code, &mut pass);
+    assert_eq!(failed(&out.node), Some(PairingError::RejectedByOperator));
+    assert_eq!(w.service.record(code.id()).unwrap().window.failures, 0);
+}
