@@ -4,14 +4,18 @@
 //! current time in and carry out what the state machines ask for. This layer holds:
 //!
 //! - [`frame`]: length-prefixed framing with the frame limit checked on the prefix;
-//! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation.
+//! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation;
+//! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers.
 //!
 //! The byte-level specification is in `WIRE.md` next to this crate's manifest.
 #![no_std]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
 pub mod frame;
+pub mod pairing;
 pub mod wire;

@@ -1,0 +1,447 @@
+//! The daemon's pairing service: outstanding codes, their limits and approvals, and
+//! the glue that answers a connection's [`DaemonPairing`] with the CA.
+//!
+//! The service keeps no connection: a transport owns one `DaemonPairing` per pairing
+//! connection, feeds it frames, and calls [`PairingService::drive`] to get what to
+//! send. Everything the store persists is in [`PairingRecord`]. The code itself is
+//! never stored: only its SPAKE2+ registration record, from which the code can only be
+//! recovered by guessing, so records are kept as secret as keys.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use protocol_core::pairing::{
+    Approval, ApprovalError, ApprovalState, CodeLifetime, CodeWindow, DaemonOutput, DaemonPairing,
+    Issued, LimitError, MAX_CODE_ID, PairingCode, PairingError, PairingUri, RecordBytes,
+    TokenBucket,
+};
+use protocol_core::wire::EncodeError;
+use serde::{Deserialize, Serialize};
+use spake2plus::rand_core::CryptoRng;
+
+use crate::ca::{CaError, CertificateAuthority, ClientCertificate, Fingerprint, check_device_id};
+
+/// Service settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingSettings {
+    /// Lifetime of a code unless its creator sets another.
+    pub lifetime: CodeLifetime,
+    /// Whether codes need an operator's approval unless their creator says otherwise.
+    pub require_approval: bool,
+    /// Pairing starts allowed at once...
+    pub starts_burst: u32,
+    /// ...then one per this many milliseconds.
+    pub starts_refill_ms: u64,
+    /// How long after a code's expiry an operator may still decide on its pairing.
+    pub decision_ms: u64,
+}
+
+impl Default for PairingSettings {
+    fn default() -> Self {
+        Self {
+            lifetime: CodeLifetime::default(),
+            require_approval: false,
+            starts_burst: 10,
+            starts_refill_ms: 6_000,
+            decision_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// One outstanding (or finished) pairing, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingRecord {
+    pub code_id: u16,
+    /// The device id the certificate will name.
+    pub device_id: String,
+    /// SPAKE2+ registration record: `w0 || L`.
+    pub verifier_record: Vec<u8>,
+    pub window: CodeWindow,
+    pub approval: Approval,
+    /// A connection holds an authenticated CSR and waits for the operator.
+    pub awaiting_decision: bool,
+    /// The certificate issued, once issued.
+    pub issued: Option<Fingerprint>,
+}
+
+/// Why an operator's request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceError {
+    Limit(LimitError),
+    Ca(CaError),
+    Approval(ApprovalError),
+    UnknownCode(u16),
+    /// Every code id is taken by an outstanding code.
+    NoFreeCodeId,
+    /// An outstanding code already names this device.
+    DeviceBusy(String),
+    Uri(protocol_core::pairing::CodeError),
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceError::Limit(e) => e.fmt(f),
+            ServiceError::Ca(e) => e.fmt(f),
+            ServiceError::Approval(e) => e.fmt(f),
+            ServiceError::UnknownCode(id) => write!(f, "no pairing with code id {id:04}"),
+            ServiceError::NoFreeCodeId => f.write_str("no free pairing code id"),
+            ServiceError::DeviceBusy(d) => write!(f, "device {d} already has an outstanding code"),
+            ServiceError::Uri(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+/// What [`PairingService::drive`] has for the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceOutput {
+    /// Send this many bytes of the output buffer.
+    Transmit(usize),
+    /// A certificate was issued (it is on its way to the node).
+    Issued(ClientCertificate),
+    /// The node waits for an operator; call `drive` again after a decision.
+    AwaitingApproval {
+        code_id: u16,
+    },
+    /// The node has its certificate.
+    Completed,
+    Failed(PairingError),
+    /// Call `handle_input(now, Input::Timeout)` and `drive` at this time.
+    Timeout(u64),
+    /// Finished; close the connection.
+    Done,
+}
+
+/// Outstanding codes, limits, approvals, and issuance.
+pub struct PairingService {
+    ca: Arc<CertificateAuthority>,
+    server_fingerprint: Fingerprint,
+    settings: PairingSettings,
+    records: HashMap<u16, PairingRecord>,
+    starts: TokenBucket,
+}
+
+impl fmt::Debug for PairingService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairingService")
+            .field("server_fingerprint", &self.server_fingerprint)
+            .field("settings", &self.settings)
+            .field("codes", &self.records.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairingService {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        server_fingerprint: Fingerprint,
+        settings: PairingSettings,
+        now_ms: u64,
+    ) -> Result<Self, ServiceError> {
+        let starts = TokenBucket::new(now_ms, settings.starts_burst, settings.starts_refill_ms)
+            .map_err(ServiceError::Limit)?;
+        Ok(Self {
+            ca,
+            server_fingerprint,
+            settings,
+            records: HashMap::new(),
+            starts,
+        })
+    }
+
+    /// Issues a new code for `device_id`. `lifetime_ms` outside 30 s..=24 h is refused.
+    pub fn create_code<R: CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        device_id: &str,
+        lifetime_ms: Option<u64>,
+        require_approval: Option<bool>,
+        rng: &mut R,
+    ) -> Result<PairingCode, ServiceError> {
+        check_device_id(device_id).map_err(ServiceError::Ca)?;
+        let lifetime = match lifetime_ms {
+            Some(ms) => CodeLifetime::from_millis(ms).map_err(ServiceError::Limit)?,
+            None => self.settings.lifetime,
+        };
+        self.purge(now_ms);
+        if self
+            .records
+            .values()
+            .any(|r| r.device_id == device_id && !r.window.used)
+        {
+            return Err(ServiceError::DeviceBusy(device_id.to_owned()));
+        }
+        let id = self.free_id(rng)?;
+        // A code whose record cannot be derived (probability 2^-256) is drawn again.
+        let (code, record) = loop {
+            let code = PairingCode::generate(id, rng).map_err(ServiceError::Uri)?;
+            if let Ok(record) = code.verifier_record() {
+                break (code, record);
+            }
+        };
+        let window = CodeWindow::new(now_ms, lifetime);
+        let required = require_approval.unwrap_or(self.settings.require_approval);
+        let deadline = window.expires_ms.saturating_add(self.settings.decision_ms);
+        self.records.insert(
+            id,
+            PairingRecord {
+                code_id: id,
+                device_id: device_id.to_owned(),
+                verifier_record: record.to_vec(),
+                window,
+                approval: Approval::new(now_ms, deadline, required),
+                awaiting_decision: false,
+                issued: None,
+            },
+        );
+        Ok(code)
+    }
+
+    fn free_id<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<u16, ServiceError> {
+        // Random ids keep one code's id from hinting at the next.
+        let span = u32::from(MAX_CODE_ID) + 1;
+        for _ in 0..64 {
+            let id = (rng.next_u32() % span) as u16;
+            if !self.records.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+        (0..=MAX_CODE_ID)
+            .find(|id| !self.records.contains_key(id))
+            .ok_or(ServiceError::NoFreeCodeId)
+    }
+
+    /// The QR payload for a code: `tern://pair?...` with this daemon's fingerprint.
+    pub fn uri(&self, addr: &str, code: &PairingCode) -> Result<String, ServiceError> {
+        let uri = PairingUri::new(addr, code.clone(), self.server_fingerprint.0)
+            .map_err(ServiceError::Uri)?;
+        Ok(uri.to_string())
+    }
+
+    pub fn approve(&mut self, now_ms: u64, code_id: u16) -> Result<ApprovalState, ServiceError> {
+        self.record_mut(code_id)?
+            .approval
+            .approve(now_ms)
+            .map_err(ServiceError::Approval)
+    }
+
+    pub fn reject(&mut self, now_ms: u64, code_id: u16) -> Result<ApprovalState, ServiceError> {
+        self.record_mut(code_id)?
+            .approval
+            .reject(now_ms)
+            .map_err(ServiceError::Approval)
+    }
+
+    pub fn record(&self, code_id: u16) -> Option<&PairingRecord> {
+        self.records.get(&code_id)
+    }
+
+    /// Every record, for the store.
+    pub fn records(&self) -> Vec<PairingRecord> {
+        let mut all: Vec<_> = self.records.values().cloned().collect();
+        all.sort_by_key(|r| r.code_id);
+        all
+    }
+
+    /// Loads stored records. A connection does not survive a restart, so a record that
+    /// was waiting for a decision no longer has a node attached: its code is reopened for
+    /// the node to come back with.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = PairingRecord>) {
+        for mut r in records {
+            if r.awaiting_decision {
+                r.awaiting_decision = false;
+                r.window.reopen();
+            }
+            self.records.insert(r.code_id, r);
+        }
+    }
+
+    /// The transport closed a pairing connection. One that held a proven code without
+    /// a certificate yet gives the code back, so the node can reconnect with it.
+    pub fn connection_closed<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, conn: &DaemonPairing<B>) {
+        if conn.csr().is_none() {
+            return;
+        }
+        let Some(r) = conn.code_id().and_then(|id| self.records.get_mut(&id)) else {
+            return;
+        };
+        if r.awaiting_decision {
+            r.awaiting_decision = false;
+            r.window.reopen();
+        }
+    }
+
+    /// Drops records that can no longer lead anywhere.
+    pub fn purge(&mut self, now_ms: u64) {
+        self.records.retain(|_, r| {
+            let state = r.approval.tick(now_ms);
+            let finished = matches!(
+                state,
+                ApprovalState::Completed | ApprovalState::Rejected | ApprovalState::Expired
+            );
+            let dead = !r.window.used && r.window.is_closed(now_ms);
+            !(finished || dead)
+        });
+    }
+
+    fn record_mut(&mut self, code_id: u16) -> Result<&mut PairingRecord, ServiceError> {
+        self.records
+            .get_mut(&code_id)
+            .ok_or(ServiceError::UnknownCode(code_id))
+    }
+
+    /// Lets a pairing start: rate limit first (unknown ids are probes too), then the
+    /// code's window, which counts the attempt.
+    fn admit(&mut self, now_ms: u64, code_id: u16) -> Result<RecordBytes, PairingError> {
+        self.starts.try_take(now_ms)?;
+        let r = self
+            .records
+            .get_mut(&code_id)
+            .ok_or(PairingError::UnknownCode)?;
+        match r.approval.tick(now_ms) {
+            ApprovalState::Rejected => return Err(PairingError::RejectedByOperator),
+            ApprovalState::Expired => return Err(PairingError::ApprovalExpired),
+            ApprovalState::Completed => return Err(PairingError::AlreadyUsed),
+            ApprovalState::Pending | ApprovalState::Approved => {}
+        }
+        r.window.begin_attempt(now_ms)?;
+        RecordBytes::try_from(r.verifier_record.as_slice()).map_err(|_| PairingError::Internal)
+    }
+
+    /// Runs one connection's state machine until it has something for the transport.
+    pub fn drive<B, R>(
+        &mut self,
+        now_ms: u64,
+        conn: &mut DaemonPairing<B>,
+        out: &mut [u8],
+        rng: &mut R,
+    ) -> Result<ServiceOutput, EncodeError>
+    where
+        B: AsRef<[u8]> + AsMut<[u8]>,
+        R: CryptoRng + ?Sized,
+    {
+        if let Some(decided) = self.take_decision(now_ms, conn, rng) {
+            return Ok(decided);
+        }
+        loop {
+            match conn.poll_output(now_ms, out)? {
+                DaemonOutput::Transmit(n) => return Ok(ServiceOutput::Transmit(n)),
+                DaemonOutput::RecordNeeded { code_id } => match self.admit(now_ms, code_id) {
+                    Ok(record) => {
+                        // A failure here is reported by the next poll.
+                        let _ = conn.accept_record(&record, rng);
+                    }
+                    Err(e) => conn.refuse(e),
+                },
+                DaemonOutput::CsrReceived { code_id, .. } => {
+                    let refused = match self.records.get_mut(&code_id) {
+                        Some(r) => {
+                            // The run proved the code: its attempt was not a failure,
+                            // but only the first such run gets a certificate.
+                            let first = !r.window.used;
+                            r.window.confirmed();
+                            (!first).then_some(PairingError::AlreadyUsed)
+                        }
+                        None => Some(PairingError::UnknownCode),
+                    };
+                    match refused {
+                        Some(e) => conn.refuse(e),
+                        None => {
+                            if let Some(out) = self.decide(now_ms, code_id, conn, rng) {
+                                return Ok(out);
+                            }
+                        }
+                    }
+                }
+                DaemonOutput::Completed => return Ok(ServiceOutput::Completed),
+                DaemonOutput::Failed(e) => return Ok(ServiceOutput::Failed(e)),
+                DaemonOutput::Timeout(at) => return Ok(ServiceOutput::Timeout(at)),
+                DaemonOutput::Waiting | DaemonOutput::Done => return Ok(ServiceOutput::Done),
+            }
+        }
+    }
+
+    /// A connection parked on an operator's decision, now that there is one.
+    fn take_decision<B, R>(
+        &mut self,
+        now_ms: u64,
+        conn: &mut DaemonPairing<B>,
+        rng: &mut R,
+    ) -> Option<ServiceOutput>
+    where
+        B: AsRef<[u8]> + AsMut<[u8]>,
+        R: CryptoRng + ?Sized,
+    {
+        conn.csr()?;
+        let code_id = conn.code_id()?;
+        let r = self.records.get_mut(&code_id)?;
+        if !r.awaiting_decision || r.approval.tick(now_ms) == ApprovalState::Pending {
+            return None;
+        }
+        r.awaiting_decision = false;
+        self.decide(now_ms, code_id, conn, rng)
+    }
+
+    /// Answers an authenticated CSR according to the pairing's approval.
+    fn decide<B, R>(
+        &mut self,
+        now_ms: u64,
+        code_id: u16,
+        conn: &mut DaemonPairing<B>,
+        rng: &mut R,
+    ) -> Option<ServiceOutput>
+    where
+        B: AsRef<[u8]> + AsMut<[u8]>,
+        R: CryptoRng + ?Sized,
+    {
+        let r = self.records.get_mut(&code_id)?;
+        match r.approval.tick(now_ms) {
+            ApprovalState::Pending => {
+                r.awaiting_decision = true;
+                let _ = conn.pending();
+                Some(ServiceOutput::AwaitingApproval { code_id })
+            }
+            ApprovalState::Approved => {
+                let csr = conn.csr()?.to_vec();
+                match self.ca.issue_client(&csr, &r.device_id, now_ms, rng) {
+                    Ok(cert) => {
+                        let issued = Issued {
+                            device_id: &r.device_id,
+                            client_cert: &cert.der,
+                            ca_cert: self.ca.certificate_der(),
+                            server_fingerprint: self.server_fingerprint.0,
+                        };
+                        if conn.issue(&issued).is_err() {
+                            conn.refuse(PairingError::Internal);
+                            return None;
+                        }
+                        let _ = r.approval.complete(now_ms);
+                        r.issued = Some(cert.fingerprint);
+                        Some(ServiceOutput::Issued(cert))
+                    }
+                    Err(_) => {
+                        // The node proved the code; let it retry with a good CSR.
+                        r.window.reopen();
+                        conn.refuse(PairingError::BadCsr);
+                        None
+                    }
+                }
+            }
+            ApprovalState::Rejected => {
+                let _ = conn.reject();
+                None
+            }
+            ApprovalState::Expired => {
+                conn.refuse(PairingError::ApprovalExpired);
+                None
+            }
+            ApprovalState::Completed => {
+                conn.refuse(PairingError::AlreadyUsed);
+                None
+            }
+        }
+    }
+}
