@@ -4,7 +4,9 @@
 //! current time in and carry out what the state machines ask for. This layer holds:
 //!
 //! - [`frame`]: length-prefixed framing with the frame limit checked on the prefix;
-//! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation.
+//! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation;
+//! - [`session`]: sessions with resumable ordered streams, keep-alive and capability
+//!   calls, and the journal hook that makes a daemon's side durable.
 //!
 //! The byte-level specification is in `WIRE.md` next to this crate's manifest.
 #![no_std]
@@ -16,4 +18,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod frame;
+pub mod session;
 pub mod wire;
