@@ -106,16 +106,20 @@ pub enum Event<'o> {
         call: Call<'o>,
         deadline: Instant,
     },
-    /// Node: a call id seen before came again; it was answered from the window.
+    /// Node: a call id seen before came again; it was answered from the window, with
+    /// the message `answer` if one was needed (none if the daemon acknowledged the
+    /// result already).
     DuplicateCall {
         seq: Seq,
         call_id: CallId,
+        answer: Option<Seq>,
     },
-    /// Node: a call was answered without running.
+    /// Node: a call was answered (by message `answer`) without running.
     CallNotRun {
         seq: Seq,
         call_id: CallId,
         why: NotRun,
+        answer: Seq,
     },
     /// Node: the daemon cancelled a call; `active` if it is still running here (the
     /// application should stop it and complete it as `Cancelled`).
@@ -124,11 +128,9 @@ pub enum Event<'o> {
         call_id: CallId,
         active: bool,
     },
-    /// Node: the call's deadline passed; the session answered `TimedOut`, the
-    /// application should stop it.
-    CallExpired {
-        call_id: CallId,
-    },
+    /// Node: the call's deadline passed; the session answered `TimedOut` (message
+    /// `answer`), the application should stop it.
+    CallExpired { call_id: CallId, answer: Seq },
     /// The `out` buffer passed to `poll_output` cannot hold what is next.
     BufferTooSmall {
         needed: usize,

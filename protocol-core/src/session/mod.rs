@@ -188,6 +188,11 @@ struct Conn {
     resumed: bool,
     pong: Option<u64>,
     pings: u64,
+    /// Daemon: the node proved it holds the session id (it sent a frame after our
+    /// hello-ack), so stream data may flow. Node: always true once up.
+    confirmed: bool,
+    /// Node: acknowledge at once, which confirms the hello-ack to the daemon.
+    ack_now: bool,
     /// Last acknowledgement value sent on this connection.
     ack_sent: Seq,
     ack_due: Option<Instant>,
@@ -212,6 +217,8 @@ impl Conn {
             resumed: false,
             pong: None,
             pings: 0,
+            confirmed: false,
+            ack_now: false,
             ack_sent: 0,
             ack_due: None,
             farewell: None,
@@ -715,6 +722,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
             Ok(msg) => msg,
             Err(e) => return self.fail(e.code(), "message does not decode"),
         };
+        let proves_ack = matches!(
+            msg,
+            Message::Data(_) | Message::Ack(_) | Message::Gap(_) | Message::Ping(_) | Message::Pong(_)
+        );
+        if self.conn.state == State::Up && !self.conn.confirmed && proves_ack {
+            // Stream traffic after the hello proves the node took our hello-ack: from now on a
+            // hello without this session id means the node lost its memory.
+            self.conn.confirmed = true;
+            self.established = true;
+            if self.save_meta().is_err() {
+                return self.fail(ErrorCode::Internal, "journal failed");
+            }
+        }
         match (self.conn.state, self.role, msg) {
             (_, _, Message::Error(e)) => {
                 self.notices.disconnected = Some(CloseReason::PeerError(e.code));
@@ -764,7 +784,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
             return self.fail(ErrorCode::UnexpectedMessage, "frame limit too small");
         }
         let resumed = match h.resume {
-            Some(r) if Some(r.session) == self.session && self.established => {
+            // Naming our session proves the node holds it, confirmed or not.
+            Some(r) if Some(r.session) == self.session => {
                 if self.out.resume(self.mem.as_ref(), r.received).is_err() {
                     return self.fail(ErrorCode::UnexpectedMessage, "resume beyond what was sent");
                 }
@@ -777,15 +798,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 self.reset_session();
                 false
             }
-            // The first connection of this session: whatever was queued goes out.
-            _ => false,
+            // The node has not confirmed this session yet (our hello-ack may have been
+            // lost): it starts again, and whatever was queued goes out once it confirms.
+            _ => {
+                if self.out.resume(self.mem.as_ref(), 0).is_err() {
+                    return self.fail(ErrorCode::Internal, "unconfirmed session sent data");
+                }
+                false
+            }
         };
-        self.established = true;
-        if self.save_meta().is_err() {
-            return self.fail(ErrorCode::Internal, "journal failed");
-        }
         self.conn.send_hello_ack = true;
         self.up(version, h.max_frame, h.idle_timeout_ms, resumed);
+        self.conn.confirmed = resumed;
     }
 
     /// The node came back without its state: everything of the old session is lost.
@@ -794,7 +818,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         let peer_lost_from = self.inp.delivered() + 1;
         self.inp.reset();
         self.session = Some(next_id(&mut self.id_state));
-        let mut journal_ok = self.journal.clear_messages().is_ok();
+        self.established = false;
+        let mut journal_ok = self.journal.clear_messages().is_ok() && self.save_meta().is_ok();
         for c in self.calls.iter_mut() {
             if !c.state.is_final() {
                 c.state = CallState::Lost;
@@ -835,6 +860,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
             return self.fail(ErrorCode::UnexpectedMessage, "resume beyond what was sent");
         }
         self.up(a.version, a.max_frame, a.idle_timeout_ms, a.resumed);
+        self.conn.confirmed = true;
+        self.conn.ack_now = true;
     }
 
     fn up(&mut self, version: u16, peer_max: u32, peer_idle_ms: u32, resumed: bool) {
@@ -1048,7 +1075,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
             return Some(encode(&Message::Pong(Ping { nonce }), peer_max, out));
         }
         let ack = self.inp.delivered();
-        match self.out.next(self.mem.as_ref()) {
+        if core::mem::take(&mut self.conn.ack_now) {
+            self.conn.ack_sent = ack;
+            self.conn.ack_due = None;
+            return Some(encode(&Message::Ack(Ack { received: ack }), peer_max, out));
+        }
+        let next = if self.conn.confirmed {
+            self.out.next(self.mem.as_ref())
+        } else {
+            None
+        };
+        match next {
             Some(Next::Gap(gap)) => {
                 self.out.advance(gap.to);
                 return Some(encode(&Message::Gap(gap), peer_max, out));
@@ -1128,11 +1165,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         if let Some(c) = self.calls.next_unreported() {
             return Some(self.report_call(c));
         }
-        if let Some(call_id) = self.window.first_expired_unreported() {
-            if let Some(e) = self.window.find_mut(call_id) {
-                e.expired_unreported = false;
-            }
-            return Some(Event::CallExpired { call_id });
+        if let Some(call_id) = self.window.first_expired_unreported()
+            && let Some(e) = self.window.find_mut(call_id)
+        {
+            e.expired_unreported = false;
+            let answer = match e.slot {
+                Slot::Done { result_seq } => result_seq,
+                Slot::Active { .. } => 0,
+            };
+            return Some(Event::CallExpired { call_id, answer });
         }
         self.deliver(now, out)
     }
@@ -1275,24 +1316,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         let call_id = c.call_id;
         if let Some(entry) = self.window.find(call_id).copied() {
             // Seen before: answer again, never run again.
-            match entry.slot {
+            let answer = match entry.slot {
                 Slot::Active { stage, .. } => {
                     let body = Body::Progress(CallProgress {
                         call_id,
                         stage: stage.unwrap_or(Stage::Running),
                         detail: "already running",
                     });
-                    if self.enqueue(&body) == Err(SessionError::Full) {
-                        return None;
-                    }
+                    self.enqueue(&body).map(Some)
                 }
-                Slot::Done { result_seq } => {
-                    if self.resend(result_seq) == Err(SessionError::Full) {
-                        return None;
-                    }
-                }
-            }
-            return Some(Event::DuplicateCall { seq, call_id });
+                Slot::Done { result_seq } => self.resend(result_seq),
+            };
+            let answer = match answer {
+                Err(SessionError::Full) => return None,
+                Ok(a) => a,
+                Err(_) => None,
+            };
+            return Some(Event::DuplicateCall {
+                seq,
+                call_id,
+                answer,
+            });
         }
         if c.timeout_ms == 0 {
             let body = Body::Result(CallResult {
@@ -1313,6 +1357,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 seq,
                 call_id,
                 why: NotRun::Expired,
+                answer: result_seq,
             });
         }
         let deadline = now.plus_ms(u64::from(c.timeout_ms));
@@ -1324,13 +1369,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                     reason: "call window full",
                 },
             });
-            if self.enqueue(&body) == Err(SessionError::Full) {
-                return None;
-            }
+            let answer = match self.enqueue(&body) {
+                Err(SessionError::Full) => return None,
+                Ok(s) => s,
+                Err(_) => 0,
+            };
             return Some(Event::CallNotRun {
                 seq,
                 call_id,
                 why: NotRun::Busy,
+                answer,
             });
         }
         Some(Event::Call {
@@ -1342,20 +1390,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
 
     /// Sends a held message again as a new one (a replayed call's answer). A message no
     /// longer held was acknowledged: the daemon has it already.
-    fn resend(&mut self, seq: Seq) -> Result<(), SessionError> {
+    fn resend(&mut self, seq: Seq) -> Result<Option<Seq>, SessionError> {
         let Some(rec) = self.out.get(self.mem.as_ref(), seq) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut copy = [0u8; 128];
         let Some(dst) = copy.get_mut(..rec.bytes.len()) else {
             // Too big to copy without an allocator; it is still queued for the daemon.
-            return Ok(());
+            return Ok(None);
         };
         dst.copy_from_slice(rec.bytes);
         let Ok(body) = postcard::from_bytes::<Body<'_>>(dst) else {
-            return Ok(());
+            return Ok(None);
         };
-        self.enqueue(&body).map(|_| ())
+        self.enqueue(&body).map(Some)
     }
 }
 
