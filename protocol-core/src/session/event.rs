@@ -50,6 +50,8 @@ pub enum CloseReason {
     PeerError(ErrorCode),
     /// The hello exchange did not finish in time.
     HandshakeTimeout,
+    /// Data sent stayed unacknowledged too long.
+    AckTimeout,
     /// The transport went away.
     TransportClosed,
 }

@@ -70,6 +70,9 @@ pub struct Config {
     pub ack_delay_ms: u32,
     /// Acknowledge at once when this many delivered messages are unacknowledged.
     pub ack_every: u32,
+    /// Close the connection when data sent on it stays unacknowledged this long: the
+    /// connection is stuck, and a new one resumes where the peer stands.
+    pub ack_timeout_ms: u32,
     /// Bytes of storage for the replay buffer; the rest is the inbox, which must hold one
     /// frame of `max_frame` bytes plus [`RECORD_HEADER`].
     pub replay_bytes: usize,
@@ -88,6 +91,7 @@ impl Config {
             handshake_timeout_ms: 10_000,
             ack_delay_ms: 20,
             ack_every: 2,
+            ack_timeout_ms: 5_000,
             replay_bytes,
             overflow: Overflow::Reject,
         }
@@ -196,6 +200,8 @@ struct Conn {
     /// Last acknowledgement value sent on this connection.
     ack_sent: Seq,
     ack_due: Option<Instant>,
+    /// Since when data sent on this connection waits for an acknowledgement.
+    unacked_since: Option<Instant>,
     farewell: Option<Farewell>,
     /// A farewell went out; `Output::Close` comes next.
     close_next: bool,
@@ -221,6 +227,7 @@ impl Conn {
             ack_now: false,
             ack_sent: 0,
             ack_due: None,
+            unacked_since: None,
             farewell: None,
             close_next: false,
         }
@@ -789,6 +796,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 if self.out.resume(self.mem.as_ref(), r.received).is_err() {
                     return self.fail(ErrorCode::UnexpectedMessage, "resume beyond what was sent");
                 }
+                self.established = true;
                 if self.trimmed().is_err() {
                     return;
                 }
@@ -885,7 +893,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 false
             }
             Ok(false) => true,
-            Ok(true) => self.trimmed().is_ok(),
+            Ok(true) => {
+                self.conn.unacked_since = (self.out.sent_through() > through)
+                    .then_some(self.conn.last_recv);
+                self.trimmed().is_ok()
+            }
         }
     }
 
@@ -944,6 +956,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                     Farewell::Goodbye(GoodbyeReason::IdleTimeout),
                     CloseReason::Local(GoodbyeReason::IdleTimeout),
                 );
+            }
+            State::Up
+                if self.live()
+                    && self.conn.unacked_since.is_some_and(|since| {
+                        now >= since.plus_ms(u64::from(self.config.ack_timeout_ms))
+                    }) =>
+            {
+                self.close(Farewell::Nothing, CloseReason::AckTimeout);
             }
             _ => {}
         }
@@ -1015,6 +1035,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 at.add(Some(self.conn.last_recv.plus_ms(self.conn.idle_ms)));
                 at.add(Some(self.conn.last_sent.plus_ms(self.conn.keep_alive_ms)));
                 at.add(self.conn.ack_due);
+                at.add(
+                    self.conn
+                        .unacked_since
+                        .map(|t| t.plus_ms(u64::from(self.config.ack_timeout_ms))),
+                );
             }
             _ => {}
         }
@@ -1088,6 +1113,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         match next {
             Some(Next::Gap(gap)) => {
                 self.out.advance(gap.to);
+                self.conn.unacked_since.get_or_insert(now);
                 return Some(encode(&Message::Gap(gap), peer_max, out));
             }
             Some(Next::Data(rec)) => {
@@ -1120,6 +1146,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 };
                 if res.is_ok() {
                     self.out.advance(seq);
+                    self.conn.unacked_since.get_or_insert(now);
                     self.conn.ack_sent = ack;
                     self.conn.ack_due = None;
                 }

@@ -201,6 +201,11 @@ impl OutStream {
         self.get(mem, self.next_send).map(Next::Data)
     }
 
+    /// Last seq put on the current connection.
+    pub(crate) fn sent_through(&self) -> Seq {
+        self.next_send - 1
+    }
+
     /// Marks what [`next`](Self::next) returned as sent.
     pub(crate) fn advance(&mut self, through: Seq) {
         self.next_send = self.next_send.max(through + 1);

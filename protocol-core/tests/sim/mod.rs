@@ -129,6 +129,7 @@ fn config(kind: Option<Kind>) -> Config {
     c.idle_timeout_ms = 3_000;
     c.keep_alive_ms = 1_000;
     c.handshake_timeout_ms = 1_000;
+    c.ack_timeout_ms = 1_500;
     match kind {
         None => {}
         Some(Kind::Linux) => c.replay_bytes = 8192,
@@ -996,6 +997,7 @@ impl World {
     /// A microcontroller reboots: its session and its running calls are gone.
     fn restart_node(&mut self, i: usize) {
         self.report.node_restarts += 1;
+        self.trace(i, format_args!("node restarts"));
         let old = self.up_key(i);
         self.checker.sender_restarted(old);
         if let Some(link) = self.nodes[i].link {
@@ -1019,6 +1021,9 @@ impl World {
     /// The daemon process restarts: every session is rebuilt from its journal.
     fn restart_daemon(&mut self) {
         self.report.daemon_restarts += 1;
+        for i in 0..self.nodes.len() {
+            self.trace(i, format_args!("daemon restarts"));
+        }
         let ids: Vec<u64> = self.links.keys().copied().collect();
         for id in ids {
             let Some(link) = self.links.remove(&id) else {
