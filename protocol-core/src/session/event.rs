@@ -132,7 +132,10 @@ pub enum Event<'o> {
     },
     /// Node: the call's deadline passed; the session answered `TimedOut` (message
     /// `answer`), the application should stop it.
-    CallExpired { call_id: CallId, answer: Seq },
+    CallExpired {
+        call_id: CallId,
+        answer: Seq,
+    },
     /// The `out` buffer passed to `poll_output` cannot hold what is next.
     BufferTooSmall {
         needed: usize,

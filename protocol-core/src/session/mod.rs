@@ -731,7 +731,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         };
         let proves_ack = matches!(
             msg,
-            Message::Data(_) | Message::Ack(_) | Message::Gap(_) | Message::Ping(_) | Message::Pong(_)
+            Message::Data(_)
+                | Message::Ack(_)
+                | Message::Gap(_)
+                | Message::Ping(_)
+                | Message::Pong(_)
         );
         if self.conn.state == State::Up && !self.conn.confirmed && proves_ack {
             // Stream traffic after the hello proves the node took our hello-ack: from now on a
@@ -894,8 +898,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
             }
             Ok(false) => true,
             Ok(true) => {
-                self.conn.unacked_since = (self.out.sent_through() > through)
-                    .then_some(self.conn.last_recv);
+                self.conn.unacked_since =
+                    (self.out.sent_through() > through).then_some(self.conn.last_recv);
                 self.trimmed().is_ok()
             }
         }

@@ -110,7 +110,11 @@ impl Checker {
     }
 
     pub fn call_issued(&mut self, node: usize, id: CallId) {
-        if self.calls.insert((node, id), CallTrack::default()).is_some() {
+        if self
+            .calls
+            .insert((node, id), CallTrack::default())
+            .is_some()
+        {
             self.violation(format!("node {node}: call id {id} issued twice"));
         }
     }
@@ -132,7 +136,9 @@ impl Checker {
             t.finals.push(state);
         }
         if after_final {
-            self.violation(format!("node {node}: call {id} changed to {state:?} after its final state"));
+            self.violation(format!(
+                "node {node}: call {id} changed to {state:?} after its final state"
+            ));
         }
     }
 
@@ -163,11 +169,15 @@ impl Checker {
                         match s.accepted.get(seq) {
                             Some(want) if want == fp => {}
                             Some(want) => {
-                                v.push(format!("{key:?}: seq {seq} delivered as {fp}, sent as {want}"));
+                                v.push(format!(
+                                    "{key:?}: seq {seq} delivered as {fp}, sent as {want}"
+                                ));
                                 return v;
                             }
                             None => {
-                                v.push(format!("{key:?}: seq {seq} delivered ({fp}) but never sent"));
+                                v.push(format!(
+                                    "{key:?}: seq {seq} delivered ({fp}) but never sent"
+                                ));
                                 return v;
                             }
                         }
@@ -175,11 +185,15 @@ impl Checker {
                     }
                     Item::Gap(from, to) => {
                         if *from != expected || to < from {
-                            v.push(format!("{key:?}: gap {from}..={to}, expected it to start at {expected}"));
+                            v.push(format!(
+                                "{key:?}: gap {from}..={to}, expected it to start at {expected}"
+                            ));
                             return v;
                         }
                         if !s.gaps_allowed {
-                            v.push(format!("{key:?}: gap {from}..={to} from a sender that never evicts"));
+                            v.push(format!(
+                                "{key:?}: gap {from}..={to} from a sender that never evicts"
+                            ));
                         }
                         expected = to + 1;
                     }
@@ -188,23 +202,30 @@ impl Checker {
             if let Some(from) = s.reported_lost_from
                 && from != expected
             {
-                v.push(format!("{key:?}: loss reported from {from}, but delivery stood at {expected}"));
+                v.push(format!(
+                    "{key:?}: loss reported from {from}, but delivery stood at {expected}"
+                ));
             }
             for seq in s.accepted.range(expected..).map(|(seq, _)| *seq) {
                 let excused = s.sender_restarted
-                    || s.reported_unacked.is_some_and(|(a, b)| a <= seq && seq <= b);
+                    || s.reported_unacked
+                        .is_some_and(|(a, b)| a <= seq && seq <= b);
                 if !excused {
-                    v.push(format!("{key:?}: seq {seq} accepted but never delivered nor reported lost"));
+                    v.push(format!(
+                        "{key:?}: seq {seq} accepted but never delivered nor reported lost"
+                    ));
                     break;
                 }
             }
         }
         for ((node, id), t) in &self.calls {
             match t.finals.as_slice() {
-                [] => v.push(format!("node {node}: call {id} never reached a final state")),
-                [CallState::Succeeded | CallState::Failed] if t.executed == 0 => {
-                    v.push(format!("node {node}: call {id} reported done but never executed"))
-                }
+                [] => v.push(format!(
+                    "node {node}: call {id} never reached a final state"
+                )),
+                [CallState::Succeeded | CallState::Failed] if t.executed == 0 => v.push(format!(
+                    "node {node}: call {id} reported done but never executed"
+                )),
                 [_] => {}
                 more => v.push(format!("node {node}: call {id} has final states {more:?}")),
             }

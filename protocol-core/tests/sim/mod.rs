@@ -321,7 +321,9 @@ impl World {
             bufs: Vec::new(),
             planted_armed: cfg.planted_bug,
             calm: false,
-            trace: std::env::var("TERN_SIM_TRACE").ok().and_then(|s| s.parse().ok()),
+            trace: std::env::var("TERN_SIM_TRACE")
+                .ok()
+                .and_then(|s| s.parse().ok()),
         }
     }
 
@@ -422,7 +424,11 @@ impl World {
                 }
             }
         }
-        let copies = if self.net_rng.chance(f.duplicate) { 2 } else { 1 };
+        let copies = if self.net_rng.chance(f.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             if self.net_rng.chance(f.loss) {
                 self.report.frames_lost += 1;
@@ -466,7 +472,9 @@ impl World {
                     }
                 }
             }
-            let Some((_, order, id, dir)) = best else { return };
+            let Some((_, order, id, dir)) = best else {
+                return;
+            };
             let link = self.links.get_mut(&id).expect("link");
             let q = match dir {
                 Dir::ToDaemon => &mut link.to_daemon,
@@ -516,7 +524,12 @@ impl World {
             };
             match dir {
                 Dir::ToDaemon => {
-                    if renumbered && matches!(input, Input::Frame(_)) {
+                    // Count the renumbered frames the daemon will take as the next message.
+                    if renumbered
+                        && let Input::Frame(f) = input
+                        && let Ok(Message::Data(d)) = wire::decode_message(f)
+                        && d.seq == self.daemon.sessions[node].delivered() + 1
+                    {
                         self.report.planted_hits += 1;
                     }
                     self.daemon.pre_session[node] = self.daemon.sessions[node].session_id();
@@ -799,10 +812,10 @@ impl World {
 
     fn node_event(&mut self, i: usize, ev: NodeEv) {
         self.trace(i, format_args!("node event {ev:?}"));
-        let down = self.nodes[i].session.session_id().map(|session| StreamKey::Down {
-            node: i,
-            session,
-        });
+        let down = self.nodes[i]
+            .session
+            .session_id()
+            .map(|session| StreamKey::Down { node: i, session });
         let deliver = |checker: &mut Checker, seq, fp: String| match down {
             Some(key) => checker.delivered(key, seq, fp),
             None => checker.violation(format!("node {i}: delivery before a session")),
@@ -856,7 +869,10 @@ impl World {
                 deliver(&mut self.checker, seq, format!("cancel:{call_id}"));
                 if active && self.rng.chance(0.7) {
                     let now = self.now;
-                    if let Some(r) = self.nodes[i].running.iter_mut().find(|r| r.call_id == call_id)
+                    if let Some(r) = self.nodes[i]
+                        .running
+                        .iter_mut()
+                        .find(|r| r.call_id == call_id)
                     {
                         r.cancelled = true;
                         r.done_at = now;
@@ -1070,13 +1086,38 @@ enum Owned<E> {
 /// A node event, detached from the output buffer.
 #[derive(Debug)]
 enum NodeEv {
-    Call { seq: u64, call_id: CallId },
-    Duplicate { seq: u64, call_id: CallId, answer: Option<u64> },
-    NotRun { seq: u64, call_id: CallId, answer: u64, fp: String },
-    Cancel { seq: u64, call_id: CallId, active: bool },
-    Message { seq: u64, fp: String },
-    Gap { from: u64, to: u64 },
-    Expired { call_id: CallId, answer: u64 },
+    Call {
+        seq: u64,
+        call_id: CallId,
+    },
+    Duplicate {
+        seq: u64,
+        call_id: CallId,
+        answer: Option<u64>,
+    },
+    NotRun {
+        seq: u64,
+        call_id: CallId,
+        answer: u64,
+        fp: String,
+    },
+    Cancel {
+        seq: u64,
+        call_id: CallId,
+        active: bool,
+    },
+    Message {
+        seq: u64,
+        fp: String,
+    },
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    Expired {
+        call_id: CallId,
+        answer: u64,
+    },
     Reset,
     Other(#[allow(dead_code)] String),
 }
