@@ -141,7 +141,7 @@ fn borrow(o: &Owned) -> Message<'_> {
                         output,
                         needs_approval: *needs_approval,
                     })
-                    .unwrap();
+                    .expect("at most MAX_CAPABILITIES");
             }
             data(*s, *a, Body::Register(Register { capabilities }))
         }

@@ -237,7 +237,8 @@ mod tests {
                     }
                 }
                 for id in &running {
-                    prop_assert!(matches!(w.find(*id).map(|e| e.slot), Some(Slot::Active { .. })));
+                    let active = matches!(w.find(*id).map(|e| e.slot), Some(Slot::Active { .. }));
+                    prop_assert!(active, "running call {} forgotten", id);
                 }
                 prop_assert_eq!(w.active_count(), running.len());
             }

@@ -377,3 +377,182 @@ pub(crate) fn gap_end(rec: &Record<'_>) -> Seq {
     }
     u64::from_le_bytes(to)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(usize),
+        /// Transmit up to this many frames; `Some(k)`: the k-th is lost on the wire.
+        Send(usize, Option<usize>),
+        Deliver(usize),
+        Ack,
+        Reconnect,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0usize..60).prop_map(Op::Push),
+            3 => (1usize..6, proptest::option::weighted(0.2, 0usize..6)).prop_map(|(n, l)| Op::Send(n, l)),
+            2 => (1usize..6).prop_map(Op::Deliver),
+            1 => Just(Op::Ack),
+            1 => Just(Op::Reconnect),
+        ]
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Got {
+        Msg(Seq, Vec<u8>),
+        Gap(Seq, Seq),
+    }
+
+    struct Pair {
+        out: OutStream,
+        inp: InStream,
+        mem: Vec<u8>,
+        /// The connection lost a frame: everything after it is refused as a hole.
+        broken: bool,
+        got: Vec<Got>,
+    }
+
+    impl Pair {
+        fn send(&mut self, n: usize, lose: Option<usize>) {
+            for k in 0..n {
+                let Some(next) = self.out.next(&self.mem) else {
+                    return;
+                };
+                let (through, frame) = match next {
+                    Next::Gap(g) => (g.to, Err(g)),
+                    Next::Data(r) => (r.seq, Ok((r.seq, r.bytes.to_vec()))),
+                };
+                self.out.advance(through);
+                if lose == Some(k) || self.broken {
+                    self.broken = true;
+                    continue;
+                }
+                let got = match frame {
+                    Ok((seq, bytes)) => self.inp.data(&mut self.mem, seq, &bytes),
+                    Err(g) => self.inp.gap(&mut self.mem, g),
+                };
+                assert!(
+                    matches!(got, Received::Accepted),
+                    "in-order frame refused: {got:?}"
+                );
+            }
+        }
+
+        fn deliver(&mut self, n: usize) {
+            for _ in 0..n {
+                let Some(rec) = self.inp.front(&self.mem) else {
+                    return;
+                };
+                let (item, through) = if rec.kind == KIND_GAP {
+                    let to = gap_end(&rec);
+                    (Got::Gap(rec.seq, to), to)
+                } else {
+                    (Got::Msg(rec.seq, rec.bytes.to_vec()), rec.seq)
+                };
+                self.got.push(item);
+                self.inp.pop_delivered(&self.mem, through);
+            }
+        }
+
+        fn reconnect(&mut self) {
+            self.inp.rewind();
+            self.out
+                .resume(&self.mem, self.inp.delivered())
+                .expect("resume within what was sent");
+            self.broken = false;
+        }
+    }
+
+    proptest! {
+        /// Over a connection that loses frames and is re-established, the receiver gets
+        /// every accepted message exactly once and in order, or (only when the sender
+        /// evicts) inside an explicit gap; a refusal happens only when the replay
+        /// buffer is truly out of room.
+        #[test]
+        fn exactly_once_in_order_or_explicit_gap(
+            cap in 40usize..600,
+            evict in any::<bool>(),
+            ops in proptest::collection::vec(op(), 0..150),
+        ) {
+            let overflow = if evict { Overflow::EvictOldest } else { Overflow::Reject };
+            let inbox = 4096;
+            let mut p = Pair {
+                out: OutStream::new(Ring::new(0, cap), overflow),
+                inp: InStream::new(Ring::new(cap, inbox)),
+                mem: std::vec![0; cap + inbox],
+                broken: false,
+                got: Vec::new(),
+            };
+            let mut accepted: Vec<(Seq, Vec<u8>)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Push(len) => {
+                        let seq = p.out.last() + 1;
+                        let bytes: Vec<u8> = (0..len).map(|i| (seq as usize * 7 + i) as u8).collect();
+                        let fits_now = p.out.ring().fits(len);
+                        match p.out.push_with(&mut p.mem, len, |dst| {
+                            dst.copy_from_slice(&bytes);
+                            Ok::<(), ()>(())
+                        }) {
+                            Ok(Pushed::Stored { seq: s, evicted_through }) => {
+                                prop_assert_eq!(s, seq);
+                                prop_assert!(evict || evicted_through.is_none());
+                                accepted.push((seq, bytes));
+                            }
+                            Ok(Pushed::Full) => prop_assert!(
+                                !fits_now && (!evict || !p.out.ring().could_hold(len)),
+                                "refused a message that fits"
+                            ),
+                            Err(()) => prop_assert!(false, "fill cannot fail"),
+                        }
+                    }
+                    Op::Send(n, lose) => p.send(n, lose),
+                    Op::Deliver(n) => p.deliver(n),
+                    Op::Ack => {
+                        let d = p.inp.delivered();
+                        p.out.ack(&p.mem, d).expect("ack within what was sent");
+                    }
+                    Op::Reconnect => p.reconnect(),
+                }
+            }
+            // A calm connection drains everything.
+            p.reconnect();
+            for _ in 0..10_000 {
+                p.send(8, None);
+                p.deliver(8);
+                if p.out.next(&p.mem).is_none() && p.inp.front(&p.mem).is_none() {
+                    break;
+                }
+            }
+            let mut expected = 1;
+            let mut it = accepted.iter().peekable();
+            for item in &p.got {
+                match item {
+                    Got::Msg(seq, bytes) => {
+                        prop_assert_eq!(*seq, expected);
+                        while it.peek().is_some_and(|(s, _)| *s < *seq) {
+                            it.next();
+                        }
+                        let sent = it.next();
+                        prop_assert_eq!(sent.map(|(s, b)| (*s, b.clone())), Some((*seq, bytes.clone())));
+                        expected += 1;
+                    }
+                    Got::Gap(from, to) => {
+                        prop_assert!(evict, "gap without eviction");
+                        prop_assert_eq!(*from, expected);
+                        prop_assert!(to >= from);
+                        expected = to + 1;
+                    }
+                }
+            }
+            prop_assert_eq!(expected, p.out.last() + 1, "not everything reached the receiver");
+        }
+    }
+}

@@ -20,6 +20,8 @@ pub type SessionId = [u8; 16];
 pub const MAX_CAPABILITIES: usize = 32;
 
 /// One frame's content.
+// Boxing the large variants would need an allocator; a message lives briefly on the stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message<'a> {
     /// Tag 0. Node -> daemon, first message on a connection.
@@ -116,6 +118,7 @@ pub struct Data<'a> {
 }
 
 /// What a stream message carries.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body<'a> {
     /// Tag 0. Node -> daemon: the node's complete capability set, replacing any earlier one.
