@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "alloc")]
+#[allow(unused_extern_crates)] // for conveniences; nothing in the protocol needs it
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;

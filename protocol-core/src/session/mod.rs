@@ -1024,10 +1024,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         if let Some(ev) = self.next_event(now, out) {
             return Output::Event(ev);
         }
-        Output::Timeout(self.next_deadline())
+        Output::Timeout(self.next_deadline(now))
     }
 
-    fn next_deadline(&self) -> Instant {
+    fn next_deadline(&self, now: Instant) -> Instant {
         let mut at = Earliest::new();
         match self.conn.state {
             State::AwaitHello | State::HelloSent if self.live() => at.add(Some(
@@ -1048,7 +1048,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
             _ => {}
         }
         at.add(self.calls.next_deadline());
-        at.add(self.window.next_deadline());
+        // A call past its deadline whose answer found no room waits for an ack, not time.
+        at.add(self.window.next_deadline().filter(|at| *at > now));
         at.get()
     }
 
@@ -1157,6 +1158,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
                 return Some(res);
             }
             None => {}
+        }
+        if ack <= self.conn.ack_sent {
+            self.conn.ack_due = None;
         }
         if ack > self.conn.ack_sent && self.conn.ack_due.is_some_and(|at| at <= now) {
             self.conn.ack_sent = ack;
