@@ -23,6 +23,8 @@ fn every_seed_keeps_the_invariants() {
     let mut failed = Vec::new();
     let mut longest = Report::default();
     let (mut messages, mut frames, mut lost, mut restarts, mut gaps) = (0, 0, 0, 0, 0);
+    let mut finals = std::collections::BTreeMap::<String, u64>::new();
+    let (mut cancels, mut node_timeouts) = (0, 0);
     let seeds = seeds();
     for &seed in &seeds {
         let r = World::new(SimConfig::new(seed)).run();
@@ -44,6 +46,11 @@ fn every_seed_keeps_the_invariants() {
         lost += r.frames_lost;
         restarts += u64::from(r.daemon_restarts + r.node_restarts);
         gaps += r.gaps;
+        cancels += r.cancels;
+        node_timeouts += r.node_timeouts;
+        for (k, n) in &r.finals {
+            *finals.entry(k.clone()).or_default() += n;
+        }
         if r.sim_ms > longest.sim_ms
             || (r.sim_ms == longest.sim_ms && r.messages > longest.messages)
         {
@@ -62,6 +69,9 @@ fn every_seed_keeps_the_invariants() {
         longest.calls,
         longest.daemon_restarts,
         longest.node_restarts,
+    );
+    eprintln!(
+        "call outcomes: {finals:?}; {cancels} cancels sent; {node_timeouts} calls timed out on nodes"
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }

@@ -108,6 +108,10 @@ pub struct Report {
     pub planted_hits: u32,
     /// Digest of every frame on the wire with its time: equal digests, equal runs.
     pub digest: u64,
+    /// Final call states seen by the daemon application, by kind.
+    pub finals: BTreeMap<String, u64>,
+    pub cancels: u64,
+    pub node_timeouts: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -888,6 +892,7 @@ impl World {
                 }
             }
             NodeEv::Expired { call_id, answer } => {
+                self.report.node_timeouts += 1;
                 let fp = format!("result:{call_id}:timed-out");
                 self.nodes[i].answered.insert(call_id, fp.clone());
                 self.checker.accepted(self.up_key(i), answer, fp);
@@ -918,6 +923,7 @@ impl World {
                 {
                     self.report.messages += 1;
                     self.checker.accepted(key, seq, format!("cancel:{id}"));
+                    self.report.cancels += 1;
                 }
                 self.drain_daemon(i);
                 continue;
@@ -959,6 +965,10 @@ impl World {
                     self.checker.delivered(up, seq, fp);
                 }
                 self.checker.call_update(i, id, state);
+                if state.is_final() {
+                    let kind = format!("{state:?}");
+                    *self.report.finals.entry(kind).or_default() += 1;
+                }
                 if state.is_final() {
                     self.daemon.open_calls[i].retain(|c| *c != id);
                 }
