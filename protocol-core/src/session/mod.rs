@@ -661,7 +661,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, J: Journal> Session<B, J> {
         match input {
             Input::Connected => self.on_connected(now),
             Input::Disconnected => {
-                if self.conn.state != State::Down && !self.conn.close_next {
+                // A connection already closing has its reason reported.
+                if self.live() {
                     self.notices.disconnected = Some(CloseReason::TransportClosed);
                 }
                 self.conn = Conn::down();
