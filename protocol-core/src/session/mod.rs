@@ -97,6 +97,13 @@ impl Config {
         }
     }
 
+    /// Microcontroller defaults: 2 KiB frames, server timers.
+    pub const fn embedded(replay_bytes: usize) -> Self {
+        let mut c = Self::server(replay_bytes);
+        c.max_frame = 2048;
+        c
+    }
+
     /// Storage bytes this configuration needs at least, for a replay buffer of
     /// `replay_bytes` bytes.
     pub const fn storage_needed(&self) -> usize {
