@@ -829,7 +829,7 @@ impl World {
                 deliver(&mut self.checker, seq, format!("call:{call_id}"));
                 self.checker.call_executed(i, call_id);
                 let now = self.now;
-                let done_at = now + self.rng.range(5, 2_500);
+                let done_at = now + self.rng.range(5, 1_500);
                 let progress_at = self
                     .rng
                     .chance(0.5)
@@ -929,7 +929,7 @@ impl World {
                 continue;
             }
             let cap = *self.rng.pick(&["sys.health", "url.open", "slow.job"]);
-            let timeout = self.rng.range(300, 5_000) as u32;
+            let timeout = self.rng.range(300, 10_000) as u32;
             match s.call(
                 at(self.now),
                 cap,
