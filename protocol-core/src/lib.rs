@@ -5,6 +5,8 @@
 //!
 //! - [`frame`]: length-prefixed framing with the frame limit checked on the prefix;
 //! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation;
+//! - [`session`]: sessions with resumable ordered streams, keep-alive and capability
+//!   calls, and the journal hook that makes a daemon's side durable;
 //! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers.
 //!
 //! The byte-level specification is in `WIRE.md` next to this crate's manifest.
@@ -18,4 +20,5 @@ extern crate std;
 
 pub mod frame;
 pub mod pairing;
+pub mod session;
 pub mod wire;
