@@ -25,8 +25,6 @@ pub enum Input<'a> {
 }
 
 /// What the session wants done. Call `poll_output` until it returns `Timeout`.
-// Events carry a decoded body in place; boxing it would need an allocator.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output<'o> {
     /// Send these bytes (one whole frame, prefix included) on the connection.
@@ -69,7 +67,6 @@ pub enum NotRun {
 
 /// An application event. Every message of the peer's stream produces exactly one event
 /// that names its `seq` (or is covered by a `Gap` or `SessionReset`).
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<'o> {
     /// The hello exchange finished.
