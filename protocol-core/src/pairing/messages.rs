@@ -6,8 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PairingError;
-use crate::frame::encode_frame_with;
-use crate::wire::{DecodeError, EncodeError};
+use crate::wire::{DecodeError, EncodeError, decode_exact, encode_framed, encode_into};
 
 /// The pairing protocol version this build speaks.
 pub const PAIRING_VERSION: u16 = 1;
@@ -147,15 +146,7 @@ pub fn encode_pairing(
     peer_max: u32,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
-    let room = out.len().saturating_sub(crate::frame::HEADER_LEN);
-    encode_frame_with(peer_max, out, |body| {
-        to_slice(msg, body).map_err(|e| match e {
-            EncodeError::BufferTooSmall { .. } if (peer_max as usize) < room => {
-                EncodeError::TooLarge { max: peer_max }
-            }
-            other => other,
-        })
-    })
+    encode_framed(msg, peer_max, out)
 }
 
 /// Decodes one pairing frame's payload; byte fields borrow from `payload`.
@@ -169,39 +160,17 @@ pub fn decode_pairing(payload: &[u8]) -> Result<PairingMessage<'_>, DecodeError>
         }
         _ => {}
     }
-    from_bytes(payload)
+    decode_exact(payload)
 }
 
 /// Encodes an answer's plaintext (no frame).
 pub fn encode_answer(answer: &Answer<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
-    to_slice(answer, out)
+    encode_into(answer, out)
 }
 
 /// Decodes an answer's plaintext.
 pub fn decode_answer(bytes: &[u8]) -> Result<Answer<'_>, DecodeError> {
-    from_bytes(bytes)
-}
-
-fn to_slice<T: Serialize>(value: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
-    let available = out.len();
-    match postcard::to_slice(value, out) {
-        Ok(written) => Ok(written.len()),
-        Err(postcard::Error::SerializeBufferFull) => Err(EncodeError::BufferTooSmall { available }),
-        Err(_) => Err(EncodeError::Unencodable),
-    }
-}
-
-fn from_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(DecodeError::TrailingBytes { extra: rest.len() }),
-        Err(postcard::Error::DeserializeUnexpectedEnd) => Err(DecodeError::Malformed {
-            reason: "truncated",
-        }),
-        Err(_) => Err(DecodeError::Malformed {
-            reason: "does not decode",
-        }),
-    }
+    decode_exact(bytes)
 }
 
 #[cfg(test)]

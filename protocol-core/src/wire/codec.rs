@@ -1,5 +1,7 @@
 //! Message encoding into caller buffers and zero-copy decoding out of frames.
 
+use serde::{Deserialize, Serialize};
+
 use super::messages::{Body, ErrorCode, Message};
 use crate::frame::{FrameError, HEADER_LEN, encode_frame_with};
 
@@ -91,6 +93,16 @@ pub fn encode_message(
     peer_max: u32,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
+    encode_framed(msg, peer_max, out)
+}
+
+/// Encodes any message set (node plane, pairing) as one frame, refusing anything above
+/// `peer_max`.
+pub(crate) fn encode_framed<T: Serialize + ?Sized>(
+    msg: &T,
+    peer_max: u32,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
     let room = out.len().saturating_sub(HEADER_LEN);
     encode_frame_with(peer_max, out, |body| {
         let limited_by_peer = (peer_max as usize) < room;
@@ -111,7 +123,11 @@ pub fn encode_payload(msg: &Message<'_>, out: &mut [u8]) -> Result<usize, Encode
     encode_into(msg, out)
 }
 
-fn encode_into(msg: &Message<'_>, out: &mut [u8]) -> Result<usize, EncodeError> {
+/// Encodes without a frame prefix.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    msg: &T,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
     let available = out.len();
     match postcard::to_slice(msg, out) {
         Ok(written) => Ok(written.len()),
@@ -136,8 +152,13 @@ pub fn decode_message(payload: &[u8]) -> Result<Message<'_>, DecodeError> {
             return Err(DecodeError::UnknownBody { tag: clamp(body) });
         }
     }
-    match postcard::take_from_bytes::<Message<'_>>(payload) {
-        Ok((msg, [])) => Ok(msg),
+    decode_exact(payload)
+}
+
+/// Decodes a value that must use every byte (an encoding has exactly one reading).
+pub(crate) fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(DecodeError::TrailingBytes { extra: rest.len() }),
         Err(e) => Err(DecodeError::Malformed {
             reason: postcard_reason(e),

@@ -10,5 +10,6 @@ mod version;
 
 pub use capabilities::{Capabilities, CapabilityIter, MAX_CAPABILITIES, TooManyCapabilities};
 pub use codec::{DecodeError, EncodeError, decode_message, encode_message, encode_payload};
+pub(crate) use codec::{decode_exact, encode_framed, encode_into};
 pub use messages::*;
 pub use version::{PROTOCOL_VERSIONS, VersionMismatch, VersionRange, negotiate};
