@@ -9,7 +9,9 @@
 //!   calls, and the journal hook that makes a daemon's side durable;
 //! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers.
 //!
-//! The byte-level specification is in `WIRE.md` next to this crate's manifest.
+//! Every state machine follows one convention (inputs through `handle_*` with `now`,
+//! outputs polled apart, buffers lent by the caller): `SANS_IO.md` next to this crate's
+//! manifest. The byte-level specification is in `WIRE.md`.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -21,4 +23,6 @@ extern crate std;
 pub mod frame;
 pub mod pairing;
 pub mod session;
+pub mod time;
+pub mod transmit;
 pub mod wire;
