@@ -1,41 +1,11 @@
-//! What a session hands to its caller.
+//! What a session hands to its application: one event type per role.
 
 use super::calls::CallState;
-use super::timers::Instant;
-use crate::wire::{Body, Call, CallId, ErrorCode, GoodbyeReason, Outcome, Seq, SessionId};
-
-/// Something that happened, for the adapter to feed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input<'a> {
-    /// A transport connection to the peer is up (node: dialled; daemon: accepted and
-    /// authenticated as this session's node).
-    Connected,
-    /// One frame's payload, as produced by a [`FrameDecoder`](crate::frame::FrameDecoder)
-    /// with this session's `max_frame`.
-    Frame(&'a [u8]),
-    /// The frame decoder failed (e.g. a prefix above our limit); the session answers
-    /// with an error frame and closes.
-    FrameError(crate::frame::FrameError),
-    /// The transport connection is gone.
-    Disconnected,
-    /// The deadline from [`Output::Timeout`] was reached (or any time: it is cheap).
-    Timeout,
-    /// Close the connection cleanly with a goodbye.
-    Close(GoodbyeReason),
-}
-
-/// What the session wants done. Call `poll_output` until it returns `Timeout`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Output<'o> {
-    /// Send these bytes (one whole frame, prefix included) on the connection.
-    Transmit(&'o [u8]),
-    /// Tell the application.
-    Event(Event<'o>),
-    /// Close the transport connection (after the frames already transmitted).
-    Close,
-    /// Nothing more until this instant (or until new input); [`Instant::NEVER`] if none.
-    Timeout(Instant),
-}
+use crate::time::Instant;
+use crate::wire::{
+    Body, Call, CallId, Capabilities, ErrorCode, Event as EventBody, GoodbyeReason, Outcome, Seq,
+    SessionId,
+};
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +27,7 @@ pub enum CloseReason {
 }
 
 /// Why a node answered a call without handing it to the application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotRun {
     /// Every slot of the call window holds a running call; answered `Rejected(Busy)`.
     Busy,
@@ -65,10 +35,10 @@ pub enum NotRun {
     Expired,
 }
 
-/// An application event. Every message of the peer's stream produces exactly one event
-/// that names its `seq` (or is covered by a `Gap` or `SessionReset`).
+/// A node session's event. Every message of the daemon's stream produces exactly one
+/// event that names its `seq`, or is covered by a `Gap` or a `SessionReset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event<'o> {
+pub enum NodeEvent<'a> {
     /// The hello exchange finished.
     Connected {
         session: SessionId,
@@ -76,68 +46,92 @@ pub enum Event<'o> {
         version: u16,
     },
     Disconnected(CloseReason),
-    /// The peer started over without its state (a node that lost its memory, or a daemon
-    /// that lost its journal). Our messages in `unacked` will never be delivered; the
-    /// peer's messages from `peer_lost_from` on, if it sent any, are gone.
+    /// The daemon lost this session (its journal): our messages in `unacked` will never
+    /// be delivered; the daemon's messages from `peer_lost_from` on, if any, are gone.
     SessionReset {
         unacked: Option<(Seq, Seq)>,
         peer_lost_from: Seq,
     },
-    /// A stream message the session does not interpret (registrations, events, or call
-    /// messages that no longer match an open call).
-    Message {
-        seq: Seq,
-        body: Body<'o>,
-    },
-    /// The peer's messages `from..=to` were lost (its replay buffer overflowed).
-    Gap {
-        from: Seq,
-        to: Seq,
-    },
-    /// Daemon: a call changed state. `seq` names the node message that caused it, if one
-    /// did; `outcome` is the node's answer for a final state it reported.
-    CallUpdate {
-        call_id: CallId,
-        state: CallState,
-        seq: Option<Seq>,
-        outcome: Option<Outcome<'o>>,
-    },
-    /// Node: run this call, then answer with `progress` / `complete`.
+    /// Run this call, then answer with `progress` / `complete` before `deadline`.
     Call {
         seq: Seq,
-        call: Call<'o>,
+        call: Call<'a>,
         deadline: Instant,
     },
-    /// Node: a call id seen before came again; it was answered from the window, with
-    /// the message `answer` if one was needed (none if the daemon acknowledged the
-    /// result already).
+    /// A call id seen before came again: answered from the window (with message
+    /// `answer`, or none if the daemon acknowledged the answer already), not run again.
     DuplicateCall {
         seq: Seq,
         call_id: CallId,
         answer: Option<Seq>,
     },
-    /// Node: a call was answered (by message `answer`) without running.
+    /// A call answered (by message `answer`) without running.
     CallNotRun {
         seq: Seq,
         call_id: CallId,
         why: NotRun,
         answer: Seq,
     },
-    /// Node: the daemon cancelled a call; `active` if it is still running here (the
-    /// application should stop it and complete it as `Cancelled`).
+    /// The daemon cancelled a call; `active` if it still runs here (stop it and
+    /// complete it as `Cancelled`).
     Cancel {
         seq: Seq,
         call_id: CallId,
         active: bool,
     },
-    /// Node: the call's deadline passed; the session answered `TimedOut` (message
-    /// `answer`), the application should stop it.
-    CallExpired {
+    /// The call's deadline passed; the session answered `TimedOut` (message `answer`).
+    /// Stop it.
+    CallExpired { call_id: CallId, answer: Seq },
+    /// A call that was running when this node stopped was answered `Failed` (message
+    /// `answer`) after the restart: it may or may not have finished.
+    CallInterrupted { call_id: CallId, answer: Seq },
+    /// The daemon's messages `from..=to` are lost (its replay buffer overflowed).
+    Gap { from: Seq, to: Seq },
+    /// The store failed a journal batch; the session retries it and holds back what
+    /// depends on it.
+    JournalFailed,
+}
+
+/// A daemon session's event. Every message of the node's stream produces exactly one
+/// event that names its `seq`, or is covered by a `Gap` or a `SessionReset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEvent<'a> {
+    /// The hello exchange finished.
+    Connected {
+        session: SessionId,
+        resumed: bool,
+        version: u16,
+        platform: &'a str,
+    },
+    Disconnected(CloseReason),
+    /// The node came back without its memory: our messages in `unacked` will never be
+    /// delivered (open calls end `Lost`); the node's messages from `peer_lost_from` on,
+    /// if any, are gone.
+    SessionReset {
+        unacked: Option<(Seq, Seq)>,
+        peer_lost_from: Seq,
+    },
+    /// The node's complete capability set, replacing any earlier one.
+    Register {
+        seq: Seq,
+        capabilities: Capabilities<'a>,
+    },
+    /// An event the node reported.
+    Event { seq: Seq, event: EventBody<'a> },
+    /// A call changed state. `seq` names the node's message that caused it, if one did;
+    /// `outcome` is the node's answer for a final state it reported.
+    CallUpdate {
         call_id: CallId,
-        answer: Seq,
+        state: CallState,
+        seq: Option<Seq>,
+        outcome: Option<Outcome<'a>>,
     },
-    /// The `out` buffer passed to `poll_output` cannot hold what is next.
-    BufferTooSmall {
-        needed: usize,
-    },
+    /// A progress or result for a call that is no longer open (it timed out here
+    /// first): delivered as it came.
+    LateAnswer { seq: Seq, body: Body<'a> },
+    /// The node's messages `from..=to` are lost (its replay buffer overflowed).
+    Gap { from: Seq, to: Seq },
+    /// The store failed a journal batch; the session retries it and holds back what
+    /// depends on it.
+    JournalFailed,
 }

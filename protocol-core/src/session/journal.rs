@@ -1,28 +1,33 @@
-//! The durability hook of a daemon-role session.
+//! Durability as outputs: the journal operations a session emits, the positions they
+//! carry, and the bookkeeping that holds back what is not durable yet.
 //!
-//! The session calls the journal synchronously, in this order, and only proceeds when
-//! it returns `Ok`:
+//! A journaled session ([`Config::durable`](super::Config::durable)) never calls a
+//! store. It marks what changed; `poll_journal` turns the marks into [`JournalOp`]s,
+//! which the driver writes in one transaction together with the application's own
+//! effects (many sessions' batches in one group commit), then confirms with
+//! `handle_journal_committed` or `handle_journal_failed`. Until then the session
+//! holds back what depends on them:
 //!
-//! - a message the application sends is appended ([`Journal::append`]) before it can be
-//!   transmitted;
-//! - an acknowledgement from the peer trims the appended messages ([`Journal::trim`]);
-//! - a received message's position is recorded ([`Journal::save_meta`]) when it is
-//!   handed to the application and before it is acknowledged, so the adapter can
-//!   commit the application's effect and the position in one transaction;
-//! - every change of a call is stored ([`Journal::put_call`]) or, once the application
-//!   has seen its final state, removed ([`Journal::remove_call`]).
+//! - an outgoing message is transmitted only once its `Append` is committed;
+//! - a received position is acknowledged (and announced on resume) only once the
+//!   `Meta` carrying it is committed;
+//! - a daemon answers a hello only once the `Meta` naming its session is committed;
+//! - a journaled node hands a call to its application only once the call-window entry
+//!   naming it is committed, so a call is never run twice across a restart.
 //!
-//! [`Session::restore_daemon`](super::Session::restore_daemon) rebuilds a session from
-//! what the journal holds.
+//! One batch per session is in flight at a time: after `poll_journal` returned `None`
+//! it returns `None` again until the batch is confirmed. A failed batch is emitted
+//! again (from the marks) in the next one.
 
-use super::calls::CallRecord;
+use super::calls::{CallRecord, SeenCall};
 use crate::wire::{CallId, Seq, SessionId};
 
-/// Positions of a session, stored as one row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A session's positions, stored as one row and replaced whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct JournalMeta {
-    pub session: SessionId,
-    /// The peer has connected in this session at least once.
+    /// The session id (a node has none before its first hello-ack).
+    pub session: Option<SessionId>,
+    /// Daemon: the node has proved it holds the session id at least once.
     pub established: bool,
     /// Last seq assigned in our outgoing stream.
     pub last_sent: Seq,
@@ -30,68 +35,366 @@ pub struct JournalMeta {
     pub acked: Seq,
     /// Highest incoming seq handed to the application.
     pub received: Seq,
-    /// Next call id to hand out.
+    /// Daemon: the next call id to hand out.
     pub next_call_id: CallId,
-    /// State of the session-id generator, so a restarted daemon never reuses an id.
+    /// Daemon: state of the session-id generator, so a restart never reuses an id.
     pub id_state: [u64; 2],
 }
 
-/// Durable storage of one daemon-role session. Implemented by the daemon's state store.
-pub trait Journal {
+/// One durable write. Ops of a batch are applied in the order polled, in one
+/// transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalOp<'a> {
+    /// Forget every stored message, call and call-window entry: the peer's session is
+    /// gone and a new one starts.
+    Clear,
+    /// Drop stored outgoing messages up to and including `through`.
+    Trim { through: Seq },
+    /// Store outgoing message `seq` (its postcard-encoded body).
+    Append { seq: Seq, body: &'a [u8] },
+    /// Daemon: insert or replace a call (keyed by its id).
+    PutCall(CallRecord),
+    /// Daemon: drop a call (its final state was reported).
+    RemoveCall(CallId),
+    /// Node: slot `slot` of the call window holds this call now.
+    PutSeen { slot: u8, call: SeenCall },
+    /// Replace the positions.
+    Meta(JournalMeta),
+}
+
+/// Read side of a journal, for restoring a session.
+pub trait JournalRead {
     type Error: core::fmt::Debug;
 
-    /// Replaces the stored positions.
-    fn save_meta(&mut self, meta: &JournalMeta) -> Result<(), Self::Error>;
-    /// Stores outgoing message `seq` (postcard-encoded body) before it is sent.
-    fn append(&mut self, seq: Seq, body: &[u8]) -> Result<(), Self::Error>;
-    /// Drops stored outgoing messages up to and including `through`.
-    fn trim(&mut self, through: Seq) -> Result<(), Self::Error>;
-    /// Drops every stored outgoing message (the peer's session is gone).
-    fn clear_messages(&mut self) -> Result<(), Self::Error>;
-    /// Inserts or replaces a call.
-    fn put_call(&mut self, call: &CallRecord) -> Result<(), Self::Error>;
-    fn remove_call(&mut self, id: CallId) -> Result<(), Self::Error>;
-
     /// The stored positions, or `None` for a journal never written.
-    fn load_meta(&self) -> Result<Option<JournalMeta>, Self::Error>;
+    fn meta(&self) -> Result<Option<JournalMeta>, Self::Error>;
     /// Visits the stored outgoing messages in seq order.
-    fn for_each_message(&self, visit: &mut dyn FnMut(Seq, &[u8])) -> Result<(), Self::Error>;
-    /// Visits the stored calls in the order they were first put.
-    fn for_each_call(&self, visit: &mut dyn FnMut(&CallRecord)) -> Result<(), Self::Error>;
+    fn messages(&self, visit: &mut dyn FnMut(Seq, &[u8])) -> Result<(), Self::Error>;
+    /// Daemon: visits the stored calls.
+    fn calls(&self, visit: &mut dyn FnMut(&CallRecord)) -> Result<(), Self::Error>;
+    /// Node: visits the stored call-window entries with their slots.
+    fn seen(&self, visit: &mut dyn FnMut(u8, &SeenCall)) -> Result<(), Self::Error>;
 }
 
-/// No durability: state lives in RAM only (nodes, tests, a daemon that may forget).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NoJournal;
+/// Where one journaled item stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Mark {
+    #[default]
+    Clean,
+    /// Changed; not yet in a batch.
+    Dirty,
+    /// In the batch in flight.
+    InFlight,
+}
 
-impl Journal for NoJournal {
-    type Error = core::convert::Infallible;
-
-    fn save_meta(&mut self, _: &JournalMeta) -> Result<(), Self::Error> {
-        Ok(())
+impl Mark {
+    pub(crate) fn polled(&mut self) {
+        if *self == Mark::Dirty {
+            *self = Mark::InFlight;
+        }
     }
-    fn append(&mut self, _: Seq, _: &[u8]) -> Result<(), Self::Error> {
-        Ok(())
+    pub(crate) fn committed(&mut self) {
+        if *self == Mark::InFlight {
+            *self = Mark::Clean;
+        }
     }
-    fn trim(&mut self, _: Seq) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    fn clear_messages(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    fn put_call(&mut self, _: &CallRecord) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    fn remove_call(&mut self, _: CallId) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    fn load_meta(&self) -> Result<Option<JournalMeta>, Self::Error> {
-        Ok(None)
-    }
-    fn for_each_message(&self, _: &mut dyn FnMut(Seq, &[u8])) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    fn for_each_call(&self, _: &mut dyn FnMut(&CallRecord)) -> Result<(), Self::Error> {
-        Ok(())
+    pub(crate) fn failed(&mut self) {
+        if *self == Mark::InFlight {
+            *self = Mark::Dirty;
+        }
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    /// No op polled since the last confirmation.
+    Idle,
+    /// Ops are being polled.
+    Open,
+    /// `poll_journal` returned `None`: the batch waits for its confirmation.
+    Closed,
+}
+
+/// Positions a batch carries, applied when it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Carried {
+    appended: Seq,
+    trimmed: Seq,
+    received: Seq,
+    session: Option<SessionId>,
+    epoch: u32,
+}
+
+/// The durability bookkeeping of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Track {
+    pub(crate) enabled: bool,
+    batch: Batch,
+    pub(crate) clear: Mark,
+    pub(crate) meta: Mark,
+    pub(crate) trim: Mark,
+    /// Positions of the batch being polled or in flight.
+    carried: Carried,
+    /// What is committed.
+    durable: Carried,
+    /// Bumped when the stream starts over: a batch of the old stream commits nothing of
+    /// the new one.
+    epoch: u32,
+    pub(crate) failed_unreported: bool,
+}
+
+impl Track {
+    pub(crate) const fn new(enabled: bool) -> Self {
+        let zero = Carried {
+            appended: 0,
+            trimmed: 0,
+            received: 0,
+            session: None,
+            epoch: 0,
+        };
+        Track {
+            enabled,
+            batch: Batch::Idle,
+            clear: Mark::Clean,
+            meta: Mark::Clean,
+            trim: Mark::Clean,
+            carried: zero,
+            durable: zero,
+            epoch: 0,
+            failed_unreported: false,
+        }
+    }
+
+    /// Marks an item changed (nothing to do when not journaled).
+    pub(crate) fn touch(&self, mark: &mut Mark) {
+        if self.enabled {
+            *mark = Mark::Dirty;
+        }
+    }
+
+    pub(crate) fn touch_meta(&mut self) {
+        if self.enabled {
+            self.meta = Mark::Dirty;
+        }
+    }
+
+    /// A restored session: what the journal holds is durable.
+    pub(crate) fn restored(&mut self, appended: Seq, trimmed: Seq, received: Seq, session: Option<SessionId>) {
+        self.durable = Carried {
+            appended,
+            trimmed,
+            received,
+            session,
+            epoch: self.epoch,
+        };
+        self.carried = self.durable;
+    }
+
+    /// The stream starts over (the peer's session is gone).
+    pub(crate) fn start_over(&mut self) {
+        if !self.enabled {
+            return;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        self.clear = Mark::Dirty;
+        self.meta = Mark::Dirty;
+        let session = self.durable.session;
+        self.carried = Carried {
+            session: self.carried.session,
+            epoch: self.epoch,
+            ..Carried::default()
+        };
+        self.durable = Carried {
+            session,
+            epoch: self.epoch,
+            ..Carried::default()
+        };
+    }
+
+    /// May an op be polled now?
+    pub(crate) fn can_poll(&self) -> bool {
+        self.enabled && self.batch != Batch::Closed
+    }
+
+    /// An op was polled.
+    pub(crate) fn opened(&mut self) {
+        self.batch = Batch::Open;
+    }
+
+    /// `poll_journal` found nothing more: an open batch waits for its confirmation.
+    pub(crate) fn close_batch(&mut self) {
+        if self.batch == Batch::Open {
+            self.batch = Batch::Closed;
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> bool {
+        self.batch != Batch::Idle
+    }
+
+    /// Appends polled through `seq`.
+    pub(crate) fn carry_append(&mut self, seq: Seq) {
+        self.carried.appended = seq;
+    }
+
+    pub(crate) fn carried_append(&self) -> Seq {
+        self.carried.appended
+    }
+
+    pub(crate) fn carry_trim(&mut self, through: Seq) {
+        self.carried.trimmed = through;
+    }
+
+    pub(crate) fn carry_meta(&mut self, received: Seq, session: Option<SessionId>) {
+        self.carried.received = received;
+        self.carried.session = session;
+        self.carried.epoch = self.epoch;
+    }
+
+    /// The batch in flight is durable.
+    pub(crate) fn committed(&mut self) {
+        if self.batch == Batch::Idle {
+            return;
+        }
+        self.batch = Batch::Idle;
+        self.clear.committed();
+        self.meta.committed();
+        self.trim.committed();
+        if self.carried.epoch == self.epoch {
+            self.durable = self.carried;
+        }
+    }
+
+    /// The batch in flight failed: what it carried is emitted again.
+    pub(crate) fn failed(&mut self) {
+        if self.batch == Batch::Idle {
+            return;
+        }
+        self.batch = Batch::Idle;
+        self.clear.failed();
+        self.meta.failed();
+        self.trim.failed();
+        self.carried = self.durable;
+        self.carried.epoch = self.epoch;
+        self.failed_unreported = true;
+    }
+
+    pub(crate) fn durable_append(&self) -> Seq {
+        self.durable.appended
+    }
+
+    pub(crate) fn durable_received(&self) -> Seq {
+        self.durable.received
+    }
+
+    pub(crate) fn durable_session(&self) -> Option<SessionId> {
+        self.durable.session
+    }
+
+    pub(crate) fn trimmed_carried(&self) -> Seq {
+        self.carried.trimmed
+    }
+}
+
+#[cfg(feature = "alloc")]
+mod mem {
+    use alloc::collections::BTreeMap;
+    use alloc::vec::Vec;
+
+    use super::super::calls::{CALL_WINDOW, CallRecord, SeenCall};
+    use super::{JournalMeta, JournalOp, JournalRead};
+    use crate::wire::{CallId, Seq};
+
+    /// A journal in memory: applies ops, reads back. For tests, simulations, and as the
+    /// reference a store's behaviour is checked against.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct MemJournal {
+        meta: Option<JournalMeta>,
+        messages: BTreeMap<Seq, Vec<u8>>,
+        calls: BTreeMap<CallId, CallRecord>,
+        seen: [Option<SeenCall>; CALL_WINDOW],
+    }
+
+    impl MemJournal {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Applies one op.
+        pub fn apply(&mut self, op: &JournalOp<'_>) {
+            match *op {
+                JournalOp::Clear => {
+                    self.messages.clear();
+                    self.calls.clear();
+                    self.seen = [None; CALL_WINDOW];
+                }
+                JournalOp::Trim { through } => {
+                    self.messages = self.messages.split_off(&through.saturating_add(1));
+                }
+                JournalOp::Append { seq, body } => {
+                    self.messages.insert(seq, body.to_vec());
+                }
+                JournalOp::PutCall(rec) => {
+                    self.calls.insert(rec.id, rec);
+                }
+                JournalOp::RemoveCall(id) => {
+                    self.calls.remove(&id);
+                }
+                JournalOp::PutSeen { slot, call } => {
+                    if let Some(s) = self.seen.get_mut(usize::from(slot)) {
+                        *s = Some(call);
+                    }
+                }
+                JournalOp::Meta(meta) => self.meta = Some(meta),
+            }
+        }
+
+        /// Stored outgoing messages.
+        pub fn message_count(&self) -> usize {
+            self.messages.len()
+        }
+
+        /// Stored calls.
+        pub fn call_count(&self) -> usize {
+            self.calls.len()
+        }
+
+        pub fn stored_meta(&self) -> Option<JournalMeta> {
+            self.meta
+        }
+    }
+
+    impl JournalRead for MemJournal {
+        type Error = core::convert::Infallible;
+
+        fn meta(&self) -> Result<Option<JournalMeta>, Self::Error> {
+            Ok(self.meta)
+        }
+
+        fn messages(&self, visit: &mut dyn FnMut(Seq, &[u8])) -> Result<(), Self::Error> {
+            for (seq, body) in &self.messages {
+                visit(*seq, body);
+            }
+            Ok(())
+        }
+
+        fn calls(&self, visit: &mut dyn FnMut(&CallRecord)) -> Result<(), Self::Error> {
+            for rec in self.calls.values() {
+                visit(rec);
+            }
+            Ok(())
+        }
+
+        fn seen(&self, visit: &mut dyn FnMut(u8, &SeenCall)) -> Result<(), Self::Error> {
+            for (slot, call) in self.seen.iter().enumerate() {
+                if let (Some(call), Ok(slot)) = (call, u8::try_from(slot)) {
+                    visit(slot, call);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use mem::MemJournal;

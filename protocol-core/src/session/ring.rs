@@ -160,6 +160,13 @@ impl Ring {
         }
     }
 
+    /// Where the front record's payload lies in `mem`.
+    pub(crate) fn front_body(&self, mem: &[u8]) -> Option<core::ops::Range<usize>> {
+        let rec = self.front(mem)?;
+        let start = self.base + self.head + RECORD_HEADER;
+        Some(start..start + rec.bytes.len())
+    }
+
     pub(crate) fn front<'m>(&self, mem: &'m [u8]) -> Option<Record<'m>> {
         (self.count > 0).then(|| self.read_at(mem, self.head))
     }

@@ -10,7 +10,7 @@ use crate::wire::{Gap, Seq};
 /// What the sender does when its replay buffer has no room for a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
-    /// Refuse the new message with [`Full`](super::SendError::Full) (backpressure).
+    /// Refuse the new message with [`Full`](super::SessionError::Full) (backpressure).
     Reject,
     /// Drop the oldest unacknowledged messages; the receiver is told with a `Gap`.
     /// For telemetry on small devices, where the newest readings matter most.
@@ -52,6 +52,8 @@ pub(crate) struct OutStream {
     acked: Seq,
     /// Next seq to put on the current connection.
     next_send: Seq,
+    /// Highest seq ever put on a connection: a peer cannot have received more.
+    high_water: Seq,
     overflow: Overflow,
 }
 
@@ -63,6 +65,7 @@ impl OutStream {
             last: 0,
             acked: 0,
             next_send: 1,
+            high_water: 0,
             overflow,
         }
     }
@@ -145,11 +148,13 @@ impl OutStream {
         self.last = self.last.max(last);
         self.acked = acked.min(self.last);
         self.next_send = self.acked + 1;
+        // What went out before the restart is unknown: at most everything.
+        self.high_water = self.last;
     }
 
     /// The peer received everything through `through`.
     pub(crate) fn ack(&mut self, mem: &[u8], through: Seq) -> Result<bool, BeyondSent> {
-        if through > self.last {
+        if through > self.high_water {
             return Err(BeyondSent);
         }
         if through <= self.acked {
@@ -183,11 +188,13 @@ impl OutStream {
         self.last = 0;
         self.acked = 0;
         self.next_send = 1;
+        self.high_water = 0;
         lost
     }
 
-    /// The next thing to transmit on the current connection, if any.
-    pub(crate) fn next<'m>(&self, mem: &'m [u8]) -> Option<Next<'m>> {
+    /// The next thing to transmit on the current connection, if any; messages above
+    /// `through` (not yet durable) wait.
+    pub(crate) fn next<'m>(&self, mem: &'m [u8], through: Seq) -> Option<Next<'m>> {
         if self.next_send > self.last {
             return None;
         }
@@ -197,6 +204,9 @@ impl OutStream {
                 from: self.next_send,
                 to: first - 1,
             }));
+        }
+        if self.next_send > through {
+            return None;
         }
         self.get(mem, self.next_send).map(Next::Data)
     }
@@ -209,6 +219,7 @@ impl OutStream {
     /// Marks what [`next`](Self::next) returned as sent.
     pub(crate) fn advance(&mut self, through: Seq) {
         self.next_send = self.next_send.max(through + 1);
+        self.high_water = self.high_water.max(through);
     }
 
     pub(crate) fn get<'m>(&self, mem: &'m [u8], seq: Seq) -> Option<Record<'m>> {
@@ -342,6 +353,11 @@ impl InStream {
         self.inbox.front(mem)
     }
 
+    /// Where the front record's bytes lie in `mem`.
+    pub(crate) fn front_body(&self, mem: &[u8]) -> Option<core::ops::Range<usize>> {
+        self.inbox.front_body(mem)
+    }
+
     /// The front record was handed out; `through` is the last seq it covered.
     pub(crate) fn pop_delivered(&mut self, mem: &[u8], through: Seq) {
         self.inbox.pop(mem);
@@ -411,7 +427,7 @@ mod tests {
     impl Pair {
         fn send(&mut self, n: usize, lose: Option<usize>) {
             for k in 0..n {
-                let Some(next) = self.out.next(&self.mem) else {
+                let Some(next) = self.out.next(&self.mem, Seq::MAX) else {
                     return;
                 };
                 let (through, frame) = match next {
@@ -516,7 +532,7 @@ mod tests {
             for _ in 0..10_000 {
                 p.send(8, None);
                 p.deliver(8);
-                if p.out.next(&p.mem).is_none() && p.inp.front(&p.mem).is_none() {
+                if p.out.next(&p.mem, Seq::MAX).is_none() && p.inp.front(&p.mem).is_none() {
                     break;
                 }
             }
