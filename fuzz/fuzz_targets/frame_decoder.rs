@@ -1,10 +1,11 @@
 //! Feeds arbitrary bytes, in arbitrary chunk sizes, to the frame decoder. Every frame it
-//! yields must respect the limit; a failure must leave the decoder failed; nothing panics.
+//! yields must respect the limit; a failure must leave the decoder failed; a frame that
+//! holds a message is exactly what encoding that message produces; nothing panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol_core::frame::{FrameDecoder, FrameError};
-use protocol_core::wire::decode_message;
+use protocol_core::frame::{FrameDecoder, FrameError, HEADER_LEN};
+use protocol_core::wire::{decode_message, encode_message};
 
 const MAX: u32 = 4096;
 
@@ -14,6 +15,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let chunk = usize::from(chunk_seed % 64) + 1;
     let mut dec = FrameDecoder::new([0u8; MAX as usize], MAX).expect("buffer holds the limit");
+    // Exactly the largest frame the decoder accepts.
+    let mut out = [0u8; MAX as usize + HEADER_LEN];
     for mut piece in stream.chunks(chunk) {
         while !piece.is_empty() {
             match dec.decode(piece) {
@@ -21,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
                     assert!(p.consumed > 0 && p.consumed <= piece.len());
                     if let Some(frame) = p.frame {
                         assert!(frame.len() <= MAX as usize);
-                        let _ = decode_message(frame);
+                        if let Ok(msg) = decode_message(frame) {
+                            let n = encode_message(&msg, MAX, &mut out)
+                                .expect("a received message can be sent back under the same limit");
+                            assert_eq!(&out[HEADER_LEN..n], frame);
+                            assert_eq!(out[..HEADER_LEN], (frame.len() as u32).to_be_bytes());
+                        }
                     }
                     piece = &piece[p.consumed..];
                 }

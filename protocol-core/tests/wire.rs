@@ -510,3 +510,545 @@ fn microcontroller_limit_is_enforced_on_send() {
         Err(EncodeError::BufferTooSmall { available: 100 })
     );
 }
+
+/// A `Data` event whose encoding is `EVENT_OVERHEAD + data.len()` bytes (for 128..16384
+/// data bytes).
+fn event(data: &[u8]) -> Message<'_> {
+    Message::Data(Data {
+        seq: 1,
+        ack: 0,
+        body: Body::Event(Event {
+            name: "n",
+            payload: Payload {
+                content_type: "b",
+                data,
+            },
+        }),
+    })
+}
+
+/// Tag, seq, ack, body tag, name, content type, and a two-byte data length.
+const EVENT_OVERHEAD: usize = 4 + 2 + 2 + 2;
+
+fn payload_len(msg: &Message<'_>) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    encode_payload(msg, &mut buf).unwrap()
+}
+
+#[test]
+fn over_limit_message_is_too_large_whatever_the_buffer() {
+    let peer_max = 256u32;
+    let max = peer_max as usize;
+    let data = [7u8; 300];
+    let msg = event(&data);
+    assert_eq!(payload_len(&msg), EVENT_OVERHEAD + 300);
+    let mut out = vec![0u8; max + HEADER_LEN];
+    // Exactly the room the peer accepts: the body is cut to the limit, which the message
+    // exceeds. A bigger buffer would not help, so this is not `BufferTooSmall`.
+    assert_eq!(
+        encode_message(&msg, peer_max, &mut out),
+        Err(EncodeError::TooLarge { max: peer_max })
+    );
+    // Shorter buffers too: the message is what cannot be sent.
+    for len in [max + HEADER_LEN - 1, HEADER_LEN + 10, HEADER_LEN, 2, 0] {
+        assert_eq!(
+            encode_message(&msg, peer_max, &mut out[..len]),
+            Err(EncodeError::TooLarge { max: peer_max }),
+            "buffer of {len} bytes"
+        );
+    }
+    // One more byte of room changes nothing either.
+    let mut bigger = vec![0u8; max + HEADER_LEN + 1];
+    assert_eq!(
+        encode_message(&msg, peer_max, &mut bigger),
+        Err(EncodeError::TooLarge { max: peer_max })
+    );
+
+    // A message of exactly the limit fits that buffer exactly, and not one byte less.
+    let data = [7u8; 256 - EVENT_OVERHEAD];
+    let msg = event(&data);
+    assert_eq!(payload_len(&msg), max);
+    assert_eq!(
+        encode_message(&msg, peer_max, &mut out),
+        Ok(max + HEADER_LEN)
+    );
+    assert_eq!(
+        encode_message(&msg, peer_max, &mut out[..max + HEADER_LEN - 1]),
+        Err(EncodeError::BufferTooSmall {
+            available: max + HEADER_LEN - 1
+        })
+    );
+    assert_eq!(
+        encode_message(&msg, peer_max, &mut out[..2]),
+        Err(EncodeError::BufferTooSmall { available: 2 })
+    );
+
+    // The raw frame encoder draws the same line.
+    let payload = [1u8; 257];
+    assert_eq!(
+        encode_frame(&payload, peer_max, &mut out),
+        Err(FrameError::TooLarge {
+            len: 257,
+            max: peer_max
+        })
+    );
+    assert_eq!(encode_frame(&payload[..256], peer_max, &mut out), Ok(260));
+    assert_eq!(
+        encode_frame(&payload[..256], peer_max, &mut out[..2]),
+        Err(FrameError::BufferTooSmall {
+            needed: 260,
+            available: 2
+        })
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// `TooLarge` exactly when the message is above the peer's limit, whatever the buffer;
+    /// `BufferTooSmall` exactly when it is within the limit and the buffer cannot hold it.
+    #[test]
+    fn encode_errors_name_the_limit_that_was_hit(
+        peer_max in 256u32..600,
+        around in 0usize..48,
+        near in -12i64..12,
+        anywhere in proptest::option::of(0usize..700),
+    ) {
+        let max = peer_max as usize;
+        // An encoding 30 bytes below the limit to 17 above it.
+        let data = vec![7u8; max + around - 30 - EVENT_OVERHEAD];
+        let msg = event(&data);
+        let whole = payload_len(&msg);
+        prop_assert_eq!(whole, data.len() + EVENT_OVERHEAD);
+        // Mostly buffers within a few bytes of `peer_max + HEADER_LEN`.
+        let buf_len = anywhere.unwrap_or((max + HEADER_LEN).saturating_add_signed(near as isize));
+        let mut out = vec![0u8; buf_len];
+
+        let got = encode_message(&msg, peer_max, &mut out);
+        if whole > max && buf_len >= max + HEADER_LEN {
+            prop_assert_eq!(got, Err(EncodeError::TooLarge { max: peer_max }));
+        }
+        let want = if whole > max {
+            Err(EncodeError::TooLarge { max: peer_max })
+        } else if buf_len < whole + HEADER_LEN {
+            Err(EncodeError::BufferTooSmall { available: buf_len })
+        } else {
+            Ok(whole + HEADER_LEN)
+        };
+        prop_assert_eq!(got, want);
+        if let Ok(n) = got {
+            prop_assert_eq!(decode_message(&out[HEADER_LEN..n]).unwrap(), msg.clone());
+        }
+
+        // The raw frame encoder, given the same bytes, agrees.
+        let mut payload = vec![0u8; whole];
+        encode_payload(&msg, &mut payload).unwrap();
+        let want = if whole > max {
+            Err(FrameError::TooLarge { len: whole as u32, max: peer_max })
+        } else if buf_len < whole + HEADER_LEN {
+            Err(FrameError::BufferTooSmall { needed: whole + HEADER_LEN, available: buf_len })
+        } else {
+            Ok(whole + HEADER_LEN)
+        };
+        prop_assert_eq!(encode_frame(&payload, peer_max, &mut out), want);
+    }
+}
+
+/// Every message has exactly one encoding: a varint padded with a continuation byte and a
+/// zero (`80 00` for 0) still reads as the same number, and must be refused.
+#[test]
+fn padded_varints_are_refused() {
+    const NON_CANONICAL: DecodeError = DecodeError::Malformed {
+        reason: "non-canonical encoding",
+    };
+    // Data { seq: 1, ack: 0, Event { name: "up", payload: {"t", [09]} } }, as in WIRE.md.
+    let event = [2, 1, 0, 5, 2, b'u', b'p', 1, b't', 1, 9];
+    assert!(decode_message(&event).is_ok());
+    // HelloAck { version: 1, max_frame: 256, idle_timeout_ms: 0, session: [0; 16],
+    // resumed: false, received: 0 }, from its first two fields' encoding.
+    let hello_ack = |head: &[u8]| [head, &[0; 19]].concat();
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "message tag",
+            &[0x82, 0x00, 1, 0, 5, 2, b'u', b'p', 1, b't', 1, 9],
+        ),
+        ("message tag, two bytes of padding", &[0x85, 0x80, 0x00, 0]),
+        // A padded tag is no tag at all, not even an unknown one.
+        ("unknown message tag", &[0x89, 0x00]),
+        ("unknown body tag", &[2, 1, 0, 0x86, 0x00]),
+        (
+            "data seq",
+            &[2, 0x81, 0x00, 0, 5, 2, b'u', b'p', 1, b't', 1, 9],
+        ),
+        (
+            "data ack",
+            &[2, 1, 0x80, 0x00, 5, 2, b'u', b'p', 1, b't', 1, 9],
+        ),
+        (
+            "body tag",
+            &[2, 1, 0, 0x85, 0x00, 2, b'u', b'p', 1, b't', 1, 9],
+        ),
+        (
+            "string length",
+            &[2, 1, 0, 5, 0x82, 0x00, b'u', b'p', 1, b't', 1, 9],
+        ),
+        (
+            "byte string length",
+            &[2, 1, 0, 5, 2, b'u', b'p', 1, b't', 0x81, 0x00, 9],
+        ),
+        ("u64 field", &[5, 0xac, 0x82, 0x00]),
+        ("u64 zero", &[3, 0x80, 0x00]),
+        // Gap { from: 1, to: 2 }, `to` padded.
+        ("second u64 field", &[4, 1, 0x82, 0x00]),
+        ("u16 field", &hello_ack(&[1, 0x81, 0x00, 0x80, 0x02])),
+        ("u32 field", &hello_ack(&[1, 1, 0x80, 0x82, 0x00])),
+        // Goodbye { Restart (padded), "" }.
+        ("inner enum tag", &[8, 0x81, 0x00, 0]),
+        // Error { FrameTooLarge { len: 1, max: 2 } (tag padded), "" }.
+        ("error code tag", &[7, 0x81, 0x00, 1, 2, 0]),
+    ];
+    for (what, bytes) in cases {
+        assert_eq!(
+            decode_message(bytes),
+            Err(NON_CANONICAL),
+            "{what}: {bytes:02x?}"
+        );
+    }
+    // The unpadded forms decode: the cases above differ from valid messages only there.
+    for ok in [
+        &[5, 0xac, 0x02][..],
+        &[3, 0],
+        &[4, 1, 2],
+        &[8, 1, 0],
+        &[7, 1, 1, 2, 0],
+        &hello_ack(&[1, 1, 0x80, 0x02]),
+    ] {
+        assert!(decode_message(ok).is_ok(), "{ok:02x?}");
+    }
+    assert_eq!(NON_CANONICAL.code(), ErrorCode::Malformed);
+    assert_eq!(
+        std::format!("{NON_CANONICAL}"),
+        "malformed message: non-canonical encoding"
+    );
+}
+
+#[test]
+fn padded_varint_inside_a_capability_descriptor_is_refused() {
+    let descriptor = CapabilityDescriptor {
+        name: "echo",
+        version: 3,
+        input: "a",
+        output: "b",
+        needs_approval: false,
+    };
+    let canonical = postcard::to_allocvec(&descriptor).unwrap();
+    assert_eq!(
+        canonical,
+        [4, b'e', b'c', b'h', b'o', 3, 1, b'a', 1, b'b', 0]
+    );
+    // The same descriptor with its version, then its name's length, padded.
+    let padded_version = [4, b'e', b'c', b'h', b'o', 0x83, 0x00, 1, b'a', 1, b'b', 0];
+    let padded_name = [0x84, 0x00, b'e', b'c', b'h', b'o', 3, 1, b'a', 1, b'b', 0];
+    let register = |descriptors: &[&[u8]]| {
+        let list: std::vec::Vec<u8> = descriptors.concat();
+        let mut payload = vec![2, 1, 0, 0]; // Data, seq 1, ack 0, Register
+        payload.extend(postcard::to_allocvec(&serde_bytes::Bytes::new(&list)).unwrap());
+        payload
+    };
+    let ok = register(&[&canonical, &canonical]);
+    let Message::Data(Data {
+        body: Body::Register(r),
+        ..
+    }) = decode_message(&ok).unwrap()
+    else {
+        panic!("not a register")
+    };
+    assert_eq!(
+        r.capabilities.iter().collect::<std::vec::Vec<_>>(),
+        [descriptor; 2]
+    );
+    for bad in [
+        register(&[&padded_version]),
+        register(&[&canonical, &padded_name]),
+        register(&[&padded_name, &canonical]),
+    ] {
+        assert!(
+            matches!(decode_message(&bad), Err(DecodeError::Malformed { .. })),
+            "{bad:02x?}"
+        );
+    }
+}
+
+/// A varint of an encoding: the index of its last byte, and whether it is as long as its
+/// type allows.
+type VarintAt = (usize, bool);
+
+/// Walks a message's encoding by the schema in WIRE.md, noting where its varints are.
+struct Walk<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    varints: std::vec::Vec<VarintAt>,
+}
+
+const U16: usize = 3;
+const U32: usize = 5;
+const U64: usize = 10;
+
+impl<'a> Walk<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Walk {
+            bytes,
+            pos: 0,
+            varints: std::vec::Vec::new(),
+        }
+    }
+
+    fn varint(&mut self, max: usize) -> u64 {
+        let mut value = 0u64;
+        for i in 0..max {
+            let b = self.bytes[self.pos];
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.varints.push((self.pos - 1, i + 1 == max));
+                return value;
+            }
+        }
+        panic!("varint longer than {max} bytes");
+    }
+
+    fn tag(&mut self) -> u64 {
+        self.varint(U32)
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// A string or byte string.
+    fn bytes(&mut self) -> usize {
+        let n = self.varint(U64) as usize;
+        self.skip(n);
+        n
+    }
+
+    fn payload(&mut self) {
+        self.bytes();
+        self.bytes();
+    }
+
+    fn range(&mut self) {
+        self.varint(U16);
+        self.varint(U16);
+    }
+}
+
+/// A capability list inside an encoding: where its length starts, where its content is,
+/// and its descriptors' varints (indices into the whole encoding).
+struct CapabilityList {
+    len_at: usize,
+    content: core::ops::Range<usize>,
+    varints: std::vec::Vec<VarintAt>,
+}
+
+fn varints_of(enc: &[u8]) -> (std::vec::Vec<VarintAt>, Option<CapabilityList>) {
+    let mut w = Walk::new(enc);
+    let mut caps = None;
+    match w.tag() {
+        0 => {
+            w.range();
+            w.varint(U32);
+            w.varint(U32);
+            w.bytes();
+            w.bytes();
+            w.skip(1);
+            if enc[w.pos - 1] == 1 {
+                w.skip(16);
+                w.varint(U64);
+            }
+        }
+        1 => {
+            w.varint(U16);
+            w.varint(U32);
+            w.varint(U32);
+            w.skip(16 + 1);
+            w.varint(U64);
+        }
+        2 => {
+            w.varint(U64);
+            w.varint(U64);
+            match w.tag() {
+                0 => {
+                    let len_at = w.pos;
+                    let n = w.bytes();
+                    let content = w.pos - n..w.pos;
+                    let mut inner = Walk::new(&enc[content.clone()]);
+                    while inner.pos < n {
+                        inner.bytes();
+                        inner.varint(U32);
+                        inner.bytes();
+                        inner.bytes();
+                        inner.skip(1);
+                    }
+                    assert_eq!(inner.pos, n, "descriptors fill the list");
+                    let varints = inner
+                        .varints
+                        .iter()
+                        .map(|&(at, full)| (at + content.start, full))
+                        .collect();
+                    caps = Some(CapabilityList {
+                        len_at,
+                        content,
+                        varints,
+                    });
+                }
+                1 => {
+                    w.varint(U64);
+                    w.bytes();
+                    w.varint(U32);
+                    w.payload();
+                }
+                2 => {
+                    w.varint(U64);
+                    w.tag();
+                    w.bytes();
+                }
+                3 => {
+                    w.varint(U64);
+                    match w.tag() {
+                        0 => w.payload(),
+                        1 => {
+                            w.bytes();
+                        }
+                        2 => {
+                            w.tag();
+                            w.bytes();
+                        }
+                        _ => {}
+                    }
+                }
+                4 => {
+                    w.varint(U64);
+                }
+                5 => {
+                    w.bytes();
+                    w.payload();
+                }
+                t => panic!("body tag {t}"),
+            }
+        }
+        3 | 5 | 6 => {
+            w.varint(U64);
+        }
+        4 => {
+            w.varint(U64);
+            w.varint(U64);
+        }
+        7 => {
+            match w.tag() {
+                0 => {
+                    w.range();
+                    w.range();
+                }
+                1 => {
+                    w.varint(U32);
+                    w.varint(U32);
+                }
+                3 => {
+                    w.varint(U32);
+                }
+                _ => {}
+            }
+            w.bytes();
+        }
+        8 => {
+            w.tag();
+            w.bytes();
+        }
+        t => panic!("tag {t}"),
+    }
+    assert_eq!(w.pos, enc.len(), "the schema accounts for every byte");
+    (w.varints, caps)
+}
+
+/// `enc` with the varint ending at `at` padded by one byte: same number, one byte longer.
+fn pad(enc: &[u8], at: usize) -> std::vec::Vec<u8> {
+    let mut out = enc[..at].to_vec();
+    out.extend([enc[at] | 0x80, 0x00]);
+    out.extend(&enc[at + 1..]);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever decodes is the encoding of what it decodes to, byte for byte: mutate a
+    /// valid encoding at random and anything that still decodes re-encodes to the input.
+    #[test]
+    fn decoded_bytes_are_the_encoding(
+        o in owned(),
+        edits in vec((any::<proptest::sample::Index>(), any::<u8>(), 0u8..3), 1..4),
+    ) {
+        let msg = borrow(&o);
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = encode_payload(&msg, &mut buf).unwrap();
+        let mut bytes = buf[..n].to_vec();
+        for (at, byte, how) in edits {
+            let i = at.index(bytes.len() + 1);
+            match how {
+                0 => bytes.insert(i, byte),
+                1 if i < bytes.len() => bytes[i] = byte,
+                _ if i < bytes.len() => {
+                    bytes.remove(i);
+                }
+                _ => bytes.push(byte),
+            }
+        }
+        if let Ok(decoded) = decode_message(&bytes) {
+            let mut again = vec![0u8; bytes.len()];
+            let n = encode_payload(&decoded, &mut again).unwrap();
+            prop_assert_eq!(&again[..n], &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn padding_any_varint_is_refused(o in owned()) {
+        let msg = borrow(&o);
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = encode_payload(&msg, &mut buf).unwrap();
+        let enc = &buf[..n];
+        let (varints, caps) = varints_of(enc);
+        prop_assert!(!varints.is_empty());
+        for &(at, full) in &varints {
+            let padded = pad(enc, at);
+            let got = decode_message(&padded);
+            // A varint already as long as its type allows becomes too long instead.
+            if full {
+                prop_assert!(
+                    matches!(got, Err(DecodeError::Malformed { .. })),
+                    "{:?}: padding the varint at {} gave {:?}", msg, at, got
+                );
+            } else {
+                prop_assert_eq!(
+                    got,
+                    Err(DecodeError::Malformed { reason: "non-canonical encoding" }),
+                    "{:?}: padding the varint at {}", msg, at
+                );
+            }
+        }
+        if let Some(list) = caps {
+            for &(at, _) in &list.varints {
+                // Pad inside the list and give the list its new (canonical) length.
+                let content = pad(&enc[list.content.clone()], at - list.content.start);
+                let mut padded = enc[..list.len_at].to_vec();
+                padded.extend(postcard::to_allocvec(&serde_bytes::Bytes::new(&content)).unwrap());
+                padded.extend(&enc[list.content.end..]);
+                let got = decode_message(&padded);
+                prop_assert!(
+                    matches!(got, Err(DecodeError::Malformed { .. })),
+                    "{:?}: padding the descriptor varint at {} gave {:?}", msg, at, got
+                );
+            }
+        }
+    }
+}

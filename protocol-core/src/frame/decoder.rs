@@ -37,11 +37,26 @@ const START: State = State::Header {
 };
 
 /// Incremental decoder of length-prefixed frames with a fixed limit.
-#[derive(Debug)]
 pub struct FrameDecoder<B> {
     buf: B,
     max: u32,
     state: State,
+}
+
+impl<B> core::fmt::Debug for FrameDecoder<B> {
+    /// The limit and the progress on the current frame; never the buffer's bytes.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (buffered, failed) = match self.state {
+            State::Header { have, .. } => (usize::from(have), false),
+            State::Body { have, .. } => (HEADER_LEN + have, false),
+            State::Failed => (0, true),
+        };
+        f.debug_struct("FrameDecoder")
+            .field("max", &self.max)
+            .field("buffered", &buffered)
+            .field("failed", &failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
@@ -162,6 +177,17 @@ mod tests {
     use super::*;
     use crate::frame::{DEFAULT_MAX_FRAME, encode_frame};
     use std::vec::Vec;
+
+    #[test]
+    fn debug_does_not_print_the_buffer() {
+        let mut dec = FrameDecoder::new(std::vec![0xABu8; 4096], 4096).unwrap();
+        dec.decode(&[0, 0, 0, 10, 1, 2]).unwrap();
+        let text = std::format!("{dec:?}");
+        assert_eq!(
+            text,
+            "FrameDecoder { max: 4096, buffered: 6, failed: false, .. }"
+        );
+    }
 
     #[test]
     fn whole_frame_is_lent_from_input() {

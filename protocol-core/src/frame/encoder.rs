@@ -10,11 +10,18 @@ pub const fn encoded_len(payload_len: usize) -> usize {
 /// Writes `payload` as one frame into `out`; returns the bytes written.
 ///
 /// `peer_max` is the limit the receiving peer announced: a larger payload is refused
-/// with [`FrameError::TooLarge`] and nothing is written.
+/// with [`FrameError::TooLarge`], whatever the size of `out`, and nothing is written. A
+/// payload within the limit that `out` cannot hold is [`FrameError::BufferTooSmall`].
 pub fn encode_frame(payload: &[u8], peer_max: u32, out: &mut [u8]) -> Result<usize, FrameError> {
     if payload.len() > peer_max as usize {
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         return Err(FrameError::TooLarge { len, max: peer_max });
+    }
+    if out.len() < encoded_len(payload.len()) {
+        return Err(FrameError::BufferTooSmall {
+            needed: encoded_len(payload.len()),
+            available: out.len(),
+        });
     }
     encode_frame_with(peer_max, out, |body| {
         body.get_mut(..payload.len())
@@ -32,6 +39,10 @@ pub fn encode_frame(payload: &[u8], peer_max: u32, out: &mut [u8]) -> Result<usi
 /// Writes a frame whose payload is produced in place by `write_body`, which gets the part
 /// of `out` after the prefix and returns how many bytes it wrote. Lets a message be
 /// serialised straight into the output buffer, with no intermediate copy.
+///
+/// `write_body` gets at most `peer_max` bytes. If they are not enough, the caller tells
+/// which limit stopped it: the peer's whenever `out` holds `peer_max + HEADER_LEN` bytes or
+/// more (exactly that many included), since then the body was cut to `peer_max`.
 pub fn encode_frame_with<E>(
     peer_max: u32,
     out: &mut [u8],

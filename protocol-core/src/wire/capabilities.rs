@@ -3,12 +3,14 @@
 //! A received list stays a slice of the frame and is decoded as it is iterated, so a
 //! `Message` holding one costs a pointer and a length instead of a fixed array of
 //! descriptors on a microcontroller's stack. The list is validated once, when the message
-//! is decoded: iteration cannot fail afterwards.
+//! is decoded (every descriptor decodes and is encoded canonically, at most
+//! [`MAX_CAPABILITIES`] of them): iteration cannot fail afterwards.
 
 use serde::de::Error as _;
 use serde::ser::{Error as _, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::codec::canonical_len;
 use super::messages::CapabilityDescriptor;
 
 /// Most capabilities one node announces.
@@ -133,12 +135,18 @@ impl PartialEq for Capabilities<'_> {
 
 impl Eq for Capabilities<'_> {}
 
-/// Counts the descriptors in an encoded list, refusing anything malformed or too long.
+/// Counts the descriptors in an encoded list, refusing anything malformed, non-canonical or
+/// too long.
 fn validate(mut bytes: &[u8]) -> Result<usize, &'static str> {
     let mut count = 0;
     while !bytes.is_empty() {
-        let (_, rest) = postcard::take_from_bytes::<CapabilityDescriptor<'_>>(bytes)
+        let (descriptor, rest) = postcard::take_from_bytes::<CapabilityDescriptor<'_>>(bytes)
             .map_err(|_| "malformed capability descriptor")?;
+        // The list is re-encoded as received, so the message-level check cannot see a
+        // padded varint in here; the same length argument holds per descriptor.
+        if canonical_len(&descriptor) != Some(bytes.len() - rest.len()) {
+            return Err("non-canonical capability descriptor");
+        }
         bytes = rest;
         count += 1;
         if count > MAX_CAPABILITIES {

@@ -12,7 +12,8 @@ pub enum DecodeError {
     UnknownKind { tag: u32 },
     /// A stream body tag this version does not know.
     UnknownBody { tag: u32 },
-    /// The payload does not decode as the message its tag names.
+    /// The payload does not decode as the message its tag names, or is not that message's
+    /// one (canonical) encoding, e.g. it has a padded varint.
     Malformed { reason: &'static str },
     /// The message decoded but bytes were left over.
     TrailingBytes { extra: usize },
@@ -98,23 +99,31 @@ pub fn encode_message(
 
 /// Encodes any message set (node plane, pairing) as one frame, refusing anything above
 /// `peer_max`.
+///
+/// A message larger than `peer_max` is always [`EncodeError::TooLarge`], however small
+/// `out` is: a bigger buffer would not help. [`EncodeError::BufferTooSmall`] means the
+/// message is within the limit and only `out` is too short for it.
 pub(crate) fn encode_framed<T: Serialize + ?Sized>(
     msg: &T,
     peer_max: u32,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
-    let room = out.len().saturating_sub(HEADER_LEN);
-    encode_frame_with(peer_max, out, |body| {
-        let limited_by_peer = (peer_max as usize) < room;
-        encode_into(msg, body).map_err(|e| match e {
-            EncodeError::BufferTooSmall { .. } if limited_by_peer => {
+    let available = out.len();
+    let room = available.saturating_sub(HEADER_LEN);
+    encode_frame_with(peer_max, out, |body| encode_into(msg, body)).map_err(|e| match e {
+        EncodeError::BufferTooSmall { .. } => {
+            // The serializer got `min(room, peer_max)` bytes. When that was all the peer
+            // accepts (`room` equal to the limit included), the message is above the
+            // limit; otherwise only its size tells which of the two it did not fit.
+            let over_limit = (peer_max as usize) <= room
+                || canonical_len(msg).is_some_and(|len| len > peer_max as usize);
+            if over_limit {
                 EncodeError::TooLarge { max: peer_max }
+            } else {
+                EncodeError::BufferTooSmall { available }
             }
-            EncodeError::BufferTooSmall { .. } => EncodeError::BufferTooSmall {
-                available: room + HEADER_LEN,
-            },
-            other => other,
-        })
+        }
+        other => other,
     })
 }
 
@@ -137,6 +146,9 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Decodes one frame's payload. Strings and byte payloads borrow from `payload`.
+///
+/// Only the canonical encoding is accepted (see `WIRE.md`): whatever decodes re-encodes to
+/// exactly `payload`.
 pub fn decode_message(payload: &[u8]) -> Result<Message<'_>, DecodeError> {
     let (tag, after_tag) = read_varint(payload)?;
     if tag >= u64::from(Message::KINDS) {
@@ -155,15 +167,42 @@ pub fn decode_message(payload: &[u8]) -> Result<Message<'_>, DecodeError> {
     decode_exact(payload)
 }
 
-/// Decodes a value that must use every byte (an encoding has exactly one reading).
-pub(crate) fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+/// Decodes a value that must use every byte, encoded canonically: an encoding has exactly
+/// one reading, and a message exactly one encoding.
+pub(crate) fn decode_exact<'a, T: Deserialize<'a> + Serialize>(
+    bytes: &'a [u8],
+) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
+        Ok((value, [])) => {
+            // postcard's decoder allows one kind of slack only: a varint may be padded
+            // (`80 00` reads as 0). Every other item's length is fixed by the value it
+            // decodes to (raw bytes, one-byte bools and option tags, string and byte
+            // lengths). So what was read is the value's own encoding plus one byte per
+            // padding byte: equal lengths mean no padded varint, and then the input is
+            // byte for byte what the encoder writes for this value. (A capability list
+            // re-encodes its received bytes as they are, so it checks the descriptors
+            // inside it itself, when it is decoded.)
+            if canonical_len(&value) == Some(bytes.len()) {
+                Ok(value)
+            } else {
+                Err(DecodeError::Malformed {
+                    reason: NON_CANONICAL,
+                })
+            }
+        }
         Ok((_, rest)) => Err(DecodeError::TrailingBytes { extra: rest.len() }),
         Err(e) => Err(DecodeError::Malformed {
             reason: postcard_reason(e),
         }),
     }
+}
+
+/// The reason given for a decodable encoding that is not the one the encoder writes.
+pub(crate) const NON_CANONICAL: &str = "non-canonical encoding";
+
+/// Bytes of `value`'s (canonical) encoding.
+pub(crate) fn canonical_len<T: Serialize + ?Sized>(value: &T) -> Option<usize> {
+    postcard::experimental::serialized_size(value).ok()
 }
 
 const DATA_TAG: u64 = 2;
@@ -172,12 +211,22 @@ fn clamp(tag: u64) -> u32 {
     u32::try_from(tag).unwrap_or(u32::MAX)
 }
 
-/// Reads a postcard (LEB128) varint; returns it and the bytes it took.
+/// Reads a postcard (LEB128) varint; returns it and the bytes it took. A padded varint (a
+/// last byte of zero after the first) is refused: it is not the encoder's.
 fn read_varint(bytes: &[u8]) -> Result<(u64, usize), DecodeError> {
     let mut value = 0u64;
-    for (i, b) in bytes.iter().enumerate().take(10) {
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        // The tenth byte holds bit 63 only.
+        if i == 9 && b > 1 {
+            break;
+        }
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(DecodeError::Malformed {
+                    reason: NON_CANONICAL,
+                });
+            }
             return Ok((value, i + 1));
         }
     }
