@@ -30,7 +30,10 @@ impl core::fmt::Display for TransmitError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             TransmitError::BufferTooSmall { needed } => {
-                write!(f, "transmit buffer too small: the next frame needs {needed} bytes")
+                write!(
+                    f,
+                    "transmit buffer too small: the next frame needs {needed} bytes"
+                )
             }
         }
     }

@@ -1,17 +1,17 @@
 //! Session behaviour between one node and one daemon over a perfect in-memory pipe,
 //! driven the way a driver does (events, journal batches, frames).
 
-mod support;
 #[allow(dead_code)]
 #[path = "sim/rng.rs"]
 mod sim_rng;
+mod support;
 use sim_rng::SimRng;
 
 use protocol_core::frame::{HEADER_LEN, MIN_MAX_FRAME};
 use protocol_core::session::{
     CallState, CloseReason, Config, DaemonSession, INTERRUPTED, Instant, MAX_SEQ,
-    MIN_IDLE_TIMEOUT_MS, NodeSession, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
-    OwnedPayload, SessionError, Transmit, TransmitError,
+    MIN_IDLE_TIMEOUT_MS, NodeSession, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome, OwnedPayload,
+    SessionError, Transmit, TransmitError,
 };
 use protocol_core::wire::{
     self, Body, Call, Data, ErrorCode, Gap, GoodbyeReason, Message, Outcome, Payload, Stage,
@@ -55,7 +55,10 @@ fn hello_then_a_call_round_trip() {
     let mut daemon = daemon_with(cfg());
     connect(&mut node, &mut daemon, 0);
     assert!(node.s.is_connected() && daemon.s.is_connected());
-    assert!(matches!(node.take_events()[..], [OwnedNodeEvent::Connected { resumed: false, .. }]));
+    assert!(matches!(
+        node.take_events()[..],
+        [OwnedNodeEvent::Connected { resumed: false, .. }]
+    ));
     assert!(matches!(
         &daemon.take_events()[..],
         [OwnedDaemonEvent::Connected { resumed: false, platform, .. }] if platform == "test"
@@ -63,7 +66,12 @@ fn hello_then_a_call_round_trip() {
 
     let id = daemon
         .s
-        .call(Instant::from_millis(10), "sys.health", payload(b"{}"), 1_000)
+        .call(
+            Instant::from_millis(10),
+            "sys.health",
+            payload(b"{}"),
+            1_000,
+        )
         .expect("call");
     pump(&mut node, &mut daemon, 10);
     let ev = node.take_events();
@@ -89,7 +97,13 @@ fn hello_then_a_call_round_trip() {
     pump(&mut node, &mut daemon, 40);
     let ev = daemon.take_events();
     assert_eq!(ev.len(), 2, "{ev:?}");
-    assert!(matches!(ev[0], OwnedDaemonEvent::CallUpdate { state: CallState::Running, .. }));
+    assert!(matches!(
+        ev[0],
+        OwnedDaemonEvent::CallUpdate {
+            state: CallState::Running,
+            ..
+        }
+    ));
     assert_eq!(
         ev[1],
         OwnedDaemonEvent::CallUpdate {
@@ -150,14 +164,18 @@ fn version_mismatch_is_a_typed_error_naming_both_ranges() {
     assert!(matches!(decoded(&d.frames)[..], [Message::Error(e)] if e.code == expected));
     assert_eq!(
         d.events,
-        vec![OwnedDaemonEvent::Disconnected(CloseReason::SentError(expected))]
+        vec![OwnedDaemonEvent::Disconnected(CloseReason::SentError(
+            expected
+        ))]
     );
     node.feed(0, &d.frames);
     let n = node.drain(0);
     assert!(n.closed);
     assert_eq!(
         n.events,
-        vec![OwnedNodeEvent::Disconnected(CloseReason::PeerError(expected))]
+        vec![OwnedNodeEvent::Disconnected(CloseReason::PeerError(
+            expected
+        ))]
     );
 }
 
@@ -167,13 +185,20 @@ fn malformed_frame_gets_an_error_frame_then_close() {
     let mut daemon = daemon_with(cfg());
     connect(&mut node, &mut daemon, 0);
     daemon.take_events();
-    daemon.s.handle_frame(Instant::ZERO, &[2, 0xff]).expect("taken");
+    daemon
+        .s
+        .handle_frame(Instant::ZERO, &[2, 0xff])
+        .expect("taken");
     let d = daemon.drain(0);
-    assert!(matches!(decoded(&d.frames)[..], [Message::Error(e)] if e.code == ErrorCode::Malformed));
+    assert!(
+        matches!(decoded(&d.frames)[..], [Message::Error(e)] if e.code == ErrorCode::Malformed)
+    );
     assert!(d.closed && !daemon.s.has_connection());
     assert_eq!(
         d.events,
-        vec![OwnedDaemonEvent::Disconnected(CloseReason::SentError(ErrorCode::Malformed))]
+        vec![OwnedDaemonEvent::Disconnected(CloseReason::SentError(
+            ErrorCode::Malformed
+        ))]
     );
 }
 
@@ -192,7 +217,10 @@ fn a_message_in_the_wrong_direction_is_refused() {
             input: payload(b""),
         }),
     }));
-    daemon.s.handle_frame(Instant::ZERO, &call_from_node).expect("taken");
+    daemon
+        .s
+        .handle_frame(Instant::ZERO, &call_from_node)
+        .expect("taken");
     let d = daemon.drain(0);
     assert!(matches!(
         decoded(&d.frames)[..],
@@ -209,7 +237,9 @@ fn never_sends_more_than_the_peer_accepts() {
     connect(&mut node, &mut daemon, 0);
     let big = vec![b'x'; 300];
     assert_eq!(
-        daemon.s.call(Instant::ZERO, "sys.health", payload(&big), 1_000),
+        daemon
+            .s
+            .call(Instant::ZERO, "sys.health", payload(&big), 1_000),
         Err(SessionError::TooLarge)
     );
     let small = vec![b'x'; 100];
@@ -253,7 +283,10 @@ fn a_message_above_the_peers_limit_queued_while_away_does_not_wedge_the_connecti
         "{de:?}"
     );
     let ne = node.take_events();
-    assert!(ne.contains(&OwnedNodeEvent::Gap { from: 1, to: 1 }), "{ne:?}");
+    assert!(
+        ne.contains(&OwnedNodeEvent::Gap { from: 1, to: 1 }),
+        "{ne:?}"
+    );
     assert!(
         ne.iter()
             .any(|e| matches!(e, OwnedNodeEvent::Call { call_id, .. } if *call_id == small)),
@@ -292,7 +325,11 @@ fn a_small_transmit_buffer_consumes_nothing() {
     );
     assert!(matches!(
         wire::decode_message(&buf[HEADER_LEN..needed]),
-        Ok(Message::Data(Data { seq: 1, body: Body::Call(_), .. }))
+        Ok(Message::Data(Data {
+            seq: 1,
+            body: Body::Call(_),
+            ..
+        }))
     ));
 }
 
@@ -358,7 +395,9 @@ fn acks_wait_for_the_journal() {
         2
     );
     assert!(
-        !decoded(&d.frames).iter().any(|m| matches!(m, Message::Ack(_))),
+        !decoded(&d.frames)
+            .iter()
+            .any(|m| matches!(m, Message::Ack(_))),
         "no ack before the commit"
     );
     assert!(daemon.commit(0));
@@ -378,7 +417,10 @@ fn acks_wait_for_the_journal() {
 #[test]
 fn extreme_positions_from_a_peer_are_refused_before_they_move_state() {
     let hostile = [
-        Message::Gap(Gap { from: 1, to: u64::MAX }),
+        Message::Gap(Gap {
+            from: 1,
+            to: u64::MAX,
+        }),
         Message::Gap(Gap { from: 0, to: 3 }),
         Message::Gap(Gap { from: 5, to: 4 }),
         Message::Gap(Gap {
@@ -409,7 +451,10 @@ fn extreme_positions_from_a_peer_are_refused_before_they_move_state() {
         let mut daemon = daemon_with(cfg());
         connect(&mut node, &mut daemon, 0);
         daemon.take_events();
-        daemon.s.handle_frame(Instant::ZERO, &encode(msg)).expect("taken");
+        daemon
+            .s
+            .handle_frame(Instant::ZERO, &encode(msg))
+            .expect("taken");
         let d = daemon.drain(0);
         assert!(d.closed, "{msg:?} closes the connection");
         assert!(
@@ -430,7 +475,9 @@ fn extreme_positions_from_a_peer_are_refused_before_they_move_state() {
             }),
             other => other.clone(),
         };
-        node.s.handle_frame(Instant::ZERO, &encode(&msg)).expect("taken");
+        node.s
+            .handle_frame(Instant::ZERO, &encode(&msg))
+            .expect("taken");
         let n = node.drain(0);
         assert!(n.closed, "{msg:?} closes the connection");
         assert_eq!(node.s.delivered(), 0, "{msg:?} moved the position");
@@ -441,7 +488,13 @@ fn extreme_positions_from_a_peer_are_refused_before_they_move_state() {
     connect(&mut node, &mut daemon, 0);
     daemon
         .s
-        .handle_frame(Instant::ZERO, &encode(&Message::Gap(Gap { from: 1, to: MAX_SEQ })))
+        .handle_frame(
+            Instant::ZERO,
+            &encode(&Message::Gap(Gap {
+                from: 1,
+                to: MAX_SEQ,
+            })),
+        )
         .expect("taken");
     let d = daemon.drain(0);
     assert!(!d.closed);
@@ -454,7 +507,10 @@ fn extreme_positions_from_a_peer_are_refused_before_they_move_state() {
             payload: payload(b""),
         }),
     });
-    daemon.s.handle_frame(Instant::ZERO, &encode(&beyond)).expect("taken");
+    daemon
+        .s
+        .handle_frame(Instant::ZERO, &encode(&beyond))
+        .expect("taken");
     assert!(daemon.drain(0).closed);
 }
 
@@ -478,7 +534,8 @@ fn a_clock_stepping_back_does_not_stretch_a_call() {
         .iter()
         .filter_map(|m| match m {
             Message::Data(Data {
-                body: Body::Call(c), ..
+                body: Body::Call(c),
+                ..
             }) => Some(c.timeout_ms),
             _ => None,
         })
@@ -638,9 +695,10 @@ fn a_restarted_daemon_resumes_from_its_journal() {
     );
     node.take_events();
     connect(&mut node, &mut daemon, 10);
-    assert!(
-        matches!(daemon.take_events()[..], [OwnedDaemonEvent::Connected { resumed: true, .. }, ..])
-    );
+    assert!(matches!(
+        daemon.take_events()[..],
+        [OwnedDaemonEvent::Connected { resumed: true, .. }, ..]
+    ));
     assert!(
         node.take_events()
             .iter()
@@ -701,7 +759,10 @@ fn a_replayed_call_is_answered_again_not_run_again() {
             _ => None,
         })
         .collect();
-    assert!(answers.contains(&Outcome::Failed { reason: "nope" }), "{answers:?}");
+    assert!(
+        answers.contains(&Outcome::Failed { reason: "nope" }),
+        "{answers:?}"
+    );
 }
 
 #[test]
@@ -724,7 +785,8 @@ fn a_node_that_lost_its_memory_gets_a_new_session_and_calls_are_lost_not_replaye
     assert_ne!(daemon.s.session_id(), old);
     let de = daemon.take_events();
     assert!(
-        de.iter().any(|e| matches!(e, OwnedDaemonEvent::SessionReset { .. })),
+        de.iter()
+            .any(|e| matches!(e, OwnedDaemonEvent::SessionReset { .. })),
         "{de:?}"
     );
     assert!(de.contains(&OwnedDaemonEvent::CallUpdate {
@@ -757,7 +819,10 @@ fn a_restarted_node_never_runs_a_call_twice() {
         .expect("call");
     let d = daemon.drain(0);
     node.feed(0, &d.frames);
-    assert!(node.drain(0).events.is_empty(), "not before the window entry is durable");
+    assert!(
+        node.drain(0).events.is_empty(),
+        "not before the window entry is durable"
+    );
     assert!(node.commit(0));
     let ev = node.drain(0).events;
     assert!(
@@ -817,11 +882,17 @@ fn storage_is_lent_while_needed_and_given_back_at_rest() {
     );
     assert_eq!(daemon.s.delivered(), 0, "nothing consumed");
     daemon.s.lend(vec![0; c.storage_len()]).expect("lend");
-    assert!(daemon.s.lend(vec![0; c.storage_len()]).is_err(), "one at a time");
+    assert!(
+        daemon.s.lend(vec![0; c.storage_len()]).is_err(),
+        "one at a time"
+    );
     daemon.s.handle_frame(Instant::ZERO, &data).expect("taken");
     assert!(daemon.s.reclaim().is_none(), "holds a message");
     let d = daemon.drain(0);
-    assert!(matches!(d.events[..], [OwnedDaemonEvent::Event { seq: 1, .. }]));
+    assert!(matches!(
+        d.events[..],
+        [OwnedDaemonEvent::Event { seq: 1, .. }]
+    ));
     assert!(daemon.s.reclaim().is_some(), "empty again");
     assert!(!daemon.s.has_storage());
     // Too small is refused.
@@ -850,8 +921,16 @@ fn memory_figures() {
     let embedded = Config::embedded(1024);
     let daemon_lent = daemon_at_rest + server.storage_len();
     let node_static = node_session + embedded.storage_len();
-    println!("memory: node session {node_session} B (+ {} B static storage with Config::embedded(1024): {node_static} B)", embedded.storage_len());
-    println!("memory: daemon session at rest {daemon_at_rest} B; with a connection and lent storage (Config::server(64 KiB)): {daemon_lent} B");
-    assert!(daemon_at_rest <= 4 * 1024, "a daemon session at rest costs a few KiB at most");
+    println!(
+        "memory: node session {node_session} B (+ {} B static storage with Config::embedded(1024): {node_static} B)",
+        embedded.storage_len()
+    );
+    println!(
+        "memory: daemon session at rest {daemon_at_rest} B; with a connection and lent storage (Config::server(64 KiB)): {daemon_lent} B"
+    );
+    assert!(
+        daemon_at_rest <= 4 * 1024,
+        "a daemon session at rest costs a few KiB at most"
+    );
     assert!(node_session <= 4 * 1024);
 }

@@ -4,8 +4,8 @@
 
 use protocol_core::frame::HEADER_LEN;
 use protocol_core::session::{
-    DaemonSession, Instant, JournalOp, MemJournal, NodeSession, OwnedDaemonEvent,
-    OwnedNodeEvent, SessionError, Transmit, TransmitError,
+    DaemonSession, Instant, JournalOp, MemJournal, NodeSession, OwnedDaemonEvent, OwnedNodeEvent,
+    SessionError, Transmit, TransmitError,
 };
 
 /// What a test needs of either role.
@@ -15,7 +15,8 @@ pub trait Role {
     fn connected(&mut self, now: Instant);
     fn disconnected(&mut self, now: Instant);
     fn timeout(&mut self, now: Instant);
-    fn transmit(&mut self, now: Instant, buf: &mut [u8]) -> Result<Option<Transmit>, TransmitError>;
+    fn transmit(&mut self, now: Instant, buf: &mut [u8])
+    -> Result<Option<Transmit>, TransmitError>;
     fn event(&mut self) -> Option<Self::Event>;
     /// Applies the next batch to `journal` (or drops it when `fail`); false if none.
     fn journal_batch(&mut self, now: Instant, journal: &mut MemJournal, fail: bool) -> bool;
@@ -48,7 +49,12 @@ macro_rules! role {
             fn event(&mut self) -> Option<$ev> {
                 self.poll_event().map(Into::into)
             }
-            fn journal_batch(&mut self, now: Instant, journal: &mut MemJournal, fail: bool) -> bool {
+            fn journal_batch(
+                &mut self,
+                now: Instant,
+                journal: &mut MemJournal,
+                fail: bool,
+            ) -> bool {
                 let mut ops: Vec<JournalOpOwned> = Vec::new();
                 while let Some(op) = self.poll_journal() {
                     ops.push(JournalOpOwned::from(&op));
@@ -101,10 +107,7 @@ impl JournalOpOwned {
 
     pub fn borrow(&self) -> JournalOp<'_> {
         match self.0 {
-            JournalOp::Append { seq, .. } => JournalOp::Append {
-                seq,
-                body: &self.1,
-            },
+            JournalOp::Append { seq, .. } => JournalOp::Append { seq, body: &self.1 },
             other => other,
         }
     }
