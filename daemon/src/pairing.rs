@@ -1,10 +1,13 @@
 //! The daemon's pairing service: outstanding codes, their limits and approvals, and
 //! the glue that answers a connection's [`DaemonPairing`] with the CA.
 //!
-//! The service keeps no connection: a transport owns one `DaemonPairing` per pairing
-//! connection, feeds it frames, and calls [`PairingService::drive`] to get what to
-//! send. Everything the store persists is in [`PairingRecord`]. The code itself is
-//! never stored: only its SPAKE2+ registration record, from which the code can only be
+//! The service keeps no connection and no clock: a transport owns one `DaemonPairing` per
+//! pairing connection and drives it by the crate's sans-IO convention (`SANS_IO.md` in
+//! `protocol-core`): it feeds frames and timers in, calls [`PairingService::drive`] to
+//! answer what the run asks of its application, then takes frames out with
+//! `poll_transmit` and the next deadline with `poll_timeout`. Time is always passed in.
+//! Everything the store persists is in [`PairingRecord`]. The code itself is never
+//! stored: only its SPAKE2+ registration record, from which the code can only be
 //! recovered by guessing, so records are kept as secret as keys.
 
 use std::collections::HashMap;
@@ -12,11 +15,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use protocol_core::pairing::{
-    Approval, ApprovalError, ApprovalState, CodeLifetime, CodeWindow, DaemonOutput, DaemonPairing,
-    Issued, LimitError, MAX_CODE_ID, PairingCode, PairingError, PairingUri, RecordBytes,
-    TokenBucket,
+    Approval, ApprovalError, ApprovalState, CodeLifetime, CodeWindow, DaemonPairing,
+    DaemonPairingEvent, Issued, LimitError, MAX_CODE_ID, PairingCode, PairingError, PairingUri,
+    RecordBytes, TokenBucket,
 };
-use protocol_core::wire::EncodeError;
+use protocol_core::time::Instant;
 use serde::{Deserialize, Serialize};
 use spake2plus::rand_core::CryptoRng;
 
@@ -95,24 +98,25 @@ impl fmt::Display for ServiceError {
 
 impl std::error::Error for ServiceError {}
 
-/// What [`PairingService::drive`] has for the transport.
+/// What [`PairingService::drive`] reports about a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServiceOutput {
-    /// Send this many bytes of the output buffer.
-    Transmit(usize),
+pub enum ServiceEvent {
     /// A certificate was issued (it is on its way to the node).
     Issued(ClientCertificate),
     /// The node waits for an operator; call `drive` again after a decision.
-    AwaitingApproval {
-        code_id: u16,
-    },
-    /// The node has its certificate.
+    AwaitingApproval { code_id: u16 },
+    /// The node's certificate was handed over for sending; the run is finished.
+    Completed,
+    /// The run failed; it is finished.
+    Failed(PairingError),
+}
+
+/// A connection's event, owned, so the connection can be answered while it is handled.
+enum ConnEvent {
+    RecordNeeded(u16),
+    CsrReceived(u16),
     Completed,
     Failed(PairingError),
-    /// Call `handle_input(now, Input::Timeout)` and `drive` at this time.
-    Timeout(u64),
-    /// Finished; close the connection.
-    Done,
 }
 
 /// Outstanding codes, limits, approvals, and issuance.
@@ -139,9 +143,9 @@ impl PairingService {
         ca: Arc<CertificateAuthority>,
         server_fingerprint: Fingerprint,
         settings: PairingSettings,
-        now_ms: u64,
+        now: Instant,
     ) -> Result<Self, ServiceError> {
-        let starts = TokenBucket::new(now_ms, settings.starts_burst, settings.starts_refill_ms)
+        let starts = TokenBucket::new(now, settings.starts_burst, settings.starts_refill_ms)
             .map_err(ServiceError::Limit)?;
         Ok(Self {
             ca,
@@ -155,7 +159,7 @@ impl PairingService {
     /// Issues a new code for `device_id`. `lifetime_ms` outside 30 s..=24 h is refused.
     pub fn create_code<R: CryptoRng + ?Sized>(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         device_id: &str,
         lifetime_ms: Option<u64>,
         require_approval: Option<bool>,
@@ -166,7 +170,7 @@ impl PairingService {
             Some(ms) => CodeLifetime::from_millis(ms).map_err(ServiceError::Limit)?,
             None => self.settings.lifetime,
         };
-        self.purge(now_ms);
+        self.purge(now);
         if self
             .records
             .values()
@@ -182,9 +186,9 @@ impl PairingService {
                 break (code, record);
             }
         };
-        let window = CodeWindow::new(now_ms, lifetime);
+        let window = CodeWindow::new(now, lifetime);
         let required = require_approval.unwrap_or(self.settings.require_approval);
-        let deadline = window.expires_ms.saturating_add(self.settings.decision_ms);
+        let deadline = window.expires.plus_ms(self.settings.decision_ms);
         self.records.insert(
             id,
             PairingRecord {
@@ -192,7 +196,7 @@ impl PairingService {
                 device_id: device_id.to_owned(),
                 verifier_record: record.to_vec(),
                 window,
-                approval: Approval::new(now_ms, deadline, required),
+                approval: Approval::new(now, deadline, required),
                 awaiting_decision: false,
                 issued: None,
             },
@@ -221,17 +225,17 @@ impl PairingService {
         Ok(uri.to_string())
     }
 
-    pub fn approve(&mut self, now_ms: u64, code_id: u16) -> Result<ApprovalState, ServiceError> {
+    pub fn approve(&mut self, now: Instant, code_id: u16) -> Result<ApprovalState, ServiceError> {
         self.record_mut(code_id)?
             .approval
-            .approve(now_ms)
+            .approve(now)
             .map_err(ServiceError::Approval)
     }
 
-    pub fn reject(&mut self, now_ms: u64, code_id: u16) -> Result<ApprovalState, ServiceError> {
+    pub fn reject(&mut self, now: Instant, code_id: u16) -> Result<ApprovalState, ServiceError> {
         self.record_mut(code_id)?
             .approval
-            .reject(now_ms)
+            .reject(now)
             .map_err(ServiceError::Approval)
     }
 
@@ -275,14 +279,14 @@ impl PairingService {
     }
 
     /// Drops records that can no longer lead anywhere.
-    pub fn purge(&mut self, now_ms: u64) {
+    pub fn purge(&mut self, now: Instant) {
         self.records.retain(|_, r| {
-            let state = r.approval.tick(now_ms);
+            let state = r.approval.tick(now);
             let finished = matches!(
                 state,
                 ApprovalState::Completed | ApprovalState::Rejected | ApprovalState::Expired
             );
-            let dead = !r.window.used && r.window.is_closed(now_ms);
+            let dead = !r.window.used && r.window.is_closed(now);
             !(finished || dead)
         });
     }
@@ -295,48 +299,59 @@ impl PairingService {
 
     /// Lets a pairing start: rate limit first (unknown ids are probes too), then the
     /// code's window, which counts the attempt.
-    fn admit(&mut self, now_ms: u64, code_id: u16) -> Result<RecordBytes, PairingError> {
-        self.starts.try_take(now_ms)?;
+    fn admit(&mut self, now: Instant, code_id: u16) -> Result<RecordBytes, PairingError> {
+        self.starts.try_take(now)?;
         let r = self
             .records
             .get_mut(&code_id)
             .ok_or(PairingError::UnknownCode)?;
-        match r.approval.tick(now_ms) {
+        match r.approval.tick(now) {
             ApprovalState::Rejected => return Err(PairingError::RejectedByOperator),
             ApprovalState::Expired => return Err(PairingError::ApprovalExpired),
             ApprovalState::Completed => return Err(PairingError::AlreadyUsed),
             ApprovalState::Pending | ApprovalState::Approved => {}
         }
-        r.window.begin_attempt(now_ms)?;
+        r.window.begin_attempt(now)?;
         RecordBytes::try_from(r.verifier_record.as_slice()).map_err(|_| PairingError::Internal)
     }
 
-    /// Runs one connection's state machine until it has something for the transport.
+    /// Answers what one connection's run asks of its application, and an operator's
+    /// decision it waits for; returns the next thing to report, `None` when there is
+    /// nothing (call until `None`). Call it after each `handle_frame`/`handle_timeout`,
+    /// after each `poll_transmit` that handed a frame over (the last answer completes the
+    /// run), and after an operator decided. Frames, the close and the deadline then come
+    /// from the connection itself (`poll_transmit`, `poll_timeout`).
     pub fn drive<B, R>(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         conn: &mut DaemonPairing<B>,
-        out: &mut [u8],
         rng: &mut R,
-    ) -> Result<ServiceOutput, EncodeError>
+    ) -> Option<ServiceEvent>
     where
         B: AsRef<[u8]> + AsMut<[u8]>,
         R: CryptoRng + ?Sized,
     {
-        if let Some(decided) = self.take_decision(now_ms, conn, rng) {
-            return Ok(decided);
+        if let Some(decided) = self.take_decision(now, conn, rng) {
+            return Some(decided);
         }
         loop {
-            match conn.poll_output(now_ms, out)? {
-                DaemonOutput::Transmit(n) => return Ok(ServiceOutput::Transmit(n)),
-                DaemonOutput::RecordNeeded { code_id } => match self.admit(now_ms, code_id) {
-                    Ok(record) => {
-                        // A failure here is reported by the next poll.
-                        let _ = conn.accept_record(&record, rng);
+            let event = match conn.poll_event()? {
+                DaemonPairingEvent::RecordNeeded { code_id } => ConnEvent::RecordNeeded(code_id),
+                DaemonPairingEvent::CsrReceived { code_id, .. } => ConnEvent::CsrReceived(code_id),
+                DaemonPairingEvent::Completed => ConnEvent::Completed,
+                DaemonPairingEvent::Failed(e) => ConnEvent::Failed(e),
+            };
+            match event {
+                ConnEvent::RecordNeeded(code_id) => {
+                    let accepted = self
+                        .admit(now, code_id)
+                        .and_then(|record| conn.accept_record(now, &record, rng));
+                    if let Err(e) = accepted {
+                        // The run is live (it just asked), so the refusal is taken.
+                        let _ = conn.refuse(e);
                     }
-                    Err(e) => conn.refuse(e),
-                },
-                DaemonOutput::CsrReceived { code_id, .. } => {
+                }
+                ConnEvent::CsrReceived(code_id) => {
                     let refused = match self.records.get_mut(&code_id) {
                         Some(r) => {
                             // The run proved the code: its attempt was not a failure,
@@ -348,18 +363,25 @@ impl PairingService {
                         None => Some(PairingError::UnknownCode),
                     };
                     match refused {
-                        Some(e) => conn.refuse(e),
+                        Some(e) => {
+                            let _ = conn.refuse(e);
+                        }
                         None => {
-                            if let Some(out) = self.decide(now_ms, code_id, conn, rng) {
-                                return Ok(out);
+                            if let Some(event) = self.decide(now, code_id, conn, rng) {
+                                return Some(event);
                             }
                         }
                     }
                 }
-                DaemonOutput::Completed => return Ok(ServiceOutput::Completed),
-                DaemonOutput::Failed(e) => return Ok(ServiceOutput::Failed(e)),
-                DaemonOutput::Timeout(at) => return Ok(ServiceOutput::Timeout(at)),
-                DaemonOutput::Waiting | DaemonOutput::Done => return Ok(ServiceOutput::Done),
+                ConnEvent::Completed => return Some(ServiceEvent::Completed),
+                ConnEvent::Failed(e) => {
+                    // A run may end on the deadline of its code's approval: let the
+                    // record show it.
+                    if let Some(r) = conn.code_id().and_then(|id| self.records.get_mut(&id)) {
+                        r.approval.tick(now);
+                    }
+                    return Some(ServiceEvent::Failed(e));
+                }
             }
         }
     }
@@ -367,10 +389,10 @@ impl PairingService {
     /// A connection parked on an operator's decision, now that there is one.
     fn take_decision<B, R>(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         conn: &mut DaemonPairing<B>,
         rng: &mut R,
-    ) -> Option<ServiceOutput>
+    ) -> Option<ServiceEvent>
     where
         B: AsRef<[u8]> + AsMut<[u8]>,
         R: CryptoRng + ?Sized,
@@ -378,35 +400,48 @@ impl PairingService {
         conn.csr()?;
         let code_id = conn.code_id()?;
         let r = self.records.get_mut(&code_id)?;
-        if !r.awaiting_decision || r.approval.tick(now_ms) == ApprovalState::Pending {
+        if !r.awaiting_decision || r.approval.tick(now) == ApprovalState::Pending {
             return None;
         }
         r.awaiting_decision = false;
-        self.decide(now_ms, code_id, conn, rng)
+        self.decide(now, code_id, conn, rng)
     }
 
     /// Answers an authenticated CSR according to the pairing's approval.
     fn decide<B, R>(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         code_id: u16,
         conn: &mut DaemonPairing<B>,
         rng: &mut R,
-    ) -> Option<ServiceOutput>
+    ) -> Option<ServiceEvent>
     where
         B: AsRef<[u8]> + AsMut<[u8]>,
         R: CryptoRng + ?Sized,
     {
+        // A run past its decision deadline fails here (and reports it from the
+        // connection's events) rather than get an answer.
+        conn.handle_timeout(now);
+        if conn.is_finished() {
+            return None;
+        }
         let r = self.records.get_mut(&code_id)?;
-        match r.approval.tick(now_ms) {
+        match r.approval.tick(now) {
             ApprovalState::Pending => {
                 r.awaiting_decision = true;
-                let _ = conn.pending();
-                Some(ServiceOutput::AwaitingApproval { code_id })
+                if let Err(e) = conn.pending(now) {
+                    r.awaiting_decision = false;
+                    let _ = conn.refuse(e);
+                    return None;
+                }
+                Some(ServiceEvent::AwaitingApproval { code_id })
             }
             ApprovalState::Approved => {
                 let csr = conn.csr()?.to_vec();
-                match self.ca.issue_client(&csr, &r.device_id, now_ms, rng) {
+                match self
+                    .ca
+                    .issue_client(&csr, &r.device_id, now.as_millis(), rng)
+                {
                     Ok(cert) => {
                         let issued = Issued {
                             device_id: &r.device_id,
@@ -414,32 +449,34 @@ impl PairingService {
                             ca_cert: self.ca.certificate_der(),
                             server_fingerprint: self.server_fingerprint.0,
                         };
-                        if conn.issue(&issued).is_err() {
-                            conn.refuse(PairingError::Internal);
+                        if conn.issue(now, &issued).is_err() {
+                            let _ = conn.refuse(PairingError::Internal);
                             return None;
                         }
-                        let _ = r.approval.complete(now_ms);
+                        let _ = r.approval.complete(now);
                         r.issued = Some(cert.fingerprint);
-                        Some(ServiceOutput::Issued(cert))
+                        Some(ServiceEvent::Issued(cert))
                     }
                     Err(_) => {
                         // The node proved the code; let it retry with a good CSR.
                         r.window.reopen();
-                        conn.refuse(PairingError::BadCsr);
+                        let _ = conn.refuse(PairingError::BadCsr);
                         None
                     }
                 }
             }
             ApprovalState::Rejected => {
-                let _ = conn.reject();
+                if let Err(e) = conn.reject(now) {
+                    let _ = conn.refuse(e);
+                }
                 None
             }
             ApprovalState::Expired => {
-                conn.refuse(PairingError::ApprovalExpired);
+                let _ = conn.refuse(PairingError::ApprovalExpired);
                 None
             }
             ApprovalState::Completed => {
-                conn.refuse(PairingError::AlreadyUsed);
+                let _ = conn.refuse(PairingError::AlreadyUsed);
                 None
             }
         }

@@ -7,20 +7,22 @@ use std::sync::Arc;
 
 use chacha20::ChaCha20Rng;
 use daemon::ca::{CertificateAuthority, IssuancePolicy, ServerIdentity};
-use daemon::pairing::{PairingRecord, PairingService, PairingSettings, ServiceOutput};
+use daemon::pairing::{PairingRecord, PairingService, PairingSettings, ServiceEvent};
 use protocol_core::frame::FrameDecoder;
 use protocol_core::pairing::{
-    ApprovalState, Challenge, Confirm, DaemonConfig, DaemonPairing, Input, MAX_FAILED_ATTEMPTS,
-    NodeConfig, NodeOutput, NodePairing, OwnedIssued, PAIRING_MAX_FRAME, PAKE_CONTEXT, PairingCode,
-    PairingError, PairingMessage, PairingUri, Sealed, Start, VERIFIER_ID, decode_pairing,
-    encode_pairing,
+    ApprovalState, Challenge, Confirm, DaemonConfig, DaemonPairing, MAX_FAILED_ATTEMPTS,
+    NodeConfig, NodePairing, NodePairingEvent, OwnedIssued, PAIRING_MAX_FRAME, PAKE_CONTEXT,
+    PairingCode, PairingError, PairingMessage, PairingUri, Sealed, Start, VERIFIER_ID,
+    decode_pairing, encode_pairing,
 };
+use protocol_core::time::Instant;
+use protocol_core::transmit::Transmit;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 use spake2plus::rand_core::SeedableRng;
 use spake2plus::{Context, P256Sha256, Prover, Verifier, VerifierRecord};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-const T0: u64 = 1_800_000_000_000;
+const T0: Instant = Instant::from_millis(1_800_000_000_000);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NodeEvent {
@@ -40,18 +42,23 @@ struct World {
     ca: Arc<CertificateAuthority>,
     server: ServerIdentity,
     service: PairingService,
-    now: u64,
+    now: Instant,
 }
 
 impl World {
     fn new(settings: PairingSettings) -> Self {
         let mut rng = ChaCha20Rng::from_seed([42; 32]);
         let ca = Arc::new(
-            CertificateAuthority::create("tern CA", T0, IssuancePolicy::default(), &mut rng)
-                .unwrap(),
+            CertificateAuthority::create(
+                "tern CA",
+                T0.as_millis(),
+                IssuancePolicy::default(),
+                &mut rng,
+            )
+            .unwrap(),
         );
         let server = ca
-            .issue_server(&["ternd.test".into()], T0, &mut rng)
+            .issue_server(&["ternd.test".into()], T0.as_millis(), &mut rng)
             .unwrap();
         let service = PairingService::new(ca.clone(), server.fingerprint, settings, T0).unwrap();
         Self {
@@ -67,6 +74,10 @@ impl World {
         self.service
             .create_code(self.now, device, None, None, &mut self.rng)
             .unwrap()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now = self.now.plus_ms(ms);
     }
 }
 
@@ -96,50 +107,80 @@ fn unframe(bytes: &[u8]) -> Vec<u8> {
 
 struct Outcome {
     node: Vec<NodeEvent>,
-    daemon: Vec<ServiceOutput>,
+    daemon: Vec<ServiceEvent>,
+    /// Each side asked to close the connection.
+    node_closed: bool,
+    daemon_closed: bool,
 }
 
-/// Runs both sides until neither moves. `relay` sees every frame payload in flight.
+/// Runs both sides until neither moves, the way a transport would: deadlines, events,
+/// then frames. `relay` sees every frame payload in flight.
 fn run(
     w: &mut World,
     node: &mut NodePairing<'_, Vec<u8>>,
     conn: &mut DaemonPairing<Vec<u8>>,
     relay: &mut dyn FnMut(Dir, Vec<u8>) -> Vec<u8>,
 ) -> Outcome {
-    let mut out = vec![0u8; PAIRING_MAX_FRAME as usize + 4];
+    let mut out = vec![0u8; node.transmit_len().max(conn.transmit_len())];
     let mut outcome = Outcome {
         node: vec![],
         daemon: vec![],
+        node_closed: false,
+        daemon_closed: false,
     };
     let (mut to_daemon, mut to_node) = (VecDeque::new(), VecDeque::new());
     for _ in 0..100 {
         let mut moved = false;
-        loop {
-            match node.poll_output(w.now, &mut out).unwrap() {
-                NodeOutput::Transmit(n) => {
-                    to_daemon.push_back(relay(Dir::ToDaemon, unframe(&out[..n])))
-                }
-                NodeOutput::AwaitingApproval => outcome.node.push(NodeEvent::AwaitingApproval),
-                NodeOutput::Paired(p) => outcome.node.push(NodeEvent::Paired(p.to_owned())),
-                NodeOutput::Failed(e) => outcome.node.push(NodeEvent::Failed(e)),
-                NodeOutput::Timeout(_) | NodeOutput::Done => break,
-            }
+        if node.poll_timeout().is_some_and(|at| at <= w.now) {
+            node.handle_timeout(w.now);
+        }
+        if conn.poll_timeout().is_some_and(|at| at <= w.now) {
+            conn.handle_timeout(w.now);
+        }
+        while let Some(e) = node.poll_event() {
+            outcome.node.push(match e {
+                NodePairingEvent::AwaitingApproval => NodeEvent::AwaitingApproval,
+                NodePairingEvent::Paired(p) => NodeEvent::Paired(p.to_owned()),
+                NodePairingEvent::Failed(e) => NodeEvent::Failed(e),
+            });
+            moved = true;
         }
         loop {
-            match w.service.drive(w.now, conn, &mut out, &mut w.rng).unwrap() {
-                ServiceOutput::Transmit(n) => {
-                    to_node.push_back(relay(Dir::ToNode, unframe(&out[..n])))
+            match node.poll_transmit(w.now, &mut out).unwrap() {
+                Some(Transmit::Frame(n)) => {
+                    to_daemon.push_back(relay(Dir::ToDaemon, unframe(&out[..n])))
                 }
-                ServiceOutput::Timeout(_) | ServiceOutput::Done => break,
-                other => outcome.daemon.push(other),
+                Some(Transmit::Close) => {
+                    assert!(node.is_finished() && !outcome.node_closed);
+                    outcome.node_closed = true;
+                }
+                None => break,
+            }
+        }
+        while let Some(e) = w.service.drive(w.now, conn, &mut w.rng) {
+            outcome.daemon.push(e);
+            moved = true;
+        }
+        loop {
+            match conn.poll_transmit(w.now, &mut out).unwrap() {
+                Some(Transmit::Frame(n)) => {
+                    to_node.push_back(relay(Dir::ToNode, unframe(&out[..n])));
+                    // Handing the last answer over completes the run.
+                    moved = true;
+                }
+                Some(Transmit::Close) => {
+                    assert!(conn.is_finished() && !outcome.daemon_closed);
+                    outcome.daemon_closed = true;
+                }
+                None => break,
             }
         }
         while let Some(f) = to_daemon.pop_front() {
-            let _ = conn.handle_input(w.now, Input::Frame(&f));
+            let _ = conn.handle_frame(w.now, &f);
             moved = true;
         }
         while let Some(f) = to_node.pop_front() {
-            let _ = node.handle_input(w.now, Input::Frame(&f));
+            let _ = node.handle_frame(w.now, &f);
             moved = true;
         }
         if !moved {
@@ -221,10 +262,13 @@ fn full_pairing_ends_with_a_certificate_for_the_nodes_own_key() {
     let [NodeEvent::Paired(paired)] = &outcome.node[..] else {
         panic!("node: {:?}", outcome.node);
     };
+    assert!(outcome.node_closed && outcome.daemon_closed);
+    assert!(node.is_finished() && conn.is_finished());
+    assert_eq!((node.poll_timeout(), conn.poll_timeout()), (None, None));
     assert!(
         matches!(
             &outcome.daemon[..],
-            [ServiceOutput::Issued(_), ServiceOutput::Completed]
+            [ServiceEvent::Issued(_), ServiceEvent::Completed]
         ),
         "{:?}",
         outcome.daemon
@@ -269,7 +313,7 @@ fn wrong_code_is_a_typed_failure_and_counts_an_attempt() {
     assert!(
         outcome
             .daemon
-            .contains(&ServiceOutput::Failed(PairingError::WrongCode)),
+            .contains(&ServiceEvent::Failed(PairingError::WrongCode)),
         "{:?}",
         outcome.daemon
     );
@@ -282,12 +326,12 @@ fn window_closes_after_twenty_failures_even_for_the_right_code() {
     let code = w.code("node-3");
     let bad = wrong(&code);
     for i in 1..=MAX_FAILED_ATTEMPTS {
-        w.now += 7_000; // stay under the start rate limit
+        w.advance(7_000); // stay under the start rate limit
         let outcome = attempt(&mut w, &bad, &mut pass);
         assert_eq!(failed(&outcome.node), Some(PairingError::WrongCode));
         assert_eq!(w.service.record(code.id()).unwrap().window.failures, i);
     }
-    w.now += 7_000;
+    w.advance(7_000);
     let outcome = attempt(&mut w, &code, &mut pass);
     assert_eq!(failed(&outcome.node), Some(PairingError::WindowClosed));
     assert!(
@@ -328,13 +372,13 @@ fn encode_payload(msg: &PairingMessage<'_>) -> Vec<u8> {
 fn expired_code_is_refused() {
     let mut w = World::new(PairingSettings::default());
     let code = w.code("node-5");
-    w.now += 10 * 60 * 1000;
+    w.advance(10 * 60 * 1000);
     let outcome = attempt(&mut w, &code, &mut pass);
     assert_eq!(failed(&outcome.node), Some(PairingError::Expired));
     assert!(
         outcome
             .daemon
-            .contains(&ServiceOutput::Failed(PairingError::Expired))
+            .contains(&ServiceEvent::Failed(PairingError::Expired))
     );
 }
 
@@ -352,7 +396,7 @@ fn lifetime_settings_are_bounded() {
         .service
         .create_code(w.now, "n", Some(30_000), None, &mut rng)
         .unwrap();
-    w.now += 30_000;
+    w.advance(30_000);
     assert_eq!(
         failed(&attempt(&mut w, &code, &mut pass).node),
         Some(PairingError::Expired)
@@ -380,7 +424,7 @@ fn pairing_starts_are_rate_limited() {
     );
     // Rate-limited starts do not use up the code's attempts.
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 2);
-    w.now += 60_000;
+    w.advance(60_000);
     assert!(matches!(
         &attempt(&mut w, &code, &mut pass).node[..],
         [NodeEvent::Paired(_)]
@@ -426,7 +470,7 @@ fn relay_swapping_share_p_fails() {
         !outcome
             .daemon
             .iter()
-            .any(|o| matches!(o, ServiceOutput::Issued(_)))
+            .any(|o| matches!(o, ServiceEvent::Issued(_)))
     );
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 1);
 }
@@ -512,7 +556,7 @@ fn swapped_csr_is_detected() {
     assert!(
         outcome
             .daemon
-            .contains(&ServiceOutput::Failed(PairingError::Tampered)),
+            .contains(&ServiceEvent::Failed(PairingError::Tampered)),
         "{:?}",
         outcome.daemon
     );
@@ -521,7 +565,7 @@ fn swapped_csr_is_detected() {
         !outcome
             .daemon
             .iter()
-            .any(|o| matches!(o, ServiceOutput::Issued(_)))
+            .any(|o| matches!(o, ServiceEvent::Issued(_)))
     );
 }
 
@@ -539,14 +583,14 @@ fn approval_pending_then_approved() {
     assert_eq!(first.node, [NodeEvent::AwaitingApproval]);
     assert_eq!(
         first.daemon,
-        [ServiceOutput::AwaitingApproval { code_id: code.id() }]
+        [ServiceEvent::AwaitingApproval { code_id: code.id() }]
     );
     assert_eq!(
         w.service.record(code.id()).unwrap().approval.state,
         ApprovalState::Pending
     );
 
-    w.now += 60_000;
+    w.advance(60_000);
     w.service.approve(w.now, code.id()).unwrap();
     let second = run(&mut w, &mut node, &mut conn, &mut pass);
     let [NodeEvent::Paired(p)] = &second.node[..] else {
@@ -586,7 +630,7 @@ fn approval_rejected_and_expired() {
     let mut node = new_node(&mut w, &code, &key.csr, patient);
     let mut conn = new_conn(&w);
     run(&mut w, &mut node, &mut conn, &mut pass);
-    w.now += 21 * 60 * 1000;
+    w.advance(21 * 60 * 1000);
     let out = run(&mut w, &mut node, &mut conn, &mut pass);
     assert_eq!(failed(&out.node), Some(PairingError::ApprovalExpired));
     assert_eq!(
@@ -634,6 +678,16 @@ fn records_are_plain_persistable_data() {
         !json.contains(&code.display().to_string()[5..]),
         "the code is not stored"
     );
+    // Instants are stored as Unix milliseconds.
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let expires = T0.as_millis() + 10 * 60 * 1000;
+    assert_eq!(value[0]["window"]["created_ms"], T0.as_millis());
+    assert_eq!(value[0]["window"]["expires_ms"], expires);
+    assert_eq!(
+        value[0]["approval"]["deadline_ms"],
+        expires + 10 * 60 * 1000
+    );
+    assert_eq!(value[0]["approval"]["changed_ms"], T0.as_millis());
     let back: Vec<PairingRecord> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, records);
 
@@ -664,23 +718,16 @@ fn two_runs_with_the_right_code_issue_one_certificate() {
     let mut out = vec![0u8; PAIRING_MAX_FRAME as usize + 4];
 
     // The second run gets as far as its Confirm, which is held back.
-    let NodeOutput::Transmit(n) = node2.poll_output(w.now, &mut out).unwrap() else {
+    let Some(Transmit::Frame(n)) = node2.poll_transmit(w.now, &mut out).unwrap() else {
         panic!()
     };
-    conn2
-        .handle_input(w.now, Input::Frame(&unframe(&out[..n])))
-        .unwrap();
-    let ServiceOutput::Transmit(n) = w
-        .service
-        .drive(w.now, &mut conn2, &mut out, &mut w.rng)
-        .unwrap()
-    else {
+    conn2.handle_frame(w.now, &unframe(&out[..n])).unwrap();
+    assert_eq!(w.service.drive(w.now, &mut conn2, &mut w.rng), None);
+    let Some(Transmit::Frame(n)) = conn2.poll_transmit(w.now, &mut out).unwrap() else {
         panic!()
     };
-    node2
-        .handle_input(w.now, Input::Frame(&unframe(&out[..n])))
-        .unwrap();
-    let NodeOutput::Transmit(n) = node2.poll_output(w.now, &mut out).unwrap() else {
+    node2.handle_frame(w.now, &unframe(&out[..n])).unwrap();
+    let Some(Transmit::Frame(n)) = node2.poll_transmit(w.now, &mut out).unwrap() else {
         panic!()
     };
     let held = unframe(&out[..n]);
@@ -692,12 +739,12 @@ fn two_runs_with_the_right_code_issue_one_certificate() {
     assert!(matches!(&first.node[..], [NodeEvent::Paired(_)]));
 
     // The second run proves the code too, but the code is used up.
-    conn2.handle_input(w.now, Input::Frame(&held)).unwrap();
+    conn2.handle_frame(w.now, &held).unwrap();
     let second = run(&mut w, &mut node2, &mut conn2, &mut pass);
     assert!(
         second
             .daemon
-            .contains(&ServiceOutput::Failed(PairingError::AlreadyUsed)),
+            .contains(&ServiceEvent::Failed(PairingError::AlreadyUsed)),
         "{:?}",
         second.daemon
     );
@@ -719,7 +766,7 @@ fn bad_csr_is_refused_and_the_code_stays_usable() {
     assert_eq!(failed(&out.node), Some(PairingError::BadCsr));
     assert!(
         out.daemon
-            .contains(&ServiceOutput::Failed(PairingError::BadCsr))
+            .contains(&ServiceEvent::Failed(PairingError::BadCsr))
     );
     let r = w.service.record(code.id()).unwrap();
     assert!(!r.window.used && r.window.failures == 0 && r.issued.is_none());
@@ -751,7 +798,7 @@ fn node_that_drops_while_pending_can_come_back() {
     drop((node, conn));
 
     w.service.approve(w.now, code.id()).unwrap();
-    w.now += 1_000;
+    w.advance(1_000);
     let mut node = new_node(&mut w, &code, &key.csr, NodeConfig::default());
     let mut conn = new_conn(&w);
     let out = run(&mut w, &mut node, &mut conn, &mut pass);
@@ -773,4 +820,35 @@ fn rejected_code_is_refused_before_the_pake() {
     let out = attempt(&mut w, &code, &mut pass);
     assert_eq!(failed(&out.node), Some(PairingError::RejectedByOperator));
     assert_eq!(w.service.record(code.id()).unwrap().window.failures, 0);
+}
+
+#[test]
+fn a_decision_after_the_runs_deadline_issues_nothing() {
+    let mut w = World::new(PairingSettings {
+        require_approval: true,
+        ..PairingSettings::default()
+    });
+    let code = w.code("node-21");
+    let key = node_key();
+    let patient = NodeConfig {
+        timeout_ms: 60 * 60 * 1000,
+        ..NodeConfig::default()
+    };
+    let mut node = new_node(&mut w, &code, &key.csr, patient);
+    let mut conn = new_conn(&w);
+    run(&mut w, &mut node, &mut conn, &mut pass);
+    let deadline = conn.poll_timeout().unwrap();
+    // The operator approves within the code's approval window, but after the run's own
+    // decision deadline, before the transport's timer fired.
+    w.now = deadline;
+    w.service.approve(w.now, code.id()).unwrap();
+    assert_eq!(
+        w.service.drive(w.now, &mut conn, &mut w.rng),
+        Some(ServiceEvent::Failed(PairingError::ApprovalExpired))
+    );
+    assert_eq!(w.service.drive(w.now, &mut conn, &mut w.rng), None);
+    assert_eq!(w.service.record(code.id()).unwrap().issued, None);
+    let out = run(&mut w, &mut node, &mut conn, &mut pass);
+    assert_eq!(failed(&out.node), Some(PairingError::ApprovalExpired));
+    assert!(out.daemon_closed);
 }

@@ -3,16 +3,21 @@
 //! A real run between a node and a daemon is driven to a point chosen by the input, then
 //! the input's frames go to one side or the other, mixed with the genuine frames (which
 //! the fuzzer may corrupt). Whatever happens, nothing panics, a failed side stays failed,
-//! a node never reports being paired with a certificate for another key, and the daemon
-//! never hands out a CSR it did not authenticate.
+//! a node never reports being paired with a certificate for another key, the daemon
+//! never hands out a CSR it did not authenticate, no output repeats forever, a finished
+//! side asks to close exactly once and has no deadline, and every frame fits the
+//! buffer size the side announced.
 #![no_main]
 
 use chacha20::ChaCha20Rng;
 use libfuzzer_sys::fuzz_target;
 use protocol_core::pairing::{
-    DaemonConfig, DaemonOutput, DaemonPairing, Input, Issued, NodeConfig, NodeOutput, NodePairing,
-    PAIRING_MAX_FRAME, PairingCode, RecordBytes, certificate_spki, csr_spki,
+    DaemonConfig, DaemonPairing, DaemonPairingEvent, Issued, NodeConfig, NodePairing,
+    NodePairingEvent, PAIRING_MAX_FRAME, PairingCode, PairingError, RecordBytes, certificate_spki,
+    csr_spki,
 };
+use protocol_core::time::Instant;
+use protocol_core::transmit::Transmit;
 use spake2plus::rand_core::SeedableRng;
 use std::sync::OnceLock;
 
@@ -55,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     // Deriving the record is the slow part of a run; it is the same every time.
     static RECORD: OnceLock<RecordBytes> = OnceLock::new();
     let record = *RECORD.get_or_init(|| code.verifier_record().expect("valid record"));
-    let mut now = 1_000u64;
+    let mut now = Instant::from_millis(1_000);
     let mut node = NodePairing::new(
         now,
         &node_code,
@@ -67,32 +72,49 @@ fuzz_target!(|data: &[u8]| {
     .expect("valid node set-up");
     let mut daemon =
         DaemonPairing::new(now, vec![0u8; 2 * MAX], DaemonConfig::default()).expect("valid set-up");
-    let mut out = vec![0u8; MAX + 4];
+    // Exactly the announced sizes: a frame that does not fit is a bug.
+    let mut node_out = vec![0u8; node.transmit_len()];
+    let mut daemon_out = vec![0u8; daemon.transmit_len()];
     let (mut to_daemon, mut to_node): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (vec![], vec![]);
+    let (mut node_closed, mut daemon_closed) = (false, false);
 
     for _ in 0..64 {
-        // Drain both sides' outputs.
-        while let Ok(o) = node.poll_output(now, &mut out) {
-            match o {
-                NodeOutput::Transmit(n) => to_daemon.push(out[4..n].to_vec()),
-                NodeOutput::Paired(p) => {
-                    assert_eq!(csr_spki(CSR), certificate_spki(p.client_cert));
-                }
-                NodeOutput::Timeout(_) | NodeOutput::Done => break,
-                _ => {}
+        // Drain both sides' outputs; each drain ends (a bounded number of polls).
+        for _ in 0..8 {
+            let Some(event) = node.poll_event() else {
+                break;
+            };
+            if let NodePairingEvent::Paired(p) = event {
+                assert_eq!(csr_spki(CSR), certificate_spki(p.client_cert));
             }
         }
-        loop {
-            match daemon.poll_output(now, &mut out) {
-                Ok(DaemonOutput::Transmit(n)) => to_node.push(out[4..n].to_vec()),
-                Ok(DaemonOutput::RecordNeeded { code_id }) => {
-                    if code_id == 42 {
-                        let _ = daemon.accept_record(&record, &mut rng);
-                    } else {
-                        daemon.refuse(protocol_core::pairing::PairingError::UnknownCode);
-                    }
+        assert!(node.poll_event().is_none(), "node events repeat");
+        for _ in 0..8 {
+            match node
+                .poll_transmit(now, &mut node_out)
+                .expect("a transmit_len buffer holds every frame")
+            {
+                Some(Transmit::Frame(n)) => to_daemon.push(node_out[4..n].to_vec()),
+                Some(Transmit::Close) => {
+                    assert!(
+                        node.is_finished() && !node_closed,
+                        "node closes once, finished"
+                    );
+                    node_closed = true;
                 }
-                Ok(DaemonOutput::CsrReceived { csr, .. }) => {
+                None => break,
+            }
+        }
+        assert_eq!(
+            node.poll_transmit(now, &mut node_out),
+            Ok(None),
+            "node frames repeat"
+        );
+        for _ in 0..8 {
+            let event = match daemon.poll_event() {
+                None => break,
+                Some(DaemonPairingEvent::RecordNeeded { code_id }) => Some(code_id),
+                Some(DaemonPairingEvent::CsrReceived { csr, .. }) => {
                     // Only the node's own CSR can come through the sealed channel.
                     assert_eq!(csr, CSR);
                     let issued = Issued {
@@ -101,30 +123,67 @@ fuzz_target!(|data: &[u8]| {
                         ca_cert: CERT,
                         server_fingerprint: [1; 32],
                     };
-                    let _ = daemon.issue(&issued);
+                    let _ = daemon.issue(now, &issued);
+                    None
                 }
-                _ => break,
+                Some(_) => None,
+            };
+            if let Some(code_id) = event {
+                if code_id == 42 {
+                    let _ = daemon.accept_record(now, &record, &mut rng);
+                } else {
+                    let _ = daemon.refuse(PairingError::UnknownCode);
+                }
             }
         }
+        assert!(daemon.poll_event().is_none(), "daemon events repeat");
+        for _ in 0..8 {
+            match daemon
+                .poll_transmit(now, &mut daemon_out)
+                .expect("a transmit_len buffer holds every frame")
+            {
+                Some(Transmit::Frame(n)) => to_node.push(daemon_out[4..n].to_vec()),
+                Some(Transmit::Close) => {
+                    assert!(
+                        daemon.is_finished() && !daemon_closed,
+                        "daemon closes once, finished"
+                    );
+                    daemon_closed = true;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(
+            daemon.poll_transmit(now, &mut daemon_out),
+            Ok(None),
+            "daemon frames repeat"
+        );
+        if node.is_finished() {
+            assert_eq!(node.poll_timeout(), None);
+        }
+        if daemon.is_finished() {
+            assert_eq!(daemon.poll_timeout(), None);
+        }
+
         let Some(op) = input.byte() else { break };
         match op % 6 {
             // Deliver the genuine frames.
             0 => {
                 for f in to_daemon.drain(..) {
-                    let _ = daemon.handle_input(now, Input::Frame(&f));
+                    let _ = daemon.handle_frame(now, &f);
                 }
                 for f in to_node.drain(..) {
-                    let _ = node.handle_input(now, Input::Frame(&f));
+                    let _ = node.handle_frame(now, &f);
                 }
             }
             // An arbitrary frame to either side.
             1 => {
                 let Some(f) = input.chunk() else { break };
-                let _ = daemon.handle_input(now, Input::Frame(f));
+                let _ = daemon.handle_frame(now, f);
             }
             2 => {
                 let Some(f) = input.chunk() else { break };
-                let _ = node.handle_input(now, Input::Frame(f));
+                let _ = node.handle_frame(now, f);
             }
             // Corrupt a genuine frame in flight.
             3 => {
@@ -140,23 +199,27 @@ fuzz_target!(|data: &[u8]| {
             }
             // Time passes; timers fire.
             4 => {
-                now += u64::from(input.byte().unwrap_or(0)) * 10_000;
-                let _ = daemon.handle_input(now, Input::Timeout);
-                let _ = node.handle_input(now, Input::Timeout);
+                now = now.plus_ms(u64::from(input.byte().unwrap_or(0)) * 10_000);
+                daemon.handle_timeout(now);
+                node.handle_timeout(now);
             }
             // Replay: deliver genuine frames twice.
             _ => {
                 for f in to_daemon.iter().chain(to_daemon.clone().iter()) {
-                    let _ = daemon.handle_input(now, Input::Frame(f));
+                    let _ = daemon.handle_frame(now, f);
                 }
                 to_daemon.clear();
             }
         }
         if let Some(e) = node.error() {
-            assert_eq!(node.handle_input(now, Input::Timeout), Err(e));
+            node.handle_timeout(now);
+            assert_eq!(node.handle_frame(now, &[]), Err(e));
+            assert_eq!(node.error(), Some(e));
         }
         if let Some(e) = daemon.error() {
-            assert_eq!(daemon.handle_input(now, Input::Timeout), Err(e));
+            daemon.handle_timeout(now);
+            assert_eq!(daemon.handle_frame(now, &[]), Err(e));
+            assert_eq!(daemon.error(), Some(e));
         }
     }
 });

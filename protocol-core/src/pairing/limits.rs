@@ -1,10 +1,12 @@
 //! Limits on pairing attempts: code lifetime, the failed-attempt window, and a token
-//! bucket on pairing starts. All driven by `now` (milliseconds on the daemon's wall
-//! clock, since records outlive restarts) and plain serde data the store persists.
+//! bucket on pairing starts. All driven by `now` (the daemon's wall clock in Unix
+//! milliseconds, since records outlive restarts) and plain serde data the store persists
+//! (instants are stored as milliseconds).
 
 use serde::{Deserialize, Serialize};
 
 use super::PairingError;
+use crate::time::Instant;
 
 /// Default lifetime of a code.
 pub const DEFAULT_CODE_LIFETIME_MS: u64 = 10 * 60 * 1000;
@@ -70,29 +72,33 @@ impl Default for CodeLifetime {
 /// back, and it also uses the code up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeWindow {
-    pub created_ms: u64,
-    pub expires_ms: u64,
+    /// When the code was created (stored as `created_ms`).
+    #[serde(rename = "created_ms", with = "super::serde_instant")]
+    pub created: Instant,
+    /// When the code expires (stored as `expires_ms`).
+    #[serde(rename = "expires_ms", with = "super::serde_instant")]
+    pub expires: Instant,
     pub failures: u8,
     pub used: bool,
 }
 
 impl CodeWindow {
-    pub fn new(now_ms: u64, lifetime: CodeLifetime) -> Self {
+    pub fn new(now: Instant, lifetime: CodeLifetime) -> Self {
         Self {
-            created_ms: now_ms,
-            expires_ms: now_ms.saturating_add(lifetime.as_millis()),
+            created: now,
+            expires: now.plus_ms(lifetime.as_millis()),
             failures: 0,
             used: false,
         }
     }
 
     /// Whether a new attempt may run now; says why not.
-    pub fn check(&self, now_ms: u64) -> Result<(), PairingError> {
+    pub fn check(&self, now: Instant) -> Result<(), PairingError> {
         if self.used {
             Err(PairingError::AlreadyUsed)
         } else if self.failures >= MAX_FAILED_ATTEMPTS {
             Err(PairingError::WindowClosed)
-        } else if now_ms >= self.expires_ms {
+        } else if now >= self.expires {
             Err(PairingError::Expired)
         } else {
             Ok(())
@@ -100,8 +106,8 @@ impl CodeWindow {
     }
 
     /// Starts an attempt, counted as failed until [`Self::confirmed`].
-    pub fn begin_attempt(&mut self, now_ms: u64) -> Result<(), PairingError> {
-        self.check(now_ms)?;
+    pub fn begin_attempt(&mut self, now: Instant) -> Result<(), PairingError> {
+        self.check(now)?;
         self.failures += 1;
         Ok(())
     }
@@ -119,8 +125,8 @@ impl CodeWindow {
         self.used = false;
     }
 
-    pub fn is_closed(&self, now_ms: u64) -> bool {
-        self.check(now_ms).is_err()
+    pub fn is_closed(&self, now: Instant) -> bool {
+        self.check(now).is_err()
     }
 }
 
@@ -132,11 +138,12 @@ pub struct TokenBucket {
     refill_ms: u64,
     tokens: u32,
     /// When the last token was credited (or the bucket was created).
-    last_ms: u64,
+    #[serde(rename = "last_ms", with = "super::serde_instant")]
+    last: Instant,
 }
 
 impl TokenBucket {
-    pub fn new(now_ms: u64, capacity: u32, refill_ms: u64) -> Result<Self, LimitError> {
+    pub fn new(now: Instant, capacity: u32, refill_ms: u64) -> Result<Self, LimitError> {
         if capacity == 0 || refill_ms == 0 {
             return Err(LimitError::BadRate);
         }
@@ -144,45 +151,45 @@ impl TokenBucket {
             capacity,
             refill_ms,
             tokens: capacity,
-            last_ms: now_ms,
+            last: now,
         })
     }
 
-    fn refill(&mut self, now_ms: u64) {
+    fn refill(&mut self, now: Instant) {
         // A clock that steps back credits nothing rather than underflowing.
-        let elapsed = now_ms.saturating_sub(self.last_ms);
+        let elapsed = self.last.ms_until(now);
         let earned = elapsed / self.refill_ms;
         if earned == 0 {
             return;
         }
         let room = u64::from(self.capacity - self.tokens);
         self.tokens += earned.min(room) as u32;
-        self.last_ms = if self.tokens == self.capacity {
-            now_ms
+        self.last = if self.tokens == self.capacity {
+            now
         } else {
-            self.last_ms + earned * self.refill_ms
+            self.last.plus_ms(earned * self.refill_ms)
         };
     }
 
     /// Takes one token, or says how long until the next.
-    pub fn try_take(&mut self, now_ms: u64) -> Result<(), PairingError> {
-        self.refill(now_ms);
+    pub fn try_take(&mut self, now: Instant) -> Result<(), PairingError> {
+        self.refill(now);
         if self.tokens > 0 {
             self.tokens -= 1;
             if self.tokens + 1 == self.capacity {
-                self.last_ms = now_ms;
+                self.last = now;
             }
             Ok(())
         } else {
-            let next = self.last_ms.saturating_add(self.refill_ms);
+            let next = self.last.plus_ms(self.refill_ms);
             Err(PairingError::RateLimited {
-                retry_after_ms: next.saturating_sub(now_ms),
+                retry_after_ms: now.ms_until(next),
             })
         }
     }
 
-    pub fn available(&mut self, now_ms: u64) -> u32 {
-        self.refill(now_ms);
+    pub fn available(&mut self, now: Instant) -> u32 {
+        self.refill(now);
         self.tokens
     }
 }
@@ -192,6 +199,10 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
 
     #[test]
     fn lifetime_bounds_are_typed() {
@@ -210,43 +221,47 @@ mod tests {
 
     #[test]
     fn window_expires_and_closes() {
-        let mut w = CodeWindow::new(1_000, CodeLifetime::from_millis(60_000).unwrap());
-        assert_eq!(w.check(60_999), Ok(()));
-        assert_eq!(w.check(61_000), Err(PairingError::Expired));
+        let mut w = CodeWindow::new(at(1_000), CodeLifetime::from_millis(60_000).unwrap());
+        assert_eq!(w.expires, at(61_000));
+        assert_eq!(w.check(at(60_999)), Ok(()));
+        assert_eq!(w.check(at(61_000)), Err(PairingError::Expired));
         for _ in 0..MAX_FAILED_ATTEMPTS {
-            w.begin_attempt(2_000).unwrap();
+            w.begin_attempt(at(2_000)).unwrap();
         }
-        assert_eq!(w.begin_attempt(2_000), Err(PairingError::WindowClosed));
+        assert_eq!(w.begin_attempt(at(2_000)), Err(PairingError::WindowClosed));
         assert_eq!(w.failures, MAX_FAILED_ATTEMPTS);
     }
 
     #[test]
     fn confirmed_attempt_uses_the_code() {
-        let mut w = CodeWindow::new(0, CodeLifetime::default());
-        w.begin_attempt(1).unwrap();
+        let mut w = CodeWindow::new(at(0), CodeLifetime::default());
+        w.begin_attempt(at(1)).unwrap();
         w.confirmed();
         assert_eq!(w.failures, 0);
-        assert_eq!(w.check(2), Err(PairingError::AlreadyUsed));
+        assert_eq!(w.check(at(2)), Err(PairingError::AlreadyUsed));
         w.reopen();
-        assert_eq!(w.check(2), Ok(()));
+        assert_eq!(w.check(at(2)), Ok(()));
     }
 
     #[test]
     fn bucket_refills_over_time() {
-        let mut b = TokenBucket::new(0, 3, 1_000).unwrap();
+        let mut b = TokenBucket::new(at(0), 3, 1_000).unwrap();
         for _ in 0..3 {
-            b.try_take(0).unwrap();
+            b.try_take(at(0)).unwrap();
         }
         assert_eq!(
-            b.try_take(400),
+            b.try_take(at(400)),
             Err(PairingError::RateLimited {
                 retry_after_ms: 600
             })
         );
-        b.try_take(1_000).unwrap();
-        assert!(b.try_take(1_500).is_err());
-        assert_eq!(b.available(10_000), 3);
-        assert_eq!(TokenBucket::new(0, 0, 1), Err(LimitError::BadRate));
+        b.try_take(at(1_000)).unwrap();
+        assert!(b.try_take(at(1_500)).is_err());
+        assert_eq!(b.available(at(10_000)), 3);
+        // A clock that steps back credits nothing.
+        b.try_take(at(10_000)).unwrap();
+        assert_eq!(b.available(at(5_000)), 2);
+        assert_eq!(TokenBucket::new(at(0), 0, 1), Err(LimitError::BadRate));
     }
 
     proptest! {
@@ -254,11 +269,11 @@ mod tests {
         #[test]
         fn bucket_never_exceeds_its_rate(steps in proptest::collection::vec(0u64..700, 1..200)) {
             let (cap, refill) = (5u32, 1_000u64);
-            let mut b = TokenBucket::new(0, cap, refill).unwrap();
+            let mut b = TokenBucket::new(at(0), cap, refill).unwrap();
             let (mut now, mut granted) = (0u64, 0u64);
             for s in steps {
                 now += s;
-                if b.try_take(now).is_ok() {
+                if b.try_take(at(now)).is_ok() {
                     granted += 1;
                 }
                 prop_assert!(granted <= u64::from(cap) + now / refill);

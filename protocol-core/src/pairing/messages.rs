@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::PairingError;
+use crate::frame::HEADER_LEN;
 use crate::wire::{DecodeError, EncodeError, decode_exact, encode_framed, encode_into};
 
 /// The pairing protocol version this build speaks.
@@ -149,6 +150,28 @@ pub fn encode_pairing(
     encode_framed(msg, peer_max, out)
 }
 
+/// Bytes `msg` takes as one frame, prefix included (what [`encode_pairing`] writes).
+pub(crate) fn frame_len(msg: &PairingMessage<'_>) -> usize {
+    // Measuring cannot fail for these types; an impossible failure reads as "never fits".
+    postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+        .map_or(usize::MAX, |len| HEADER_LEN + len)
+}
+
+/// The largest `Abort` frame, prefix included.
+pub(crate) fn abort_frame_len() -> usize {
+    frame_len(&PairingMessage::Abort(Abort {
+        error: PairingError::RateLimited {
+            retry_after_ms: u64::MAX,
+        },
+    }))
+    .max(frame_len(&PairingMessage::Abort(Abort {
+        error: PairingError::VersionMismatch {
+            ours: u16::MAX,
+            theirs: u16::MAX,
+        },
+    })))
+}
+
 /// Decodes one pairing frame's payload; byte fields borrow from `payload`.
 pub fn decode_pairing(payload: &[u8]) -> Result<PairingMessage<'_>, DecodeError> {
     // A one-byte tag names an unknown kind precisely; longer varints are malformed.
@@ -244,6 +267,10 @@ mod tests {
             let msg = message(&p);
             let mut out = vec![0u8; 1024];
             let n = encode_pairing(&msg, PAIRING_MAX_FRAME, &mut out).unwrap();
+            prop_assert_eq!(frame_len(&msg), n);
+            if let PairingMessage::Abort(_) = msg {
+                prop_assert!(n <= abort_frame_len());
+            }
             let len = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
             prop_assert_eq!(len + 4, n);
             prop_assert_eq!(decode_pairing(&out[4..n]).unwrap(), msg);

@@ -13,9 +13,11 @@
 //!    or `Rejected`, each sealed with the other direction's key.
 //!
 //! Either side may send `Abort` with a typed [`PairingError`] and close. The node role is
-//! [`NodePairing`], the daemon role [`DaemonPairing`]; both are sans-IO: frames and the
-//! time go in through `handle_input`, frames to send and events come out of
-//! `poll_output`. `PAIRING.md` next to this crate's manifest specifies the protocol.
+//! [`NodePairing`], the daemon role [`DaemonPairing`]; both follow the crate's sans-IO
+//! convention (`SANS_IO.md`): frames and timers go in through `handle_frame` and
+//! `handle_timeout`, frames come out of `poll_transmit`, events out of `poll_event`, the
+//! next deadline out of `poll_timeout`. `PAIRING.md` next to this crate's manifest
+//! specifies the protocol.
 
 mod approval;
 mod cert;
@@ -25,6 +27,7 @@ mod limits;
 mod messages;
 mod node;
 mod seal;
+mod serde_instant;
 
 pub use approval::{Approval, ApprovalError, ApprovalState};
 pub use cert::{certificate_fingerprint, certificate_spki, csr_spki};
@@ -32,7 +35,7 @@ pub use code::{
     CodeDisplay, CodeError, MAX_CODE_ID, PAKE_CONTEXT, PBKDF2_ROUNDS, PairingCode, PairingUri,
     RecordBytes, SECRET_SPACE, URI_PREFIX, URI_VERSION, VERIFIER_ID,
 };
-pub use daemon::{DaemonConfig, DaemonOutput, DaemonPairing};
+pub use daemon::{DaemonConfig, DaemonPairing, DaemonPairingEvent};
 pub use limits::{
     CodeLifetime, CodeWindow, DEFAULT_CODE_LIFETIME_MS, LimitError, MAX_CODE_LIFETIME_MS,
     MAX_FAILED_ATTEMPTS, MIN_CODE_LIFETIME_MS, TokenBucket,
@@ -43,23 +46,10 @@ pub use messages::{
     Abort, Answer, Challenge, Confirm, Issued, PAIRING_MAX_FRAME, PAIRING_VERSION, PairingMessage,
     Sealed, Start, decode_answer, decode_pairing, encode_answer, encode_pairing,
 };
-pub use node::{NodeConfig, NodeOutput, NodePairing, Paired};
+pub use node::{NodeConfig, NodePairing, NodePairingEvent, Paired};
 pub use seal::{SealKeys, TAG_LEN};
 
 use serde::{Deserialize, Serialize};
-
-/// Milliseconds. The daemon passes wall-clock Unix time (its records outlive restarts);
-/// a node may pass any monotonic clock.
-pub type Millis = u64;
-
-/// What a pairing input carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input<'a> {
-    /// One frame's payload, as the frame decoder handed it out.
-    Frame(&'a [u8]),
-    /// The deadline last announced with `Timeout` may have passed.
-    Timeout,
-}
 
 /// Why a pairing failed. Also the code an `Abort` carries, so each side learns which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

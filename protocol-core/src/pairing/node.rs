@@ -3,15 +3,17 @@
 use spake2plus::rand_core::CryptoRng;
 use spake2plus::{ConfirmV, Context, P256Sha256, Prover, ShareV};
 
+use super::PairingError;
 use super::cert::{certificate_spki, csr_spki};
 use super::code::{PAKE_CONTEXT, PairingCode, VERIFIER_ID};
 use super::messages::{
     Abort, Answer, Confirm, Issued, PAIRING_MAX_FRAME, PAIRING_VERSION, PairingMessage, Start,
-    decode_answer, decode_pairing, encode_pairing,
+    abort_frame_len, decode_answer, decode_pairing, encode_pairing, frame_len,
 };
 use super::seal::{Kind, SealKeys, TAG_LEN};
-use super::{Input, Millis, PairingError};
-use crate::wire::EncodeError;
+use crate::frame::HEADER_LEN;
+use crate::time::Instant;
+use crate::transmit::{Transmit, TransmitError};
 
 /// What the node gets: its certificate, the CA, and the daemon to pin.
 pub type Paired<'a> = Issued<'a>;
@@ -19,8 +21,9 @@ pub type Paired<'a> = Issued<'a>;
 /// Node-side settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// The whole pairing, an operator's approval included, must end within this.
-    pub timeout_ms: Millis,
+    /// The whole pairing, an operator's approval included, must end within this many
+    /// milliseconds.
+    pub timeout_ms: u64,
     /// The daemon's fingerprint from the QR code, if the code came from one; the daemon
     /// must then announce exactly it.
     pub expected_fingerprint: Option<[u8; 32]>,
@@ -38,21 +41,16 @@ impl Default for NodeConfig {
     }
 }
 
-/// What [`NodePairing::poll_output`] has for the caller.
+/// What [`NodePairing::poll_event`] has for the application.
 #[derive(Debug, PartialEq, Eq)]
-pub enum NodeOutput<'a> {
-    /// A frame of this many bytes was written to the output buffer: send it.
-    Transmit(usize),
+pub enum NodePairingEvent<'a> {
     /// The daemon waits for an operator's approval.
     AwaitingApproval,
-    /// Paired: store these (the certificate goes with the node's private key).
+    /// Paired: store these (the certificate goes with the node's private key). The run
+    /// is finished.
     Paired(Paired<'a>),
-    /// The pairing failed; close the connection once any `Transmit` was sent.
+    /// The pairing failed; the run is finished.
     Failed(PairingError),
-    /// Nothing to do before this time; then call `handle_input(now, Input::Timeout)`.
-    Timeout(Millis),
-    /// Finished; nothing more will come.
-    Done,
 }
 
 // No allocator to box the PAKE state into; there is one state per run.
@@ -66,6 +64,18 @@ enum State {
     Failed(PairingError),
     /// Transient, while a step consumes the previous state.
     Moving,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitChallenge(_) => "await_challenge",
+            State::AwaitAnswer(_) => "await_answer",
+            State::Paired { .. } => "paired",
+            State::Failed(_) => "failed",
+            State::Moving => "moving",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,11 +92,20 @@ enum Event {
     Failed(PairingError),
 }
 
+/// Whether the transport connection is to be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    No,
+    /// After the queued frame, if any.
+    Due,
+    Asked,
+}
+
 /// One pairing run, node side.
 ///
 /// The node builds its CSR itself (with the private key it keeps) and hands the DER in;
 /// `buf` holds first the sealed CSR, then the daemon's answer, and must be at least
-/// [`PAIRING_MAX_FRAME`] bytes.
+/// [`PAIRING_MAX_FRAME`] bytes (and hold the sealed CSR).
 pub struct NodePairing<'c, B> {
     config: NodeConfig,
     code_id: u16,
@@ -97,23 +116,30 @@ pub struct NodePairing<'c, B> {
     state: State,
     tx: Option<Tx>,
     event: Option<Event>,
-    deadline: Millis,
+    close: Close,
+    deadline: Instant,
     next_seq: u32,
+    transmit_len: usize,
 }
 
 impl<B> core::fmt::Debug for NodePairing<'_, B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("NodePairing")
             .field("code_id", &self.code_id)
+            .field("state", &self.state.name())
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
 
 impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
-    /// Starts a run with `code`; the first output is the `Start` frame.
+    /// Starts a run with `code`; the first frame out is the `Start`.
+    ///
+    /// Refused with [`PairingError::BadCsr`] when `csr` does not parse, and with
+    /// [`PairingError::BufferTooSmall`] when `buf` is too small or a frame this run sends
+    /// (the `Confirm` carries the CSR) would exceed `config.peer_max_frame`.
     pub fn new<R: CryptoRng + ?Sized>(
-        now: Millis,
+        now: Instant,
         code: &PairingCode,
         csr: &'c [u8],
         buf: B,
@@ -123,7 +149,8 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         if csr_spki(csr).is_none() {
             return Err(PairingError::BadCsr);
         }
-        if buf.as_ref().len() < (PAIRING_MAX_FRAME as usize).max(csr.len() + TAG_LEN) {
+        let sealed_csr = csr.len() + TAG_LEN;
+        if buf.as_ref().len() < (PAIRING_MAX_FRAME as usize).max(sealed_csr) {
             return Err(PairingError::BufferTooSmall);
         }
         let prover_id = code.prover_id();
@@ -134,24 +161,50 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         };
         let secret = code.prover_secret().map_err(|_| PairingError::Internal)?;
         let (prover, share) = Prover::start(&secret, &context, rng);
+        let share_p = *share.as_bytes();
+        // The largest frame of each kind this run can send; the Confirm's sealed CSR is
+        // measured on a slice of its length (only the length counts).
+        let start = frame_len(&PairingMessage::Start(Start {
+            version: PAIRING_VERSION,
+            code_id: code.id(),
+            share_p: &share_p,
+        }));
+        let confirm = frame_len(&PairingMessage::Confirm(Confirm {
+            confirm_p: &[0; 32],
+            sealed_csr: &buf.as_ref()[..sealed_csr],
+        }));
+        let transmit_len = start.max(confirm).max(abort_frame_len());
+        if transmit_len - HEADER_LEN > config.peer_max_frame as usize {
+            return Err(PairingError::BufferTooSmall);
+        }
         Ok(Self {
             config,
             code_id: code.id(),
             prover_id,
-            share_p: *share.as_bytes(),
+            share_p,
             csr,
             buf,
             state: State::AwaitChallenge(prover),
             tx: Some(Tx::Start),
             event: None,
-            deadline: now.saturating_add(config.timeout_ms),
+            close: Close::No,
+            deadline: now.plus_ms(config.timeout_ms),
             next_seq: 0,
+            transmit_len,
         })
     }
 
-    /// Feeds a received frame or a timer. An error means the run just failed; the
-    /// outputs then carry an `Abort` to send and the `Failed` event.
-    pub fn handle_input(&mut self, now: Millis, input: Input<'_>) -> Result<(), PairingError> {
+    /// The largest frame this run sends, prefix included: a `poll_transmit` buffer of
+    /// this size always holds the next frame.
+    pub fn transmit_len(&self) -> usize {
+        self.transmit_len
+    }
+
+    /// Feeds one received frame's payload. An error means the run failed (now, or
+    /// earlier: a failed run stays failed); `poll_transmit` then has an `Abort` for the
+    /// daemon unless the failure is the daemon's own `Abort`, and `poll_event` the
+    /// `Failed` event. Frames after a successful run are ignored.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Result<(), PairingError> {
         match self.state {
             State::Failed(e) => return Err(e),
             State::Paired { .. } => return Ok(()),
@@ -160,10 +213,7 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         if now >= self.deadline {
             return Err(self.fail(PairingError::TimedOut, true));
         }
-        let Input::Frame(payload) = input else {
-            return Ok(());
-        };
-        let msg = match decode_pairing(payload) {
+        let msg = match decode_pairing(frame) {
             Ok(m) => m,
             Err(_) => return Err(self.fail(PairingError::Malformed, true)),
         };
@@ -174,6 +224,14 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
             _ => Err(PairingError::UnexpectedMessage),
         };
         result.map_err(|e| self.fail(e, true))
+    }
+
+    /// Applies the deadline: at or after it, an unfinished run fails with
+    /// [`PairingError::TimedOut`]. Cheap; may be called at any time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.is_finished() && now >= self.deadline {
+            self.fail(PairingError::TimedOut, true);
+        }
     }
 
     fn on_challenge(&mut self, share_v: &[u8], confirm_v: &[u8]) -> Result<(), PairingError> {
@@ -247,6 +305,7 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
                 }
                 self.state = State::Paired { len };
                 self.event = Some(Event::Paired);
+                self.close = Close::Due;
                 Ok(())
             }
         }
@@ -256,52 +315,79 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         self.state = State::Failed(error);
         // A frame still queued (e.g. a Confirm) must not leave after a failure.
         self.tx = tell_peer.then_some(Tx::Abort(error));
+        // The failure replaces an unreported `AwaitingApproval`: it no longer holds.
         self.event = Some(Event::Failed(error));
+        self.close = Close::Due;
         error
     }
 
-    /// The next thing to do. Call until it returns `Timeout` or `Done`. A frame that does
-    /// not fit `out` stays queued.
-    pub fn poll_output(
+    /// Writes the next frame (prefix included) into `buf`, or asks to close the
+    /// connection once the run is finished and its last frame was handed over. `None`:
+    /// nothing to send now. A `buf` too small for the next frame consumes nothing.
+    pub fn poll_transmit(
         &mut self,
-        now: Millis,
-        out: &mut [u8],
-    ) -> Result<NodeOutput<'_>, EncodeError> {
-        if let Some(tx) = self.tx {
-            let msg = match tx {
-                Tx::Start => PairingMessage::Start(Start {
-                    version: PAIRING_VERSION,
-                    code_id: self.code_id,
-                    share_p: &self.share_p,
-                }),
-                Tx::Confirm {
-                    ref confirm_p,
-                    sealed,
-                } => PairingMessage::Confirm(Confirm {
-                    confirm_p,
-                    sealed_csr: &self.buf.as_ref()[..sealed],
-                }),
-                Tx::Abort(error) => PairingMessage::Abort(Abort { error }),
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, TransmitError> {
+        let _ = now;
+        while let Some(tx) = self.tx {
+            let written = {
+                let msg = match tx {
+                    Tx::Start => PairingMessage::Start(Start {
+                        version: PAIRING_VERSION,
+                        code_id: self.code_id,
+                        share_p: &self.share_p,
+                    }),
+                    Tx::Confirm {
+                        ref confirm_p,
+                        sealed,
+                    } => PairingMessage::Confirm(Confirm {
+                        confirm_p,
+                        sealed_csr: &self.buf.as_ref()[..sealed],
+                    }),
+                    Tx::Abort(error) => PairingMessage::Abort(Abort { error }),
+                };
+                let needed = frame_len(&msg);
+                if needed <= self.transmit_len && buf.len() < needed {
+                    return Err(TransmitError::BufferTooSmall { needed });
+                }
+                encode_pairing(&msg, self.config.peer_max_frame, buf)
             };
-            let n = encode_pairing(&msg, self.config.peer_max_frame, out)?;
-            self.tx = None;
-            return Ok(NodeOutput::Transmit(n));
+            match written {
+                Ok(n) => {
+                    self.tx = None;
+                    return Ok(Some(Transmit::Frame(n)));
+                }
+                // Sizes are checked at construction, so this does not happen; should it,
+                // the run fails rather than offer the same frame forever.
+                Err(_) if matches!(tx, Tx::Abort(_)) => self.tx = None,
+                Err(_) => {
+                    self.fail(PairingError::Internal, true);
+                }
+            }
         }
-        if let Some(event) = self.event.take() {
-            return Ok(match event {
-                Event::Pending => NodeOutput::AwaitingApproval,
-                Event::Failed(e) => NodeOutput::Failed(e),
-                Event::Paired => match self.paired() {
-                    Some(p) => NodeOutput::Paired(p),
-                    None => NodeOutput::Failed(PairingError::Internal),
-                },
-            });
+        if self.close == Close::Due {
+            self.close = Close::Asked;
+            return Ok(Some(Transmit::Close));
         }
-        Ok(match self.state {
-            State::Paired { .. } | State::Failed(_) => NodeOutput::Done,
-            _ if now >= self.deadline => NodeOutput::Timeout(now),
-            _ => NodeOutput::Timeout(self.deadline),
+        Ok(None)
+    }
+
+    /// The next event for the application, once.
+    pub fn poll_event(&mut self) -> Option<NodePairingEvent<'_>> {
+        Some(match self.event.take()? {
+            Event::Pending => NodePairingEvent::AwaitingApproval,
+            Event::Failed(e) => NodePairingEvent::Failed(e),
+            Event::Paired => match self.paired() {
+                Some(p) => NodePairingEvent::Paired(p),
+                None => NodePairingEvent::Failed(PairingError::Internal),
+            },
         })
+    }
+
+    /// When [`Self::handle_timeout`] is due: the run's deadline; `None` once finished.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.is_finished()).then_some(self.deadline)
     }
 
     /// The pairing's result, once paired.
@@ -323,6 +409,7 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         }
     }
 
+    /// Paired or failed: no frame is taken any more and no deadline runs.
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Paired { .. } | State::Failed(_))
     }
