@@ -117,7 +117,10 @@ impl CallTable {
         track: &Track,
         change: impl FnOnce(&mut CallRecord),
     ) -> Option<CallRecord> {
-        let c = self.calls.iter_mut().find(|c| c.rec.id == id && !c.removed)?;
+        let c = self
+            .calls
+            .iter_mut()
+            .find(|c| c.rec.id == id && !c.removed)?;
         change(&mut c.rec);
         track.touch(&mut c.mark);
         Some(c.rec)
@@ -153,6 +156,15 @@ impl CallTable {
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &CallRecord> {
         self.calls.iter().filter(|c| !c.removed).map(|c| &c.rec)
+    }
+
+    /// True when nothing about call `id` waits for the journal (a call no longer in
+    /// the table was dropped once its removal was durable).
+    pub(crate) fn is_durable(&self, id: CallId) -> bool {
+        self.calls
+            .iter()
+            .filter(|c| c.rec.id == id)
+            .all(|c| c.mark == Mark::Clean)
     }
 
     pub(crate) fn next_unreported(&self) -> Option<CallRecord> {
@@ -344,10 +356,13 @@ impl CallWindow {
             .map(|e| e.call.id)
     }
 
-    /// An active call whose deadline has passed and whose answer is not yet owed.
+    /// An active call handed to the application whose deadline has passed and whose
+    /// answer is not yet owed. (One not handed out yet is answered when it would be.)
     pub(crate) fn first_expired(&self, now: Instant) -> Option<CallId> {
         self.slots.iter().flatten().find_map(|e| match e.call.slot {
-            Slot::Active { deadline, .. } if deadline <= now && !e.answer_owed => Some(e.call.id),
+            Slot::Active { deadline, .. } if deadline <= now && !e.answer_owed && e.handed => {
+                Some(e.call.id)
+            }
             _ => None,
         })
     }
@@ -373,7 +388,7 @@ impl CallWindow {
         self.slots
             .iter()
             .flatten()
-            .filter(|e| !e.answer_owed)
+            .filter(|e| !e.answer_owed && e.handed)
             .filter_map(|e| match e.call.slot {
                 Slot::Active { deadline, .. } => Some(deadline),
                 Slot::Done { .. } => None,

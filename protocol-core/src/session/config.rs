@@ -17,6 +17,9 @@ pub const MAX_SEQ: Seq = 1 << 62;
 pub const MIN_IDLE_TIMEOUT_MS: u32 = 1_000;
 /// Most bytes a `Data` frame adds around its body (tag and two varints).
 pub(crate) const DATA_OVERHEAD: usize = 1 + 10 + 10;
+/// Most bytes of an answer a node queues by itself: `Result { call_id: u64::MAX,
+/// Failed(INTERRUPTED) }` (tag, varint id, outcome tag, length, 31 bytes of reason).
+pub(crate) const MAX_OWN_ANSWER: usize = 1 + 10 + 1 + 1 + 31;
 
 /// Limits and timers of a session. `const`, so a microcontroller keeps it in flash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +111,8 @@ impl Config {
                 needed: inbox_for(self.max_frame),
             });
         }
-        if self.replay_bytes < RECORD_HEADER + 1 {
+        // A call taken must stay answerable (`TimedOut`, or `Failed` after a restart).
+        if self.replay_bytes < RECORD_HEADER + MAX_OWN_ANSWER {
             return Err(SetupError::ReplayTooSmall);
         }
         Ok(())
@@ -129,7 +133,7 @@ pub enum SetupError {
     FrameLimitTooSmall,
     /// `inbox_bytes` cannot hold one frame of `max_frame` bytes.
     InboxTooSmall { needed: usize },
-    /// `replay_bytes` cannot hold a single message.
+    /// `replay_bytes` cannot hold the answers a session queues by itself (57 bytes).
     ReplayTooSmall,
     /// A node id or platform name longer than [`MAX_NODE_ID`] / [`MAX_PLATFORM`].
     NameTooLong,

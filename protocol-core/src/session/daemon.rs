@@ -88,15 +88,21 @@ impl Outgoing for DaemonOut<'_> {
         Some(u32::try_from(left).unwrap_or(u32::MAX))
     }
 
-    fn undeliverable(&mut self, _: Seq, body: &[u8]) {
-        if let Ok(Body::Call(c)) = postcard::from_bytes::<Body<'_>>(body) {
+    fn undeliverable(&mut self, _: Seq, body: &[u8]) -> bool {
+        let Ok(Body::Call(c)) = postcard::from_bytes::<Body<'_>>(body) else {
+            return true;
+        };
+        if self
+            .calls
+            .get(c.call_id)
+            .is_some_and(|rec| !rec.state.is_final())
+        {
             self.calls.update(c.call_id, self.track, |rec| {
-                if !rec.state.is_final() {
-                    rec.state = CallState::Undeliverable;
-                    rec.unreported = true;
-                }
+                rec.state = CallState::Undeliverable;
+                rec.unreported = true;
             });
         }
+        self.calls.is_durable(c.call_id)
     }
 }
 
@@ -360,13 +366,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
         self.link.now = now;
         self.link.conn.last_recv = now;
         if !Link::numbers_valid(&msg) {
-            self.link.fail(ErrorCode::Malformed, "position out of range");
+            self.link
+                .fail(ErrorCode::Malformed, "position out of range");
             return Ok(());
         }
         let up = self.link.conn.state == State::Up;
         let proves = matches!(
             msg,
-            Message::Data(_) | Message::Ack(_) | Message::Gap(_) | Message::Ping(_) | Message::Pong(_)
+            Message::Data(_)
+                | Message::Ack(_)
+                | Message::Gap(_)
+                | Message::Ping(_)
+                | Message::Pong(_)
         );
         if up && !self.link.conn.confirmed && proves {
             // Stream traffic after the hello proves the node took our hello-ack: from now
@@ -691,7 +702,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
                     Stage::AwaitingApproval => CallState::AwaitingApproval,
                     Stage::Running => CallState::Running,
                 };
-                let open = self.calls.get(p.call_id).is_some_and(|c| !c.state.is_final());
+                let open = self
+                    .calls
+                    .get(p.call_id)
+                    .is_some_and(|c| !c.state.is_final());
                 if open {
                     self.calls.update(p.call_id, &track, |c| {
                         c.state = stage;
@@ -708,7 +722,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
                 }
             }
             Body::Result(r) => {
-                let open = self.calls.get(r.call_id).is_some_and(|c| !c.state.is_final());
+                let open = self
+                    .calls
+                    .get(r.call_id)
+                    .is_some_and(|c| !c.state.is_final());
                 if open {
                     let state = match r.outcome {
                         Outcome::Success(_) => CallState::Succeeded,

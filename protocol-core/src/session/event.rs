@@ -81,12 +81,21 @@ pub enum NodeEvent<'a> {
     },
     /// The call's deadline passed; the session answered `TimedOut` (message `answer`).
     /// Stop it.
-    CallExpired { call_id: CallId, answer: Seq },
+    CallExpired {
+        call_id: CallId,
+        answer: Seq,
+    },
     /// A call that was running when this node stopped was answered `Failed` (message
     /// `answer`) after the restart: it may or may not have finished.
-    CallInterrupted { call_id: CallId, answer: Seq },
+    CallInterrupted {
+        call_id: CallId,
+        answer: Seq,
+    },
     /// The daemon's messages `from..=to` are lost (its replay buffer overflowed).
-    Gap { from: Seq, to: Seq },
+    Gap {
+        from: Seq,
+        to: Seq,
+    },
     /// The store failed a journal batch; the session retries it and holds back what
     /// depends on it.
     JournalFailed,
@@ -117,7 +126,10 @@ pub enum DaemonEvent<'a> {
         capabilities: Capabilities<'a>,
     },
     /// An event the node reported.
-    Event { seq: Seq, event: EventBody<'a> },
+    Event {
+        seq: Seq,
+        event: EventBody<'a>,
+    },
     /// A call changed state. `seq` names the node's message that caused it, if one did;
     /// `outcome` is the node's answer for a final state it reported.
     CallUpdate {
@@ -128,9 +140,15 @@ pub enum DaemonEvent<'a> {
     },
     /// A progress or result for a call that is no longer open (it timed out here
     /// first): delivered as it came.
-    LateAnswer { seq: Seq, body: Body<'a> },
+    LateAnswer {
+        seq: Seq,
+        body: Body<'a>,
+    },
     /// The node's messages `from..=to` are lost (its replay buffer overflowed).
-    Gap { from: Seq, to: Seq },
+    Gap {
+        from: Seq,
+        to: Seq,
+    },
     /// The store failed a journal batch; the session retries it and holds back what
     /// depends on it.
     JournalFailed,

@@ -179,7 +179,13 @@ impl Track {
     }
 
     /// A restored session: what the journal holds is durable.
-    pub(crate) fn restored(&mut self, appended: Seq, trimmed: Seq, received: Seq, session: Option<SessionId>) {
+    pub(crate) fn restored(
+        &mut self,
+        appended: Seq,
+        trimmed: Seq,
+        received: Seq,
+        session: Option<SessionId>,
+    ) {
         self.durable = Carried {
             appended,
             trimmed,

@@ -109,8 +109,9 @@ pub(crate) trait Outgoing {
     /// A call's time left as it goes out now, if `body` is a call (the daemon rewrites
     /// it, since the clocks differ).
     fn time_left(&mut self, now: Instant, seq: Seq, body: &[u8]) -> Option<u32>;
-    /// Message `seq` is larger than the peer accepts: it goes out as a gap.
-    fn undeliverable(&mut self, seq: Seq, body: &[u8]);
+    /// Message `seq` is larger than the peer accepts: it goes out as a gap, once what
+    /// this records (the daemon's call ends `Undeliverable`) is durable (`true`).
+    fn undeliverable(&mut self, seq: Seq, body: &[u8]) -> bool;
 }
 
 /// The shared state of a session; see the [module documentation](self).
@@ -498,7 +499,12 @@ impl Link {
                 self.conn.unacked_since.get_or_insert(now);
                 return Ok(r);
             }
-            Some(Next::Data(rec)) => return self.send_data(now, rec, ack, buf, role),
+            Some(Next::Data(rec)) => match self.send_data(now, rec, ack, buf, role)? {
+                Some(t) => return Ok(Some(t)),
+                // Closing, or a gap waits for the journal (acks and pings may still go).
+                None if !self.live() => return Ok(None),
+                None => {}
+            },
             None => {}
         }
         if ack > self.conn.ack_sent && self.conn.ack_due.is_some_and(|at| at <= now) {
@@ -543,10 +549,14 @@ impl Link {
             Ok(n) => n,
             Err(Emit::Small(needed)) => return Err(TransmitError::BufferTooSmall { needed }),
             Err(Emit::TooLarge) => {
-                // Above what this peer accepts: it learns of the loss instead.
+                // Above what this peer accepts: it learns of the loss instead, once the
+                // loss is journaled (a restarted daemon must not take the gap's
+                // acknowledgement for the call's).
+                if !role.undeliverable(seq, rec.bytes) {
+                    return Ok(None);
+                }
                 let gap = Message::Gap(Gap { from: seq, to: seq });
                 let r = self.emit_control(now, &gap, limit, buf)?;
-                role.undeliverable(seq, rec.bytes);
                 self.out.advance(seq);
                 self.conn.unacked_since.get_or_insert(now);
                 return Ok(r);
@@ -589,9 +599,7 @@ impl Link {
             return;
         }
         match self.conn.state {
-            State::AwaitHello | State::HelloSent
-                if now >= self.handshake_deadline() =>
-            {
+            State::AwaitHello | State::HelloSent if now >= self.handshake_deadline() => {
                 self.close(Farewell::Nothing, CloseReason::HandshakeTimeout);
             }
             State::Up if now >= self.conn.last_recv.plus_ms(self.conn.idle_ms) => {
@@ -626,7 +634,8 @@ impl Link {
             State::AwaitHello | State::HelloSent => at.add(Some(self.handshake_deadline())),
             State::Up => {
                 at.add(Some(self.conn.last_recv.plus_ms(self.conn.idle_ms)));
-                if self.conn.confirmed {
+                // A held hello-ack (not yet durable) holds back every stream frame too.
+                if self.conn.confirmed && !self.conn.send_hello_ack {
                     at.add(Some(self.conn.last_sent.plus_ms(self.conn.keep_alive_ms)));
                     if self.ack_value() > self.conn.ack_sent {
                         at.add(self.conn.ack_due);
@@ -656,7 +665,11 @@ impl Link {
         }
         if self.track.trim == Mark::Dirty {
             self.track.trim.polled();
-            let through = self.out.acked();
+            // Acknowledged messages, and those evicted unacknowledged (`EvictOldest`).
+            let through = self
+                .out
+                .acked()
+                .max(self.out.first_held().saturating_sub(1));
             if through > self.track.trimmed_carried() {
                 self.track.carry_trim(through);
                 self.track.opened();
@@ -680,7 +693,10 @@ impl Link {
     }
 
     /// The meta op, last in a batch.
-    pub(crate) fn poll_journal_meta(&mut self, mut meta: JournalMeta) -> Option<JournalOp<'static>> {
+    pub(crate) fn poll_journal_meta(
+        &mut self,
+        mut meta: JournalMeta,
+    ) -> Option<JournalOp<'static>> {
         if !self.track.can_poll() || self.track.meta != Mark::Dirty {
             return None;
         }
@@ -739,7 +755,13 @@ pub(crate) fn emit(msg: &Message<'_>, limit: u32, buf: &mut [u8]) -> Result<usiz
 const DATA_TAG: u8 = 2;
 
 /// Writes a `Data` frame around an already-encoded body.
-fn emit_data_raw(seq: Seq, ack: Seq, body: &[u8], limit: u32, buf: &mut [u8]) -> Result<usize, Emit> {
+fn emit_data_raw(
+    seq: Seq,
+    ack: Seq,
+    body: &[u8],
+    limit: u32,
+    buf: &mut [u8],
+) -> Result<usize, Emit> {
     let mut head = [0u8; 21];
     head[0] = DATA_TAG;
     let mut n = 1;

@@ -33,6 +33,9 @@ pub struct NodeSession<B> {
     platform: String<MAX_PLATFORM>,
     /// Calls found running in a restored journal, answered `Failed`, to report.
     interrupted: Vec<(CallId, Seq), CALL_WINDOW>,
+    /// Calls found running in a restored journal whose `Failed` answer found no room in
+    /// the replay buffer yet; answered, in order, once the daemon acknowledges.
+    interrupt_owed: Vec<CallId, CALL_WINDOW>,
 }
 
 impl<B> core::fmt::Debug for NodeSession<B> {
@@ -62,17 +65,31 @@ impl Outgoing for NodeOut {
     fn time_left(&mut self, _: Instant, _: Seq, _: &[u8]) -> Option<u32> {
         None
     }
-    fn undeliverable(&mut self, _: Seq, _: &[u8]) {}
+    fn undeliverable(&mut self, _: Seq, _: &[u8]) -> bool {
+        true
+    }
 }
 
 /// What the front of the inbox holds, read before anything changes.
 #[derive(Clone, Copy)]
 enum Front {
-    Gap { from: Seq, to: Seq },
-    Call { seq: Seq, call_id: CallId, timeout_ms: u32 },
-    Cancel { seq: Seq, call_id: CallId },
+    Gap {
+        from: Seq,
+        to: Seq,
+    },
+    Call {
+        seq: Seq,
+        call_id: CallId,
+        timeout_ms: u32,
+    },
+    Cancel {
+        seq: Seq,
+        call_id: CallId,
+    },
     /// Cannot happen: bodies are checked on receipt.
-    Other { seq: Seq },
+    Other {
+        seq: Seq,
+    },
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
@@ -92,6 +109,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
             node_id: copy_name(node_id)?,
             platform: copy_name(platform)?,
             interrupted: Vec::new(),
+            interrupt_owed: Vec::new(),
         };
         if let Some(buf) = storage {
             s.lend_checked(buf)?;
@@ -134,28 +152,50 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         }
         s.link.session = meta.session;
         s.link.inp.restore(meta.received);
-        s.link.track.restored(last, meta.acked, meta.received, meta.session);
-        // Calls that were running: their outcome is unknown here.
+        s.link
+            .track
+            .restored(last, meta.acked, meta.received, meta.session);
+        // Calls that were running: their outcome is unknown here. An answer the full
+        // replay buffer has no room for yet is owed (its deadline no longer applies).
         let running: Vec<CallId, CALL_WINDOW> = s.window.active_ids().collect();
         for call_id in running {
-            let body = Body::Result(CallResult {
-                call_id,
-                outcome: Outcome::Failed {
-                    reason: INTERRUPTED,
-                },
-            });
-            let seq = s
-                .link
-                .enqueue(s.storage.as_mut().map(AsMut::as_mut), &body)
-                .map_err(|e| match e {
-                    SessionError::NoStorage => SetupError::StorageNeeded,
-                    _ => SetupError::JournalInconsistent,
-                })?;
-            s.window
-                .set(call_id, Slot::Done { result_seq: seq }, &s.link.track);
-            let _ = s.interrupted.push((call_id, seq));
+            let answered = s.answer_interrupted(call_id).map_err(|e| match e {
+                SessionError::NoStorage => SetupError::StorageNeeded,
+                _ => SetupError::JournalInconsistent,
+            })?;
+            if !answered {
+                if let Some(e) = s.window.entry_mut(call_id) {
+                    e.answer_owed = true;
+                }
+                let _ = s.interrupt_owed.push(call_id);
+            }
         }
         Ok(s)
+    }
+
+    /// Answers `Failed` ([`INTERRUPTED`]) for a call that was running when the node
+    /// stopped; `Ok(false)` if the replay buffer has no room yet.
+    fn answer_interrupted(&mut self, call_id: CallId) -> Result<bool, SessionError> {
+        let body = Body::Result(CallResult {
+            call_id,
+            outcome: Outcome::Failed {
+                reason: INTERRUPTED,
+            },
+        });
+        match self.enqueue(&body) {
+            Ok(seq) => {
+                let track = self.link.track;
+                self.window
+                    .set(call_id, Slot::Done { result_seq: seq }, &track);
+                if let Some(e) = self.window.entry_mut(call_id) {
+                    e.answer_owed = false;
+                }
+                let _ = self.interrupted.push((call_id, seq));
+                Ok(true)
+            }
+            Err(SessionError::Full) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     // ----- storage -----
@@ -343,7 +383,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         self.link.now = now;
         self.link.conn.last_recv = now;
         if !Link::numbers_valid(&msg) {
-            self.link.fail(ErrorCode::Malformed, "position out of range");
+            self.link
+                .fail(ErrorCode::Malformed, "position out of range");
             return Ok(());
         }
         let up = self.link.conn.state == State::Up;
@@ -432,8 +473,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         self.after_ack();
     }
 
-    /// Room may have come free: answers owed for timed-out calls go out.
+    /// Room may have come free: answers owed for interrupted, then timed-out calls go out.
     fn after_ack(&mut self) {
+        while let Some(&id) = self.interrupt_owed.first() {
+            if self.answer_interrupted(id) != Ok(true) {
+                // Still owed (their entries are marked owed: not answered `TimedOut`).
+                return;
+            }
+            self.interrupt_owed.remove(0);
+        }
         while let Some(id) = self.window.first_owed() {
             if !self.answer_timed_out(id) {
                 break;
@@ -450,7 +498,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         match self.enqueue(&body) {
             Ok(seq) => {
                 let track = self.link.track;
-                self.window.set(call_id, Slot::Done { result_seq: seq }, &track);
+                self.window
+                    .set(call_id, Slot::Done { result_seq: seq }, &track);
                 if let Some(e) = self.window.entry_mut(call_id) {
                     e.answer_owed = false;
                     // Only a call the application holds is one it must stop.
@@ -670,9 +719,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
     ) -> Option<NodeEvent<'_>> {
         let track = self.link.track;
         let entry = self.window.find(call_id).copied();
-        let admitted_not_handed = entry.is_some_and(|e| {
-            matches!(e.call.slot, Slot::Active { .. }) && !e.handed
-        });
+        let admitted_not_handed =
+            entry.is_some_and(|e| matches!(e.call.slot, Slot::Active { .. }) && !e.handed);
         if let Some(entry) = entry.filter(|_| !admitted_not_handed) {
             // Seen before: answer again, never run again.
             let answer = match entry.call.slot {
@@ -740,6 +788,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
             Some(Slot::Active { deadline, .. }) => deadline,
             _ => now,
         };
+        if deadline <= now {
+            // Its deadline passed while it waited (for the journal): answered, not run.
+            let answer = self.not_run(call_id, Outcome::TimedOut)?;
+            self.window
+                .set(call_id, Slot::Done { result_seq: answer }, &track);
+            self.link.delivered(bytes(&self.storage), seq);
+            return Some(NodeEvent::CallNotRun {
+                seq,
+                call_id,
+                why: NotRun::Expired,
+                answer,
+            });
+        }
         if let Some(e) = self.window.entry_mut(call_id) {
             e.handed = true;
         }
@@ -797,6 +858,7 @@ pub(crate) fn restore_messages<B: AsMut<[u8]>>(
     let mut need_storage = false;
     let mut last = meta.last_sent;
     let mut prev: Option<Seq> = None;
+    let evicts = link.config.overflow == super::stream::Overflow::EvictOldest;
     {
         let mut mem = storage.as_mut().map(AsMut::as_mut);
         let out = &mut link.out;
@@ -806,8 +868,9 @@ pub(crate) fn restore_messages<B: AsMut<[u8]>>(
                 if seq <= meta.acked {
                     return;
                 }
+                // An evicting session trims what it evicted: its first row may lie above.
                 if prev.is_some_and(|p| seq != p.saturating_add(1))
-                    || prev.is_none() && seq != meta.acked.saturating_add(1)
+                    || prev.is_none() && seq != meta.acked.saturating_add(1) && !evicts
                     || seq > super::config::MAX_SEQ
                 {
                     bad = true;

@@ -1,15 +1,18 @@
-//! The invariant checker. It sees only what the applications saw (what each sender's API
-//! accepted, what each receiver was handed) and judges the run afterwards.
+//! The invariant checker. It sees only what the applications committed (what each
+//! sender's API accepted, what each receiver was handed, what each call ended as) plus
+//! the side effects that cannot be rolled back (call executions), and judges the run
+//! afterwards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use protocol_core::session::CallState;
-use protocol_core::wire::{Body, CallId, Outcome, Seq, SessionId};
+use protocol_core::wire::{CallId, RejectCode, Seq, SessionId, Stage};
 
 /// One direction of one session, as the applications know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StreamKey {
-    /// Node -> daemon, for one life of the node (a RAM-only restart starts a new one).
+    /// Node -> daemon, for one life of the node's memory (a microcontroller reboot
+    /// starts a new one; a Linux node keeps its stream across restarts).
     Up { node: usize, incarnation: u32 },
     /// Daemon -> node, for one daemon session id.
     Down { node: usize, session: SessionId },
@@ -24,10 +27,12 @@ enum Item {
 #[derive(Debug, Default)]
 struct Stream {
     accepted: BTreeMap<Seq, String>,
+    /// Accepted messages larger than the receiver accepts: they may arrive as a gap.
+    oversized: BTreeSet<Seq>,
     log: Vec<Item>,
     /// The sender evicts old messages when full: gaps are legitimate.
     gaps_allowed: bool,
-    /// The sender lost its memory (a RAM-only node restarted).
+    /// The sender lost its memory (a microcontroller rebooted).
     sender_restarted: bool,
     /// The receiver was told the sender's messages from here on are gone.
     reported_lost_from: Option<Seq>,
@@ -35,10 +40,21 @@ struct Stream {
     reported_unacked: Option<(Seq, Seq)>,
 }
 
+/// A call's final state as the daemon application committed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Final {
+    pub state: CallState,
+    /// A `Failed` answer a restored node gave for a call it was running when it stopped.
+    pub interrupted: bool,
+}
+
 #[derive(Debug, Default)]
 struct CallTrack {
-    finals: Vec<CallState>,
+    issued: bool,
+    oversized: bool,
+    finals: Vec<Final>,
     executed: u32,
+    dispatched: bool,
 }
 
 #[derive(Debug, Default)]
@@ -48,26 +64,16 @@ pub struct Checker {
     violations: Vec<String>,
 }
 
-/// What identifies a stream message's content for the checker.
-pub fn fingerprint(body: &Body<'_>) -> String {
-    match body {
-        Body::Register(r) => format!("register:{}", r.capabilities.len()),
-        Body::Call(c) => format!("call:{}", c.call_id),
-        Body::Progress(p) => format!("progress:{}:{:?}", p.call_id, p.stage),
-        Body::Result(r) => format!("result:{}:{}", r.call_id, outcome_kind(&r.outcome)),
-        Body::Cancel(c) => format!("cancel:{}", c.call_id),
-        Body::Event(e) => format!("event:{}:{:?}", e.name, e.payload.data),
-    }
+pub fn stage_fp(call_id: CallId, stage: Stage) -> String {
+    format!("progress:{call_id}:{stage:?}")
 }
 
-pub fn outcome_kind(o: &Outcome<'_>) -> &'static str {
-    match o {
-        Outcome::Success(_) => "success",
-        Outcome::Failed { .. } => "failed",
-        Outcome::Rejected { .. } => "rejected",
-        Outcome::Cancelled => "cancelled",
-        Outcome::TimedOut => "timed-out",
-    }
+pub fn event_fp(name: &str, data: &[u8]) -> String {
+    format!("event:{name}:{data:?}")
+}
+
+pub fn result_fp(call_id: CallId, kind: &str) -> String {
+    format!("result:{call_id}:{kind}")
 }
 
 impl Checker {
@@ -87,6 +93,10 @@ impl Checker {
         if self.stream(key).accepted.insert(seq, fp).is_some() {
             self.violation(format!("{key:?}: seq {seq} accepted twice by the sender"));
         }
+    }
+
+    pub fn oversized(&mut self, key: StreamKey, seq: Seq) {
+        self.stream(key).oversized.insert(seq);
     }
 
     pub fn delivered(&mut self, key: StreamKey, seq: Seq, fp: String) {
@@ -109,16 +119,17 @@ impl Checker {
         self.stream(key).reported_unacked = range;
     }
 
-    pub fn call_issued(&mut self, node: usize, id: CallId) {
-        if self
-            .calls
-            .insert((node, id), CallTrack::default())
-            .is_some()
-        {
+    pub fn call_issued(&mut self, node: usize, id: CallId, oversized: bool) {
+        let t = self.calls.entry((node, id)).or_default();
+        let twice = t.issued;
+        t.issued = true;
+        t.oversized = oversized;
+        if twice {
             self.violation(format!("node {node}: call id {id} issued twice"));
         }
     }
 
+    /// A node application ran the call: a side effect no restart takes back.
     pub fn call_executed(&mut self, node: usize, id: CallId) {
         let t = self.calls.entry((node, id)).or_default();
         t.executed += 1;
@@ -127,13 +138,16 @@ impl Checker {
         }
     }
 
-    pub fn call_update(&mut self, node: usize, id: CallId, state: CallState) {
-        let Some(t) = self.calls.get_mut(&(node, id)) else {
+    pub fn call_update(&mut self, node: usize, id: CallId, state: CallState, interrupted: bool) {
+        let Some(t) = self.calls.get_mut(&(node, id)).filter(|t| t.issued) else {
             return self.violation(format!("node {node}: update for unknown call {id}"));
         };
         let after_final = !t.finals.is_empty();
         if state.is_final() {
-            t.finals.push(state);
+            t.finals.push(Final { state, interrupted });
+        }
+        if state == CallState::Dispatched {
+            t.dispatched = true;
         }
         if after_final {
             self.violation(format!(
@@ -146,7 +160,7 @@ impl Checker {
     pub fn finish(mut self) -> Vec<String> {
         let mut v = std::mem::take(&mut self.violations);
         let verbose = std::env::var_os("TERN_SIM_VERBOSE").is_some();
-        for (key, s) in &self.streams {
+        'streams: for (key, s) in &self.streams {
             if verbose {
                 eprintln!(
                     "{key:?}: accepted {} (last {:?}), delivered {}, restarted {}, lost_from {:?}, unacked {:?}",
@@ -164,7 +178,7 @@ impl Checker {
                     Item::Msg(seq, fp) => {
                         if *seq != expected {
                             v.push(format!("{key:?}: delivered seq {seq}, expected {expected}"));
-                            return v;
+                            continue 'streams;
                         }
                         match s.accepted.get(seq) {
                             Some(want) if want == fp => {}
@@ -172,13 +186,13 @@ impl Checker {
                                 v.push(format!(
                                     "{key:?}: seq {seq} delivered as {fp}, sent as {want}"
                                 ));
-                                return v;
+                                continue 'streams;
                             }
                             None => {
                                 v.push(format!(
                                     "{key:?}: seq {seq} delivered ({fp}) but never sent"
                                 ));
-                                return v;
+                                continue 'streams;
                             }
                         }
                         expected += 1;
@@ -188,9 +202,13 @@ impl Checker {
                             v.push(format!(
                                 "{key:?}: gap {from}..={to}, expected it to start at {expected}"
                             ));
-                            return v;
+                            continue 'streams;
                         }
-                        if !s.gaps_allowed {
+                        // A sender that never evicts reports only what it could never
+                        // send: a message larger than the receiver accepts.
+                        let explained =
+                            s.gaps_allowed || (*from..=*to).all(|seq| s.oversized.contains(&seq));
+                        if !explained {
                             v.push(format!(
                                 "{key:?}: gap {from}..={to} from a sender that never evicts"
                             ));
@@ -219,15 +237,51 @@ impl Checker {
             }
         }
         for ((node, id), t) in &self.calls {
-            match t.finals.as_slice() {
-                [] => v.push(format!(
+            if !t.issued {
+                v.push(format!(
+                    "node {node}: call {id} executed but the daemon never committed issuing it"
+                ));
+                continue;
+            }
+            if t.oversized && t.dispatched {
+                v.push(format!(
+                    "node {node}: call {id} is larger than the node accepts, yet reported dispatched"
+                ));
+            }
+            let Some(f) = t.finals.first() else {
+                v.push(format!(
                     "node {node}: call {id} never reached a final state"
-                )),
-                [CallState::Succeeded | CallState::Failed] if t.executed == 0 => v.push(format!(
-                    "node {node}: call {id} reported done but never executed"
-                )),
-                [_] => {}
-                more => v.push(format!("node {node}: call {id} has final states {more:?}")),
+                ));
+                continue;
+            };
+            if t.finals.len() > 1 {
+                v.push(format!(
+                    "node {node}: call {id} has final states {:?}",
+                    t.finals
+                ));
+                continue;
+            }
+            // How often the node may have run it, given how it ended.
+            let (lo, hi) = match f.state {
+                CallState::Succeeded | CallState::Cancelled => (1, 1),
+                CallState::Failed if f.interrupted => (0, 1),
+                CallState::Failed => (1, 1),
+                CallState::Rejected(RejectCode::Busy) => (0, 0),
+                CallState::Rejected(_) => (1, 1),
+                CallState::Undeliverable => (0, 0),
+                CallState::TimedOut | CallState::Lost => (0, 1),
+                other => {
+                    v.push(format!(
+                        "node {node}: call {id} ended in a non-final state {other:?}"
+                    ));
+                    continue;
+                }
+            };
+            if t.executed < lo || t.executed > hi {
+                v.push(format!(
+                    "node {node}: call {id} ended {f:?} but was executed {} times",
+                    t.executed
+                ));
             }
         }
         v

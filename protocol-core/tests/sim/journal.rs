@@ -1,78 +1,70 @@
-//! The daemon's journal, in memory. The handle is shared, so the journal outlives the
-//! session object: a simulated daemon restart drops every session and rebuilds it from
-//! here.
+//! Journal batches as the simulated stores hold them: owned copies of the ops a session
+//! emitted, with the application's observations that commit in the same transaction.
+//! The durable state itself is a `session::MemJournal`, which outlives the session
+//! object: a restart rebuilds the session from it.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::rc::Rc;
+use protocol_core::session::{JournalOp, MemJournal};
 
-use protocol_core::session::{CallRecord, Journal, JournalMeta};
-use protocol_core::wire::{CallId, Seq};
-
-#[derive(Debug, Default)]
-struct Data {
-    meta: Option<JournalMeta>,
-    messages: BTreeMap<Seq, Vec<u8>>,
-    calls: Vec<CallRecord>,
+/// A journal op copied out of the session (an `Append` borrows the session's storage).
+#[derive(Debug, Clone)]
+pub struct OwnedOp {
+    op: JournalOp<'static>,
+    body: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct MemJournal(Rc<RefCell<Data>>);
-
-impl Journal for MemJournal {
-    type Error = Infallible;
-
-    fn save_meta(&mut self, meta: &JournalMeta) -> Result<(), Infallible> {
-        self.0.borrow_mut().meta = Some(*meta);
-        Ok(())
-    }
-
-    fn append(&mut self, seq: Seq, body: &[u8]) -> Result<(), Infallible> {
-        self.0.borrow_mut().messages.insert(seq, body.to_vec());
-        Ok(())
-    }
-
-    fn trim(&mut self, through: Seq) -> Result<(), Infallible> {
-        let mut d = self.0.borrow_mut();
-        d.messages = d.messages.split_off(&(through + 1));
-        Ok(())
-    }
-
-    fn clear_messages(&mut self) -> Result<(), Infallible> {
-        self.0.borrow_mut().messages.clear();
-        Ok(())
-    }
-
-    fn put_call(&mut self, call: &CallRecord) -> Result<(), Infallible> {
-        let mut d = self.0.borrow_mut();
-        match d.calls.iter_mut().find(|c| c.id == call.id) {
-            Some(c) => *c = *call,
-            None => d.calls.push(*call),
+impl OwnedOp {
+    pub fn from(op: &JournalOp<'_>) -> Self {
+        match *op {
+            JournalOp::Append { seq, body } => OwnedOp {
+                op: JournalOp::Append { seq, body: &[] },
+                body: body.to_vec(),
+            },
+            JournalOp::Clear => OwnedOp::plain(JournalOp::Clear),
+            JournalOp::Trim { through } => OwnedOp::plain(JournalOp::Trim { through }),
+            JournalOp::PutCall(r) => OwnedOp::plain(JournalOp::PutCall(r)),
+            JournalOp::RemoveCall(id) => OwnedOp::plain(JournalOp::RemoveCall(id)),
+            JournalOp::PutSeen { slot, call } => OwnedOp::plain(JournalOp::PutSeen { slot, call }),
+            JournalOp::Meta(m) => OwnedOp::plain(JournalOp::Meta(m)),
         }
-        Ok(())
     }
 
-    fn remove_call(&mut self, id: CallId) -> Result<(), Infallible> {
-        self.0.borrow_mut().calls.retain(|c| c.id != id);
-        Ok(())
-    }
-
-    fn load_meta(&self) -> Result<Option<JournalMeta>, Infallible> {
-        Ok(self.0.borrow().meta)
-    }
-
-    fn for_each_message(&self, visit: &mut dyn FnMut(Seq, &[u8])) -> Result<(), Infallible> {
-        for (seq, body) in &self.0.borrow().messages {
-            visit(*seq, body);
+    fn plain(op: JournalOp<'static>) -> Self {
+        OwnedOp {
+            op,
+            body: Vec::new(),
         }
-        Ok(())
     }
 
-    fn for_each_call(&self, visit: &mut dyn FnMut(&CallRecord)) -> Result<(), Infallible> {
-        for c in &self.0.borrow().calls {
-            visit(c);
+    pub fn borrow(&self) -> JournalOp<'_> {
+        match self.op {
+            JournalOp::Append { seq, .. } => JournalOp::Append {
+                seq,
+                body: &self.body,
+            },
+            other => other,
         }
-        Ok(())
+    }
+
+    /// A short digest input: the op's kind, positions and body.
+    pub fn digest_bytes(&self) -> Vec<u8> {
+        let mut out = format!("{:?}", self.op).into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// One session's batch in a store, and what the application learned before it.
+#[derive(Debug)]
+pub struct Batch<O> {
+    pub ops: Vec<OwnedOp>,
+    pub obs: Vec<O>,
+}
+
+impl<O> Batch<O> {
+    /// Writes the ops, in order, as one transaction.
+    pub fn apply(&self, journal: &mut MemJournal) {
+        for op in &self.ops {
+            journal.apply(&op.borrow());
+        }
     }
 }
