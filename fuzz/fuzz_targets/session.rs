@@ -1,270 +1,554 @@
-//! Drives a node-role and a daemon-role session with arbitrary commands, arbitrary
-//! frames, arbitrary loss on the pipe between them and arbitrary steps of time.
+//! Drives a node (`NodeSession`) and a daemon (`DaemonSession`) against each other with
+//! arbitrary commands on both, arbitrary frames injected, loss, duplication and
+//! reordering on the pipe between them, arbitrary steps of time (backwards too), journal
+//! batches that commit, fail or stay in flight, storage lent and reclaimed at arbitrary
+//! points, and restarts from the committed journal.
 //!
-//! Asserts: nothing panics; `poll_output` always comes to rest; every frame sent decodes
-//! and respects the peer's limit; a deadline handed out lies in the future; each side
-//! delivers stream messages with consecutive seqs (gaps included); a call reaches at
-//! most one final state.
+//! Asserts, besides the checks of `common/session.rs` on every output (polls come to
+//! rest, frames decode and fit both limits, deadlines move once handled, deliveries are
+//! consecutive, no call is final twice, nothing panics):
+//! - a command's result agrees with the session (a seq it returns is `last_sent()`,
+//!   `NoStorage` only without storage, call ids only grow);
+//! - `reclaim` hands storage back only when nothing is held for replay;
+//! - a session restores from whatever its journal committed;
+//! - while only genuine frames crossed the pipe, neither side has delivered more of the
+//!   other's stream than the other sent, nor seen an acknowledgement of more than the
+//!   other delivered.
 #![no_main]
 
-use std::collections::BTreeSet;
+#[macro_use]
+#[path = "common/session.rs"]
+mod common;
 
+use std::collections::VecDeque;
+
+use common::{Daemon, Harness, NODE_ID, Node, Out, PLATFORM, Rng, Side};
+use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use protocol_core::frame::{FrameError, HEADER_LEN, MIN_MAX_FRAME};
-use protocol_core::session::{Config, Event, Input, Instant, NoJournal, Output, Session};
-use protocol_core::wire::{self, GoodbyeReason, Outcome, Payload, Stage};
+use protocol_core::frame::{FrameError, MIN_MAX_FRAME};
+use protocol_core::session::{
+    Config, DaemonSession, Instant, MAX_SEQ, NodeSession, Overflow, RECORD_HEADER, SessionError,
+};
+use protocol_core::wire::{
+    CallId, Capabilities, CapabilityDescriptor, GoodbyeReason, Outcome, Payload, Register,
+    RejectCode, Seq, Stage,
+};
 
-struct Bytes<'a>(&'a [u8]);
+/// Most steps of one run.
+const MAX_STEPS: usize = 600;
 
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) << 8 | u16::from(self.u8())
-    }
-    fn take(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
+enum Item {
+    Frame(Vec<u8>),
+    Close,
 }
 
-#[derive(Default)]
-struct Side {
-    /// Frames in flight towards this side.
-    inbox: Vec<Vec<u8>>,
-    last_seq: u64,
-    finals: BTreeSet<u64>,
-    calls: Vec<u64>,
-}
-
-fn drain<B: AsRef<[u8]> + AsMut<[u8]>>(
-    s: &mut Session<B, NoJournal>,
+struct World {
     now: u64,
-    peer_max: u32,
-    me: &mut Side,
-    peer: &mut Side,
-) {
-    let mut buf = vec![0u8; 8192];
-    for _ in 0..10_000 {
-        match s.poll_output(Instant::from_millis(now), &mut buf) {
-            Output::Transmit(bytes) => {
-                let payload = &bytes[HEADER_LEN..];
-                assert!(
-                    payload.len() <= peer_max as usize || payload.len() <= MIN_MAX_FRAME as usize
-                );
-                wire::decode_message(payload).expect("a session only sends valid messages");
-                peer.inbox.push(payload.to_vec());
-            }
-            Output::Close => peer.inbox.clear(),
-            Output::Timeout(at) => {
-                assert!(at.as_millis() > now, "deadline {at:?} not after now {now}");
-                return;
-            }
-            Output::Event(e) => {
-                let seq = match e {
-                    Event::Message { seq, .. }
-                    | Event::Call { seq, .. }
-                    | Event::DuplicateCall { seq, .. }
-                    | Event::CallNotRun { seq, .. }
-                    | Event::Cancel { seq, .. } => Some((seq, seq)),
-                    Event::CallUpdate { seq: Some(seq), .. } => Some((seq, seq)),
-                    Event::Gap { from, to } => Some((from, to)),
-                    Event::SessionReset { .. } => {
-                        me.last_seq = 0;
-                        None
-                    }
-                    _ => None,
-                };
-                if let Some((from, to)) = seq {
-                    assert_eq!(from, me.last_seq + 1, "delivery out of order");
-                    me.last_seq = to;
-                }
-                if let Event::Call { call, .. } = e {
-                    me.calls.push(call.call_id);
-                }
-                if let Event::CallUpdate { call_id, state, .. } = e
-                    && state.is_final()
-                {
-                    assert!(me.finals.insert(call_id), "call {call_id} final twice");
-                }
+    node: Harness<Node>,
+    daemon: Harness<Daemon>,
+    to_node: VecDeque<Item>,
+    to_daemon: VecDeque<Item>,
+    /// Only frames the sessions sent crossed the pipe (lost, duplicated or reordered,
+    /// never forged).
+    genuine: bool,
+    seed: u64,
+    last_call_id: CallId,
+}
+
+fn config(u: &mut Unstructured<'_>, durable_first: bool) -> Result<Config> {
+    // From the smallest replay buffer a session accepts.
+    let replay = u.int_in_range(RECORD_HEADER + 44..=3_000)?;
+    let max_frame = *u.choose(&[4096, MIN_MAX_FRAME, 300, 1024, 2048])?;
+    let base = if u.arbitrary()? {
+        Config::embedded(replay)
+    } else {
+        Config::server(replay)
+    };
+    let mut c = base.with_max_frame(max_frame);
+    c.durable = u.arbitrary::<bool>()? != durable_first;
+    c.overflow = if u.arbitrary()? {
+        Overflow::EvictOldest
+    } else {
+        Overflow::Reject
+    };
+    c.idle_timeout_ms = *u.choose(&[30_000, 0, 1_000, 5_000, u32::MAX])?;
+    c.keep_alive_ms = *u.choose(&[5_000, 0, 1, 300, u32::MAX])?;
+    c.handshake_timeout_ms = *u.choose(&[10_000, 0, 100, u32::MAX])?;
+    c.ack_delay_ms = *u.choose(&[20, 0, 1_000, u32::MAX])?;
+    c.ack_every = *u.choose(&[2, 0, 1, 5, u32::MAX])?;
+    c.ack_timeout_ms = *u.choose(&[5_000, 0, 500, u32::MAX])?;
+    Ok(c)
+}
+
+fn payload(data: &[u8]) -> Payload<'_> {
+    Payload {
+        content_type: "application/octet-stream",
+        data,
+    }
+}
+
+/// `len` bytes for a body.
+fn body(u: &mut Unstructured<'_>, max: u32) -> Result<Vec<u8>> {
+    let len = match u.int_in_range(0u8..=3)? {
+        0 => usize::from(u.int_in_range(0u8..=16)?),
+        1 => u.int_in_range(0..=max as usize)?,
+        2 => max as usize - 30,
+        _ => 2 * max as usize,
+    };
+    Ok(vec![0xA5; len])
+}
+
+fn outcome<'a>(u: &mut Unstructured<'_>, data: &'a [u8]) -> Result<Outcome<'a>> {
+    Ok(match u.int_in_range(0u8..=4)? {
+        0 => Outcome::Success(payload(data)),
+        1 => Outcome::Failed { reason: "failed" },
+        2 => Outcome::Rejected {
+            code: RejectCode::Denied,
+            reason: "no",
+        },
+        3 => Outcome::Cancelled,
+        _ => Outcome::TimedOut,
+    })
+}
+
+const CAPS: [CapabilityDescriptor<'static>; 2] = [
+    CapabilityDescriptor {
+        name: "echo",
+        version: 1,
+        input: "application/octet-stream",
+        output: "application/octet-stream",
+        needs_approval: false,
+    },
+    CapabilityDescriptor {
+        name: "sys.reboot",
+        version: 2,
+        input: "application/json",
+        output: "application/json",
+        needs_approval: true,
+    },
+];
+
+/// A command's `Ok(seq)` names the message it queued.
+fn check_queued<S: Side>(h: &Harness<S>, r: core::result::Result<Seq, SessionError>) {
+    match r {
+        Ok(seq) => assert!(seq == h.s.last_sent() && seq <= MAX_SEQ, "queued as {seq}"),
+        Err(SessionError::NoStorage) => {
+            assert!(!h.s.has_storage(), "NoStorage while holding storage")
+        }
+        Err(_) => {}
+    }
+}
+
+fn route(outs: Vec<Out>, toward: &mut VecDeque<Item>, back: &mut VecDeque<Item>) {
+    for o in outs {
+        match o {
+            Out::Frame(f) => toward.push_back(Item::Frame(f)),
+            Out::Close => {
+                // Our end is closed: what the peer had in flight to us is gone.
+                back.clear();
+                toward.push_back(Item::Close);
             }
         }
     }
-    panic!("poll_output never came to rest");
 }
 
-fuzz_target!(|data: &[u8]| {
-    let mut input = Bytes(data);
-    let mut nc = Config::server(256 + usize::from(input.u8()) * 4);
-    nc.max_frame = MIN_MAX_FRAME + u32::from(input.u8()) * 8;
-    let dc = Config::server(1024);
-    let dc = Config {
-        max_frame: 4096,
-        ..dc
-    };
-    let mut node = Session::node(nc, "n", "fuzz", vec![0u8; nc.storage_needed()]).expect("node");
-    let mut rng = Rng(u64::from(input.u8()));
-    let mut daemon = Session::daemon(dc, "n", vec![0u8; dc.storage_needed()], NoJournal, &mut rng)
-        .expect("daemon");
-    let (mut ns, mut ds) = (Side::default(), Side::default());
-    let mut now = 0u64;
-    while !input.0.is_empty() {
-        let t = Instant::from_millis(now);
-        match input.u8() % 16 {
-            0 => now += u64::from(input.u16()),
-            1 => {
-                node.handle_input(t, Input::Connected);
-                daemon.handle_input(t, Input::Connected);
-                ns.inbox.clear();
-                ds.inbox.clear();
+impl World {
+    fn t(&self) -> Instant {
+        Instant::from_millis(self.now)
+    }
+
+    /// Drains both sides and runs due timers; frames go into the pipes.
+    fn settle(&mut self) {
+        let now = self.t();
+        let mut outs = self.node.drain(now);
+        outs.extend(self.node.settle_timers(now));
+        route(outs, &mut self.to_daemon, &mut self.to_node);
+        let mut outs = self.daemon.drain(now);
+        outs.extend(self.daemon.settle_timers(now));
+        route(outs, &mut self.to_node, &mut self.to_daemon);
+        self.cross_check();
+    }
+
+    fn cross_check(&self) {
+        if !self.genuine || self.node.s.session_id() != Some(self.daemon.s.session_id()) {
+            return;
+        }
+        let (n, d) = (&self.node.s, &self.daemon.s);
+        assert!(
+            d.delivered() <= n.last_sent(),
+            "daemon delivered {} of {} sent",
+            d.delivered(),
+            n.last_sent()
+        );
+        assert!(
+            n.delivered() <= d.last_sent(),
+            "node delivered {} of {} sent",
+            n.delivered(),
+            d.last_sent()
+        );
+        assert!(
+            n.acked() <= d.delivered(),
+            "node acked {} beyond daemon delivery {}",
+            n.acked(),
+            d.delivered()
+        );
+        assert!(
+            d.acked() <= n.delivered(),
+            "daemon acked {} beyond node delivery {}",
+            d.acked(),
+            n.delivered()
+        );
+    }
+
+    /// Hands the front item of one pipe over, loses it, duplicates it or swaps it with
+    /// the next one.
+    fn deliver(&mut self, to_node: bool, fate: u8) {
+        let now = self.t();
+        let pipe = if to_node {
+            &mut self.to_node
+        } else {
+            &mut self.to_daemon
+        };
+        let Some(item) = pipe.pop_front() else {
+            return;
+        };
+        match (fate, item) {
+            // Lost.
+            (0, _) => {}
+            (1, Item::Frame(f)) => {
+                pipe.push_front(Item::Frame(f.clone()));
+                self.feed(to_node, now, Item::Frame(f));
             }
-            2 => {
-                node.handle_input(t, Input::Disconnected);
-                daemon.handle_input(t, Input::Disconnected);
-                ns.inbox.clear();
-                ds.inbox.clear();
+            (2, item) if !pipe.is_empty() => {
+                let next = pipe.pop_front();
+                pipe.push_front(item);
+                if let Some(next) = next {
+                    self.feed(to_node, now, next);
+                }
             }
-            3 => {
-                let n = usize::from(input.u8());
-                let body = input.take(n).to_vec();
-                let _ = node.send_event(
-                    "e",
-                    Payload {
-                        content_type: "x",
-                        data: &body,
-                    },
-                );
+            (_, item) => self.feed(to_node, now, item),
+        }
+    }
+
+    fn feed(&mut self, to_node: bool, now: Instant, item: Item) {
+        match (to_node, item) {
+            (true, Item::Frame(f)) => self.node.feed(now, &f),
+            (false, Item::Frame(f)) => self.daemon.feed(now, &f),
+            (true, Item::Close) => {
+                self.node.disconnected(now);
+                self.to_node.clear();
             }
+            (false, Item::Close) => {
+                self.daemon.disconnected(now);
+                self.to_daemon.clear();
+            }
+        }
+    }
+
+    fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
+        let now = self.t();
+        let op = u.int_in_range(0u8..=31)?;
+        trace!("step {op} at {}", self.now);
+        match op {
+            // Time.
+            0 => self.now = self.now.saturating_add(u64::from(u.arbitrary::<u8>()?)),
+            1 => self.now = self.now.saturating_add(u64::from(u.arbitrary::<u16>()?)),
+            2 => self.now = self.now.saturating_add(u64::from(u.arbitrary::<u32>()?)),
+            3 => self.now = self.now.saturating_sub(u64::from(u.arbitrary::<u16>()?)),
             4 => {
-                let timeout = u32::from(input.u16());
-                let _ = daemon.call(
-                    t,
-                    "c",
-                    Payload {
-                        content_type: "x",
-                        data: b"{}",
-                    },
-                    timeout,
-                );
+                let side = if u.arbitrary()? {
+                    self.node.s.deadline()
+                } else {
+                    self.daemon.s.deadline()
+                };
+                if let Some(at) = side {
+                    self.now = self.now.max(at.as_millis());
+                }
             }
             5 => {
-                let id = u64::from(input.u8() % 8);
-                let _ = daemon.cancel(id);
+                self.node.s.timeout(now);
+                self.daemon.s.timeout(now);
             }
-            6 => {
-                if let Some(&id) = ns
-                    .calls
-                    .get(usize::from(input.u8()) % ns.calls.len().max(1))
-                {
-                    let outcome = match input.u8() % 4 {
-                        0 => Outcome::Success(Payload {
-                            content_type: "x",
-                            data: b"ok",
-                        }),
-                        1 => Outcome::Failed { reason: "f" },
-                        2 => Outcome::Cancelled,
-                        _ => Outcome::TimedOut,
-                    };
-                    let _ = node.complete(id, outcome);
-                }
+            // Connections.
+            6 | 7 => {
+                self.to_node.clear();
+                self.to_daemon.clear();
+                self.node.connected(now);
+                self.daemon.connected(now);
             }
-            7 => {
-                if let Some(&id) = ns
-                    .calls
-                    .get(usize::from(input.u8()) % ns.calls.len().max(1))
-                {
-                    let _ = node.progress(id, Stage::AwaitingApproval, "");
-                }
+            8 => {
+                self.to_node.clear();
+                self.to_daemon.clear();
+                self.node.disconnected(now);
+                self.daemon.disconnected(now);
             }
-            // Deliver (or lose, or duplicate) the oldest frame in flight.
-            8..=10 => {
-                let to_node = input.u8() % 2 == 0;
-                let fate = input.u8() % 8;
-                let side = if to_node { &mut ns } else { &mut ds };
-                if !side.inbox.is_empty() {
-                    let f = side.inbox.remove(0);
-                    if fate == 1 {
-                        side.inbox.insert(0, f.clone());
-                    }
-                    if fate != 0 {
-                        if to_node {
-                            node.handle_input(t, Input::Frame(&f));
-                        } else {
-                            daemon.handle_input(t, Input::Frame(&f));
-                        }
-                    }
-                }
-            }
-            11 => {
-                let n = usize::from(input.u8());
-                let f = input.take(n).to_vec();
-                if input.u8() % 2 == 0 {
-                    node.handle_input(t, Input::Frame(&f));
+            9 => {
+                let reason = *u.choose(&[
+                    GoodbyeReason::Shutdown,
+                    GoodbyeReason::Restart,
+                    GoodbyeReason::Replaced,
+                ])?;
+                if u.arbitrary()? {
+                    self.node.s.close(now, reason);
                 } else {
-                    daemon.handle_input(t, Input::Frame(&f));
+                    self.daemon.s.close(now, reason);
                 }
             }
-            12 => {
-                node.handle_input(t, Input::Timeout);
-                daemon.handle_input(t, Input::Timeout);
+            // The pipe.
+            10..=14 => {
+                let to_node = u.arbitrary()?;
+                let fate = u.int_in_range(0u8..=9)?;
+                self.deliver(to_node, fate);
             }
-            13 => node.handle_input(t, Input::Close(GoodbyeReason::Shutdown)),
-            14 => daemon.handle_input(
-                t,
-                Input::FrameError(FrameError::TooLarge {
-                    len: 1 << 20,
-                    max: 4096,
-                }),
-            ),
+            15 => {
+                for _ in 0..64 {
+                    if self.to_node.is_empty() && self.to_daemon.is_empty() {
+                        break;
+                    }
+                    let now = self.t();
+                    if let Some(item) = self.to_daemon.pop_front() {
+                        self.feed(false, now, item);
+                    }
+                    if let Some(item) = self.to_node.pop_front() {
+                        self.feed(true, now, item);
+                    }
+                    self.settle();
+                }
+            }
+            // Forged input.
+            16 => {
+                let len = usize::from(u.int_in_range(0u8..=80)?);
+                let f = u.bytes(len)?.to_vec();
+                self.genuine = false;
+                if u.arbitrary()? {
+                    self.node.feed(now, &f);
+                } else {
+                    self.daemon.feed(now, &f);
+                }
+            }
+            17 => {
+                let to_node: bool = u.arbitrary()?;
+                let at: usize = u.arbitrary()?;
+                let flip: u8 = u.arbitrary()?;
+                let pipe = if to_node {
+                    &self.to_node
+                } else {
+                    &self.to_daemon
+                };
+                if let Some(Item::Frame(f)) = pipe.front() {
+                    let mut f = f.clone();
+                    if !f.is_empty() {
+                        let i = at % f.len();
+                        f[i] ^= flip.max(1);
+                    }
+                    self.genuine = false;
+                    if to_node {
+                        self.node.feed(now, &f);
+                    } else {
+                        self.daemon.feed(now, &f);
+                    }
+                }
+            }
+            18 => {
+                let e = match u.int_in_range(0u8..=2)? {
+                    0 => FrameError::TooLarge {
+                        len: u.arbitrary()?,
+                        max: u.arbitrary()?,
+                    },
+                    1 => FrameError::Failed,
+                    _ => FrameError::BufferTooSmall {
+                        needed: u.arbitrary()?,
+                        available: u.arbitrary()?,
+                    },
+                };
+                if u.arbitrary()? {
+                    self.node.s.frame_error(now, e);
+                } else {
+                    self.daemon.s.frame_error(now, e);
+                }
+            }
+            // Node application.
+            19 => {
+                let data = body(u, self.node.s.config().max_frame)?;
+                let r = self.node.s.send_event("reading", payload(&data));
+                check_queued(&self.node, r);
+            }
+            20 => {
+                let n = u.int_in_range(0..=CAPS.len())?;
+                let caps = Capabilities::new(&CAPS[..n]).expect("two fit");
+                let r = self.node.s.register(Register { capabilities: caps });
+                check_queued(&self.node, r);
+            }
+            21 | 22 => {
+                let calls = &self.node.app.calls;
+                let id = if calls.is_empty() || u.ratio(1, 8)? {
+                    u.arbitrary::<u8>()?.into()
+                } else {
+                    calls[u.choose_index(calls.len())?]
+                };
+                let data = body(u, self.node.s.config().max_frame)?;
+                let outcome = outcome(u, &data)?;
+                let r = self.node.s.complete(id, outcome);
+                check_queued(&self.node, r);
+            }
+            23 => {
+                let calls = &self.node.app.calls;
+                if !calls.is_empty() {
+                    let id = calls[u.choose_index(calls.len())?];
+                    let stage = if u.arbitrary()? {
+                        Stage::Running
+                    } else {
+                        Stage::AwaitingApproval
+                    };
+                    let r = self.node.s.progress(id, stage, "working");
+                    check_queued(&self.node, r);
+                }
+            }
+            // Daemon application.
+            24 | 25 => {
+                let data = body(u, self.daemon.s.config().max_frame)?;
+                let timeout = *u.choose(&[1_000, 0, 1, 50, 60_000, u32::MAX])?;
+                let before = self.daemon.s.last_sent();
+                match self.daemon.s.call(now, "echo", payload(&data), timeout) {
+                    Ok(id) => {
+                        assert!(id > self.last_call_id, "call id {id} reused");
+                        self.last_call_id = id;
+                        assert_eq!(self.daemon.s.last_sent(), before + 1);
+                    }
+                    Err(SessionError::NoStorage) => assert!(!self.daemon.s.has_storage()),
+                    Err(_) => {
+                        assert_eq!(self.daemon.s.last_sent(), before, "a refused call queued")
+                    }
+                }
+            }
+            26 => {
+                let id = if u.arbitrary()? {
+                    self.last_call_id.saturating_sub(u.int_in_range(0..=3)?)
+                } else {
+                    u.arbitrary()?
+                };
+                let r = self.daemon.s.cancel(id);
+                check_queued(&self.daemon, r);
+            }
+            // Journals.
+            27 => {
+                let hold = u.arbitrary()?;
+                let fail = u.int_in_range(0..=2)?;
+                let confirm = u.arbitrary()?;
+                let h_node: bool = u.arbitrary()?;
+                if h_node {
+                    self.node.hold = hold;
+                    self.node.fail_next = fail;
+                    if confirm {
+                        self.node.confirm(now);
+                    }
+                } else {
+                    self.daemon.hold = hold;
+                    self.daemon.fail_next = fail;
+                    if confirm {
+                        self.daemon.confirm(now);
+                    }
+                }
+            }
+            // Storage.
+            28 => {
+                if u.arbitrary()? {
+                    storage_op(&mut self.node, u)?;
+                } else {
+                    storage_op(&mut self.daemon, u)?;
+                }
+            }
+            // Restarts.
+            29 | 30 => {
+                let lend = u.arbitrary()?;
+                self.seed = self.seed.wrapping_add(1);
+                if u.arbitrary()? {
+                    self.node.restore(self.seed, lend);
+                    self.to_node.clear();
+                    self.to_daemon.push_back(Item::Close);
+                } else {
+                    self.daemon.restore(self.seed, lend);
+                    // Ids of calls that never became durable are handed out again.
+                    self.last_call_id = self
+                        .daemon
+                        .journal
+                        .stored_meta()
+                        .filter(|_| self.daemon.s.config().durable)
+                        .map_or(0, |m| m.next_call_id.saturating_sub(1));
+                    self.to_daemon.clear();
+                    self.to_node.push_back(Item::Close);
+                }
+            }
             _ => {
-                // Deliver everything in flight.
-                for f in std::mem::take(&mut ds.inbox) {
-                    daemon.handle_input(t, Input::Frame(&f));
-                }
-                for f in std::mem::take(&mut ns.inbox) {
-                    node.handle_input(t, Input::Frame(&f));
+                let short = *u.choose(&[0usize, 4, 5, 16, 64, 300])?;
+                let short = u.arbitrary::<bool>()?.then_some(short);
+                if u.arbitrary()? {
+                    self.node.short_buf = short;
+                } else {
+                    self.daemon.short_buf = short;
                 }
             }
         }
-        drain(&mut node, now, dc.max_frame, &mut ns, &mut ds);
-        drain(&mut daemon, now, nc.max_frame, &mut ds, &mut ns);
-    }
-});
-
-struct Rng(u64);
-
-impl Rng {
-    fn step(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0
-    }
-}
-
-impl rand_core::TryRng for Rng {
-    type Error = core::convert::Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.step() as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        Ok(self.step())
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for b in dst {
-            *b = self.step() as u8;
-        }
+        self.settle();
         Ok(())
     }
 }
+
+fn storage_op<S: Side>(h: &mut Harness<S>, u: &mut Unstructured<'_>) -> Result<()> {
+    match u.int_in_range(0u8..=2)? {
+        0 => {
+            let held = h.s.unacked();
+            if h.s.reclaim().is_some() {
+                assert_eq!(held, 0, "storage reclaimed while holding {held} messages");
+                assert!(!h.s.has_storage());
+            }
+        }
+        1 => {
+            let had = h.s.has_storage();
+            let buf = h.storage();
+            assert_eq!(h.s.lend(buf).is_ok(), !had, "lend of the configured size");
+        }
+        _ => {
+            let short = vec![0u8; h.s.config().storage_len() - 1];
+            let had = h.s.has_storage();
+            assert!(h.s.lend(short).is_err(), "a short buffer was taken");
+            assert_eq!(h.s.has_storage(), had);
+        }
+    }
+    Ok(())
+}
+
+fn run(u: &mut Unstructured<'_>) -> Result<()> {
+    let nc = config(u, false)?;
+    let dc = config(u, true)?;
+    let seed: u64 = u.arbitrary()?;
+    let node_storage = (!u.ratio(1, 4)?).then(|| vec![0u8; nc.storage_len()]);
+    let node = NodeSession::new(nc, NODE_ID, PLATFORM, node_storage).expect("node config");
+    let mut daemon = DaemonSession::new(dc, NODE_ID, &mut Rng(seed)).expect("daemon config");
+    if !u.ratio(1, 4)? {
+        daemon.lend(vec![0u8; dc.storage_len()]).expect("lend");
+    }
+    let mut w = World {
+        now: u64::from(u.arbitrary::<u16>()?),
+        node: Harness::new(node),
+        daemon: Harness::new(daemon),
+        to_node: VecDeque::new(),
+        to_daemon: VecDeque::new(),
+        genuine: true,
+        seed,
+        last_call_id: 0,
+    };
+    w.settle();
+    for _ in 0..MAX_STEPS {
+        if u.is_empty() {
+            break;
+        }
+        w.step(u)?;
+    }
+    Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    common::require_overflow_checks();
+    let _ = run(&mut Unstructured::new(data));
+});
