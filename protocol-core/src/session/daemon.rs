@@ -8,7 +8,7 @@ use super::calls::{CallRecord, CallState, CallTable};
 use super::config::{Config, MAX_NODE_ID, MAX_PLATFORM, SessionError, SetupError};
 use super::event::{CloseReason, DaemonEvent};
 use super::journal::{JournalMeta, JournalOp, JournalRead};
-use super::link::{self, Farewell, Link, Outgoing, State, bytes};
+use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes};
 use super::node::{copy_name, restore_messages};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
@@ -349,80 +349,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
     /// One frame's payload. `Err(NoStorage)`: the frame carries stream data and no
     /// storage is lent; nothing was consumed.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Result<(), SessionError> {
-        if !self.link.live() {
-            return Ok(());
-        }
-        let msg = match wire::decode_message(frame) {
-            Ok(msg) => msg,
-            Err(e) => {
-                self.link.now = now;
-                self.link.fail(e.code(), "message does not decode");
-                return Ok(());
-            }
-        };
-        if matches!(msg, Message::Data(_) | Message::Gap(_)) && self.storage.is_none() {
-            return Err(SessionError::NoStorage);
-        }
-        self.link.now = now;
-        self.link.conn.last_recv = now;
-        if !Link::numbers_valid(&msg) {
-            self.link
-                .fail(ErrorCode::Malformed, "position out of range");
-            return Ok(());
-        }
-        let up = self.link.conn.state == State::Up;
-        let proves = matches!(
-            msg,
-            Message::Data(_)
-                | Message::Ack(_)
-                | Message::Gap(_)
-                | Message::Ping(_)
-                | Message::Pong(_)
-        );
-        if up && !self.link.conn.confirmed && proves {
-            // Stream traffic after the hello proves the node took our hello-ack: from now
-            // on a hello without this session id means the node lost its memory.
-            self.link.conn.confirmed = true;
-            if !self.established {
-                self.established = true;
-                self.link.track.touch_meta();
-            }
-        }
-        match msg {
-            Message::Error(e) => self.link.peer_closed(CloseReason::PeerError(e.code)),
-            Message::Goodbye(g) => self.link.peer_closed(CloseReason::Peer(g.reason)),
-            Message::Hello(h) if self.link.conn.state == State::AwaitHello => self.on_hello(h),
-            Message::Data(d) if up => {
-                if matches!(d.body, Body::Call(_) | Body::Cancel(_)) {
-                    self.link
-                        .fail(ErrorCode::UnexpectedMessage, "not a node's message");
-                    return Ok(());
-                }
-                if self.link.on_ack(bytes(&self.storage), d.ack) == Some(true) {
-                    self.dispatched();
-                }
-                if self.link.live() {
-                    let mem = self.storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
-                    match link::data_body(frame) {
-                        Some(body) => self.link.on_data(mem, d.seq, body),
-                        None => self.link.fail(ErrorCode::Malformed, "data body"),
+        match self
+            .link
+            .take_frame(&mut self.storage, now, frame, Side::Daemon)?
+        {
+            Taken::Hello(h) => self.on_hello(h),
+            Taken::Stream { acked } => {
+                if !self.link.conn.confirmed {
+                    // Stream traffic after the hello proves the node took our hello-ack:
+                    // from now on a hello without this session id means the node lost
+                    // its memory.
+                    self.link.conn.confirmed = true;
+                    if !self.established {
+                        self.established = true;
+                        self.link.track.touch_meta();
                     }
                 }
-            }
-            Message::Ack(a) if up => {
-                if self.link.on_ack(bytes(&self.storage), a.received) == Some(true) {
+                if acked {
                     self.dispatched();
                 }
             }
-            Message::Gap(g) if up => {
-                let mem = self.storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
-                self.link.on_gap(mem, g);
-            }
-            Message::Ping(p) if up => self.link.on_ping(p.nonce),
-            Message::Pong(_) if up => {}
-            _ => self
-                .link
-                .fail(ErrorCode::UnexpectedMessage, "unexpected message"),
+            Taken::HelloAck(_) | Taken::Nothing => {}
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use crate::frame::{FrameError, HEADER_LEN, MIN_MAX_FRAME};
 use crate::time::{Earliest, Instant};
 use crate::transmit::{Transmit, TransmitError};
 use crate::wire::{
-    self, Ack, Body, EncodeError, ErrorCode, ErrorFrame, Gap, Goodbye, GoodbyeReason, Message,
-    Ping, Seq, SessionId,
+    self, Ack, Body, EncodeError, ErrorCode, ErrorFrame, Gap, Goodbye, GoodbyeReason, Hello,
+    HelloAck, Message, Ping, Seq, SessionId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,27 @@ pub(crate) struct Notices {
     pub(crate) reset: Option<(Option<(Seq, Seq)>, Seq)>,
     pub(crate) connected: bool,
     pub(crate) disconnected: Option<CloseReason>,
+}
+
+/// Which role a link serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Node,
+    Daemon,
+}
+
+/// What [`Link::take_frame`] leaves to the role.
+#[derive(Debug)]
+pub(crate) enum Taken<'f> {
+    /// Nothing (handled, refused, or ignored).
+    Nothing,
+    /// Daemon: a hello to check.
+    Hello(Hello<'f>),
+    /// Node: the daemon's answer to our hello.
+    HelloAck(HelloAck),
+    /// Stream traffic on an established connection; `acked`: the peer's
+    /// acknowledgement moved.
+    Stream { acked: bool },
 }
 
 /// What a role does with the link's outgoing data.
@@ -280,6 +301,93 @@ impl Link {
 
     // ----- received frames -----
 
+    /// Takes one frame's payload: decodes it, checks its numbers and direction, and
+    /// applies everything both roles do alike; hellos and acknowledgements go back to
+    /// the role. `Err(NoStorage)`: stream data and no storage lent; nothing consumed.
+    pub(crate) fn take_frame<'f, B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        storage: &mut Option<B>,
+        now: Instant,
+        frame: &'f [u8],
+        side: Side,
+    ) -> Result<Taken<'f>, SessionError> {
+        if !self.live() {
+            return Ok(Taken::Nothing);
+        }
+        let msg = match wire::decode_message(frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.now = now;
+                self.fail(e.code(), "message does not decode");
+                return Ok(Taken::Nothing);
+            }
+        };
+        if matches!(msg, Message::Data(_) | Message::Gap(_)) && storage.is_none() {
+            return Err(SessionError::NoStorage);
+        }
+        self.now = now;
+        self.conn.last_recv = now;
+        if !Self::numbers_valid(&msg) {
+            self.fail(ErrorCode::Malformed, "position out of range");
+            return Ok(Taken::Nothing);
+        }
+        let up = self.conn.state == State::Up;
+        let stream = |acked: Option<bool>| Taken::Stream {
+            acked: acked == Some(true),
+        };
+        Ok(match msg {
+            Message::Error(e) => {
+                self.peer_closed(CloseReason::PeerError(e.code));
+                Taken::Nothing
+            }
+            Message::Goodbye(g) => {
+                self.peer_closed(CloseReason::Peer(g.reason));
+                Taken::Nothing
+            }
+            Message::Hello(h) if side == Side::Daemon && self.conn.state == State::AwaitHello => {
+                Taken::Hello(h)
+            }
+            Message::HelloAck(a) if side == Side::Node && self.conn.state == State::HelloSent => {
+                Taken::HelloAck(a)
+            }
+            Message::Data(d) if up => {
+                // Calls and cancels flow daemon -> node, everything else node -> daemon.
+                let from_daemon = matches!(d.body, Body::Call(_) | Body::Cancel(_));
+                if from_daemon != (side == Side::Node) {
+                    self.fail(
+                        ErrorCode::UnexpectedMessage,
+                        "message in the wrong direction",
+                    );
+                    return Ok(stream(None));
+                }
+                let acked = self.on_ack(bytes(storage), d.ack);
+                if self.live() {
+                    let mem = storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
+                    match data_body(frame) {
+                        Some(body) => self.on_data(mem, d.seq, body),
+                        None => self.fail(ErrorCode::Malformed, "data body"),
+                    }
+                }
+                stream(acked)
+            }
+            Message::Ack(a) if up => stream(self.on_ack(bytes(storage), a.received)),
+            Message::Gap(g) if up => {
+                let mem = storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
+                self.on_gap(mem, g);
+                stream(None)
+            }
+            Message::Ping(p) if up => {
+                self.on_ping(p.nonce);
+                stream(None)
+            }
+            Message::Pong(_) if up => stream(None),
+            _ => {
+                self.fail(ErrorCode::UnexpectedMessage, "unexpected message");
+                Taken::Nothing
+            }
+        })
+    }
+
     /// Checks every position a peer's message carries before any of it moves state.
     pub(crate) fn numbers_valid(msg: &Message<'_>) -> bool {
         match msg {
@@ -453,17 +561,8 @@ impl Link {
         msg: &Message<'_>,
         buf: &mut [u8],
     ) -> Result<Option<Transmit>, TransmitError> {
-        match emit(msg, self.send_limit(), buf) {
-            Ok(n) => {
-                self.conn.last_sent = now;
-                Ok(Some(Transmit::Frame(n)))
-            }
-            Err(Emit::Small(needed)) => Err(TransmitError::BufferTooSmall { needed }),
-            Err(Emit::TooLarge) => {
-                self.fail(ErrorCode::Internal, "control frame above the peer's limit");
-                Ok(None)
-            }
-        }
+        let limit = self.send_limit();
+        self.emit_control(now, msg, limit, buf)
     }
 
     /// Pongs, acks, stream data, keep-alive: the next frame once the connection is up
