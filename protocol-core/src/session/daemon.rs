@@ -8,7 +8,7 @@ use super::calls::{CallRecord, CallState, CallTable};
 use super::config::{Config, MAX_NODE_ID, MAX_PLATFORM, SessionError, SetupError};
 use super::event::{CloseReason, DaemonEvent};
 use super::journal::{JournalMeta, JournalOp, JournalRead};
-use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes};
+use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes, shared_methods};
 use super::node::{copy_name, restore_messages};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
@@ -189,24 +189,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
         link::lend(&mut self.storage, &self.link.config, buf)
     }
 
-    /// Takes the storage back when the session holds no message in it.
-    pub fn reclaim(&mut self) -> Option<B> {
-        if self.link.is_empty() {
-            self.storage.take()
-        } else {
-            None
-        }
-    }
-
-    pub fn has_storage(&self) -> bool {
-        self.storage.is_some()
-    }
-
     // ----- state -----
 
-    pub fn config(&self) -> &Config {
-        &self.link.config
-    }
+    shared_methods!();
 
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -214,32 +199,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
 
     pub fn session_id(&self) -> SessionId {
         self.link.session.unwrap_or_default()
-    }
-
-    /// True between the end of the hello exchange and the end of the connection.
-    pub fn is_connected(&self) -> bool {
-        self.link.conn.state == State::Up
-    }
-
-    /// True while a transport connection is in use (hello exchange included).
-    pub fn has_connection(&self) -> bool {
-        self.link.conn.state != State::Down
-    }
-
-    pub fn last_sent(&self) -> Seq {
-        self.link.out.last()
-    }
-
-    pub fn acked(&self) -> Seq {
-        self.link.out.acked()
-    }
-
-    pub fn delivered(&self) -> Seq {
-        self.link.inp.delivered()
-    }
-
-    pub fn unacked(&self) -> usize {
-        self.link.out.held()
     }
 
     /// Calls not yet reported final.
@@ -315,35 +274,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
         Ok(seq)
     }
 
-    /// Closes the connection with a goodbye.
-    pub fn close(&mut self, now: Instant, reason: GoodbyeReason) {
-        self.link.now = now;
-        if self.link.live() {
-            self.link
-                .close(Farewell::Goodbye(reason), CloseReason::Local(reason));
-        }
-    }
-
     // ----- inputs -----
 
     /// A transport connection authenticated as this session's node is up.
     pub fn handle_connected(&mut self, now: Instant) {
         self.link.now = now;
         self.link.connected(now, false);
-    }
-
-    /// The transport connection is gone.
-    pub fn handle_disconnected(&mut self, now: Instant) {
-        self.link.now = now;
-        self.link.disconnected();
-    }
-
-    /// The frame decoder failed: an error frame goes out, then the close.
-    pub fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
-        self.link.now = now;
-        if self.link.live() {
-            self.link.frame_error(e);
-        }
     }
 
     /// One frame's payload. `Err(NoStorage)`: the frame carries stream data and no

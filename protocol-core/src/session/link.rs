@@ -135,6 +135,82 @@ pub(crate) trait Outgoing {
     fn undeliverable(&mut self, seq: Seq, body: &[u8]) -> bool;
 }
 
+/// The methods both roles have alike (they keep `storage` next to a `link`).
+macro_rules! shared_methods {
+    () => {
+        /// Takes the storage back when the session holds no message in it.
+        pub fn reclaim(&mut self) -> Option<B> {
+            if self.link.is_empty() {
+                self.storage.take()
+            } else {
+                None
+            }
+        }
+
+        pub fn has_storage(&self) -> bool {
+            self.storage.is_some()
+        }
+
+        pub fn config(&self) -> &Config {
+            &self.link.config
+        }
+
+        /// True between the end of the hello exchange and the end of the connection.
+        pub fn is_connected(&self) -> bool {
+            self.link.conn.state == State::Up
+        }
+
+        /// True while a transport connection is in use (hello exchange included).
+        pub fn has_connection(&self) -> bool {
+            self.link.conn.state != State::Down
+        }
+
+        /// Last seq assigned to our outgoing stream.
+        pub fn last_sent(&self) -> Seq {
+            self.link.out.last()
+        }
+
+        /// Highest outgoing seq the peer acknowledged.
+        pub fn acked(&self) -> Seq {
+            self.link.out.acked()
+        }
+
+        /// Highest incoming seq handed to the application.
+        pub fn delivered(&self) -> Seq {
+            self.link.inp.delivered()
+        }
+
+        /// Outgoing messages held for replay.
+        pub fn unacked(&self) -> usize {
+            self.link.out.held()
+        }
+
+        /// Closes the connection with a goodbye.
+        pub fn close(&mut self, now: Instant, reason: GoodbyeReason) {
+            self.link.now = now;
+            if self.link.live() {
+                self.link
+                    .close(Farewell::Goodbye(reason), CloseReason::Local(reason));
+            }
+        }
+
+        /// The transport connection is gone.
+        pub fn handle_disconnected(&mut self, now: Instant) {
+            self.link.now = now;
+            self.link.disconnected();
+        }
+
+        /// The frame decoder failed: an error frame goes out, then the close.
+        pub fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
+            self.link.now = now;
+            if self.link.live() {
+                self.link.frame_error(e);
+            }
+        }
+    };
+}
+pub(crate) use shared_methods;
+
 /// The shared state of a session; see the [module documentation](self).
 #[derive(Debug, Clone)]
 pub(crate) struct Link {

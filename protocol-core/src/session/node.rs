@@ -8,7 +8,7 @@ use super::calls::{CALL_WINDOW, CallWindow, Slot};
 use super::config::{Config, MAX_NODE_ID, MAX_PLATFORM, SessionError, SetupError};
 use super::event::{CloseReason, NodeEvent, NotRun};
 use super::journal::{JournalMeta, JournalOp, JournalRead};
-use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes};
+use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes, shared_methods};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
 use crate::time::{Earliest, Instant};
@@ -209,58 +209,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         Ok(())
     }
 
-    /// Takes the storage back when the session holds no message in it.
-    pub fn reclaim(&mut self) -> Option<B> {
-        if self.link.is_empty() {
-            self.storage.take()
-        } else {
-            None
-        }
-    }
-
-    pub fn has_storage(&self) -> bool {
-        self.storage.is_some()
-    }
-
     // ----- state -----
 
-    pub fn config(&self) -> &Config {
-        &self.link.config
-    }
+    shared_methods!();
 
     /// The session id, once a hello-ack named one.
     pub fn session_id(&self) -> Option<wire::SessionId> {
         self.link.session
-    }
-
-    /// True between the end of the hello exchange and the end of the connection.
-    pub fn is_connected(&self) -> bool {
-        self.link.conn.state == State::Up
-    }
-
-    /// True while a transport connection is in use (hello exchange included).
-    pub fn has_connection(&self) -> bool {
-        self.link.conn.state != State::Down
-    }
-
-    /// Last seq assigned to our outgoing stream.
-    pub fn last_sent(&self) -> Seq {
-        self.link.out.last()
-    }
-
-    /// Highest outgoing seq the daemon acknowledged.
-    pub fn acked(&self) -> Seq {
-        self.link.out.acked()
-    }
-
-    /// Highest incoming seq handed to the application.
-    pub fn delivered(&self) -> Seq {
-        self.link.inp.delivered()
-    }
-
-    /// Outgoing messages held for replay.
-    pub fn unacked(&self) -> usize {
-        self.link.out.held()
     }
 
     /// Calls handed to the application and not yet answered.
@@ -318,15 +273,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         Ok(seq)
     }
 
-    /// Closes the connection with a goodbye.
-    pub fn close(&mut self, now: Instant, reason: GoodbyeReason) {
-        self.link.now = now;
-        if self.link.live() {
-            self.link
-                .close(Farewell::Goodbye(reason), CloseReason::Local(reason));
-        }
-    }
-
     fn active_call(&self, call_id: CallId) -> Result<Instant, SessionError> {
         match self.window.find(call_id).map(|e| e.call.slot) {
             None => Err(SessionError::UnknownCall),
@@ -346,20 +292,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
     pub fn handle_connected(&mut self, now: Instant) {
         self.link.now = now;
         self.link.connected(now, true);
-    }
-
-    /// The transport connection is gone.
-    pub fn handle_disconnected(&mut self, now: Instant) {
-        self.link.now = now;
-        self.link.disconnected();
-    }
-
-    /// The frame decoder failed: an error frame goes out, then the close.
-    pub fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
-        self.link.now = now;
-        if self.link.live() {
-            self.link.frame_error(e);
-        }
     }
 
     /// One frame's payload, as a [`FrameDecoder`](crate::frame::FrameDecoder) with this
@@ -695,36 +627,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
             });
         }
         if !admitted_not_handed && timeout_ms == 0 {
-            let answer = self.not_run(call_id, Outcome::TimedOut)?;
+            let (answer, ev) = self.not_run(seq, call_id, NotRun::Expired)?;
             if self.window.admit(call_id, now, &track).is_ok() {
                 self.window
                     .set(call_id, Slot::Done { result_seq: answer }, &track);
             }
-            self.link.delivered(bytes(&self.storage), seq);
-            return Some(NodeEvent::CallNotRun {
-                seq,
-                call_id,
-                why: NotRun::Expired,
-                answer,
-            });
+            return Some(ev);
         }
         if !admitted_not_handed {
             let deadline = now.plus_ms(u64::from(timeout_ms));
             if self.window.admit(call_id, deadline, &track).is_err() {
-                let answer = self.not_run(
-                    call_id,
-                    Outcome::Rejected {
-                        code: RejectCode::Busy,
-                        reason: "call window full",
-                    },
-                )?;
-                self.link.delivered(bytes(&self.storage), seq);
-                return Some(NodeEvent::CallNotRun {
-                    seq,
-                    call_id,
-                    why: NotRun::Busy,
-                    answer,
-                });
+                return self.not_run(seq, call_id, NotRun::Busy).map(|(_, ev)| ev);
             }
         }
         // A journaled node runs a call only once its window entry is durable, so a
@@ -738,16 +651,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         };
         if deadline <= now {
             // Its deadline passed while it waited (for the journal): answered, not run.
-            let answer = self.not_run(call_id, Outcome::TimedOut)?;
+            let (answer, ev) = self.not_run(seq, call_id, NotRun::Expired)?;
             self.window
                 .set(call_id, Slot::Done { result_seq: answer }, &track);
-            self.link.delivered(bytes(&self.storage), seq);
-            return Some(NodeEvent::CallNotRun {
-                seq,
-                call_id,
-                why: NotRun::Expired,
-                answer,
-            });
+            return Some(ev);
         }
         if let Some(e) = self.window.entry_mut(call_id) {
             e.handed = true;
@@ -767,13 +674,34 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         })
     }
 
-    /// Answers a call without running it; `None` if there is no room yet.
-    fn not_run(&mut self, call_id: CallId, outcome: Outcome<'_>) -> Option<Seq> {
-        match self.enqueue(&Body::Result(CallResult { call_id, outcome })) {
-            Err(SessionError::Full | SessionError::NoStorage) => None,
-            Ok(s) => Some(s),
-            Err(_) => Some(0),
-        }
+    /// Answers call message `seq` without running it, and hands it out as such; `None`
+    /// if there is no room for the answer yet (it stays at the inbox front).
+    fn not_run(
+        &mut self,
+        seq: Seq,
+        call_id: CallId,
+        why: NotRun,
+    ) -> Option<(Seq, NodeEvent<'static>)> {
+        let outcome = match why {
+            NotRun::Expired => Outcome::TimedOut,
+            NotRun::Busy => Outcome::Rejected {
+                code: RejectCode::Busy,
+                reason: "call window full",
+            },
+        };
+        let answer = match self.enqueue(&Body::Result(CallResult { call_id, outcome })) {
+            Err(SessionError::Full | SessionError::NoStorage) => return None,
+            Ok(s) => s,
+            Err(_) => 0,
+        };
+        self.link.delivered(bytes(&self.storage), seq);
+        let ev = NodeEvent::CallNotRun {
+            seq,
+            call_id,
+            why,
+            answer,
+        };
+        Some((answer, ev))
     }
 
     /// Sends a held answer again as a new message (a replayed call's answer). One no
