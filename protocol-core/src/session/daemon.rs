@@ -489,30 +489,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
 
     /// The next journal op; see `SESSION.md`.
     pub fn poll_journal(&mut self) -> Option<JournalOp<'_>> {
-        let mem = bytes(&self.storage);
-        if let Some(op) = self.link.poll_journal_head(mem) {
-            return Some(op);
-        }
-        if self.link.track.can_poll()
-            && let Some(op) = self.calls.poll_journal()
-        {
-            self.link.track.opened();
-            return Some(op);
-        }
         let meta = JournalMeta {
-            session: None,
             established: self.established,
-            last_sent: 0,
-            acked: 0,
-            received: 0,
             next_call_id: self.next_call_id,
             id_state: self.id_state,
+            ..JournalMeta::default()
         };
-        if let Some(op) = self.link.poll_journal_meta(meta) {
-            return Some(op);
-        }
-        self.link.track.close_batch();
-        None
+        let table = &mut self.calls;
+        self.link
+            .poll_journal(bytes(&self.storage), || table.poll_journal(), meta)
     }
 
     /// The next application event.

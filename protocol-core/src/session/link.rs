@@ -828,6 +828,30 @@ impl Link {
 
     // ----- journal -----
 
+    /// The next journal op of a batch: the link's (clear, trim, appends), then the
+    /// role's tables, then the meta; `None` closes the batch.
+    pub(crate) fn poll_journal<'m>(
+        &mut self,
+        mem: &'m [u8],
+        tables: impl FnOnce() -> Option<JournalOp<'static>>,
+        meta: JournalMeta,
+    ) -> Option<JournalOp<'m>> {
+        if let Some(op) = self.poll_journal_head(mem) {
+            return Some(op);
+        }
+        if self.track.can_poll()
+            && let Some(op) = tables()
+        {
+            self.track.opened();
+            return Some(op);
+        }
+        if let Some(op) = self.poll_journal_meta(meta) {
+            return Some(op);
+        }
+        self.track.close_batch();
+        None
+    }
+
     /// The link's journal ops, in order: clear, trim, appends. `None`: the role's next.
     pub(crate) fn poll_journal_head<'m>(&mut self, mem: &'m [u8]) -> Option<JournalOp<'m>> {
         if !self.track.can_poll() {

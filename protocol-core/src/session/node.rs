@@ -468,30 +468,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
 
     /// The next journal op (journaled sessions only); see `SESSION.md`.
     pub fn poll_journal(&mut self) -> Option<JournalOp<'_>> {
-        let mem = bytes(&self.storage);
-        if let Some(op) = self.link.poll_journal_head(mem) {
-            return Some(op);
-        }
-        if self.link.track.can_poll()
-            && let Some(op) = self.window.poll_journal()
-        {
-            self.link.track.opened();
-            return Some(op);
-        }
-        let meta = JournalMeta {
-            session: None,
-            established: false,
-            last_sent: 0,
-            acked: 0,
-            received: 0,
-            next_call_id: 0,
-            id_state: [0; 2],
-        };
-        if let Some(op) = self.link.poll_journal_meta(meta) {
-            return Some(op);
-        }
-        self.link.track.close_batch();
-        None
+        let meta = JournalMeta::default();
+        let table = &mut self.window;
+        self.link
+            .poll_journal(bytes(&self.storage), || table.poll_journal(), meta)
     }
 
     /// The next application event.
