@@ -145,7 +145,24 @@ impl Ring {
         .map(|_| ())
     }
 
-    fn read_at<'m>(&self, mem: &'m [u8], pos: usize) -> Record<'m> {
+    /// Where the front record starts, if any.
+    pub(crate) fn head_pos(&self) -> Option<usize> {
+        (self.count > 0).then_some(self.head)
+    }
+
+    /// Where the record after the one at `pos` starts (`pos` must hold a record).
+    pub(crate) fn next_pos(&self, mem: &[u8], pos: usize) -> usize {
+        let next = pos + RECORD_HEADER + self.read_at(mem, pos).bytes.len();
+        // Only the top run of a wrapped ring ends at `wrap_end`: the bottom run ends at
+        // the tail, below the head.
+        if self.wrapped && next == self.wrap_end {
+            0
+        } else {
+            next
+        }
+    }
+
+    pub(crate) fn read_at<'m>(&self, mem: &'m [u8], pos: usize) -> Record<'m> {
         let at = self.base + pos;
         let header = &mem[at..at + RECORD_HEADER];
         let mut len = [0u8; 4];
@@ -187,6 +204,7 @@ impl Ring {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn iter<'r, 'm>(&'r self, mem: &'m [u8]) -> Iter<'r, 'm> {
         Iter {
             ring: self,
@@ -198,6 +216,7 @@ impl Ring {
     }
 }
 
+#[cfg(test)]
 pub(crate) struct Iter<'r, 'm> {
     ring: &'r Ring,
     mem: &'m [u8],
@@ -206,6 +225,7 @@ pub(crate) struct Iter<'r, 'm> {
     left: usize,
 }
 
+#[cfg(test)]
 impl<'m> Iterator for Iter<'_, 'm> {
     type Item = Record<'m>;
 
@@ -263,6 +283,18 @@ mod tests {
                 prop_assert_eq!(ring.len(), model.len());
                 let all: Vec<(u64, Vec<u8>)> = ring.iter(&mem).map(|r| (r.seq, r.bytes.to_vec())).collect();
                 prop_assert_eq!(&all, &model.iter().cloned().collect::<Vec<_>>());
+                // Walking by position visits the same records.
+                let mut walked = Vec::new();
+                if let Some(mut pos) = ring.head_pos() {
+                    for i in 0..ring.len() {
+                        let r = ring.read_at(&mem, pos);
+                        walked.push((r.seq, r.bytes.to_vec()));
+                        if i + 1 < ring.len() {
+                            pos = ring.next_pos(&mem, pos);
+                        }
+                    }
+                }
+                prop_assert_eq!(&walked, &all);
                 prop_assert!(mem[..7].iter().all(|b| *b == 0xAA), "wrote below its region");
                 prop_assert!(mem[7 + cap..].iter().all(|b| *b == 0xAA), "wrote above its region");
             }

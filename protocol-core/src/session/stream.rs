@@ -55,6 +55,16 @@ pub(crate) struct OutStream {
     /// Highest seq ever put on a connection: a peer cannot have received more.
     high_water: Seq,
     overflow: Overflow,
+    /// Where two held records lie (seq, ring position): transmission and journaling
+    /// each walk the held messages in order, so each finds the next one in O(1).
+    cursors: [Cursor; 2],
+}
+
+/// A held record's seq and position in the ring (seq 0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Cursor {
+    seq: Seq,
+    pos: usize,
 }
 
 impl OutStream {
@@ -67,6 +77,7 @@ impl OutStream {
             next_send: 1,
             high_water: 0,
             overflow,
+            cursors: [Cursor { seq: 0, pos: 0 }; 2],
         }
     }
 
@@ -189,12 +200,14 @@ impl OutStream {
         self.acked = 0;
         self.next_send = 1;
         self.high_water = 0;
+        // Seqs start again at 1 in other places of the ring.
+        self.cursors = [Cursor::default(); 2];
         lost
     }
 
     /// The next thing to transmit on the current connection, if any; messages above
     /// `through` (not yet durable) wait.
-    pub(crate) fn next<'m>(&self, mem: &'m [u8], through: Seq) -> Option<Next<'m>> {
+    pub(crate) fn next<'m>(&mut self, mem: &'m [u8], through: Seq) -> Option<Next<'m>> {
         if self.next_send > self.last {
             return None;
         }
@@ -222,13 +235,40 @@ impl OutStream {
         self.high_water = self.high_water.max(through);
     }
 
-    pub(crate) fn get<'m>(&self, mem: &'m [u8], seq: Seq) -> Option<Record<'m>> {
+    /// Held message `seq`. Starts from the nearest cursor at or below it (records never
+    /// move while held), so reading held messages in order costs O(1) each.
+    pub(crate) fn get<'m>(&mut self, mem: &'m [u8], seq: Seq) -> Option<Record<'m>> {
         if self.ring.is_empty() || seq < self.first || seq > self.last {
             return None;
         }
-        // Held seqs are consecutive, so the record sits `seq - first` records in.
-        let skip = usize::try_from(seq - self.first).ok()?;
-        self.ring.iter(mem).nth(skip)
+        let first = self.first;
+        let usable = |c: &Cursor| c.seq >= first && c.seq <= seq;
+        let (slot, mut at) = match self
+            .cursors
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| usable(c))
+            .max_by_key(|(_, c)| c.seq)
+        {
+            Some((i, c)) => (i, *c),
+            // No cursor helps: start at the front and replace the older cursor.
+            None => {
+                let older = usize::from(self.cursors[1].seq < self.cursors[0].seq);
+                (
+                    older,
+                    Cursor {
+                        seq: first,
+                        pos: self.ring.head_pos()?,
+                    },
+                )
+            }
+        };
+        while at.seq < seq {
+            at.pos = self.ring.next_pos(mem, at.pos);
+            at.seq += 1;
+        }
+        self.cursors[slot] = at;
+        Some(self.ring.read_at(mem, at.pos))
     }
 }
 
