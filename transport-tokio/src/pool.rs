@@ -1,0 +1,96 @@
+//! Session storage lent from a pool and taken back when a session no longer holds data.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A pool of equally sized session storage buffers, shared by every connection a
+/// driver serves. A session holds a buffer only while it holds messages (`SESSION.md`,
+/// "Memory"): the driver lends one before feeding a frame or a command and takes it back
+/// after every pass, so an idle connection holds none.
+#[derive(Clone)]
+pub struct StoragePool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    len: usize,
+    max_idle: usize,
+    free: Mutex<Vec<Box<[u8]>>>,
+}
+
+impl StoragePool {
+    /// A pool of buffers of `len` bytes (at least the sessions'
+    /// [`Config::storage_len`](protocol_core::session::Config::storage_len)) that keeps at
+    /// most `max_idle` returned buffers for reuse and frees the rest.
+    pub fn new(len: usize, max_idle: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                len,
+                max_idle,
+                free: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Bytes of each buffer.
+    pub fn buffer_len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// A buffer: a returned one if there is one, else a new one.
+    pub fn take(&self) -> Box<[u8]> {
+        let reused = self.free().pop();
+        reused.unwrap_or_else(|| vec![0; self.inner.len].into_boxed_slice())
+    }
+
+    /// Gives a buffer back (freed if the pool already keeps `max_idle`, or if it is not
+    /// of this pool's size).
+    pub fn put(&self, buf: Box<[u8]>) {
+        if buf.len() != self.inner.len {
+            return;
+        }
+        let mut free = self.free();
+        if free.len() < self.inner.max_idle {
+            free.push(buf);
+        }
+    }
+
+    /// Buffers kept for reuse.
+    pub fn idle(&self) -> usize {
+        self.free().len()
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<Box<[u8]>>> {
+        // A panic while holding the lock cannot leave the list inconsistent.
+        self.inner
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for StoragePool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoragePool")
+            .field("buffer_len", &self.inner.len)
+            .field("max_idle", &self.inner.max_idle)
+            .field("idle", &self.idle())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_at_most_max_idle_buffers_of_its_size() {
+        let pool = StoragePool::new(64, 1);
+        let (a, b) = (pool.take(), pool.take());
+        assert_eq!(a.len(), 64);
+        pool.put(a);
+        pool.put(b);
+        pool.put(vec![0; 8].into_boxed_slice());
+        assert_eq!(pool.idle(), 1);
+    }
+}

@@ -1,0 +1,15 @@
+//! TCP + TLS: the daemon's listener and a node's connector.
+//!
+//! For networks that block UDP, and for microcontroller nodes. Same security rules,
+//! framing and sessions as every transport: see [`crate::tls`] and [`crate::driver`].
+
+mod connector;
+mod listener;
+pub(crate) mod refuse;
+
+pub use connector::Connector;
+pub use listener::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DeviceConnection, Listener, ListenerConfig,
+    PairingConnection, Routes,
+};
+pub use refuse::refuse;

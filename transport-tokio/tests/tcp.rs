@@ -1,0 +1,422 @@
+//! The TCP + TLS transport over real loopback sockets, with certificates made by rcgen.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Ca, Daemon, Node, NodeCommand, alert, node_config, read_until_end};
+use protocol_core::pairing::{
+    PAIRING_MAX_FRAME, PairingMessage, Start, decode_pairing, encode_pairing,
+};
+use protocol_core::session::{
+    CallState, CloseReason, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
+};
+use protocol_core::wire::{ErrorCode, PROTOCOL_VERSIONS, VersionRange};
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use rustls::{AlertDescription, HandshakeKind};
+use tokio::io::AsyncWriteExt;
+use transport_tokio::Ended;
+use transport_tokio::tcp::{Connector, ListenerConfig};
+use transport_tokio::tls::{Fingerprint, pairing_client_config};
+
+fn peer_error(ev: &OwnedNodeEvent) -> Option<ErrorCode> {
+    match ev {
+        OwnedNodeEvent::Disconnected(CloseReason::PeerError(code)) => Some(*code),
+        _ => None,
+    }
+}
+
+/// (a) A paired node connects, registers, answers `echo`, streams an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_answers_and_streams_events() {
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    let leaf = daemon.ca.leaf("node-a", false);
+    let stream = Connector::new(leaf.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let node = Node::spawn(stream, "node-a", node_config());
+
+    let caps = daemon
+        .expect(|(id, ev)| match ev {
+            OwnedDaemonEvent::Register { capabilities, .. } if id == "node-a" => Some(
+                capabilities
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .await;
+    assert_eq!(caps, ["echo"]);
+    let answer = daemon
+        .expect(|(_, ev)| match ev {
+            OwnedDaemonEvent::CallUpdate {
+                state: CallState::Succeeded,
+                outcome: Some(OwnedOutcome::Success(p)),
+                ..
+            } => Some(p.data.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(answer, br#"{"x":1}"#);
+
+    node.commands
+        .send(NodeCommand::SendEvent("temperature"))
+        .await
+        .unwrap();
+    let name = daemon
+        .expect(|(_, ev)| match ev {
+            OwnedDaemonEvent::Event { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(name, "temperature");
+
+    node.commands.send(NodeCommand::Close).await.unwrap();
+    assert_eq!(node.ended().await.unwrap(), Ended::Closed);
+}
+
+/// (b) A revoked node is refused at the handshake with the alert that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_node_is_refused_at_the_handshake() {
+    let daemon = Daemon::start(ListenerConfig::default()).await;
+    let by_device = daemon.ca.leaf("node-r", false);
+    let by_cert = daemon.ca.leaf("node-s", false);
+    daemon.revocation.revoke_device("node-r");
+    daemon.revocation.revoke_certificate(by_cert.fingerprint());
+    for leaf in [by_device, by_cert] {
+        let connector = Connector::new(leaf.client(daemon.pin()));
+        let e = match connector.connect(daemon.addr).await {
+            // TLS 1.3: the client's side finishes first; the alert comes on the first read.
+            Ok(mut stream) => read_until_end(&mut stream).await.1.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(alert(&e), Some(AlertDescription::CertificateRevoked), "{e}");
+    }
+}
+
+/// (b) A node revoked while connected is closed, with `Error(Revoked)`, within a second;
+/// revoking the certificate or the device both do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_revoked_while_connected_is_closed_within_a_second() {
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    for (id, by_cert) in [("node-c", true), ("node-d", false)] {
+        let leaf = daemon.ca.leaf(id, false);
+        let stream = Connector::new(leaf.client(daemon.pin()))
+            .connect(daemon.addr)
+            .await
+            .unwrap();
+        let node = Node::spawn(stream, id, node_config());
+        daemon
+            .expect(|(who, ev)| {
+                matches!(ev, OwnedDaemonEvent::Register { .. } if who == id).then_some(())
+            })
+            .await;
+
+        let start = std::time::Instant::now();
+        if by_cert {
+            daemon.revocation.revoke_certificate(leaf.fingerprint());
+        } else {
+            daemon.revocation.revoke_device(id);
+        }
+        let mut node = node;
+        let code = node.expect(peer_error).await;
+        assert_eq!(code, ErrorCode::Revoked);
+        // The node's session closes after the peer's error frame.
+        assert_eq!(node.ended().await.unwrap(), Ended::Closed);
+        let elapsed = start.elapsed();
+        assert!(elapsed < Duration::from_secs(1), "closed after {elapsed:?}");
+        let (who, ended) = daemon.ended.recv().await.unwrap();
+        assert_eq!((who.as_str(), ended.unwrap()), (id, Ended::Revoked));
+    }
+}
+
+/// (c) A node whose pin is not the daemon's server certificate refuses the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_server_pin_refuses_the_daemon() {
+    let daemon = Daemon::start(ListenerConfig::default()).await;
+    let leaf = daemon.ca.leaf("node-p", false);
+    // Another certificate from the very same CA: a chain check would accept it.
+    let other = daemon.ca.leaf("ternd", true).fingerprint();
+    for pin in [Fingerprint([0; 32]), other] {
+        let e = Connector::new(leaf.client(pin))
+            .connect(daemon.addr)
+            .await
+            .unwrap_err();
+        let inner = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert_eq!(
+            inner,
+            Some(&rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure
+            )),
+            "{e}"
+        );
+    }
+    // The right pin connects.
+    Connector::new(leaf.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+}
+
+/// (d) A certificate from another CA is refused: one whose issuer the daemon does not
+/// know, and one from an impostor CA with the same name as the daemon's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_is_refused() {
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    for (ca_name, expected) in [
+        ("another CA", AlertDescription::UnknownCA),
+        // Found by name, refused by its signature.
+        ("tern test CA", AlertDescription::DecryptError),
+    ] {
+        let stranger = Ca::new(ca_name).leaf("node-a", false);
+        let connector = Connector::new(stranger.client(daemon.pin()));
+        let e = match connector.connect(daemon.addr).await {
+            Ok(mut stream) => read_until_end(&mut stream).await.1.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(alert(&e), Some(expected), "{e}");
+    }
+    assert!(
+        daemon.events.try_recv().is_err(),
+        "nothing reached the node plane"
+    );
+}
+
+/// (e) A node whose hello names another node's id gets `Error(Unauthorized)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_naming_another_node_is_unauthorized() {
+    let daemon = Daemon::start(ListenerConfig::default()).await;
+    let leaf = daemon.ca.leaf("node-e", false);
+    let stream = Connector::new(leaf.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let mut node = Node::spawn(stream, "node-a", node_config());
+    assert_eq!(node.expect(peer_error).await, ErrorCode::Unauthorized);
+    // The node's session closes after the peer's error frame.
+    assert_eq!(node.ended().await.unwrap(), Ended::Closed);
+}
+
+/// (f) A connection without a certificate is routed to pairing, and cannot use the
+/// node plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connection_pairs_only() {
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    let connector = Connector::new(pairing_client_config(Some(daemon.pin())).unwrap());
+
+    // A pairing start reaches the pairing route, whole.
+    let mut stream = connector.connect(daemon.addr).await.unwrap();
+    let share_p = [4u8; 65];
+    let start = PairingMessage::Start(Start {
+        version: 1,
+        code_id: 7,
+        share_p: &share_p,
+    });
+    let mut frame = vec![0u8; PAIRING_MAX_FRAME as usize];
+    let n = encode_pairing(&start, PAIRING_MAX_FRAME, &mut frame).unwrap();
+    stream.write_all(&frame[..n]).await.unwrap();
+    stream.flush().await.unwrap();
+    let conn = tokio::time::timeout(common::WAIT, daemon.pairing.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(decode_pairing(conn.first_frame()).unwrap(), start);
+
+    // A node-plane hello without a certificate is refused.
+    let stream = connector.connect(daemon.addr).await.unwrap();
+    let mut node = Node::spawn(stream, "node-a", node_config());
+    assert_eq!(node.expect(peer_error).await, ErrorCode::Unauthorized);
+    // The node's session closes after the peer's error frame.
+    assert_eq!(node.ended().await.unwrap(), Ended::Closed);
+    assert!(
+        daemon.events.try_recv().is_err(),
+        "nothing reached the node plane"
+    );
+}
+
+/// (g) An oversize frame gets `Error(FrameTooLarge)` and a close, while another
+/// connection keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frame_is_refused_while_others_are_served() {
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    let good = daemon.ca.leaf("node-g", false);
+    let stream = Connector::new(good.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let node = Node::spawn(stream, "node-g", node_config());
+    daemon
+        .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Register { .. }).then_some(()))
+        .await;
+
+    let bad = daemon.ca.leaf("node-h", false);
+    let mut raw = Connector::new(bad.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let len: u32 = 1 << 20;
+    raw.write_all(&len.to_be_bytes()).await.unwrap();
+    raw.write_all(&[0u8; 1024]).await.unwrap();
+    raw.flush().await.unwrap();
+    let (codes, end) = read_until_end(&mut raw).await;
+    assert_eq!(
+        codes,
+        [ErrorCode::FrameTooLarge {
+            len,
+            max: protocol_core::frame::DEFAULT_MAX_FRAME
+        }]
+    );
+    end.unwrap();
+
+    node.commands
+        .send(NodeCommand::SendEvent("still-here"))
+        .await
+        .unwrap();
+    let name = daemon
+        .expect(|(id, ev)| match ev {
+            OwnedDaemonEvent::Event { name, .. } if id == "node-g" => Some(name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(name, "still-here");
+}
+
+/// (h) A version mismatch gets the error naming both ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_mismatch_names_both_ranges() {
+    let daemon = Daemon::start(ListenerConfig::default()).await;
+    let leaf = daemon.ca.leaf("node-v", false);
+    let stream = Connector::new(leaf.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let mut config = node_config();
+    config.versions = VersionRange::new(7, 9);
+    let mut node = Node::spawn(stream, "node-v", config);
+    assert_eq!(
+        node.expect(peer_error).await,
+        ErrorCode::VersionMismatch {
+            client: VersionRange::new(7, 9),
+            server: PROTOCOL_VERSIONS,
+        }
+    );
+}
+
+/// (i) With the cap at one connection, the second reads `Error(Overloaded)` and is
+/// closed; the first keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_refuses_out_loud() {
+    let mut daemon = Daemon::start(ListenerConfig {
+        max_connections: 1,
+        ..ListenerConfig::default()
+    })
+    .await;
+    let leaf = daemon.ca.leaf("node-i", false);
+    let connector = Connector::new(leaf.client(daemon.pin()));
+    let node = Node::spawn(
+        connector.connect(daemon.addr).await.unwrap(),
+        "node-i",
+        node_config(),
+    );
+    daemon
+        .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Register { .. }).then_some(()))
+        .await;
+
+    let mut second = connector.connect(daemon.addr).await.unwrap();
+    let (codes, end) = read_until_end(&mut second).await;
+    assert_eq!(codes, [ErrorCode::Overloaded]);
+    end.unwrap();
+
+    node.commands
+        .send(NodeCommand::SendEvent("first"))
+        .await
+        .unwrap();
+    daemon
+        .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Event { .. }).then_some(()))
+        .await;
+}
+
+/// Counts the TLS 1.3 tickets a client receives.
+#[derive(Debug)]
+struct CountingStore {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicUsize,
+}
+
+impl ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: rustls_pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+    fn kx_hint(&self, name: &rustls_pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls_pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls_pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// (j) Resumption is off: even a client that would resume gets no ticket, and a second
+/// connection does a full handshake on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_resumption_is_off() {
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    let leaf = daemon.ca.leaf("node-j", false);
+    let store = Arc::new(CountingStore {
+        inner: ClientSessionMemoryCache::new(8),
+        tickets: AtomicUsize::new(0),
+    });
+    let mut config = (*leaf.client(daemon.pin())).clone();
+    config.resumption = Resumption::store(store.clone());
+    let connector = Connector::new(Arc::new(config));
+    for round in 0..2 {
+        let stream = connector.connect(daemon.addr).await.unwrap();
+        assert_eq!(
+            stream.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+        let mut node = Node::spawn(stream, "node-j", node_config());
+        // A full exchange, so any ticket sent after the handshake would have been read.
+        node.expect(|ev| matches!(ev, OwnedNodeEvent::Call { .. }).then_some(()))
+            .await;
+        node.commands.send(NodeCommand::Close).await.unwrap();
+        assert_eq!(node.ended().await.unwrap(), Ended::Closed, "round {round}");
+        let kind = tokio::time::timeout(common::WAIT, daemon.kinds.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kind, Some(HandshakeKind::Full), "round {round}");
+    }
+    assert_eq!(store.tickets.load(Ordering::SeqCst), 0);
+}
