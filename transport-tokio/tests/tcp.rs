@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Ca, Daemon, Node, NodeCommand, alert, node_config, read_until_end};
 use protocol_core::pairing::{
-    PAIRING_MAX_FRAME, PairingMessage, Start, decode_pairing, encode_pairing,
+    Abort, PAIRING_MAX_FRAME, PairingError, PairingMessage, Start, decode_pairing, encode_pairing,
 };
 use protocol_core::session::{
     CallState, CloseReason, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
@@ -17,7 +17,7 @@ use protocol_core::session::{
 use protocol_core::wire::{ErrorCode, PROTOCOL_VERSIONS, VersionRange};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::{AlertDescription, HandshakeKind};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use transport_tokio::Ended;
 use transport_tokio::tcp::{Connector, ListenerConfig};
 use transport_tokio::tls::{Fingerprint, pairing_client_config};
@@ -419,4 +419,90 @@ async fn tls_resumption_is_off() {
         assert_eq!(kind, Some(HandshakeKind::Full), "round {round}");
     }
     assert_eq!(store.tickets.load(Ordering::SeqCst), 0);
+}
+
+/// Pairing starts are rate-limited per peer address, not only globally: over its budget
+/// an address reads a pairing `Abort(RateLimited { retry_after_ms })`, while another
+/// address still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_starts_are_limited_per_address() {
+    let config = ListenerConfig {
+        pairing_burst: 2,
+        pairing_refill: Duration::from_secs(60),
+        ..ListenerConfig::default()
+    };
+    let mut daemon = Daemon::start(config).await;
+    let connector = Connector::new(pairing_client_config(Some(daemon.pin())).unwrap());
+    let share_p = [4u8; 65];
+    let start = PairingMessage::Start(Start {
+        version: 1,
+        code_id: 7,
+        share_p: &share_p,
+    });
+    let mut frame = vec![0u8; PAIRING_MAX_FRAME as usize];
+    let n = encode_pairing(&start, PAIRING_MAX_FRAME, &mut frame).unwrap();
+    let from = |ip: [u8; 4]| std::net::SocketAddr::from((ip, 0));
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connector
+            .connect_from(from([127, 0, 0, 1]), daemon.addr)
+            .await
+            .unwrap();
+        stream.write_all(&frame[..n]).await.unwrap();
+        stream.flush().await.unwrap();
+        let conn = tokio::time::timeout(common::WAIT, daemon.pairing.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            conn.peer_addr().ip(),
+            std::net::IpAddr::from([127, 0, 0, 1])
+        );
+        held.push((stream, conn));
+    }
+
+    // The third start from the same address is refused, in the pairing protocol's terms.
+    let mut stream = connector
+        .connect_from(from([127, 0, 0, 1]), daemon.addr)
+        .await
+        .unwrap();
+    stream.write_all(&frame[..n]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut prefix = [0u8; 4];
+    tokio::time::timeout(common::WAIT, stream.read_exact(&mut prefix))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    match decode_pairing(&payload).unwrap() {
+        PairingMessage::Abort(Abort {
+            error: PairingError::RateLimited { retry_after_ms },
+        }) => assert!(
+            retry_after_ms > 0 && retry_after_ms <= 60_000,
+            "{retry_after_ms}"
+        ),
+        other => panic!("expected Abort(RateLimited), got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(common::WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "closed after the abort");
+    assert!(daemon.pairing.try_recv().is_err(), "not routed to pairing");
+
+    // Another address has its own budget.
+    let mut stream = connector
+        .connect_from(from([127, 0, 0, 2]), daemon.addr)
+        .await
+        .unwrap();
+    stream.write_all(&frame[..n]).await.unwrap();
+    stream.flush().await.unwrap();
+    let conn = tokio::time::timeout(common::WAIT, daemon.pairing.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        conn.peer_addr().ip(),
+        std::net::IpAddr::from([127, 0, 0, 2])
+    );
 }

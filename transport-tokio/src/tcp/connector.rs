@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -56,8 +56,36 @@ impl Connector {
     /// TLS 1.3 it arrives after the client's side of the handshake finished, so it
     /// surfaces as an error on the first read.
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<TlsStream<TcpStream>> {
+        self.dial(None, addr).await
+    }
+
+    /// Connects to `addr` from the local address `local` (a host with several).
+    pub async fn connect_from(
+        &self,
+        local: SocketAddr,
+        addr: SocketAddr,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        self.dial(Some(local), addr).await
+    }
+
+    async fn dial(
+        &self,
+        local: Option<SocketAddr>,
+        addr: SocketAddr,
+    ) -> io::Result<TlsStream<TcpStream>> {
         let dial = async {
-            let tcp = TcpStream::connect(addr).await?;
+            let tcp = match local {
+                None => TcpStream::connect(addr).await?,
+                Some(local) => {
+                    let socket = if local.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.bind(local)?;
+                    socket.connect(addr).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             self.tls
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)

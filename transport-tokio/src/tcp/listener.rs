@@ -18,7 +18,9 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::refuse::{close_after, error_frame, refuse};
+use super::pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL, PairingStarts};
+use super::refuse::{close_after, error_frame, refuse, refuse_pairing};
+use crate::clock;
 use crate::driver::{Application, Driver, Ended};
 use crate::tls::{ALPN, Fingerprint, PeerIdentity, Revocation, RevocationWatch, peer_identity};
 
@@ -37,6 +39,11 @@ pub struct ListenerConfig {
     /// refused with `Error(Overloaded)` after its TLS handshake.
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    /// Pairing starts one peer address (an IPv6 /64) may make at once...
+    pub pairing_burst: u32,
+    /// ...then one per this long. A start over the limit is answered with a pairing
+    /// `Abort(RateLimited { retry_after_ms })` and closed.
+    pub pairing_refill: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -44,6 +51,8 @@ impl Default for ListenerConfig {
         Self {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            pairing_burst: DEFAULT_PAIRING_BURST,
+            pairing_refill: DEFAULT_PAIRING_REFILL,
         }
     }
 }
@@ -73,6 +82,7 @@ struct Shared {
     acceptor: TlsAcceptor,
     revocation: Arc<dyn Revocation>,
     config: ListenerConfig,
+    pairing_starts: PairingStarts,
 }
 
 impl fmt::Debug for Listener {
@@ -101,6 +111,7 @@ impl Listener {
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(tls),
                 revocation,
+                pairing_starts: PairingStarts::new(config.pairing_burst, config.pairing_refill),
                 config,
             }),
         })
@@ -221,6 +232,9 @@ async fn admit(
                     "without a client certificate only pairing is allowed"
                 };
                 return refuse(tls, ErrorCode::Unauthorized, reason).await;
+            }
+            if let Err(error) = shared.pairing_starts.try_start(peer.ip(), clock::now()) {
+                return refuse_pairing(tls, error).await;
             }
             let conn = PairingConnection {
                 stream: tls,

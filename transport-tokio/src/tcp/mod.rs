@@ -5,6 +5,7 @@
 
 mod connector;
 mod listener;
+mod pairing_limit;
 pub(crate) mod refuse;
 
 pub use connector::Connector;
@@ -12,4 +13,5 @@ pub use listener::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DeviceConnection, Listener, ListenerConfig,
     PairingConnection, Routes,
 };
-pub use refuse::refuse;
+pub use pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
+pub use refuse::{refuse, refuse_pairing};

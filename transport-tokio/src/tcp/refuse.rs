@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use protocol_core::frame::MIN_MAX_FRAME;
+use protocol_core::pairing::{
+    Abort, PAIRING_MAX_FRAME, PairingError, PairingMessage, encode_pairing,
+};
 use protocol_core::wire::{ErrorCode, ErrorFrame, Message, encode_message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -71,6 +74,22 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     close_after(&mut io, &error_frame(code, reason)).await;
+}
+
+/// Refuses a pairing connection the pairing protocol's way: an `Abort` carrying the
+/// typed error (e.g. `RateLimited { retry_after_ms }`), then the close.
+pub async fn refuse_pairing<IO>(mut io: IO, error: PairingError)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut frame = vec![0u8; PAIRING_MAX_FRAME as usize + 4];
+    let n = encode_pairing(
+        &PairingMessage::Abort(Abort { error }),
+        PAIRING_MAX_FRAME,
+        &mut frame,
+    )
+    .unwrap_or(0);
+    close_after(&mut io, &frame[..n]).await;
 }
 
 #[cfg(test)]
