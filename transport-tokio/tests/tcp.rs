@@ -441,16 +441,17 @@ async fn pairing_starts_are_limited_per_address() {
     });
     let mut frame = vec![0u8; PAIRING_MAX_FRAME as usize];
     let n = encode_pairing(&start, PAIRING_MAX_FRAME, &mut frame).unwrap();
-    let from = |ip: [u8; 4]| std::net::SocketAddr::from((ip, 0));
-
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = connector
-            .connect_from(from([127, 0, 0, 1]), daemon.addr)
-            .await
-            .unwrap();
+    // A connection from `ip` that sends a pairing start.
+    let start_from = async |ip: [u8; 4]| {
+        let local = std::net::SocketAddr::from((ip, 0));
+        let mut stream = connector.connect_from(local, daemon.addr).await.unwrap();
         stream.write_all(&frame[..n]).await.unwrap();
         stream.flush().await.unwrap();
+        stream
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = start_from([127, 0, 0, 1]).await;
         let conn = tokio::time::timeout(common::WAIT, daemon.pairing.recv())
             .await
             .unwrap()
@@ -463,12 +464,7 @@ async fn pairing_starts_are_limited_per_address() {
     }
 
     // The third start from the same address is refused, in the pairing protocol's terms.
-    let mut stream = connector
-        .connect_from(from([127, 0, 0, 1]), daemon.addr)
-        .await
-        .unwrap();
-    stream.write_all(&frame[..n]).await.unwrap();
-    stream.flush().await.unwrap();
+    let mut stream = start_from([127, 0, 0, 1]).await;
     let mut prefix = [0u8; 4];
     tokio::time::timeout(common::WAIT, stream.read_exact(&mut prefix))
         .await
@@ -491,12 +487,7 @@ async fn pairing_starts_are_limited_per_address() {
     assert!(daemon.pairing.try_recv().is_err(), "not routed to pairing");
 
     // Another address has its own budget.
-    let mut stream = connector
-        .connect_from(from([127, 0, 0, 2]), daemon.addr)
-        .await
-        .unwrap();
-    stream.write_all(&frame[..n]).await.unwrap();
-    stream.flush().await.unwrap();
+    let _other = start_from([127, 0, 0, 2]).await;
     let conn = tokio::time::timeout(common::WAIT, daemon.pairing.recv())
         .await
         .unwrap()
