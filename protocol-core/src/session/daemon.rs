@@ -8,7 +8,9 @@ use super::calls::{CallRecord, CallState, CallTable};
 use super::config::{Config, MAX_NODE_ID, MAX_PLATFORM, SessionError, SetupError};
 use super::event::{CloseReason, DaemonEvent};
 use super::journal::{JournalMeta, JournalOp, JournalRead};
-use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes, shared_methods};
+use super::link::{
+    self, Farewell, Link, Notice, Outgoing, Side, State, Taken, bytes, shared_methods,
+};
 use super::node::{copy_name, restore_messages};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
@@ -502,26 +504,28 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
 
     /// The next application event.
     pub fn poll_event(&mut self) -> Option<DaemonEvent<'_>> {
-        let link = &mut self.link;
-        if core::mem::take(&mut link.track.failed_unreported) {
-            return Some(DaemonEvent::JournalFailed);
-        }
-        if let Some((unacked, peer_lost_from)) = link.notices.reset.take() {
-            return Some(DaemonEvent::SessionReset {
-                unacked,
-                peer_lost_from,
+        if let Some(notice) = self.link.poll_notice() {
+            return Some(match notice {
+                Notice::JournalFailed => DaemonEvent::JournalFailed,
+                Notice::SessionReset {
+                    unacked,
+                    peer_lost_from,
+                } => DaemonEvent::SessionReset {
+                    unacked,
+                    peer_lost_from,
+                },
+                Notice::Connected {
+                    session,
+                    resumed,
+                    version,
+                } => DaemonEvent::Connected {
+                    session,
+                    resumed,
+                    version,
+                    platform: &self.platform,
+                },
+                Notice::Disconnected(reason) => DaemonEvent::Disconnected(reason),
             });
-        }
-        if core::mem::take(&mut link.notices.connected) {
-            return Some(DaemonEvent::Connected {
-                session: link.session.unwrap_or_default(),
-                resumed: link.conn.resumed,
-                version: link.conn.version,
-                platform: &self.platform,
-            });
-        }
-        if let Some(reason) = link.notices.disconnected.take() {
-            return Some(DaemonEvent::Disconnected(reason));
         }
         if let Some(c) = self.calls.next_unreported() {
             let track = self.link.track;

@@ -125,6 +125,23 @@ pub(crate) enum Taken<'f> {
     Stream { acked: bool },
 }
 
+/// Something the link tells the application, in the order it is told; each role turns
+/// it into its own event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Notice {
+    JournalFailed,
+    SessionReset {
+        unacked: Option<(Seq, Seq)>,
+        peer_lost_from: Seq,
+    },
+    Connected {
+        session: SessionId,
+        resumed: bool,
+        version: u16,
+    },
+    Disconnected(CloseReason),
+}
+
 /// What a role does with the link's outgoing data.
 pub(crate) trait Outgoing {
     /// A call's time left as it goes out now, if `body` is a call (the daemon rewrites
@@ -373,6 +390,27 @@ impl Link {
         self.conn.resumed = resumed;
         self.conn.ack_sent = self.ack_value();
         self.notices.connected = true;
+    }
+
+    /// The next notice for the application, if any.
+    pub(crate) fn poll_notice(&mut self) -> Option<Notice> {
+        if core::mem::take(&mut self.track.failed_unreported) {
+            return Some(Notice::JournalFailed);
+        }
+        if let Some((unacked, peer_lost_from)) = self.notices.reset.take() {
+            return Some(Notice::SessionReset {
+                unacked,
+                peer_lost_from,
+            });
+        }
+        if core::mem::take(&mut self.notices.connected) {
+            return Some(Notice::Connected {
+                session: self.session.unwrap_or_default(),
+                resumed: self.conn.resumed,
+                version: self.conn.version,
+            });
+        }
+        self.notices.disconnected.take().map(Notice::Disconnected)
     }
 
     // ----- received frames -----

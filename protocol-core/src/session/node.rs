@@ -8,7 +8,9 @@ use super::calls::{CALL_WINDOW, CallWindow, Slot};
 use super::config::{Config, MAX_NODE_ID, MAX_PLATFORM, SessionError, SetupError};
 use super::event::{CloseReason, NodeEvent, NotRun};
 use super::journal::{JournalMeta, JournalOp, JournalRead};
-use super::link::{self, Farewell, Link, Outgoing, Side, State, Taken, bytes, shared_methods};
+use super::link::{
+    self, Farewell, Link, Notice, Outgoing, Side, State, Taken, bytes, shared_methods,
+};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
 use crate::time::{Earliest, Instant};
@@ -476,25 +478,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
 
     /// The next application event.
     pub fn poll_event(&mut self) -> Option<NodeEvent<'_>> {
-        let link = &mut self.link;
-        if core::mem::take(&mut link.track.failed_unreported) {
-            return Some(NodeEvent::JournalFailed);
-        }
-        if let Some((unacked, peer_lost_from)) = link.notices.reset.take() {
-            return Some(NodeEvent::SessionReset {
-                unacked,
-                peer_lost_from,
+        if let Some(notice) = self.link.poll_notice() {
+            return Some(match notice {
+                Notice::JournalFailed => NodeEvent::JournalFailed,
+                Notice::SessionReset {
+                    unacked,
+                    peer_lost_from,
+                } => NodeEvent::SessionReset {
+                    unacked,
+                    peer_lost_from,
+                },
+                Notice::Connected {
+                    session,
+                    resumed,
+                    version,
+                } => NodeEvent::Connected {
+                    session,
+                    resumed,
+                    version,
+                },
+                Notice::Disconnected(reason) => NodeEvent::Disconnected(reason),
             });
-        }
-        if core::mem::take(&mut link.notices.connected) {
-            return Some(NodeEvent::Connected {
-                session: link.session.unwrap_or_default(),
-                resumed: link.conn.resumed,
-                version: link.conn.version,
-            });
-        }
-        if let Some(reason) = link.notices.disconnected.take() {
-            return Some(NodeEvent::Disconnected(reason));
         }
         if !self.interrupted.is_empty() {
             let (call_id, answer) = self.interrupted.remove(0);
