@@ -6,7 +6,9 @@
 /// daemon's call deadlines, pairing codes) are kept as instants, so a daemon passes
 /// wall-clock milliseconds (Unix time) and a restarted daemon keeps counting from where
 /// it stood. A microcontroller may pass milliseconds since boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Instant(u64);
 
 impl Instant {

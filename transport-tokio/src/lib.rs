@@ -24,5 +24,5 @@ pub mod tcp;
 pub mod tls;
 
 pub use driver::{Application, Driver, Ended};
-pub use journal::{JournalError, JournalSink};
+pub use journal::{Batch, JournalError, JournalSink, JournalStore, MemJournals};
 pub use pool::StoragePool;

@@ -2,6 +2,7 @@
 //! call ids, each entry with its journal mark.
 
 use heapless::Vec;
+use serde::{Deserialize, Serialize};
 
 use super::journal::{JournalOp, Mark, Track};
 use crate::time::Instant;
@@ -14,7 +15,7 @@ pub const MAX_OPEN_CALLS: usize = 32;
 pub const CALL_WINDOW: usize = 32;
 
 /// Where a call stands, as the daemon sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CallState {
     /// Accepted into the outgoing stream, not yet acknowledged by the node.
     Queued,
@@ -51,7 +52,7 @@ impl CallState {
 }
 
 /// A daemon-side call, as journaled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CallRecord {
     pub id: CallId,
     /// Seq of the call message in the daemon->node stream.
@@ -211,7 +212,7 @@ impl CallTable {
 }
 
 /// Where a node-side call stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Slot {
     /// Handed (or about to be handed) to the application, no outcome yet.
     Active {
@@ -224,7 +225,7 @@ pub enum Slot {
 }
 
 /// A call in the node's window, as journaled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SeenCall {
     pub id: CallId,
     pub slot: Slot,

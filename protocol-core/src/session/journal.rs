@@ -23,7 +23,7 @@ use super::calls::{CallRecord, SeenCall};
 use crate::wire::{CallId, Seq, SessionId};
 
 /// A session's positions, stored as one row and replaced whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct JournalMeta {
     /// The session id (a node has none before its first hello-ack).
     pub session: Option<SessionId>,
@@ -355,6 +355,11 @@ mod mem {
             }
         }
 
+        /// Applies one owned op.
+        pub fn apply_owned(&mut self, op: &OwnedJournalOp) {
+            self.apply(&op.as_op());
+        }
+
         /// Stored outgoing messages.
         pub fn message_count(&self) -> usize {
             self.messages.len()
@@ -367,6 +372,54 @@ mod mem {
 
         pub fn stored_meta(&self) -> Option<JournalMeta> {
             self.meta
+        }
+    }
+
+    /// A [`JournalOp`] that owns its message body, for a store that commits batches
+    /// away from the session (another thread, a group commit).
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    pub enum OwnedJournalOp {
+        Clear,
+        Trim { through: Seq },
+        Append { seq: Seq, body: Vec<u8> },
+        PutCall(CallRecord),
+        RemoveCall(CallId),
+        PutSeen { slot: u8, call: SeenCall },
+        Meta(JournalMeta),
+    }
+
+    impl OwnedJournalOp {
+        /// The borrowed op this one owns.
+        pub fn as_op(&self) -> JournalOp<'_> {
+            match self {
+                Self::Clear => JournalOp::Clear,
+                Self::Trim { through } => JournalOp::Trim { through: *through },
+                Self::Append { seq, body } => JournalOp::Append { seq: *seq, body },
+                Self::PutCall(rec) => JournalOp::PutCall(*rec),
+                Self::RemoveCall(id) => JournalOp::RemoveCall(*id),
+                Self::PutSeen { slot, call } => JournalOp::PutSeen {
+                    slot: *slot,
+                    call: *call,
+                },
+                Self::Meta(meta) => JournalOp::Meta(*meta),
+            }
+        }
+    }
+
+    impl From<&JournalOp<'_>> for OwnedJournalOp {
+        fn from(op: &JournalOp<'_>) -> Self {
+            match *op {
+                JournalOp::Clear => Self::Clear,
+                JournalOp::Trim { through } => Self::Trim { through },
+                JournalOp::Append { seq, body } => Self::Append {
+                    seq,
+                    body: body.to_vec(),
+                },
+                JournalOp::PutCall(rec) => Self::PutCall(rec),
+                JournalOp::RemoveCall(id) => Self::RemoveCall(id),
+                JournalOp::PutSeen { slot, call } => Self::PutSeen { slot, call },
+                JournalOp::Meta(meta) => Self::Meta(meta),
+            }
         }
     }
 
@@ -403,4 +456,4 @@ mod mem {
 }
 
 #[cfg(feature = "alloc")]
-pub use mem::MemJournal;
+pub use mem::{MemJournal, OwnedJournalOp};

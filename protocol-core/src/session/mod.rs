@@ -38,7 +38,7 @@ pub use daemon::DaemonSession;
 pub use driven::Session;
 pub use event::{CloseReason, DaemonEvent, NodeEvent, NotRun};
 #[cfg(feature = "alloc")]
-pub use journal::MemJournal;
+pub use journal::{MemJournal, OwnedJournalOp};
 pub use journal::{JournalMeta, JournalOp, JournalRead};
 pub use node::{INTERRUPTED, NodeSession};
 #[cfg(feature = "alloc")]
