@@ -9,15 +9,16 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use protocol_core::frame::FrameDecoder;
-use protocol_core::session::{Instant, Session, SessionError, Transmit};
+use protocol_core::session::{Instant, OwnedJournalOp, Session, SessionError, Transmit};
 use protocol_core::wire::ErrorCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::clock::{now, until};
-use crate::journal::JournalSink;
+use crate::journal::{Batch, JournalStore};
 use crate::pool::StoragePool;
 use crate::tcp::refuse::{close_after, error_frame};
 use crate::tls::RevocationWatch;
@@ -58,7 +59,7 @@ pub enum Ended {
 pub struct Driver<'a, S: Session, A: Application<S>> {
     pub(crate) session: &'a mut S,
     pool: &'a StoragePool,
-    journal: &'a mut (dyn JournalSink + Send),
+    journal: Journal,
     app: &'a mut A,
     commands: Option<&'a mut mpsc::Receiver<A::Command>>,
     revocation: Option<RevocationWatch>,
@@ -84,7 +85,7 @@ where
     pub fn new(
         session: &'a mut S,
         pool: &'a StoragePool,
-        journal: &'a mut (dyn JournalSink + Send),
+        journal: Journal,
         app: &'a mut A,
     ) -> Self {
         Self {
@@ -153,7 +154,7 @@ where
         let mut rx = vec![0u8; READ_CHUNK];
         core.session.handle_connected(now());
         loop {
-            core.react();
+            core.react().await;
             let mut filled = 0;
             let mut close = false;
             let full = loop {
@@ -170,7 +171,7 @@ where
             };
             if close {
                 close_after(&mut io, &tx[..filled]).await;
-                core.react();
+                core.react().await;
                 return Ok(Ended::Closed);
             }
             if filled > 0 {
@@ -179,7 +180,7 @@ where
                     io.flush().await
                 };
                 if let Err(e) = written.await {
-                    return Err(core.disconnected(e));
+                    return Err(core.disconnected(e).await);
                 }
             }
             if full {
@@ -208,11 +209,11 @@ where
                 read = io.read(&mut rx) => match read {
                     Ok(0) => {
                         core.session.handle_disconnected(now());
-                        core.react();
+                        core.react().await;
                         return Ok(Ended::PeerClosed);
                     }
                     Ok(n) => core.feed(&mut dec, &rx[..n]),
-                    Err(e) => return Err(core.disconnected(e)),
+                    Err(e) => return Err(core.disconnected(e).await),
                 },
                 () = timer => core.session.handle_timeout(now()),
                 command = command => match command {
@@ -230,7 +231,7 @@ where
                         // frame boundary.
                         close_after(&mut io, &error_frame(ErrorCode::Revoked, "revoked")).await;
                         core.session.handle_disconnected(now());
-                        core.react();
+                        core.react().await;
                         return Ok(Ended::Revoked);
                     }
                 }
@@ -239,11 +240,35 @@ where
     }
 }
 
+/// Where a driven session's journal goes: a store and the session's key in it.
+#[derive(Clone)]
+pub struct Journal {
+    pub store: Arc<dyn JournalStore>,
+    pub key: Arc<str>,
+}
+
+impl Journal {
+    pub fn new(store: Arc<dyn JournalStore>, key: impl Into<Arc<str>>) -> Self {
+        Self {
+            store,
+            key: key.into(),
+        }
+    }
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The session and what serves it, apart from the stream.
 struct Core<'a, S, A> {
     session: &'a mut S,
     pool: &'a StoragePool,
-    journal: &'a mut (dyn JournalSink + Send),
+    journal: Journal,
     app: &'a mut A,
 }
 
@@ -264,19 +289,22 @@ where
     /// pool if the session holds no data. A confirmed batch may release events (a
     /// journaled node's calls wait for it) whose handling writes more, so this goes on
     /// until a pass stages nothing.
-    fn react(&mut self) {
+    async fn react(&mut self) {
         self.lend();
         loop {
             self.app.handle_events(self.session, now());
-            let mut staged = false;
+            let mut ops = Vec::new();
             while let Some(op) = self.session.poll_journal() {
-                self.journal.stage(&op);
-                staged = true;
+                ops.push(OwnedJournalOp::from(&op));
             }
-            if !staged {
+            if ops.is_empty() {
                 break;
             }
-            match self.journal.commit() {
+            let batch = Batch {
+                key: self.journal.key.clone(),
+                ops,
+            };
+            match self.journal.store.commit(vec![batch]).await {
                 Ok(()) => self.session.handle_journal_committed(now()),
                 Err(_) => {
                     // The session emits the batch again; retry at the next input rather
@@ -316,9 +344,9 @@ where
         }
     }
 
-    fn disconnected(&mut self, e: io::Error) -> io::Error {
+    async fn disconnected(&mut self, e: io::Error) -> io::Error {
         self.session.handle_disconnected(now());
-        self.react();
+        self.react().await;
         e
     }
 }

@@ -1,4 +1,5 @@
-//! Where a driver puts the journal operations its session emits.
+//! Where drivers put the journal operations their sessions emit: a store that commits
+//! the batches of many sessions together.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,20 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use protocol_core::session::{JournalOp, MemJournal, OwnedJournalOp};
-
-/// A store for one session's journal batches (`SESSION.md`, "Durability").
-///
-/// The driver stages every operation of a batch with [`stage`](Self::stage), then calls
-/// [`commit`](Self::commit) once; on success it confirms the batch to the session
-/// (`handle_journal_committed`), on failure it reports it (`handle_journal_failed`) and
-/// the session emits the batch again.
-pub trait JournalSink {
-    /// Stages one operation of the current batch.
-    fn stage(&mut self, op: &JournalOp<'_>);
-    /// Makes the staged batch durable.
-    fn commit(&mut self) -> Result<(), JournalError>;
-}
+use protocol_core::session::{MemJournal, OwnedJournalOp};
 
 /// A batch could not be made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +21,6 @@ impl fmt::Display for JournalError {
 }
 
 impl std::error::Error for JournalError {}
-
-/// The in-memory reference journal: every staged operation is applied at once.
-impl JournalSink for MemJournal {
-    fn stage(&mut self, op: &JournalOp<'_>) {
-        self.apply(op);
-    }
-
-    fn commit(&mut self) -> Result<(), JournalError> {
-        Ok(())
-    }
-}
 
 /// One session's journal batch, owned, tagged with whose journal it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //!   read) and the connector.
 //! - [`driver`]: runs one [`Session`](protocol_core::session::Session) of either role
 //!   over one stream, with storage lent from a [`StoragePool`] and journal operations
-//!   handed to a [`JournalSink`].
+//!   handed to a [`JournalStore`].
 //!
 //! The crate depends on `protocol-core` only; what it needs from the daemon (the CA, the
 //! revocation set, a journal, the application) comes in through values and small traits.
@@ -23,6 +23,6 @@ pub mod pool;
 pub mod tcp;
 pub mod tls;
 
-pub use driver::{Application, Driver, Ended};
-pub use journal::{Batch, JournalError, JournalSink, JournalStore, MemJournals};
+pub use driver::{Application, Driver, Ended, Journal};
+pub use journal::{Batch, JournalError, JournalStore, MemJournals};
 pub use pool::StoragePool;

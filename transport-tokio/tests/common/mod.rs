@@ -9,7 +9,7 @@ use std::time::Duration;
 use chacha20::ChaCha20Rng;
 use protocol_core::frame::FrameDecoder;
 use protocol_core::session::{
-    Config, DaemonSession, Instant, MemJournal, NodeSession, OwnedDaemonEvent, OwnedNodeEvent,
+    Config, DaemonSession, Instant, NodeSession, OwnedDaemonEvent, OwnedNodeEvent,
 };
 use protocol_core::wire::{
     Capabilities, CapabilityDescriptor, GoodbyeReason, Message, Outcome, Payload, Register,
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use transport_tokio::tcp::{DeviceConnection, Listener, ListenerConfig, PairingConnection, Routes};
 use transport_tokio::tls::{Fingerprint, RevocationList, client_config, server_config};
-use transport_tokio::{Application, Driver, Ended, StoragePool};
+use transport_tokio::{Application, Driver, Ended, Journal, MemJournals, StoragePool};
 
 pub const JSON: &str = "application/json";
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -164,12 +164,12 @@ impl Daemon {
                     let mut rng = ChaCha20Rng::from_seed([seed; 32]);
                     let mut session: DaemonSession<Box<[u8]>> =
                         DaemonSession::new(config, &id, &mut rng).unwrap();
-                    let mut journal = MemJournal::new();
+                    let journal = Journal::new(Arc::new(MemJournals::new()), id.as_str());
                     let mut app = DaemonApp {
                         id: id.clone(),
                         events: events_tx,
                     };
-                    let driver = Driver::new(&mut session, &pool, &mut journal, &mut app);
+                    let driver = Driver::new(&mut session, &pool, journal, &mut app);
                     let ended = conn.serve(driver).await;
                     let _ = ended_tx.send((id, ended));
                 });
@@ -258,9 +258,9 @@ impl Node {
             let mut session: NodeSession<Box<[u8]>> =
                 NodeSession::new(config, &node_id, "linux-test", None).unwrap();
             let pool = StoragePool::new(config.storage_len(), 1);
-            let mut journal = MemJournal::new();
+            let journal = Journal::new(Arc::new(MemJournals::new()), node_id.as_str());
             let mut app = NodeApp { events: events_tx };
-            Driver::new(&mut session, &pool, &mut journal, &mut app)
+            Driver::new(&mut session, &pool, journal, &mut app)
                 .with_commands(&mut rx)
                 .run(io)
                 .await
