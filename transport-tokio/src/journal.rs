@@ -40,6 +40,8 @@ pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), JournalError>> + 
 /// commit or fail together, and a call's batches are durable before any later call's.
 pub trait JournalStore: Send + Sync + 'static {
     /// Starts committing `batches` (one transaction); resolves once they are durable.
+    /// The batches are queued when `commit` is called, not when the future is first
+    /// polled, so calls commit in the order they were made.
     fn commit(&self, batches: Vec<Batch>) -> CommitFuture;
 }
 

@@ -18,8 +18,11 @@
 
 pub mod clock;
 pub mod driver;
+pub mod host;
 pub mod journal;
+pub mod pairing;
 pub mod pool;
+pub mod quic;
 pub mod tcp;
 pub mod tls;
 

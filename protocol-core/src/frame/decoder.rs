@@ -91,6 +91,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         }
     }
 
+    /// The buffer back, for a pool, once the decoder is no longer needed (between
+    /// frames, `buffered() == 0`, nothing is lost by dropping the decoder).
+    pub fn into_buffer(self) -> B {
+        self.buf
+    }
+
     /// True after an error: the stream is out of step and must be closed.
     pub fn is_failed(&self) -> bool {
         self.state == State::Failed

@@ -1,6 +1,8 @@
 //! Certificates, a daemon and nodes on loopback for the transport tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod quic;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,9 +209,18 @@ impl Daemon {
     }
 }
 
-struct DaemonApp {
+pub struct DaemonApp {
     id: String,
     events: mpsc::UnboundedSender<DaemonSeen>,
+}
+
+impl DaemonApp {
+    pub fn new(id: &str, events: mpsc::UnboundedSender<DaemonSeen>) -> Self {
+        Self {
+            id: id.to_owned(),
+            events,
+        }
+    }
 }
 
 impl Application<DaemonSession<Box<[u8]>>> for DaemonApp {
@@ -295,8 +306,14 @@ impl Node {
     }
 }
 
-struct NodeApp {
+pub struct NodeApp {
     events: mpsc::UnboundedSender<OwnedNodeEvent>,
+}
+
+impl NodeApp {
+    pub fn new(events: mpsc::UnboundedSender<OwnedNodeEvent>) -> Self {
+        Self { events }
+    }
 }
 
 const ECHO: [CapabilityDescriptor<'static>; 1] = [CapabilityDescriptor {

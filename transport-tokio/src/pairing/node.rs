@@ -1,0 +1,407 @@
+//! The node's side of pairing over TCP + TLS: dial, drive a [`NodePairing`], keep what it
+//! was given.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol_core::frame::FrameDecoder;
+use protocol_core::pairing::{
+    CodeError, NodeConfig, NodePairing, NodePairingEvent, PAIRING_MAX_FRAME, PairingCode,
+    PairingError, PairingUri, TAG_LEN, decode_pairing,
+};
+use protocol_core::transmit::{Transmit, TransmitError};
+use protocol_core::wire::{ErrorCode, Message, decode_message};
+use rand_core::CryptoRng;
+use rustls::ClientConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::clock::{now, until};
+use crate::tcp::Connector;
+use crate::tcp::refuse::close_after;
+use crate::tls::{Fingerprint, TlsSetupError, client_config, pairing_client_config};
+
+/// Bytes read from the stream at a time: one whole pairing frame.
+const READ_CHUNK: usize = PAIRING_MAX_FRAME as usize + 4;
+
+/// What a node keeps from a successful pairing, owned.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingBundle {
+    /// The device id the certificate names (its subject CN).
+    pub device_id: String,
+    /// The node's client certificate (DER), for the key that signed the CSR.
+    pub client_cert: Vec<u8>,
+    /// The daemon's CA certificate (DER).
+    pub ca_cert: Vec<u8>,
+    /// The daemon's server certificate fingerprint: pin it at every connection.
+    pub server_fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for PairingBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairingBundle")
+            .field("device_id", &self.device_id)
+            .field("client_cert", &Fingerprint::of(&self.client_cert))
+            .field("server_fingerprint", &self.server_fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairingBundle {
+    /// The node-plane client configuration: this certificate with `key` (the private key
+    /// of the CSR), the daemon pinned.
+    pub fn client_config(
+        &self,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        client_config(
+            self.server_fingerprint,
+            vec![CertificateDer::from(self.client_cert.clone())],
+            key,
+        )
+    }
+}
+
+/// Settings of a node's pairing run.
+#[derive(Clone)]
+pub struct PairOptions {
+    /// The TCP connect and TLS handshake together.
+    pub handshake_timeout: Duration,
+    /// The whole run, an operator's approval included.
+    pub timeout: Duration,
+    /// Called when the daemon says an operator must approve (the node may tell its user).
+    pub on_awaiting_approval: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Default for PairOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: crate::tcp::DEFAULT_HANDSHAKE_TIMEOUT,
+            timeout: Duration::from_millis(NodeConfig::default().timeout_ms),
+            on_awaiting_approval: None,
+        }
+    }
+}
+
+impl fmt::Debug for PairOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairOptions")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("timeout", &self.timeout)
+            .field("on_awaiting_approval", &self.on_awaiting_approval.is_some())
+            .finish()
+    }
+}
+
+/// Why a node did not pair.
+#[derive(Debug)]
+pub enum PairError {
+    /// The pairing URI does not parse.
+    BadUri(CodeError),
+    /// The CSR does not parse or is too large for a pairing frame.
+    BadCsr,
+    /// The daemon could not be reached (address, TCP connect, handshake timeout).
+    Unreachable(io::Error),
+    /// The TLS handshake failed: the daemon is not the pinned one, or refused the
+    /// connection.
+    Tls(io::Error),
+    /// The daemon holds another code: the digits are wrong.
+    WrongCode,
+    /// The code's lifetime is over.
+    Expired,
+    /// The daemon has no outstanding code with this id.
+    UnknownCode,
+    /// The code already paired a node.
+    AlreadyUsed,
+    /// The code saw too many failed attempts and is refused, even when right.
+    WindowClosed,
+    /// The operator rejected the pairing.
+    Rejected,
+    /// Too many pairing attempts; the daemon accepts another after `retry_after`.
+    RateLimited { retry_after: Duration },
+    /// No operator decided in time.
+    ApprovalTimedOut,
+    /// The run did not finish within [`PairOptions::timeout`], or the daemon's own
+    /// deadline passed.
+    TimedOut,
+    /// The daemon announced another server fingerprint than the pinned one.
+    FingerprintMismatch,
+    /// The daemon refused the connection before pairing (e.g. `Overloaded`).
+    Refused { code: ErrorCode, reason: String },
+    /// The daemon closed the connection before the run finished.
+    ConnectionClosed,
+    /// The connection failed during the run.
+    Io(io::Error),
+    /// Any other protocol failure (a tampered or malformed message, a certificate that
+    /// does not carry the node's key, ...).
+    Protocol(PairingError),
+}
+
+impl PairError {
+    /// `error` as the node reads it; `awaited` tells whether the daemon had said an
+    /// operator must decide (a timeout then is the operator's).
+    fn from_run(error: PairingError, awaited: bool) -> Self {
+        match error {
+            PairingError::WrongCode => PairError::WrongCode,
+            PairingError::Expired => PairError::Expired,
+            PairingError::UnknownCode => PairError::UnknownCode,
+            PairingError::AlreadyUsed => PairError::AlreadyUsed,
+            PairingError::WindowClosed => PairError::WindowClosed,
+            PairingError::RejectedByOperator => PairError::Rejected,
+            PairingError::RateLimited { retry_after_ms } => PairError::RateLimited {
+                retry_after: Duration::from_millis(retry_after_ms),
+            },
+            PairingError::ApprovalExpired => PairError::ApprovalTimedOut,
+            PairingError::TimedOut if awaited => PairError::ApprovalTimedOut,
+            PairingError::TimedOut => PairError::TimedOut,
+            PairingError::FingerprintMismatch => PairError::FingerprintMismatch,
+            PairingError::BadCsr => PairError::BadCsr,
+            other => PairError::Protocol(other),
+        }
+    }
+
+    /// The TLS handshake's failures are rustls errors (`InvalidData`); everything before
+    /// it is the network's.
+    fn from_connect(e: io::Error) -> Self {
+        let tls = e.kind() == io::ErrorKind::InvalidData
+            || e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+        if tls {
+            PairError::Tls(e)
+        } else {
+            PairError::Unreachable(e)
+        }
+    }
+}
+
+impl fmt::Display for PairError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PairError::BadUri(e) => write!(f, "pairing URI refused: {e}"),
+            PairError::BadCsr => f.write_str("the certificate signing request is not usable"),
+            PairError::Unreachable(e) => write!(f, "daemon unreachable: {e}"),
+            PairError::Tls(e) => write!(f, "TLS handshake with the daemon failed: {e}"),
+            PairError::WrongCode => f.write_str("wrong pairing code"),
+            PairError::Expired => f.write_str("pairing code expired"),
+            PairError::UnknownCode => f.write_str("the daemon knows no such pairing code"),
+            PairError::AlreadyUsed => f.write_str("pairing code already used"),
+            PairError::WindowClosed => {
+                f.write_str("pairing code closed after too many failed attempts")
+            }
+            PairError::Rejected => f.write_str("pairing rejected by the operator"),
+            PairError::RateLimited { retry_after } => write!(
+                f,
+                "too many pairing attempts; retry in {} s",
+                retry_after.as_millis().div_ceil(1000)
+            ),
+            PairError::ApprovalTimedOut => f.write_str("no operator approved the pairing in time"),
+            PairError::TimedOut => f.write_str("pairing timed out"),
+            PairError::FingerprintMismatch => {
+                f.write_str("the daemon's certificate is not the one the pairing code names")
+            }
+            PairError::Refused { code, reason } => {
+                write!(f, "the daemon refused the connection ({code:?}): {reason}")
+            }
+            PairError::ConnectionClosed => {
+                f.write_str("the daemon closed the connection before pairing finished")
+            }
+            PairError::Io(e) => write!(f, "pairing connection failed: {e}"),
+            PairError::Protocol(e) => write!(f, "pairing failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PairError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PairError::BadUri(e) => Some(e),
+            PairError::Unreachable(e) | PairError::Tls(e) | PairError::Io(e) => Some(e),
+            PairError::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Pairs with the daemon at `addr` using `code`, with default [`PairOptions`].
+///
+/// `csr_der` is the node's PKCS#10 request, signed with the private key it keeps; the
+/// certificate that comes back carries that key. `pin`, when the node knows the daemon
+/// (from a QR code or an earlier pairing), is checked twice: at the TLS handshake and in
+/// the sealed answer. Without it, the PAKE alone authenticates the daemon.
+///
+/// ```no_run
+/// # async fn run(csr_der: &[u8], key: rustls_pki_types::PrivateKeyDer<'static>)
+/// #     -> Result<(), Box<dyn std::error::Error>> {
+/// use protocol_core::pairing::PairingCode;
+/// use rand_core::SeedableRng;
+///
+/// let code = PairingCode::parse("0042-1234-5678")?;
+/// let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]); // seed from the OS in practice
+/// let bundle = transport_tokio::pairing::pair(
+///     "192.0.2.1:7443".parse()?, &code, csr_der, None, &mut rng,
+/// ).await?;
+/// let tls = bundle.client_config(key)?; // the node plane from now on
+/// # let _ = tls; Ok(()) }
+/// ```
+pub async fn pair<R: CryptoRng + ?Sized>(
+    addr: SocketAddr,
+    code: &PairingCode,
+    csr_der: &[u8],
+    pin: Option<Fingerprint>,
+    rng: &mut R,
+) -> Result<PairingBundle, PairError> {
+    pair_with(&PairOptions::default(), addr, code, csr_der, pin, rng).await
+}
+
+/// Pairs from a `tern://pair?...` URI (a QR code): its address (resolved here), its
+/// code, and its fingerprint as the pin.
+pub async fn pair_uri<R: CryptoRng + ?Sized>(
+    options: &PairOptions,
+    uri: &str,
+    csr_der: &[u8],
+    rng: &mut R,
+) -> Result<PairingBundle, PairError> {
+    let uri = PairingUri::parse(uri).map_err(PairError::BadUri)?;
+    let addr = tokio::net::lookup_host(uri.addr)
+        .await
+        .map_err(PairError::Unreachable)?
+        .next()
+        .ok_or_else(|| {
+            PairError::Unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} resolves to no address", uri.addr),
+            ))
+        })?;
+    let pin = Some(Fingerprint(uri.fingerprint));
+    pair_with(options, addr, &uri.code, csr_der, pin, rng).await
+}
+
+/// [`pair`] with chosen [`PairOptions`].
+pub async fn pair_with<R: CryptoRng + ?Sized>(
+    options: &PairOptions,
+    addr: SocketAddr,
+    code: &PairingCode,
+    csr_der: &[u8],
+    pin: Option<Fingerprint>,
+    rng: &mut R,
+) -> Result<PairingBundle, PairError> {
+    let config = NodeConfig {
+        timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
+        expected_fingerprint: pin.map(|p| p.0),
+        peer_max_frame: PAIRING_MAX_FRAME,
+    };
+    let buf = vec![0u8; (PAIRING_MAX_FRAME as usize).max(csr_der.len() + TAG_LEN)];
+    let mut run =
+        NodePairing::new(now(), code, csr_der, buf, config, rng).map_err(|e| match e {
+            // The CSR is the only input that can make the buffer or the frame too small.
+            PairingError::BufferTooSmall => PairError::BadCsr,
+            e => PairError::from_run(e, false),
+        })?;
+    let tls = pairing_client_config(pin)
+        .map_err(|e| PairError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let connector = Connector::new(tls).with_handshake_timeout(options.handshake_timeout);
+    let mut stream = connector
+        .connect(addr)
+        .await
+        .map_err(PairError::from_connect)?;
+
+    let mut dec = FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME)
+        .map_err(|_| PairError::Protocol(PairingError::BufferTooSmall))?;
+    let mut tx = vec![0u8; run.transmit_len()];
+    let mut rx = vec![0u8; READ_CHUNK];
+    let mut awaited = false;
+    let mut result = None;
+    loop {
+        while let Some(event) = run.poll_event() {
+            match event {
+                NodePairingEvent::AwaitingApproval => {
+                    awaited = true;
+                    if let Some(tell) = &options.on_awaiting_approval {
+                        tell();
+                    }
+                }
+                NodePairingEvent::Paired(p) => {
+                    result = Some(Ok(PairingBundle {
+                        device_id: p.device_id.to_owned(),
+                        client_cert: p.client_cert.to_vec(),
+                        ca_cert: p.ca_cert.to_vec(),
+                        server_fingerprint: Fingerprint(p.server_fingerprint),
+                    }));
+                }
+                NodePairingEvent::Failed(e) => result = Some(Err(PairError::from_run(e, awaited))),
+            }
+        }
+        let mut filled = 0;
+        let mut close = false;
+        let full = loop {
+            match run.poll_transmit(now(), &mut tx[filled..]) {
+                Ok(Some(Transmit::Frame(n))) => filled += n,
+                Ok(Some(Transmit::Close)) => {
+                    close = true;
+                    break false;
+                }
+                Ok(None) => break false,
+                Err(TransmitError::BufferTooSmall { .. }) => break filled > 0,
+            }
+        };
+        if close {
+            close_after(&mut stream, &tx[..filled]).await;
+            return result.unwrap_or(Err(PairError::Protocol(PairingError::Internal)));
+        }
+        if filled > 0 {
+            let written = async {
+                stream.write_all(&tx[..filled]).await?;
+                stream.flush().await
+            };
+            written.await.map_err(PairError::Io)?;
+        }
+        if full {
+            continue;
+        }
+        let deadline = run.poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep(until(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = stream.read(&mut rx) => match read {
+                Ok(0) => return Err(PairError::ConnectionClosed),
+                Ok(n) => feed(&mut run, &mut dec, &rx[..n])?,
+                Err(e) => return Err(PairError::Io(e)),
+            },
+            () = timer => run.handle_timeout(now()),
+        }
+    }
+}
+
+/// Cuts `input` into frames for the run. A node-plane `Error` frame instead of a pairing
+/// message is the listener refusing the connection: reported as such.
+fn feed(
+    run: &mut NodePairing<'_, Vec<u8>>,
+    dec: &mut FrameDecoder<Vec<u8>>,
+    mut input: &[u8],
+) -> Result<(), PairError> {
+    while !input.is_empty() {
+        let p = dec
+            .decode(input)
+            .map_err(|_| PairError::Protocol(PairingError::Malformed))?;
+        if let Some(frame) = p.frame {
+            if decode_pairing(frame).is_err() {
+                if let Ok(Message::Error(e)) = decode_message(frame) {
+                    return Err(PairError::Refused {
+                        code: e.code,
+                        reason: e.reason.to_owned(),
+                    });
+                }
+            }
+            // A failure is the run's own state now; its event reports it.
+            let _ = run.handle_frame(now(), frame);
+        }
+        input = &input[p.consumed..];
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! QUIC on tokio over quinn-proto and quinn-udp: one task per endpoint drives every
+//! connection and the protocol-core session each carries (a node's session on one
+//! bidirectional stream), with the same TLS rules as the TCP transport.
+//!
+//! - [`QuicEndpoint::server`]: the daemon side; a device's certificate is checked by the
+//!   TLS configuration (chain, live revocation), bound to its session's node id, and its
+//!   connections close as soon as it is revoked.
+//! - [`QuicEndpoint::client`]: the node side; [`QuicHandle::connect`] dials the daemon
+//!   with a pinned configuration.
+//! - Sessions come from, and go back to, the application's
+//!   [`Sessions`](crate::host::Sessions); its commands reach a connection through
+//!   [`Commands`](crate::host::Commands).
+
+mod buffers;
+mod config;
+mod conn;
+mod endpoint;
+mod socket;
+
+pub use config::{
+    DEFAULT_MAX_CONNECTIONS, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE, MAX_BIDI_STREAMS,
+    QuicLimits, QuicSetupError,
+};
+pub use endpoint::{CommandOf, ConnectError, QuicEndpoint, QuicHandle, Started};

@@ -1,0 +1,398 @@
+//! The QUIC transport over real loopback UDP sockets: the same rules as over TCP + TLS.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::quic::{QuicDaemon, QuicNode, raw_client};
+use common::{Ca, NodeCommand, node_config};
+use protocol_core::frame::{DEFAULT_MAX_FRAME, FrameDecoder};
+use protocol_core::session::{
+    CallState, CloseReason, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
+};
+use protocol_core::wire::{ErrorCode, Message, PROTOCOL_VERSIONS, VersionRange, decode_message};
+use transport_tokio::host::{Closed, close_code};
+use transport_tokio::quic::{ConnectError, QuicLimits};
+use transport_tokio::tls::{Fingerprint, pairing_client_config};
+
+fn peer_error(ev: &OwnedNodeEvent) -> Option<ErrorCode> {
+    match ev {
+        OwnedNodeEvent::Disconnected(CloseReason::PeerError(code)) => Some(*code),
+        _ => None,
+    }
+}
+
+fn registered(id: &'static str) -> impl FnMut(&common::DaemonSeen) -> Option<()> {
+    move |(who, ev)| matches!(ev, OwnedDaemonEvent::Register { .. } if who == id).then_some(())
+}
+
+/// The application close a raw client reads.
+async fn closed_with(conn: &quinn::Connection) -> (u64, String) {
+    match tokio::time::timeout(common::WAIT, conn.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => (
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+/// Reads the error frames a raw stream carries until it ends.
+async fn error_frames(recv: &mut quinn::RecvStream) -> Vec<ErrorCode> {
+    let bytes = tokio::time::timeout(common::WAIT, recv.read_to_end(1 << 20))
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let mut dec = FrameDecoder::new(vec![0u8; 1 << 20], 1 << 20).unwrap();
+    let mut input = &bytes[..];
+    let mut codes = Vec::new();
+    while !input.is_empty() {
+        let p = dec.decode(input).unwrap();
+        if let Some(frame) = p.frame {
+            if let Ok(Message::Error(e)) = decode_message(frame) {
+                codes.push(e.code);
+            }
+        }
+        input = &input[p.consumed..];
+    }
+    codes
+}
+
+/// A paired node connects, registers, answers `echo`, streams an event, closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_answers_and_streams_events() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let leaf = daemon.ca.leaf("node-a", false);
+    let mut node = QuicNode::connect(
+        daemon.addr,
+        leaf.client(daemon.pin()),
+        "node-a",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    let caps = daemon
+        .expect(|(id, ev)| match ev {
+            OwnedDaemonEvent::Register { capabilities, .. } if id == "node-a" => Some(
+                capabilities
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .await;
+    assert_eq!(caps, ["echo"]);
+    let answer = daemon
+        .expect(|(_, ev)| match ev {
+            OwnedDaemonEvent::CallUpdate {
+                state: CallState::Succeeded,
+                outcome: Some(OwnedOutcome::Success(p)),
+                ..
+            } => Some(p.data.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(answer, br#"{"x":1}"#);
+
+    node.send(NodeCommand::SendEvent("temperature")).await;
+    let name = daemon
+        .expect(|(_, ev)| match ev {
+            OwnedDaemonEvent::Event { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(name, "temperature");
+
+    node.send(NodeCommand::Close).await;
+    assert_eq!(node.expect_closed().await, Closed::BySession);
+    // The daemon's session answered the goodbye and came back to its registry.
+    assert_eq!(daemon.expect_closed("node-a").await, Closed::BySession);
+}
+
+/// A dropped connection resumes on the next one with the same session: the daemon's
+/// registry keeps it between connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_resumes_the_session() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let leaf = daemon.ca.leaf("node-b", false);
+    let tls = leaf.client(daemon.pin());
+    let mut node = QuicNode::connect(daemon.addr, tls.clone(), "node-b", node_config())
+        .await
+        .unwrap();
+    daemon.expect(registered("node-b")).await;
+    node.expect(|ev| matches!(ev, OwnedNodeEvent::Connected { resumed: false, .. }).then_some(()))
+        .await;
+
+    // The daemon drops the connection (as a lost network would).
+    daemon
+        .handle
+        .close(1, ErrorCode::Overloaded, "test drop")
+        .await;
+    assert!(matches!(node.expect_closed().await, Closed::ByPeer { .. }));
+    node.handle
+        .connect(daemon.addr, "127.0.0.1", tls)
+        .await
+        .unwrap();
+    node.expect(|ev| matches!(ev, OwnedNodeEvent::Connected { resumed: true, .. }).then_some(()))
+        .await;
+}
+
+/// A revoked node is refused at the handshake, by device and by certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_node_is_refused_at_the_handshake() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let by_device = daemon.ca.leaf("node-r", false);
+    let by_cert = daemon.ca.leaf("node-s", false);
+    daemon.revocation.revoke_device("node-r");
+    daemon.revocation.revoke_certificate(by_cert.fingerprint());
+    for (leaf, id) in [(by_device, "node-r"), (by_cert, "node-s")] {
+        let result = raw_client(daemon.addr, leaf.client(daemon.pin())).await;
+        let e = match result {
+            Ok(conn) => conn.closed().await,
+            Err(e) => e,
+        };
+        // The TLS alert certificate_revoked (44).
+        assert!(e.to_string().contains("error 44"), "{id}: {e}");
+    }
+    assert!(
+        daemon.events.try_recv().is_err(),
+        "nothing reached the node plane"
+    );
+}
+
+/// A node revoked while connected is closed within a second, and told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_revoked_while_connected_is_closed_within_a_second() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    for (id, by_cert) in [("node-c", true), ("node-d", false)] {
+        let leaf = daemon.ca.leaf(id, false);
+        let mut node = QuicNode::connect(daemon.addr, leaf.client(daemon.pin()), id, node_config())
+            .await
+            .unwrap();
+        daemon
+            .expect(registered(if by_cert { "node-c" } else { "node-d" }))
+            .await;
+        let start = std::time::Instant::now();
+        if by_cert {
+            daemon.revocation.revoke_certificate(leaf.fingerprint());
+        } else {
+            daemon.revocation.revoke_device(id);
+        }
+        let how = node.expect_closed().await;
+        let elapsed = start.elapsed();
+        assert_eq!(
+            how,
+            Closed::ByPeer {
+                code: u64::from(close_code(&ErrorCode::Revoked)),
+                reason: "revoked".into()
+            }
+        );
+        assert!(elapsed < Duration::from_secs(1), "closed after {elapsed:?}");
+        assert_eq!(daemon.expect_closed(id).await, Closed::Revoked);
+    }
+}
+
+/// A node whose pin is not the daemon's certificate refuses the daemon; the right pin
+/// connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_server_pin_refuses_the_daemon() {
+    let daemon = QuicDaemon::start(QuicLimits::default());
+    let leaf = daemon.ca.leaf("node-p", false);
+    let other = daemon.ca.leaf("ternd", true).fingerprint();
+    for pin in [Fingerprint([0; 32]), other] {
+        let e = QuicNode::connect(daemon.addr, leaf.client(pin), "node-p", node_config())
+            .await
+            .err()
+            .unwrap();
+        match e {
+            ConnectError::Handshake(reason) => {
+                assert!(reason.contains("certificate"), "{reason}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    QuicNode::connect(
+        daemon.addr,
+        leaf.client(daemon.pin()),
+        "node-p",
+        node_config(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Certificates from another CA, or from an impostor with the CA's name, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_is_refused() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    for ca_name in ["another CA", "tern test CA"] {
+        let stranger = Ca::new(ca_name).leaf("node-a", false);
+        let e = match raw_client(daemon.addr, stranger.client(daemon.pin())).await {
+            Ok(conn) => conn.closed().await,
+            Err(e) => e,
+        };
+        assert!(
+            matches!(e, quinn::ConnectionError::ConnectionClosed(_)),
+            "{ca_name}: {e}"
+        );
+    }
+    assert!(
+        daemon.events.try_recv().is_err(),
+        "nothing reached the node plane"
+    );
+}
+
+/// A hello naming another node than the certificate is `Unauthorized`; a session bound
+/// to another node than the certificate never reaches the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_speak_for_another() {
+    let daemon = QuicDaemon::start(QuicLimits::default());
+    let leaf = daemon.ca.leaf("node-e", false);
+    let mut node = QuicNode::connect(
+        daemon.addr,
+        leaf.client(daemon.pin()),
+        "node-a",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(node.expect(peer_error).await, ErrorCode::Unauthorized);
+
+    let daemon = QuicDaemon::start_with(QuicLimits::default(), Some("node-z"));
+    let leaf = daemon.ca.leaf("node-f", false);
+    let conn = raw_client(daemon.addr, leaf.client(daemon.pin()))
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_with(&conn).await,
+        (
+            u64::from(close_code(&ErrorCode::Unauthorized)),
+            "wrong node".into()
+        )
+    );
+}
+
+/// Without a client certificate the QUIC node plane is closed with a reason; pairing
+/// runs over TCP + TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connection_gets_no_node_plane() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let conn = raw_client(
+        daemon.addr,
+        pairing_client_config(Some(daemon.pin())).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        closed_with(&conn).await,
+        (
+            u64::from(close_code(&ErrorCode::Unauthorized)),
+            "a client certificate is required".into()
+        )
+    );
+    assert!(daemon.events.try_recv().is_err());
+}
+
+/// An oversize frame gets `Error(FrameTooLarge)` and a close, while another connection
+/// keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frame_is_refused_while_others_are_served() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let good = daemon.ca.leaf("node-g", false);
+    let node = QuicNode::connect(
+        daemon.addr,
+        good.client(daemon.pin()),
+        "node-g",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    daemon.expect(registered("node-g")).await;
+
+    let bad = daemon.ca.leaf("node-h", false);
+    let conn = raw_client(daemon.addr, bad.client(daemon.pin()))
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let len: u32 = 1 << 20;
+    send.write_all(&len.to_be_bytes()).await.unwrap();
+    send.write_all(&[0u8; 1024]).await.unwrap();
+    assert_eq!(
+        error_frames(&mut recv).await,
+        [ErrorCode::FrameTooLarge {
+            len,
+            max: DEFAULT_MAX_FRAME
+        }]
+    );
+
+    node.send(NodeCommand::SendEvent("still-here")).await;
+    let name = daemon
+        .expect(|(id, ev)| match ev {
+            OwnedDaemonEvent::Event { name, .. } if id == "node-g" => Some(name.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(name, "still-here");
+}
+
+/// A version mismatch gets the error naming both ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_mismatch_names_both_ranges() {
+    let daemon = QuicDaemon::start(QuicLimits::default());
+    let leaf = daemon.ca.leaf("node-v", false);
+    let mut config = node_config();
+    config.versions = VersionRange::new(7, 9);
+    let mut node = QuicNode::connect(daemon.addr, leaf.client(daemon.pin()), "node-v", config)
+        .await
+        .unwrap();
+    assert_eq!(
+        node.expect(peer_error).await,
+        ErrorCode::VersionMismatch {
+            client: VersionRange::new(7, 9),
+            server: PROTOCOL_VERSIONS,
+        }
+    );
+}
+
+/// With the cap at one connection, the second is closed with `Overloaded` and a reason
+/// it reads; the first keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_refuses_out_loud() {
+    let mut daemon = QuicDaemon::start(QuicLimits {
+        max_connections: 1,
+        ..QuicLimits::default()
+    });
+    let leaf = daemon.ca.leaf("node-i", false);
+    let node = QuicNode::connect(
+        daemon.addr,
+        leaf.client(daemon.pin()),
+        "node-i",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    daemon.expect(registered("node-i")).await;
+    assert_eq!(daemon.handle.open_connections(), 1);
+
+    let other = daemon.ca.leaf("node-j", false);
+    let conn = raw_client(daemon.addr, other.client(daemon.pin()))
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_with(&conn).await,
+        (
+            u64::from(close_code(&ErrorCode::Overloaded)),
+            "connection limit reached".into()
+        )
+    );
+
+    node.send(NodeCommand::SendEvent("first")).await;
+    daemon
+        .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Event { .. }).then_some(()))
+        .await;
+}
