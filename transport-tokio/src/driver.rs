@@ -19,12 +19,12 @@ use tokio::sync::mpsc;
 
 use crate::clock::{now, until};
 use crate::journal::{Batch, JournalStore};
-use crate::pool::StoragePool;
+use crate::pool::{StoragePool, frame_buffers};
 use crate::tcp::refuse::{close_after, error_frame};
 use crate::tls::RevocationWatch;
 
 /// Bytes read from the stream at a time.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 /// What the application does with a session's events and with its own commands.
 ///
@@ -149,12 +149,15 @@ where
             app,
         };
         let max = config.max_frame;
-        let mut dec = FrameDecoder::new(vec![0u8; max as usize], max).map_err(io::Error::other)?;
-        let mut tx = vec![0u8; config.transmit_len()];
+        // Frame-sized buffers come from the shared pool only while used, so a quiet
+        // connection holds none.
+        let buffers = frame_buffers();
+        let mut dec: Option<FrameDecoder<Box<[u8]>>> = None;
         let mut rx = vec![0u8; READ_CHUNK];
         core.session.handle_connected(now());
         loop {
             core.react().await;
+            let mut tx = buffers.take(config.transmit_len());
             let mut filled = 0;
             let mut close = false;
             let full = loop {
@@ -171,6 +174,7 @@ where
             };
             if close {
                 close_after(&mut io, &tx[..filled]).await;
+                buffers.put(tx);
                 core.react().await;
                 return Ok(Ended::Closed);
             }
@@ -180,9 +184,11 @@ where
                     io.flush().await
                 };
                 if let Err(e) = written.await {
+                    buffers.put(tx);
                     return Err(core.disconnected(e).await);
                 }
             }
+            buffers.put(tx);
             if full {
                 continue;
             }
@@ -212,7 +218,7 @@ where
                         core.react().await;
                         return Ok(Ended::PeerClosed);
                     }
-                    Ok(n) => core.feed(&mut dec, &rx[..n]),
+                    Ok(n) => core.feed(&mut dec, max, &rx[..n]),
                     Err(e) => return Err(core.disconnected(e).await),
                 },
                 () = timer => core.session.handle_timeout(now()),
@@ -322,7 +328,27 @@ where
 
     /// Cuts frames out of the bytes read and feeds them one at a time, the application
     /// draining events after each (the inbox holds one frame).
-    fn feed(&mut self, dec: &mut FrameDecoder<Vec<u8>>, mut input: &[u8]) {
+    fn feed(&mut self, slot: &mut Option<FrameDecoder<Box<[u8]>>>, max: u32, input: &[u8]) {
+        let buffers = frame_buffers();
+        let dec = match slot {
+            Some(d) => d,
+            None => match FrameDecoder::new(buffers.take(max as usize), max) {
+                Ok(d) => slot.insert(d),
+                Err(e) => {
+                    self.session.handle_frame_error(now(), e);
+                    return;
+                }
+            },
+        };
+        self.feed_into(dec, input);
+        if dec.buffered() == 0 && !dec.is_failed() {
+            if let Some(d) = slot.take() {
+                buffers.put(d.into_buffer());
+            }
+        }
+    }
+
+    fn feed_into(&mut self, dec: &mut FrameDecoder<Box<[u8]>>, mut input: &[u8]) {
         while !input.is_empty() && !dec.is_failed() {
             match dec.decode(input) {
                 Ok(p) => {

@@ -1,7 +1,8 @@
 //! Session storage lent from a pool and taken back when a session no longer holds data.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// A pool of equally sized session storage buffers, shared by every connection a
 /// driver serves. A session holds a buffer only while it holds messages (`SESSION.md`,
@@ -77,6 +78,40 @@ impl fmt::Debug for StoragePool {
             .field("idle", &self.idle())
             .finish()
     }
+}
+
+/// Frame-sized buffers (assembly of a split frame, a batch of frames to write), shared
+/// by every connection of the process and held only while in use.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    pools: Mutex<HashMap<usize, StoragePool>>,
+}
+
+/// Buffers of one size kept for reuse.
+const MAX_IDLE_FRAME_BUFFERS: usize = 64;
+
+impl Buffers {
+    fn pool(&self, len: usize) -> StoragePool {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .entry(len)
+            .or_insert_with(|| StoragePool::new(len, MAX_IDLE_FRAME_BUFFERS))
+            .clone()
+    }
+
+    pub(crate) fn take(&self, len: usize) -> Box<[u8]> {
+        self.pool(len).take()
+    }
+
+    pub(crate) fn put(&self, buf: Box<[u8]>) {
+        self.pool(buf.len()).put(buf);
+    }
+}
+
+/// The process's frame buffers.
+pub(crate) fn frame_buffers() -> &'static Buffers {
+    static BUFFERS: OnceLock<Buffers> = OnceLock::new();
+    BUFFERS.get_or_init(Buffers::default)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::host::{Closed, Peer, Refusal};
 use crate::journal::Batch;
 use crate::pool::StoragePool;
 
-use super::buffers::Buffers;
+use crate::pool::Buffers;
 
 /// How long a session that asked to close waits for its last frames to be acknowledged
 /// before the connection is closed anyway.

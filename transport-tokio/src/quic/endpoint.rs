@@ -29,7 +29,6 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::buffers::Buffers;
 use super::config::{self, QuicLimits, QuicSetupError};
 use super::conn::{Conn, FINISH_GRACE, Group, Live, ReadEnd, Stage, closed_from};
 use super::socket::Socket;
@@ -40,6 +39,7 @@ use crate::host::{
     close_code,
 };
 use crate::journal::{JournalError, JournalStore};
+use crate::pool::Buffers;
 use crate::pool::StoragePool;
 use crate::tls::{Fingerprint, Revocation, device_id_of};
 
@@ -275,7 +275,7 @@ impl QuicEndpoint {
             sessions,
             journal,
             pool,
-            buffers: Buffers::default(),
+            buffers: crate::pool::frame_buffers(),
             tx: Vec::new(),
             send_buf: Vec::new(),
             stalled: None,
@@ -333,7 +333,7 @@ struct Task<S: Session, H: Sessions<S>> {
     sessions: H,
     journal: Arc<dyn JournalStore>,
     pool: StoragePool,
-    buffers: Buffers,
+    buffers: &'static Buffers,
     /// Frames polled from a session before they go into its stream.
     tx: Vec<u8>,
     /// Datagrams polled from quinn.
@@ -608,7 +608,7 @@ where
                     if let Stage::Live(live) = &mut conn.stage {
                         if live.stream == Some(id) {
                             let (end, transmit) =
-                                live.read(&mut conn.quic, session_now, &self.pool, &self.buffers);
+                                live.read(&mut conn.quic, session_now, &self.pool, self.buffers);
                             wants_send |= transmit;
                             if end == ReadEnd::Ended && live.finishing.is_none() {
                                 conn.close(now, CLOSE_SESSION_ENDED, "stream ended");
@@ -810,7 +810,7 @@ where
                     live.stream = Some(id);
                     live.session.handle_connected(clock::now());
                     let (end, transmit) =
-                        live.read(&mut conn.quic, clock::now(), &self.pool, &self.buffers);
+                        live.read(&mut conn.quic, clock::now(), &self.pool, self.buffers);
                     *wants_send |= transmit;
                     let _ = end;
                 }
@@ -853,7 +853,7 @@ where
         let now = clock::now();
         live.session.handle_disconnected(now);
         live.pump(id, now, &self.pool, &mut self.group);
-        live.drop_decoder(&self.buffers);
+        live.drop_decoder(self.buffers);
         live.pending = Vec::new();
         live.pending_at = 0;
         live.ended = Some(how);

@@ -11,7 +11,6 @@
 //!   [`Sessions`](crate::host::Sessions); its commands reach a connection through
 //!   [`Commands`](crate::host::Commands).
 
-mod buffers;
 mod config;
 mod conn;
 mod endpoint;
