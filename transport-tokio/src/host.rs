@@ -125,14 +125,25 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Bound for NodeSession<B> {
 /// Sends commands to one connection's application.
 pub struct Commands<C> {
     pub(crate) conn: u64,
-    pub(crate) tx: mpsc::Sender<(u64, C)>,
+    pub(crate) route: Route<C>,
+}
+
+/// Where a connection's commands go: the QUIC endpoint's one queue (tagged with the
+/// connection) or a TCP connection's own task.
+pub(crate) enum Route<C> {
+    Tagged(mpsc::Sender<(u64, C)>),
+    Direct(mpsc::Sender<C>),
 }
 
 impl<C> Clone for Commands<C> {
     fn clone(&self) -> Self {
+        let route = match &self.route {
+            Route::Tagged(tx) => Route::Tagged(tx.clone()),
+            Route::Direct(tx) => Route::Direct(tx.clone()),
+        };
         Self {
             conn: self.conn,
-            tx: self.tx.clone(),
+            route,
         }
     }
 }
@@ -159,24 +170,37 @@ impl std::error::Error for Gone {}
 
 impl<C> Commands<C> {
     /// Queues `command`, waiting while the queue is full. A command for a connection
-    /// that has ended is dropped by the endpoint.
+    /// that has ended is dropped.
     pub async fn send(&self, command: C) -> Result<(), Gone> {
-        self.tx.send((self.conn, command)).await.map_err(|_| Gone)
+        match &self.route {
+            Route::Tagged(tx) => tx.send((self.conn, command)).await.map_err(|_| Gone),
+            Route::Direct(tx) => tx.send(command).await.map_err(|_| Gone),
+        }
     }
 
-    /// Queues `command` unless the queue is full.
+    /// Queues `command` unless the queue is full or the connection gone.
     pub fn try_send(&self, command: C) -> Result<(), C> {
-        self.tx.try_send((self.conn, command)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full((_, c)) | mpsc::error::TrySendError::Closed((_, c)) => {
-                c
-            }
-        })
+        use mpsc::error::TrySendError as E;
+        match &self.route {
+            Route::Tagged(tx) => tx.try_send((self.conn, command)).map_err(|e| match e {
+                E::Full((_, c)) | E::Closed((_, c)) => c,
+            }),
+            Route::Direct(tx) => tx.try_send(command).map_err(|e| match e {
+                E::Full(c) | E::Closed(c) => c,
+            }),
+        }
     }
 
-    /// Which connection this sends to (unique for the life of the endpoint).
+    /// Which connection this sends to (unique for the life of the process).
     pub fn connection(&self) -> u64 {
         self.conn
     }
+}
+
+/// A process-wide connection id, so commands never reach a later connection.
+pub(crate) fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The application close code a refusal or error is sent with (QUIC `CONNECTION_CLOSE`):

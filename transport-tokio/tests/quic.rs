@@ -8,13 +8,16 @@ use std::time::Duration;
 use common::quic::{QuicDaemon, QuicNode, raw_client};
 use common::{Ca, NodeCommand, node_config};
 use protocol_core::frame::{DEFAULT_MAX_FRAME, FrameDecoder};
+use protocol_core::session::Config;
 use protocol_core::session::{
     CallState, CloseReason, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
 };
 use protocol_core::wire::{ErrorCode, Message, PROTOCOL_VERSIONS, VersionRange, decode_message};
 use transport_tokio::host::{Closed, close_code};
 use transport_tokio::quic::{ConnectError, QuicLimits};
+use transport_tokio::tcp::{Connector, Listener, ListenerConfig, Routes};
 use transport_tokio::tls::{Fingerprint, pairing_client_config};
+use transport_tokio::{MemJournals, StoragePool};
 
 fn peer_error(ev: &OwnedNodeEvent) -> Option<ErrorCode> {
     match ev {
@@ -129,9 +132,10 @@ async fn a_new_connection_resumes_the_session() {
         .await;
 
     // The daemon drops the connection (as a lost network would).
+    let conn = daemon.registry.connection_of("node-b").unwrap();
     daemon
         .handle
-        .close(1, ErrorCode::Overloaded, "test drop")
+        .close(conn, ErrorCode::Overloaded, "test drop")
         .await;
     assert!(matches!(node.expect_closed().await, Closed::ByPeer { .. }));
     node.handle
@@ -395,4 +399,83 @@ async fn connection_cap_refuses_out_loud() {
     daemon
         .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Event { .. }).then_some(()))
         .await;
+}
+
+/// One registry serves both transports: a node that registered over QUIC resumes its
+/// session over TCP + TLS (the fallback where UDP is blocked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_across_transports() {
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let leaf = daemon.ca.leaf("node-x", false);
+    let tls = leaf.client(daemon.pin());
+    let mut node = QuicNode::connect(daemon.addr, tls.clone(), "node-x", node_config())
+        .await
+        .unwrap();
+    daemon.expect(registered("node-x")).await;
+    node.send(NodeCommand::Close).await;
+    assert_eq!(node.expect_closed().await, Closed::BySession);
+    daemon.expect_closed("node-x").await;
+
+    // The same registry behind a TCP listener.
+    let server_tls = transport_tokio::tls::server_config(
+        daemon.ca.der.clone(),
+        vec![daemon.server.cert.clone()],
+        daemon.server.key(),
+        daemon.revocation.clone(),
+    )
+    .unwrap();
+    let listener = Listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        server_tls,
+        daemon.revocation.clone(),
+        ListenerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let tcp_addr = listener.local_addr().unwrap();
+    let (nodes_tx, mut nodes_rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(listener.run(Routes {
+        nodes: nodes_tx,
+        pairing: None,
+    }));
+    let registry = daemon.registry.clone();
+    tokio::spawn(async move {
+        while let Some(conn) = nodes_rx.recv().await {
+            let registry = registry.clone();
+            tokio::spawn(
+                conn.serve_with(
+                    registry,
+                    std::sync::Arc::new(MemJournals::new()),
+                    StoragePool::new(
+                        node_config()
+                            .storage_len()
+                            .max(Config::server(64 * 1024).storage_len()),
+                        4,
+                    ),
+                ),
+            );
+        }
+    });
+    let stream = Connector::new(tls).connect(tcp_addr).await.unwrap();
+    // The node's own session, as the QUIC connection gave it back, now over TCP.
+    let session = node.take_session().await;
+    let mut tcp_node = common::Node::spawn_session(stream, session);
+    tcp_node
+        .expect(|ev| matches!(ev, OwnedNodeEvent::Connected { resumed: true, .. }).then_some(()))
+        .await;
+    tcp_node
+        .commands
+        .send(NodeCommand::SendEvent("over-tcp"))
+        .await
+        .unwrap();
+    let (transport_id, name) = daemon
+        .expect(|(id, ev)| match ev {
+            OwnedDaemonEvent::Event { name, .. } => Some((id.clone(), name.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (transport_id.as_str(), name.as_str()),
+        ("node-x", "over-tcp")
+    );
 }

@@ -35,8 +35,8 @@ use super::socket::Socket;
 use crate::clock;
 use crate::driver::Application;
 use crate::host::{
-    Bound, CLOSE_SESSION_ENDED, Closed, Commands, Peer, Refusal, Sessions, TransportKind,
-    close_code,
+    Bound, CLOSE_SESSION_ENDED, Closed, Commands, Peer, Refusal, Route, Sessions, TransportKind,
+    close_code, next_connection_id,
 };
 use crate::journal::{JournalError, JournalStore};
 use crate::pool::Buffers;
@@ -170,7 +170,7 @@ impl<C: Send + 'static> QuicHandle<C> {
     pub fn commands(&self, conn: u64) -> Commands<C> {
         Commands {
             conn,
-            tx: self.commands.clone(),
+            route: Route::Tagged(self.commands.clone()),
         }
     }
 
@@ -271,7 +271,6 @@ impl QuicEndpoint {
             conns: HashMap::new(),
             ids: HashMap::new(),
             zombies: HashMap::new(),
-            next_id: 1,
             sessions,
             journal,
             pool,
@@ -329,7 +328,6 @@ struct Task<S: Session, H: Sessions<S>> {
     /// Sessions whose connection is gone but whose journal batch is still in flight;
     /// they go back to the application once it is confirmed.
     zombies: HashMap<u64, Box<Live<S, H::App>>>,
-    next_id: u64,
     sessions: H,
     journal: Arc<dyn JournalStore>,
     pool: StoragePool,
@@ -509,8 +507,7 @@ where
                 } else {
                     self.open.fetch_add(1, Ordering::Relaxed);
                 }
-                let id = self.next_id;
-                self.next_id += 1;
+                let id = next_connection_id();
                 let conn = Conn {
                     id,
                     quic,
@@ -743,7 +740,7 @@ where
         };
         let commands = Commands {
             conn: conn.id,
-            tx: self.commands_tx.clone(),
+            route: Route::Tagged(self.commands_tx.clone()),
         };
         let opened = match self.sessions.open(&peer, commands) {
             Ok(opened) => opened,
@@ -983,8 +980,7 @@ where
                 };
                 match self.endpoint.connect(now, config, addr, &server_name) {
                     Ok((ch, quic)) => {
-                        let id = self.next_id;
-                        self.next_id += 1;
+                        let id = next_connection_id();
                         self.open.fetch_add(1, Ordering::Relaxed);
                         let mut conn = Conn {
                             id,

@@ -276,7 +276,7 @@ pub struct DeviceConnection {
     device_id: String,
     fingerprint: Fingerprint,
     peer: SocketAddr,
-    revocation: Arc<dyn Revocation>,
+    pub(super) revocation: Arc<dyn Revocation>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -344,6 +344,11 @@ impl DeviceConnection {
     /// Closes the connection with `Error { code, reason }`.
     pub async fn refuse(self, code: ErrorCode, reason: &str) {
         refuse(self.stream, code, reason).await;
+    }
+
+    /// The stream, and the permit that counts it against the listener's cap.
+    pub(super) fn into_parts(self) -> (TlsStream<TcpStream>, OwnedSemaphorePermit) {
+        (self.stream, self._permit)
     }
 }
 

@@ -7,6 +7,7 @@ mod connector;
 mod listener;
 mod pairing_limit;
 pub(crate) mod refuse;
+mod serve;
 
 pub use connector::Connector;
 pub use listener::{
@@ -15,3 +16,4 @@ pub use listener::{
 };
 pub use pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 pub use refuse::{refuse, refuse_pairing};
+pub use serve::{daemon_peer, serve};

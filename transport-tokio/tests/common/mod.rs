@@ -262,12 +262,22 @@ impl Node {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        Self::spawn_session(
+            io,
+            NodeSession::new(config, node_id, "linux-test", None).unwrap(),
+        )
+    }
+
+    /// Drives an existing session (resuming it) over `io`.
+    pub fn spawn_session<IO>(io: IO, mut session: NodeSession<Box<[u8]>>) -> Self
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (commands, mut rx) = mpsc::channel(8);
-        let node_id = node_id.to_owned();
+        let node_id = String::from("node");
+        let config = *session.config();
         let task = tokio::spawn(async move {
-            let mut session: NodeSession<Box<[u8]>> =
-                NodeSession::new(config, &node_id, "linux-test", None).unwrap();
             let pool = StoragePool::new(config.storage_len(), 1);
             let journal = Journal::new(Arc::new(MemJournals::new()), node_id.as_str());
             let mut app = NodeApp { events: events_tx };

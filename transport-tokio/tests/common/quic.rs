@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chacha20::ChaCha20Rng;
 use protocol_core::session::{Config, DaemonSession, NodeSession, OwnedNodeEvent};
@@ -19,10 +19,17 @@ use super::{Ca, DaemonApp, DaemonSeen, Leaf, NodeApp, NodeCommand, WAIT};
 type DSession = DaemonSession<Box<[u8]>>;
 type NSession = NodeSession<Box<[u8]>>;
 
-/// The daemon's registry: one session per node id, kept between connections.
-struct Registry {
+/// The daemon's registry: one session per node id, kept between connections, shared by
+/// the QUIC endpoint and the TCP listener.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<RegistryInner>>,
+}
+
+struct RegistryInner {
     config: Config,
     sessions: HashMap<String, DSession>,
+    conns: HashMap<String, u64>,
     events: mpsc::UnboundedSender<DaemonSeen>,
     closed: mpsc::UnboundedSender<(String, Closed)>,
     rng: ChaCha20Rng,
@@ -31,34 +38,43 @@ struct Registry {
     force_id: Option<String>,
 }
 
+impl Registry {
+    /// The connection id the device's current connection has.
+    pub fn connection_of(&self, id: &str) -> Option<u64> {
+        self.inner.lock().unwrap().conns.get(id).copied()
+    }
+}
+
 impl Sessions<DSession> for Registry {
     type App = DaemonApp;
 
     fn open(
         &mut self,
         peer: &Peer,
-        _: Commands<()>,
+        commands: Commands<()>,
     ) -> Result<Opened<DSession, DaemonApp>, Refusal> {
-        let id = self
-            .force_id
-            .clone()
-            .unwrap_or_else(|| peer.device_id.clone());
-        let session = match self.sessions.remove(&id) {
+        let mut r = self.inner.lock().unwrap();
+        let r = &mut *r;
+        let id = r.force_id.clone().unwrap_or_else(|| peer.device_id.clone());
+        let session = match r.sessions.remove(&id) {
             Some(s) => s,
-            None => DaemonSession::new(self.config, &id, &mut self.rng).map_err(|e| {
+            None => DaemonSession::new(r.config, &id, &mut r.rng).map_err(|e| {
                 Refusal::new(protocol_core::wire::ErrorCode::Internal, format!("{e:?}"))
             })?,
         };
+        r.conns
+            .insert(peer.device_id.clone(), commands.connection());
         Ok(Opened {
             session,
-            app: DaemonApp::new(&peer.device_id, self.events.clone()),
+            app: DaemonApp::new(&peer.device_id, r.events.clone()),
             journal_key: id.into(),
         })
     }
 
     fn closed(&mut self, peer: &Peer, session: DSession, _: DaemonApp, how: Closed) {
-        self.sessions.insert(session.node_id().to_owned(), session);
-        let _ = self.closed.send((peer.device_id.clone(), how));
+        let mut r = self.inner.lock().unwrap();
+        r.sessions.insert(session.node_id().to_owned(), session);
+        let _ = r.closed.send((peer.device_id.clone(), how));
     }
 }
 
@@ -72,6 +88,7 @@ pub struct QuicDaemon {
     pub events: mpsc::UnboundedReceiver<DaemonSeen>,
     pub closed: mpsc::UnboundedReceiver<(String, Closed)>,
     pub handle: QuicHandle<()>,
+    pub registry: Registry,
     task: JoinHandle<()>,
 }
 
@@ -101,19 +118,22 @@ impl QuicDaemon {
         let (closed_tx, closed) = mpsc::unbounded_channel();
         let config = Config::server(64 * 1024);
         let registry = Registry {
-            config,
-            sessions: HashMap::new(),
-            events: events_tx,
-            closed: closed_tx,
-            rng: ChaCha20Rng::from_seed([7; 32]),
-            force_id: force_id.map(str::to_owned),
+            inner: Arc::new(Mutex::new(RegistryInner {
+                config,
+                sessions: HashMap::new(),
+                conns: HashMap::new(),
+                events: events_tx,
+                closed: closed_tx,
+                rng: ChaCha20Rng::from_seed([7; 32]),
+                force_id: force_id.map(str::to_owned),
+            })),
         };
         let (handle, task) = QuicEndpoint::server(
             "127.0.0.1:0".parse().unwrap(),
             tls,
             revocation.clone(),
             limits,
-            registry,
+            registry.clone(),
             Arc::new(MemJournals::new()),
             StoragePool::new(config.storage_len(), 16),
         )
@@ -126,6 +146,7 @@ impl QuicDaemon {
             events,
             closed,
             handle,
+            registry,
             task,
         }
     }
@@ -163,7 +184,7 @@ impl QuicDaemon {
 
 /// The node's side: its one session, lent to each connection.
 struct Holder {
-    session: Option<NSession>,
+    session: Arc<Mutex<Option<NSession>>>,
     events: mpsc::UnboundedSender<OwnedNodeEvent>,
     closed: mpsc::UnboundedSender<Closed>,
 }
@@ -176,7 +197,7 @@ impl Sessions<NSession> for Holder {
         _: &Peer,
         _: Commands<NodeCommand>,
     ) -> Result<Opened<NSession, NodeApp>, Refusal> {
-        let session = self.session.take().ok_or_else(|| {
+        let session = self.session.lock().unwrap().take().ok_or_else(|| {
             Refusal::new(protocol_core::wire::ErrorCode::Overloaded, "session in use")
         })?;
         Ok(Opened {
@@ -187,7 +208,7 @@ impl Sessions<NSession> for Holder {
     }
 
     fn closed(&mut self, _: &Peer, session: NSession, _: NodeApp, how: Closed) {
-        self.session = Some(session);
+        *self.session.lock().unwrap() = Some(session);
         let _ = self.closed.send(how);
     }
 }
@@ -199,6 +220,7 @@ pub struct QuicNode {
     pub closed: mpsc::UnboundedReceiver<Closed>,
     pub handle: QuicHandle<NodeCommand>,
     pub conn: u64,
+    session: Arc<Mutex<Option<NSession>>>,
     task: JoinHandle<()>,
 }
 
@@ -217,8 +239,11 @@ impl QuicNode {
     ) -> Result<Self, ConnectError> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
+        let session = Arc::new(Mutex::new(Some(
+            NodeSession::new(config, node_id, "linux-test", None).unwrap(),
+        )));
         let holder = Holder {
-            session: Some(NodeSession::new(config, node_id, "linux-test", None).unwrap()),
+            session: session.clone(),
             events: events_tx,
             closed: closed_tx,
         };
@@ -242,6 +267,7 @@ impl QuicNode {
             closed,
             handle,
             conn,
+            session,
             task,
         })
     }
@@ -261,6 +287,20 @@ impl QuicNode {
         })
         .await
         .expect("node event in time")
+    }
+
+    /// The session, once its connection has given it back.
+    pub async fn take_session(&self) -> NSession {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(s) = self.session.lock().unwrap().take() {
+                    return s;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("session back in time")
     }
 
     pub async fn expect_closed(&mut self) -> Closed {
