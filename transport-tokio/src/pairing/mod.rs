@@ -62,8 +62,11 @@ pub trait PairingResponder: Send + Sync {
     /// frame over, and whenever [`Self::decisions`] changes.
     fn drive(&self, now: Instant, run: &mut DaemonPairing<RunBuffer>) -> Option<PairingOutcome>;
 
-    /// The run's connection is gone (whatever state the run is in). A run that proved its
-    /// code but got no certificate gives the code back.
+    /// The run's connection is gone, or the run is about to end without an answer: a run
+    /// that proved its code but got no certificate gives the code back. A run forgets its
+    /// CSR when it fails, so a driver calls this before the input (a frame, the deadline)
+    /// that ends a run waiting for a decision, and again once the connection is over,
+    /// whatever state the run is in: it must be idempotent.
     fn closed(&self, run: &DaemonPairing<RunBuffer>);
 
     /// A receiver whose value changes whenever an operator decides on a pairing: runs

@@ -371,6 +371,9 @@ pub async fn pair_with<R: CryptoRng + ?Sized>(
             read = stream.read(&mut rx) => match read {
                 Ok(0) => return Err(PairError::ConnectionClosed),
                 Ok(n) => feed(&mut run, &mut dec, &rx[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(PairError::ConnectionClosed);
+                }
                 Err(e) => return Err(PairError::Io(e)),
             },
             () = timer => run.handle_timeout(now()),

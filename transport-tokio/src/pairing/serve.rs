@@ -153,10 +153,18 @@ async fn serve_run(
             read = stream.read(&mut rx) => match read {
                 Ok(0) => return Err(PairingServeError::PeerClosed),
                 Ok(n) => feed(run, responder, &mut dec, &rx[..n], &mut end),
+                // A node that quits without a TLS close_notify hung up all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(PairingServeError::PeerClosed);
+                }
                 Err(e) => return Err(PairingServeError::Io(e)),
             },
             () = timer => {
-                run.handle_timeout(now());
+                let at = now();
+                if run.poll_timeout().is_some_and(|deadline| deadline <= at) {
+                    before_end(responder, run);
+                }
+                run.handle_timeout(at);
                 answer(responder, run, &mut end);
             }
             live = decided => {
@@ -208,6 +216,9 @@ fn feed(
         match dec.decode(input) {
             Ok(p) => {
                 if let Some(frame) = p.frame {
+                    // The node has nothing to say while it waits for a decision: any
+                    // frame ends the run.
+                    before_end(responder, run);
                     // A failure is the run's own state now; the responder reports it.
                     let _ = run.handle_frame(now(), frame);
                     answer(responder, run, end);
@@ -215,10 +226,20 @@ fn feed(
                 input = &input[p.consumed..];
             }
             Err(_) => {
+                before_end(responder, run);
                 let _ = run.refuse(PairingError::Malformed);
                 answer(responder, run, end);
             }
         }
+    }
+}
+
+/// A run holding an authenticated CSR (waiting for an operator) forgets it when it
+/// fails: the responder hears of the end first, while the run still shows what it held,
+/// so a proven code is given back.
+fn before_end(responder: &dyn PairingResponder, run: &DaemonPairing<RunBuffer>) {
+    if run.csr().is_some() {
+        responder.closed(run);
     }
 }
 

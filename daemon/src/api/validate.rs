@@ -1,0 +1,133 @@
+//! Argument checks the server runs on every request before a handler sees it, so the
+//! daemon's code gets only well-formed ids, names and ranges. Each failure names the
+//! field and the rule.
+
+use protocol_core::pairing::{MAX_CODE_ID, MAX_CODE_LIFETIME_MS, MIN_CODE_LIFETIME_MS};
+
+use super::ApiError;
+use super::v1::request::Kind;
+use crate::ca::{MAX_DEVICE_ID_LEN, check_device_id};
+
+/// Longest capability name or content type, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest revocation reason, in bytes.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// Longest call deadline an operator may ask for: 24 hours (a call may wait for a local
+/// person's approval).
+pub const MAX_CALL_TIMEOUT_MS: u32 = 24 * 60 * 60 * 1000;
+
+/// Checks the arguments of a request other than `Hello` and `Cancel`.
+pub(crate) fn check(kind: &Kind) -> Result<(), ApiError> {
+    match kind {
+        Kind::Hello(_)
+        | Kind::Cancel(_)
+        | Kind::Status(_)
+        | Kind::PairList(_)
+        | Kind::ListNodes(_) => Ok(()),
+        Kind::PairCode(req) => {
+            if req.ttl_seconds != 0 {
+                let ms = u64::from(req.ttl_seconds) * 1000;
+                if !(MIN_CODE_LIFETIME_MS..=MAX_CODE_LIFETIME_MS).contains(&ms) {
+                    return Err(ApiError::invalid_argument(format!(
+                        "ttl_seconds {} is outside {}..={} (or 0 for the default)",
+                        req.ttl_seconds,
+                        MIN_CODE_LIFETIME_MS / 1000,
+                        MAX_CODE_LIFETIME_MS / 1000
+                    )));
+                }
+            }
+            if !req.device_id.is_empty() {
+                node_id("device_id", &req.device_id)?;
+            }
+            Ok(())
+        }
+        Kind::PairApprove(req) => code_id(req.code_id),
+        Kind::PairReject(req) => code_id(req.code_id),
+        Kind::ShowNode(req) => node_id("id", &req.id),
+        Kind::Call(req) => {
+            node_id("node", &req.node)?;
+            name("capability", &req.capability)?;
+            content_type(&req.content_type)?;
+            if req.timeout_ms > MAX_CALL_TIMEOUT_MS {
+                return Err(ApiError::invalid_argument(format!(
+                    "timeout_ms {} exceeds {MAX_CALL_TIMEOUT_MS} (24 h)",
+                    req.timeout_ms
+                )));
+            }
+            Ok(())
+        }
+        Kind::Events(req) => match &req.node {
+            Some(node) => node_id("node", node),
+            None => Ok(()),
+        },
+        Kind::Revoke(req) => {
+            node_id("node", &req.node)?;
+            if req.reason.len() > MAX_REASON_LEN {
+                return Err(ApiError::invalid_argument(format!(
+                    "reason of {} bytes exceeds {MAX_REASON_LEN}",
+                    req.reason.len()
+                )));
+            }
+            if req.reason.chars().any(char::is_control) {
+                return Err(ApiError::invalid_argument(
+                    "reason must not contain control characters",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn node_id(field: &str, id: &str) -> Result<(), ApiError> {
+    check_device_id(id).map_err(|_| {
+        ApiError::invalid_argument(format!(
+            "{field} must be 1..={MAX_DEVICE_ID_LEN} characters of A-Z a-z 0-9 . _ - (got {:?})",
+            truncate(id)
+        ))
+    })
+}
+
+fn code_id(id: u32) -> Result<(), ApiError> {
+    if id > u32::from(MAX_CODE_ID) {
+        return Err(ApiError::invalid_argument(format!(
+            "code_id {id} is outside 0..={MAX_CODE_ID}"
+        )));
+    }
+    Ok(())
+}
+
+fn name(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_argument(format!(
+            "{field} must be 1..={MAX_NAME_LEN} printable ASCII characters without spaces (got {:?})",
+            truncate(value)
+        )))
+    }
+}
+
+fn content_type(value: &str) -> Result<(), ApiError> {
+    // Parameters such as `; charset=utf-8` may hold spaces; nothing else unprintable.
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_argument(format!(
+            "content_type must be 1..={MAX_NAME_LEN} printable ASCII characters (got {:?})",
+            truncate(value)
+        )))
+    }
+}
+
+/// At most 80 characters of a rejected value, so an error stays readable.
+fn truncate(value: &str) -> String {
+    value.chars().take(80).collect()
+}

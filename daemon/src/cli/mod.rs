@@ -1,0 +1,183 @@
+//! `ternd`'s command line: the daemon (`serve`), the operator's commands, and the Linux
+//! node host (`node run|install|start|stop|restart|status`).
+
+pub mod exit;
+pub mod node;
+pub mod operator;
+pub mod qr;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Parses `30s`, `5m`, `2h`, `1d` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m, 2h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ternd",
+    version,
+    about = "Tern: a secure link between a control daemon and a fleet of nodes"
+)]
+pub struct Cli {
+    /// The daemon's state directory (database, CA, operator socket).
+    #[arg(long, env = "TERN_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: QUIC and TCP + TLS listeners, the operator socket.
+    Serve(ServeArgs),
+    /// Pairing codes and requests.
+    #[command(subcommand)]
+    Pair(PairCommand),
+    /// List the nodes.
+    Nodes,
+    /// One node (show), or this machine as a node (run, install, start, stop, ...).
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Call a node's capability and wait for the result (the exit code tells the outcome).
+    Call {
+        node: String,
+        capability: String,
+        /// The input, as JSON.
+        #[arg(long)]
+        input: Option<String>,
+        /// How long the call may take (30s, 2m, ...).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Show events; `--follow` keeps streaming new ones.
+    Events {
+        #[arg(long)]
+        node: Option<String>,
+        /// Start after this event seq.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Revoke a node: its connections close now and it cannot connect again.
+    Revoke {
+        node: String,
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+    },
+    /// The deployment's posture: listeners, mTLS, CA, pairing policy, node counts.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML settings file (default: ternd.toml in the state directory, if present).
+    #[arg(long, env = "TERN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// QUIC listen address (UDP), or "off".
+    #[arg(long, env = "TERN_LISTEN_QUIC")]
+    pub listen_quic: Option<String>,
+    /// TCP + TLS listen address, or "off".
+    #[arg(long, env = "TERN_LISTEN_TCP")]
+    pub listen_tcp: Option<String>,
+    /// Names and addresses nodes reach the daemon by (the server certificate's names);
+    /// the first is put in pairing URIs. Comma-separated.
+    #[arg(long, env = "TERN_PUBLIC_NAMES", value_delimiter = ',')]
+    pub public_names: Option<Vec<String>>,
+    /// Serve Prometheus metrics on this address (off by default).
+    #[arg(long, env = "TERN_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    /// Every pairing waits for an operator's approval.
+    #[arg(long, env = "TERN_PAIRING_APPROVAL")]
+    pub pairing_approval: Option<bool>,
+    /// Cap on concurrent node connections per transport.
+    #[arg(long, env = "TERN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// Mint a pairing code; prints the code and its tern:// URI.
+    Code {
+        /// How long the code lives (30s to 24h; default 10m).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// The pairing waits for `ternd pair approve`.
+        #[arg(long)]
+        approval: bool,
+        /// Draw the URI as a QR code.
+        #[arg(long)]
+        qr: bool,
+        /// The device id the node gets (default: chosen by the daemon).
+        #[arg(long)]
+        device_id: Option<String>,
+    },
+    /// Codes and pairing requests.
+    List,
+    /// Let a waiting pairing complete.
+    Approve { code_id: u32 },
+    /// Refuse a waiting pairing.
+    Reject { code_id: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Show one node.
+    Show { id: String },
+    /// Run this machine as a node host.
+    Run(node::RunArgs),
+    /// Write the node host's configuration and systemd unit, and pair.
+    Install(node::InstallArgs),
+    /// Start the node host service.
+    Start,
+    /// Stop the node host service.
+    Stop,
+    /// Restart the node host service.
+    Restart,
+    /// The node host service's status.
+    Status,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

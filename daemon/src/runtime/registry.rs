@@ -1,0 +1,84 @@
+//! The sessions the transports borrow: one per node, kept here while the node is away.
+
+use std::sync::Arc;
+
+use protocol_core::session::DaemonSession;
+use protocol_core::wire::ErrorCode;
+use transport_tokio::host::{Closed, Commands, Opened, Peer, Refusal, Sessions};
+
+use super::app::{NodeApp, node_row};
+use super::persist::{Write, now_ms};
+use super::{NodeEntry, NodeSessionState, Runtime, RuntimeCommand};
+
+/// The runtime as both transports see it: a node's session for each of its
+/// connections (created at its first), given back when the connection ends.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    runtime: Arc<Runtime>,
+}
+
+impl Registry {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+impl Sessions<NodeSessionState> for Registry {
+    type App = NodeApp;
+
+    fn open(
+        &mut self,
+        peer: &Peer,
+        commands: Commands<RuntimeCommand>,
+    ) -> Result<Opened<NodeSessionState, NodeApp>, Refusal> {
+        let mut state = self.runtime.lock();
+        let state = &mut *state;
+        let entry = state
+            .nodes
+            .entry(peer.device_id.clone())
+            .or_insert_with(|| NodeEntry::new(&peer.device_id));
+        let session = match entry.session.take() {
+            Some(s) => s,
+            None if entry.connection.is_some() => {
+                // The node's previous connection still holds the session (a half-open
+                // connection it gave up on): close it; the node's retry gets it.
+                if let Some(old) = &entry.connection {
+                    let _ = old.try_send(RuntimeCommand::Close(ErrorCode::Overloaded));
+                }
+                return Err(Refusal::new(
+                    ErrorCode::Overloaded,
+                    "the node's previous connection is closing; retry",
+                ));
+            }
+            None => DaemonSession::new(self.runtime.config, &peer.device_id, &mut state.rng)
+                .map_err(|e| Refusal::new(ErrorCode::Internal, format!("session: {e:?}")))?,
+        };
+        entry.connection = Some(commands);
+        entry.info.address = Some(peer.addr.to_string());
+        entry.info.transport = Some(peer.transport);
+        entry.info.last_seen_ms = now_ms();
+        Ok(Opened {
+            session,
+            app: NodeApp {
+                runtime: self.runtime.clone(),
+                node: peer.device_id.clone(),
+            },
+            journal_key: peer.device_id.as_str().into(),
+        })
+    }
+
+    fn closed(&mut self, peer: &Peer, session: NodeSessionState, _: NodeApp, _: Closed) {
+        let row = {
+            let mut state = self.runtime.lock();
+            let Some(entry) = state.nodes.get_mut(&peer.device_id) else {
+                return;
+            };
+            entry.session = Some(session);
+            entry.connection = None;
+            entry.info.online = false;
+            entry.info.last_seen_ms = now_ms();
+            node_row(&entry.info)
+        };
+        self.runtime.store.submit(vec![Write::Node(row)]);
+    }
+}

@@ -1,0 +1,368 @@
+//! `ternd serve`: the daemon. It opens (or creates) its state directory and store,
+//! creates the CA and server certificate on first start, restores every node's session
+//! from its journal, and serves nodes on QUIC and TCP + TLS, pairing on TCP + TLS, and
+//! the operator on a Unix socket.
+
+pub mod identity;
+pub mod metrics;
+pub mod operator;
+pub mod revocations;
+pub mod settings;
+pub mod store_adapter;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol_core::pairing::DaemonConfig;
+use protocol_core::session::{Config, Instant};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use transport_tokio::pairing::serve_pairing;
+use transport_tokio::quic::{QuicEndpoint, QuicLimits};
+use transport_tokio::tcp::{Listener, ListenerConfig, Routes};
+use transport_tokio::{JournalStore, StoragePool};
+
+use crate::api::ApiServer;
+use crate::pairing::{PairingService, PairingSettings, ServiceEvent};
+use crate::pairing_responder::ServiceResponder;
+use crate::runtime::{NodeInfo, Registry, Runtime};
+use crate::store::{DeviceRow, Store, StoreOptions, Write};
+
+pub use settings::Settings;
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub struct ServeError(pub String);
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+fn err(what: &str) -> impl FnOnce(String) -> ServeError + '_ {
+    move |e| ServeError(format!("{what}: {e}"))
+}
+
+/// Replay buffer per node session: events and calls waiting for an acknowledgement.
+const REPLAY_BYTES: usize = 256 * 1024;
+/// Session storage buffers kept for reuse.
+const POOL_IDLE: usize = 256;
+
+/// The session configuration of every node on this daemon.
+pub fn session_config() -> Config {
+    Config::server(REPLAY_BYTES)
+}
+
+/// What a running daemon shares between its parts.
+pub struct Shared {
+    pub settings: Settings,
+    pub store: Arc<Store>,
+    pub runtime: Arc<Runtime>,
+    pub pairing: Arc<ServiceResponder>,
+    pub revocations: Arc<revocations::LiveRevocations>,
+    pub identity: identity::Identity,
+    pub listening: Vec<String>,
+    pub started_at_ms: u64,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("settings", &self.settings)
+            .field("listening", &self.listening)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> Instant {
+    Instant::from_millis(crate::runtime::persist::now_ms())
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
+        ServeError(format!(
+            "cannot create the state directory {}: {e}",
+            settings.state_dir.display()
+        ))
+    })?;
+    let _ = std::fs::set_permissions(&settings.state_dir, std::fs::Permissions::from_mode(0o700));
+    let options = StoreOptions {
+        retention: crate::store::RetentionPolicy {
+            max_events: Some(settings.events_retention.max_events),
+            max_age_ms: Some(
+                u64::try_from(settings.events_retention.max_age.as_millis()).unwrap_or(u64::MAX),
+            ),
+        },
+        ..StoreOptions::default()
+    };
+    let store = Arc::new(
+        Store::open_with(&settings.database_path(), options)
+            .map_err(|e| err("opening the store")(e.to_string()))?,
+    );
+    let identity = identity::load_or_create(&store, &settings.public_names)
+        .await
+        .map_err(err("the CA and server identity"))?;
+    info!(
+        ca = %identity.ca_fingerprint_hex(),
+        server = %identity.server_fingerprint_hex(),
+        "identity ready"
+    );
+
+    let revocations =
+        Arc::new(revocations::LiveRevocations::load(&store).map_err(err("revocations"))?);
+    let metrics = Arc::new(metrics::Metrics::new());
+
+    let store_journal: Arc<dyn JournalStore> = store.clone();
+    let config = session_config();
+    let pool = StoragePool::new(config.storage_len(), POOL_IDLE);
+    let runtime = Runtime::new(
+        config,
+        Arc::new(store_adapter::RuntimeWrites::new(
+            store.clone(),
+            metrics.clone(),
+        )),
+        pool.clone(),
+        seed().map_err(err("seeding"))?,
+    );
+    store_adapter::restore(&store, &runtime).map_err(err("restoring nodes"))?;
+    let _deadlines = runtime.spawn_deadlines();
+
+    // Pairing: the service over the CA, its records from the store.
+    let mut service = PairingService::new(
+        identity.ca.clone(),
+        identity.server_fingerprint(),
+        PairingSettings {
+            lifetime: protocol_core::pairing::CodeLifetime::from_millis(
+                u64::try_from(settings.pairing.default_ttl.as_millis()).unwrap_or(600_000),
+            )
+            .map_err(|e| err("pairing TTL")(format!("{e:?}")))?,
+            require_approval: settings.pairing.approval_required,
+            ..PairingSettings::default()
+        },
+        now(),
+    )
+    .map_err(|e| err("pairing service")(e.to_string()))?;
+    service.restore(
+        store
+            .pairing_records()
+            .map_err(|e| err("pairing records")(e.to_string()))?,
+    );
+    let service = Arc::new(Mutex::new(service));
+    let pairing = Arc::new(
+        ServiceResponder::new(service.clone(), DaemonConfig::default())
+            .map_err(|e| err("pairing")(e.to_string()))?
+            .on_report({
+                let store = store.clone();
+                let runtime = runtime.clone();
+                let service = service.clone();
+                move |report| on_pairing_report(&store, &runtime, &service, report.event)
+            }),
+    );
+
+    let tls = identity
+        .server_tls(revocations.clone())
+        .map_err(err("TLS configuration"))?;
+    let mut listening = Vec::new();
+    let mut tasks = Vec::new();
+
+    let quic = match settings.listen_quic {
+        Some(addr) => {
+            let limits = QuicLimits {
+                max_connections: settings.max_connections,
+                ..QuicLimits::default()
+            };
+            let (handle, task) = QuicEndpoint::server(
+                addr,
+                tls.clone(),
+                revocations.clone(),
+                limits,
+                Registry::new(runtime.clone()),
+                store_journal.clone(),
+                pool.clone(),
+            )
+            .map_err(|e| err("QUIC")(e.to_string()))?;
+            listening.push(format!("quic://{}", handle.local_addr()));
+            info!(addr = %handle.local_addr(), "QUIC listening");
+            tasks.push(task);
+            Some(handle)
+        }
+        None => None,
+    };
+
+    if let Some(addr) = settings.listen_tcp {
+        let listener = Listener::bind(
+            addr,
+            tls.clone(),
+            revocations.clone(),
+            ListenerConfig {
+                max_connections: settings.max_connections,
+                ..ListenerConfig::default()
+            },
+        )
+        .await
+        .map_err(|e| err("TCP listener")(e.to_string()))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| err("TCP")(e.to_string()))?;
+        listening.push(format!("tcp://{local}"));
+        info!(addr = %local, "TCP + TLS listening");
+        let (nodes_tx, mut nodes_rx) = mpsc::channel(1024);
+        let (pairing_tx, mut pairing_rx) = mpsc::channel(64);
+        tasks.push(tokio::spawn(async move {
+            let _ = listener
+                .run(Routes {
+                    nodes: nodes_tx,
+                    pairing: Some(pairing_tx),
+                })
+                .await;
+        }));
+        let registry = Registry::new(runtime.clone());
+        let journal = store_journal.clone();
+        let node_pool = pool.clone();
+        let m = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(conn) = nodes_rx.recv().await {
+                m.connection_opened("tcp");
+                let (registry, journal, pool, m) = (
+                    registry.clone(),
+                    journal.clone(),
+                    node_pool.clone(),
+                    m.clone(),
+                );
+                tokio::spawn(async move {
+                    let how = conn.serve_with(registry, journal, pool).await;
+                    m.connection_closed("tcp");
+                    tracing::debug!(?how, "TCP connection ended");
+                });
+            }
+        }));
+        let responder = pairing.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(conn) = pairing_rx.recv().await {
+                let responder = responder.clone();
+                tokio::spawn(async move {
+                    let peer = conn.peer_addr();
+                    match serve_pairing(conn, &*responder).await {
+                        Ok(outcome) => info!(%peer, ?outcome, "pairing run ended"),
+                        Err(e) => warn!(%peer, error = %e, "pairing run failed"),
+                    }
+                });
+            }
+        }));
+    }
+
+    if let Some(addr) = settings.metrics {
+        let bound = metrics::serve(addr, metrics.clone(), runtime.clone())
+            .await
+            .map_err(|e| err("metrics")(e.to_string()))?;
+        info!(addr = %bound, "metrics on /metrics");
+        listening.push(format!("http://{bound}/metrics"));
+    }
+
+    // Events past the retention policy go, once an hour.
+    {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let now_ms = crate::runtime::persist::now_ms();
+                if let Err(e) = store.write(vec![Write::PruneEvents { now_ms }]).await {
+                    warn!(error = %e, "pruning events failed");
+                }
+            }
+        }));
+    }
+
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        store: store.clone(),
+        runtime: runtime.clone(),
+        pairing,
+        revocations,
+        identity,
+        listening,
+        started_at_ms: crate::runtime::persist::now_ms(),
+        metrics,
+    });
+    let api = ApiServer::bind(settings.socket_path())
+        .map_err(|e| err("operator socket")(e.to_string()))?;
+    info!(socket = %settings.socket_path().display(), "operator API listening");
+    let operator = Arc::new(operator::Operator::new(shared.clone()));
+    let served = api.serve(operator, shutdown).await;
+    if let Some(q) = quic {
+        q.shutdown().await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    served.map_err(|e| err("operator API")(e.to_string()))
+}
+
+fn on_pairing_report(
+    store: &Store,
+    runtime: &Runtime,
+    service: &Mutex<PairingService>,
+    event: ServiceEvent,
+) {
+    let mut writes = Vec::new();
+    if let ServiceEvent::Issued(cert) = &event {
+        info!(device = %cert.device_id, "certificate issued");
+        writes.push(Write::PutDevice(DeviceRow {
+            device_id: cert.device_id.clone(),
+            fingerprint: cert.fingerprint,
+            cert_der: cert.der.clone(),
+            paired_at_ms: crate::runtime::persist::now_ms(),
+            name: None,
+        }));
+        runtime.know_node(NodeInfo {
+            id: cert.device_id.clone(),
+            online: false,
+            last_seen_ms: 0,
+            address: None,
+            transport: None,
+            platform: None,
+            capabilities: Vec::new(),
+        });
+    }
+    let records = service
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .records();
+    writes.extend(records.into_iter().map(Write::PutPairing));
+    // Queued ahead of anything later; the run's answer is already on its way.
+    drop(store.write(writes));
+}
+
+fn seed() -> Result<[u8; 32], String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
+    Ok(seed)
+}
+
+/// The address nodes should dial, for pairing URIs: the first public name with the
+/// TCP port (pairing runs over TCP + TLS).
+pub fn pairing_address(settings: &Settings, tcp: Option<SocketAddr>) -> String {
+    let port = tcp.map_or(settings::DEFAULT_PORT, |a| a.port());
+    let host = settings
+        .public_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

@@ -1,0 +1,410 @@
+//! The operator API as the daemon answers it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chacha20::ChaCha20Rng;
+use protocol_core::pairing::ApprovalState;
+use protocol_core::session::Instant;
+use rand_core::{Rng, SeedableRng};
+
+use super::Shared;
+use crate::api::v1::{
+    self, CallRequest, CallResult, Event, EventsRequest, Node, NodeList, PairApproveRequest,
+    PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest, RevokeRequest, Revoked,
+    ShowNodeRequest, Status,
+};
+use crate::api::{ApiError, EventSink, OperatorApi};
+use crate::pairing::{PairingRecord, ServiceError};
+use crate::runtime::persist::now_ms;
+use crate::runtime::{CallStatus, DispatchError, NodeInfo};
+use crate::store::Write;
+
+/// Events read from the store at a time.
+const EVENT_PAGE: usize = 256;
+/// A follower re-reads the store at least this often.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Answers the operator.
+#[derive(Debug)]
+pub struct Operator {
+    shared: Arc<Shared>,
+}
+
+impl Operator {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn rng() -> Result<ChaCha20Rng, ApiError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(ChaCha20Rng::from_seed(seed))
+    }
+
+    /// Stores every pairing record as the service holds it now.
+    async fn persist_pairing(&self) -> Result<(), ApiError> {
+        let records = self
+            .shared
+            .pairing
+            .service()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .records();
+        let writes = records.into_iter().map(Write::PutPairing).collect();
+        self.shared
+            .store
+            .write(writes)
+            .await
+            .map(drop)
+            .map_err(|e| ApiError::internal(format!("storing the pairing: {e}")))
+    }
+
+    fn node_proto(&self, info: &NodeInfo) -> Node {
+        let device = self.shared.store.device(&info.id).ok().flatten();
+        let revoked = self.shared.revocations.is_device_revoked(&info.id);
+        let state = if revoked {
+            v1::NodeState::Revoked
+        } else if info.online {
+            v1::NodeState::Online
+        } else {
+            v1::NodeState::Offline
+        };
+        let (fingerprint, not_after) = device.map_or((String::new(), 0), |d| {
+            (
+                d.fingerprint.0.iter().map(|b| format!("{b:02x}")).collect(),
+                cert_not_after_ms(&d.cert_der),
+            )
+        });
+        Node {
+            id: info.id.clone(),
+            state: state as i32,
+            last_seen_ms: info.last_seen_ms,
+            capabilities: info
+                .capabilities
+                .iter()
+                .map(|c| v1::Capability {
+                    name: c.name.clone(),
+                    version: c.version,
+                    input_content_type: c.input.clone(),
+                    output_content_type: c.output.clone(),
+                    needs_approval: c.needs_approval,
+                })
+                .collect(),
+            address: info.address.clone().unwrap_or_default(),
+            certificate_fingerprint: fingerprint,
+            certificate_not_after_ms: not_after,
+        }
+    }
+}
+
+fn cert_not_after_ms(der: &[u8]) -> u64 {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok())
+        .map_or(0, |s| s.saturating_mul(1000))
+}
+
+fn pair_record(r: &PairingRecord) -> PairRecord {
+    let state = match r.approval.state {
+        ApprovalState::Pending => v1::PairState::Pending,
+        ApprovalState::Approved => v1::PairState::Approved,
+        ApprovalState::Rejected => v1::PairState::Rejected,
+        ApprovalState::Completed => v1::PairState::Completed,
+        ApprovalState::Expired => v1::PairState::Expired,
+    };
+    PairRecord {
+        code_id: u32::from(r.code_id),
+        state: state as i32,
+        created_at_ms: r.window.created.as_millis(),
+        expires_at_ms: r.window.expires.as_millis(),
+        device_id: r.device_id.clone(),
+        approval_required: r.approval.state == ApprovalState::Pending
+            || r.approval.changed != r.window.created,
+        awaiting_decision: r.awaiting_decision,
+        used: r.window.used,
+    }
+}
+
+fn service_error(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::UnknownCode(_) => ApiError::not_found(e.to_string()),
+        ServiceError::Approval(_) | ServiceError::DeviceBusy(_) => {
+            ApiError::failed_precondition(e.to_string())
+        }
+        ServiceError::Limit(_) | ServiceError::Ca(_) | ServiceError::Uri(_) => {
+            ApiError::invalid_argument(e.to_string())
+        }
+        ServiceError::NoFreeCodeId => ApiError::unavailable(e.to_string()),
+    }
+}
+
+fn call_state(s: CallStatus) -> v1::CallState {
+    match s {
+        CallStatus::Succeeded => v1::CallState::Succeeded,
+        CallStatus::Failed => v1::CallState::Failed,
+        CallStatus::TimedOut => v1::CallState::TimedOut,
+        CallStatus::Rejected => v1::CallState::Rejected,
+        CallStatus::Cancelled => v1::CallState::Cancelled,
+        CallStatus::Lost => v1::CallState::Lost,
+        CallStatus::Undeliverable => v1::CallState::Undeliverable,
+        _ => v1::CallState::Unspecified,
+    }
+}
+
+impl OperatorApi for Operator {
+    async fn status(&self) -> Result<Status, ApiError> {
+        let s = &self.shared;
+        let (known, online) = s.runtime.counts();
+        let revoked = s
+            .revocations
+            .records()
+            .iter()
+            .filter(|r| matches!(r.what, crate::revocation::Revoked::Device(_)))
+            .count();
+        Ok(Status {
+            listen_addresses: s.listening.clone(),
+            mtls_enforced: true,
+            ca: Some(v1::CertificateAuthority {
+                fingerprint_sha256: s.identity.ca_fingerprint_hex(),
+                not_after_ms: s.identity.ca_not_after_ms(),
+            }),
+            pairing: Some(v1::PairingPolicy {
+                default_ttl_seconds: u32::try_from(s.settings.pairing.default_ttl.as_secs())
+                    .unwrap_or(u32::MAX),
+                approval_required: s.settings.pairing.approval_required,
+            }),
+            nodes: Some(v1::NodeCounts {
+                paired: u32::try_from(known).unwrap_or(u32::MAX),
+                online: u32::try_from(online).unwrap_or(u32::MAX),
+                revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+            }),
+            started_at_ms: s.started_at_ms,
+        })
+    }
+
+    async fn pair_code(&self, req: PairCodeRequest) -> Result<PairCode, ApiError> {
+        let mut rng = Self::rng()?;
+        let device_id = if req.device_id.is_empty() {
+            format!("node-{:08x}", rng.next_u32())
+        } else {
+            req.device_id.clone()
+        };
+        let now = Instant::from_millis(now_ms());
+        let lifetime = (req.ttl_seconds > 0).then(|| u64::from(req.ttl_seconds) * 1000);
+        let tcp = self.shared.settings.listen_tcp.map(|a| {
+            // The address actually bound (the port may have been 0).
+            self.shared
+                .listening
+                .iter()
+                .find_map(|l| l.strip_prefix("tcp://")?.parse().ok())
+                .unwrap_or(a)
+        });
+        let addr = super::pairing_address(&self.shared.settings, tcp);
+        let (code, uri, record) = {
+            let mut service = self
+                .shared
+                .pairing
+                .service()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let code = service
+                .create_code(now, &device_id, lifetime, req.require_approval, &mut rng)
+                .map_err(service_error)?;
+            let uri = service.uri(&addr, &code).map_err(service_error)?;
+            let record = service.record(code.id()).cloned();
+            (code, uri, record)
+        };
+        self.persist_pairing().await?;
+        let record = record.ok_or_else(|| ApiError::internal("the new code has no record"))?;
+        Ok(PairCode {
+            code: code.display().to_string(),
+            uri,
+            code_id: u32::from(code.id()),
+            expires_at_ms: record.window.expires.as_millis(),
+            device_id,
+            approval_required: record.approval.state == ApprovalState::Pending,
+        })
+    }
+
+    async fn pair_list(&self) -> Result<PairList, ApiError> {
+        let mut records = self
+            .shared
+            .pairing
+            .service()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .records();
+        records.sort_by_key(|r| r.code_id);
+        Ok(PairList {
+            records: records.iter().map(pair_record).collect(),
+        })
+    }
+
+    async fn pair_approve(&self, req: PairApproveRequest) -> Result<PairRecord, ApiError> {
+        let id = u16::try_from(req.code_id)
+            .map_err(|_| ApiError::invalid_argument("code id out of range"))?;
+        self.shared
+            .pairing
+            .approve(Instant::from_millis(now_ms()), id)
+            .map_err(service_error)?;
+        self.persist_pairing().await?;
+        self.record(id)
+    }
+
+    async fn pair_reject(&self, req: PairRejectRequest) -> Result<PairRecord, ApiError> {
+        let id = u16::try_from(req.code_id)
+            .map_err(|_| ApiError::invalid_argument("code id out of range"))?;
+        self.shared
+            .pairing
+            .reject(Instant::from_millis(now_ms()), id)
+            .map_err(service_error)?;
+        self.persist_pairing().await?;
+        self.record(id)
+    }
+
+    async fn list_nodes(&self) -> Result<NodeList, ApiError> {
+        Ok(NodeList {
+            nodes: self
+                .shared
+                .runtime
+                .nodes()
+                .iter()
+                .map(|n| self.node_proto(n))
+                .collect(),
+        })
+    }
+
+    async fn show_node(&self, req: ShowNodeRequest) -> Result<Node, ApiError> {
+        let info = self
+            .shared
+            .runtime
+            .node(&req.id)
+            .ok_or_else(|| ApiError::not_found(format!("unknown node {:?}", req.id)))?;
+        Ok(self.node_proto(&info))
+    }
+
+    async fn call(&self, req: CallRequest) -> Result<CallResult, ApiError> {
+        if self.shared.revocations.is_device_revoked(&req.node) {
+            return Err(ApiError::failed_precondition(format!(
+                "node {:?} is revoked",
+                req.node
+            )));
+        }
+        let timeout_ms = if req.timeout_ms == 0 {
+            30_000
+        } else {
+            u64::from(req.timeout_ms)
+        };
+        let content_type = if req.content_type.is_empty() {
+            "application/json".to_owned()
+        } else {
+            req.content_type.clone()
+        };
+        let (id, rx) = self
+            .shared
+            .runtime
+            .call(
+                now_ms(),
+                &req.node,
+                &req.capability,
+                &content_type,
+                req.input,
+                timeout_ms,
+            )
+            .map_err(|e| match e {
+                DispatchError::UnknownNode(_) => ApiError::not_found(e.to_string()),
+                DispatchError::BadTimeout(_) => ApiError::invalid_argument(e.to_string()),
+            })?;
+        // The runtime ends the call at its deadline; the margin covers the sweep.
+        let wait = Duration::from_millis(timeout_ms.saturating_add(2_000));
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(outcome)) => Ok(CallResult {
+                call_id: outcome.id,
+                state: call_state(outcome.status) as i32,
+                output: outcome.output,
+                content_type: outcome.content_type,
+                message: outcome.message,
+            }),
+            Ok(Err(_)) => Err(ApiError::unavailable("the daemon is shutting down")),
+            Err(_) => Err(ApiError::timeout(format!(
+                "call {id} did not finish in time"
+            ))),
+        }
+    }
+
+    async fn events(&self, req: EventsRequest, mut sink: EventSink) -> Result<(), ApiError> {
+        let mut after = req.from_seq;
+        let notify = self.shared.runtime.events_stored.clone();
+        loop {
+            let stored = notify.notified();
+            let rows = self
+                .shared
+                .store
+                .events_after(after, req.node.as_deref(), EVENT_PAGE)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let full = rows.len() == EVENT_PAGE;
+            for row in rows {
+                after = row.seq;
+                let event = Event {
+                    seq: row.seq,
+                    node: row.node,
+                    name: row.name,
+                    body: row.body,
+                    content_type: row.content_type,
+                    at_ms: row.at_ms,
+                };
+                sink.send(event)
+                    .await
+                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            }
+            if full {
+                continue;
+            }
+            if !req.follow {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(FOLLOW_POLL, stored).await;
+        }
+    }
+
+    async fn revoke(&self, req: RevokeRequest) -> Result<Revoked, ApiError> {
+        let runtime = &self.shared.runtime;
+        let Some(info) = runtime.node(&req.node) else {
+            return Err(ApiError::not_found(format!("unknown node {:?}", req.node)));
+        };
+        let now = now_ms();
+        let reason = if req.reason.is_empty() {
+            "revoked by the operator".to_owned()
+        } else {
+            req.reason.clone()
+        };
+        self.shared
+            .revocations
+            .revoke_device(&self.shared.store, &req.node, now, &reason)
+            .await
+            .map_err(ApiError::internal)?;
+        // The transports close its connections on the revocation notice; this covers a
+        // connection that carries no revocation watch.
+        runtime.disconnect(&req.node, protocol_core::wire::ErrorCode::Revoked);
+        Ok(Revoked {
+            node: req.node,
+            revoked_at_ms: now,
+            connections_closed: u32::from(info.online),
+        })
+    }
+}
+
+impl Operator {
+    fn record(&self, id: u16) -> Result<PairRecord, ApiError> {
+        self.shared
+            .pairing
+            .service()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(id)
+            .map(pair_record)
+            .ok_or_else(|| ApiError::not_found(format!("no pairing with code id {id:04}")))
+    }
+}

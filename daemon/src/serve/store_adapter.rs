@@ -1,0 +1,206 @@
+//! The runtime over the SQLite store: its writes become store writes (queued in order,
+//! group-committed), and at start it is restored from what the store holds.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::metrics::Metrics;
+use crate::runtime::persist::{self, now_ms};
+use crate::runtime::{CallStatus, Capability, NodeInfo, Runtime, RuntimeStore};
+use crate::store::{self, CapabilityRow, EventOrigin, NewEvent, Payload, Store, Write};
+
+/// Runtime writes into the store.
+pub struct RuntimeWrites {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl RuntimeWrites {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
+    }
+}
+
+impl std::fmt::Debug for RuntimeWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeWrites").finish_non_exhaustive()
+    }
+}
+
+fn node_row(n: &persist::NodeRow, online: bool) -> store::NodeRow {
+    store::NodeRow {
+        id: n.id.clone(),
+        first_seen_ms: n.last_seen_ms,
+        last_seen_ms: n.last_seen_ms,
+        state: if online { "online" } else { "offline" }.into(),
+        platform: n.platform.clone(),
+        address: n.address.clone(),
+        capabilities: n
+            .capabilities
+            .iter()
+            .map(|c| CapabilityRow {
+                name: c.name.clone(),
+                version: c.version,
+                input: c.input.clone(),
+                output: c.output.clone(),
+                needs_approval: c.needs_approval,
+            })
+            .collect(),
+    }
+}
+
+fn call_row(c: &persist::CallRow) -> store::CallRow {
+    store::CallRow {
+        id: c.id,
+        node: c.node.clone(),
+        capability: c.capability.clone(),
+        input: Payload {
+            content_type: c.input_type.clone(),
+            bytes: c.input.clone(),
+        },
+        state: c.status.as_str().into(),
+        output: (!c.output_type.is_empty() || !c.output.is_empty()).then(|| Payload {
+            content_type: c.output_type.clone(),
+            bytes: c.output.clone(),
+        }),
+        error: (!c.message.is_empty()).then(|| c.message.clone()),
+        created_ms: c.created_ms,
+        updated_ms: c.updated_ms,
+        deadline_ms: c.deadline_ms,
+        session_call: c.session_call,
+    }
+}
+
+impl RuntimeStore for RuntimeWrites {
+    fn submit(&self, writes: Vec<persist::Write>) {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            match w {
+                persist::Write::Node(n) => out.push(Write::PutNode(node_row(&n, true))),
+                persist::Write::Call(c) => {
+                    if c.status.is_final() {
+                        self.metrics.call_finished(c.status.as_str());
+                    }
+                    out.push(Write::PutCall(call_row(&c)));
+                }
+                persist::Write::Event(e) => {
+                    self.metrics.event();
+                    out.push(Write::AppendEvent(NewEvent {
+                        node: e.node,
+                        name: e.name,
+                        content_type: e.content_type,
+                        body: e.body,
+                        at_ms: e.at_ms,
+                        origin: Some(EventOrigin {
+                            session: e.session,
+                            stream_seq: e.stream_seq,
+                        }),
+                    }));
+                }
+            }
+        }
+        // Queued now, committed with the next group; a failure is logged (the journal
+        // batch behind it fails the same way and is retried by its session).
+        let pending = self.store.write(out);
+        tokio::spawn(async move {
+            if let Err(e) = pending.await {
+                warn!(error = %e, "store write failed");
+            }
+        });
+    }
+}
+
+/// Restores every known node: its session from its journal, what it registered, and
+/// the calls it was running; queued calls that never reached a session end `Lost`.
+pub fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
+    let now = now_ms();
+    let nodes = store.nodes().map_err(|e| e.to_string())?;
+    let devices = store.devices().map_err(|e| e.to_string())?;
+    let keys: std::collections::HashSet<String> = store
+        .journal_keys()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    let mut ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    ids.extend(devices.iter().map(|d| d.device_id.clone()));
+    ids.extend(keys.iter().cloned());
+    ids.sort();
+    ids.dedup();
+    let mut max_call = 0u64;
+    let mut lost = Vec::new();
+    for id in &ids {
+        let row = nodes.iter().find(|n| &n.id == id);
+        let info = NodeInfo {
+            id: id.clone(),
+            online: false,
+            last_seen_ms: row.map_or(0, |r| r.last_seen_ms),
+            address: row.and_then(|r| r.address.clone()),
+            transport: None,
+            platform: row.and_then(|r| r.platform.clone()),
+            capabilities: row.map_or_else(Vec::new, |r| {
+                r.capabilities
+                    .iter()
+                    .map(|c| Capability {
+                        name: c.name.clone(),
+                        version: c.version,
+                        input: c.input.clone(),
+                        output: c.output.clone(),
+                        needs_approval: c.needs_approval,
+                    })
+                    .collect()
+            }),
+        };
+        if keys.contains(id) {
+            let journal = store.load_journal(id).map_err(|e| e.to_string())?;
+            runtime.restore_node(info, &journal)?;
+        } else {
+            runtime.know_node(info);
+        }
+        for call in store.calls_for(id).map_err(|e| e.to_string())? {
+            max_call = max_call.max(call.id);
+            let status = CallStatus::parse(&call.state).unwrap_or(CallStatus::Lost);
+            if status.is_final() {
+                continue;
+            }
+            match call.session_call {
+                // The session was restored with the call; its answer maps back here.
+                Some(sc) => runtime.adopt_call(restored(&call, status), sc),
+                None => lost.push(call),
+            }
+        }
+    }
+    runtime.continue_call_ids(max_call);
+    if !lost.is_empty() {
+        let writes = lost
+            .into_iter()
+            .map(|mut c| {
+                c.state = CallStatus::Lost.as_str().into();
+                c.error = Some("the daemon restarted before the call reached the node".into());
+                c.updated_ms = now;
+                Write::PutCall(c)
+            })
+            .collect();
+        drop(store.write(writes));
+    }
+    info!(nodes = ids.len(), "nodes restored");
+    Ok(())
+}
+
+fn restored(c: &store::CallRow, status: CallStatus) -> persist::CallRow {
+    persist::CallRow {
+        id: c.id,
+        node: c.node.clone(),
+        capability: c.capability.clone(),
+        input_type: c.input.content_type.clone(),
+        input: c.input.bytes.clone(),
+        status,
+        output_type: String::new(),
+        output: Vec::new(),
+        message: String::new(),
+        created_ms: c.created_ms,
+        updated_ms: c.updated_ms,
+        deadline_ms: c.deadline_ms,
+        session_call: c.session_call,
+    }
+}

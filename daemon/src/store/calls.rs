@@ -1,0 +1,156 @@
+//! Capability calls the daemon dispatched, by daemon-wide call id.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+use super::nodes::check_id;
+use super::schema::{enc, get_u64};
+
+/// Bytes with their declared content type.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Payload {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A call as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    /// Daemon-wide call id.
+    pub id: u64,
+    pub node: String,
+    pub capability: String,
+    pub input: Payload,
+    /// The caller's word for where the call stands (e.g. `queued`, `succeeded`).
+    pub state: String,
+    /// The result, once there is one.
+    pub output: Option<Payload>,
+    /// Why the call failed, when it did.
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub deadline_ms: u64,
+    /// The call's id in the node's session, once it went into it.
+    pub session_call: Option<u64>,
+}
+
+/// A change of a stored call; `None` fields keep what is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallUpdate {
+    pub id: u64,
+    pub state: String,
+    pub updated_ms: u64,
+    pub output: Option<Payload>,
+    pub error: Option<String>,
+    pub session_call: Option<u64>,
+}
+
+pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
+    check_id(&c.node)?;
+    let (out_type, out) = match &c.output {
+        Some(p) => (Some(p.content_type.as_str()), Some(p.bytes.as_slice())),
+        None => (None, None),
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO calls (id, node, capability, input_type, input, state,
+             output_type, output, error, created, updated, deadline, session_call)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            enc(c.id),
+            c.node,
+            c.capability,
+            c.input.content_type,
+            c.input.bytes,
+            c.state,
+            out_type,
+            out,
+            c.error,
+            enc(c.created_ms),
+            enc(c.updated_ms),
+            enc(c.deadline_ms),
+            c.session_call.map(enc),
+        ])
+    })
+    .map_err(StoreError::db("store a call"))?;
+    Ok(())
+}
+
+pub(crate) fn update(conn: &Connection, u: &CallUpdate) -> Result<(), StoreError> {
+    let (out_type, out) = match &u.output {
+        Some(p) => (Some(p.content_type.as_str()), Some(p.bytes.as_slice())),
+        None => (None, None),
+    };
+    let n = conn
+        .prepare_cached(
+            "UPDATE calls SET state = ?2, updated = ?3,
+                 output_type = coalesce(?4, output_type), output = coalesce(?5, output),
+                 error = coalesce(?6, error), session_call = coalesce(?7, session_call)
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                enc(u.id),
+                u.state,
+                enc(u.updated_ms),
+                out_type,
+                out,
+                u.error,
+                u.session_call.map(enc),
+            ])
+        })
+        .map_err(StoreError::db("update a call"))?;
+    if n == 0 {
+        return Err(StoreError::NotFound {
+            what: "call",
+            key: u.id.to_string(),
+        });
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
+    output, error, created, updated, deadline, session_call FROM calls";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
+    let output = match (
+        r.get::<_, Option<String>>(6)?,
+        r.get::<_, Option<Vec<u8>>>(7)?,
+    ) {
+        (Some(content_type), Some(bytes)) => Some(Payload {
+            content_type,
+            bytes,
+        }),
+        _ => None,
+    };
+    Ok(CallRow {
+        id: get_u64(r, 0)?,
+        node: r.get(1)?,
+        capability: r.get(2)?,
+        input: Payload {
+            content_type: r.get(3)?,
+            bytes: r.get(4)?,
+        },
+        state: r.get(5)?,
+        output,
+        error: r.get(8)?,
+        created_ms: get_u64(r, 9)?,
+        updated_ms: get_u64(r, 10)?,
+        deadline_ms: get_u64(r, 11)?,
+        session_call: r.get::<_, Option<i64>>(12)?.map(super::schema::dec),
+    })
+}
+
+pub(crate) fn get(conn: &Connection, id: u64) -> Result<Option<CallRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([enc(id)], row).optional())
+        .map_err(StoreError::db("read a call"))
+}
+
+pub(crate) fn for_node(conn: &Connection, node: &str) -> Result<Vec<CallRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} WHERE node = ?1 ORDER BY id"))
+        .and_then(|mut s| s.query_map([node], row)?.collect())
+        .map_err(StoreError::db("list calls"))
+}

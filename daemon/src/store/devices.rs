@@ -1,0 +1,90 @@
+//! Paired devices: one row per device id, holding its current client certificate.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+use super::schema::{enc, get_u64};
+use crate::ca::{Fingerprint, check_device_id};
+
+/// A paired device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub device_id: String,
+    /// SHA-256 of `cert_der`.
+    pub fingerprint: Fingerprint,
+    /// The client certificate issued to it (the latest, after a renewal).
+    pub cert_der: Vec<u8>,
+    /// Unix milliseconds.
+    pub paired_at_ms: u64,
+    /// An operator's label.
+    pub name: Option<String>,
+}
+
+pub(crate) fn put(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
+    check_device_id(&d.device_id)
+        .map_err(|_| StoreError::Invalid(format!("invalid device id {:?}", d.device_id)))?;
+    if Fingerprint::of(&d.cert_der) != d.fingerprint {
+        return Err(StoreError::Invalid(format!(
+            "device {}: fingerprint does not match the certificate",
+            d.device_id
+        )));
+    }
+    conn.prepare_cached(
+        "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
+             cert_der = excluded.cert_der, paired_at = excluded.paired_at,
+             name = excluded.name",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            d.device_id,
+            d.fingerprint.0,
+            d.cert_der,
+            enc(d.paired_at_ms),
+            d.name
+        ])
+    })
+    .map_err(StoreError::db("store a device"))?;
+    Ok(())
+}
+
+pub(crate) fn delete(conn: &Connection, device_id: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM devices WHERE device_id = ?1")
+        .and_then(|mut s| s.execute([device_id]))
+        .map_err(StoreError::db("delete a device"))?;
+    Ok(())
+}
+
+const COLUMNS: &str = "SELECT device_id, fingerprint, cert_der, paired_at, name FROM devices";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        device_id: r.get(0)?,
+        fingerprint: Fingerprint(r.get(1)?),
+        cert_der: r.get(2)?,
+        paired_at_ms: get_u64(r, 3)?,
+        name: r.get(4)?,
+    })
+}
+
+pub(crate) fn get(conn: &Connection, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} WHERE device_id = ?1"))
+        .and_then(|mut s| s.query_row([device_id], row).optional())
+        .map_err(StoreError::db("read a device"))
+}
+
+pub(crate) fn by_fingerprint(
+    conn: &Connection,
+    fingerprint: &Fingerprint,
+) -> Result<Option<DeviceRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} WHERE fingerprint = ?1"))
+        .and_then(|mut s| s.query_row([fingerprint.0], row).optional())
+        .map_err(StoreError::db("read a device"))
+}
+
+pub(crate) fn list(conn: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} ORDER BY device_id"))
+        .and_then(|mut s| s.query_map([], row)?.collect())
+        .map_err(StoreError::db("list devices"))
+}

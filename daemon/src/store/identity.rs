@@ -1,0 +1,84 @@
+//! The daemon's certificate authority and server identity: one row each.
+//!
+//! The CA's issuance policy is kept as JSON (a small serde struct that may grow fields);
+//! the server identity's fingerprint is not stored but recomputed from its DER, so the
+//! two can never disagree.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
+
+pub(crate) fn put_ca(conn: &Connection, ca: &StoredCa) -> Result<(), StoreError> {
+    let policy = serde_json::to_string(&ca.policy)
+        .map_err(|e| StoreError::Invalid(format!("CA policy does not encode: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO ca (id, cert_pem, key_pem, policy) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET cert_pem = excluded.cert_pem,
+             key_pem = excluded.key_pem, policy = excluded.policy",
+    )
+    .and_then(|mut s| s.execute(params![ca.cert_pem, ca.key_pem, policy]))
+    .map_err(StoreError::db("store the CA"))?;
+    Ok(())
+}
+
+pub(crate) fn ca(conn: &Connection) -> Result<Option<StoredCa>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT cert_pem, key_pem, policy FROM ca WHERE id = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(StoreError::db("read the CA"))?;
+    row.map(|(cert_pem, key_pem, policy)| {
+        let policy = serde_json::from_str(&policy)
+            .map_err(|e| StoreError::Corrupt(format!("stored CA policy: {e}")))?;
+        Ok(StoredCa {
+            cert_pem,
+            key_pem,
+            policy,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn put_server(conn: &Connection, id: &ServerIdentity) -> Result<(), StoreError> {
+    if Fingerprint::of(&id.cert_der) != id.fingerprint {
+        return Err(StoreError::Invalid(
+            "server identity: fingerprint does not match the certificate".into(),
+        ));
+    }
+    conn.prepare_cached(
+        "INSERT INTO server_identity (id, cert_der, cert_pem, key_pem) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET cert_der = excluded.cert_der,
+             cert_pem = excluded.cert_pem, key_pem = excluded.key_pem",
+    )
+    .and_then(|mut s| s.execute(params![id.cert_der, id.cert_pem, id.key_pem]))
+    .map_err(StoreError::db("store the server identity"))?;
+    Ok(())
+}
+
+pub(crate) fn server(conn: &Connection) -> Result<Option<ServerIdentity>, StoreError> {
+    conn.query_row(
+        "SELECT cert_der, cert_pem, key_pem FROM server_identity WHERE id = 1",
+        [],
+        |r| {
+            let cert_der: Vec<u8> = r.get(0)?;
+            Ok(ServerIdentity {
+                fingerprint: Fingerprint::of(&cert_der),
+                cert_der,
+                cert_pem: r.get(1)?,
+                key_pem: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(StoreError::db("read the server identity"))
+}

@@ -1,0 +1,131 @@
+//! Nodes the daemon has seen: identity, times, state and announced capabilities.
+//!
+//! The capability list is kept as JSON: it is replaced whole when a node registers and
+//! read whole, never queried by field.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use super::schema::{enc, get_u64};
+
+/// One capability as a node announced it (the protocol's capability descriptor, owned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityRow {
+    /// Dotted name, e.g. `system.health`.
+    pub name: String,
+    pub version: u32,
+    /// Content type the capability takes.
+    pub input: String,
+    /// Content type it answers with.
+    pub output: String,
+    /// A local person approves each call before it runs.
+    pub needs_approval: bool,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub id: String,
+    /// Unix milliseconds; a later put never moves it forward.
+    pub first_seen_ms: u64,
+    /// Unix milliseconds.
+    pub last_seen_ms: u64,
+    /// The daemon's word for where the node stands (e.g. `online`, `offline`).
+    pub state: String,
+    pub platform: Option<String>,
+    pub address: Option<String>,
+    pub capabilities: Vec<CapabilityRow>,
+}
+
+pub(crate) fn check_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() || id.len() > 255 {
+        return Err(StoreError::Invalid(format!(
+            "node id must be 1 to 255 bytes, got {}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn put(conn: &Connection, n: &NodeRow) -> Result<(), StoreError> {
+    check_id(&n.id)?;
+    let caps = serde_json::to_string(&n.capabilities)
+        .map_err(|e| StoreError::Invalid(format!("capabilities do not encode: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO nodes (id, first_seen, last_seen, state, platform, address, capabilities)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen),
+             last_seen = excluded.last_seen, state = excluded.state,
+             platform = excluded.platform, address = excluded.address,
+             capabilities = excluded.capabilities",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            n.id,
+            enc(n.first_seen_ms),
+            enc(n.last_seen_ms),
+            n.state,
+            n.platform,
+            n.address,
+            caps
+        ])
+    })
+    .map_err(StoreError::db("store a node"))?;
+    Ok(())
+}
+
+/// Moves `last_seen` forward (never back: touches may be applied out of order).
+pub(crate) fn touch(conn: &Connection, id: &str, last_seen_ms: u64) -> Result<(), StoreError> {
+    let n = conn
+        .prepare_cached("UPDATE nodes SET last_seen = max(last_seen, ?2) WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, enc(last_seen_ms)]))
+        .map_err(StoreError::db("touch a node"))?;
+    if n == 0 {
+        return Err(StoreError::NotFound {
+            what: "node",
+            key: id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "SELECT id, first_seen, last_seen, state, platform, address, capabilities FROM nodes";
+
+fn row(r: &Row<'_>) -> rusqlite::Result<(NodeRow, String)> {
+    Ok((
+        NodeRow {
+            id: r.get(0)?,
+            first_seen_ms: get_u64(r, 1)?,
+            last_seen_ms: get_u64(r, 2)?,
+            state: r.get(3)?,
+            platform: r.get(4)?,
+            address: r.get(5)?,
+            capabilities: Vec::new(),
+        },
+        r.get(6)?,
+    ))
+}
+
+fn finish((mut node, caps): (NodeRow, String)) -> Result<NodeRow, StoreError> {
+    node.capabilities = serde_json::from_str(&caps)
+        .map_err(|e| StoreError::Corrupt(format!("capabilities of node {}: {e}", node.id)))?;
+    Ok(node)
+}
+
+pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<NodeRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], row).optional())
+        .map_err(StoreError::db("read a node"))?
+        .map(finish)
+        .transpose()
+}
+
+pub(crate) fn list(conn: &Connection) -> Result<Vec<NodeRow>, StoreError> {
+    let rows: Vec<_> = conn
+        .prepare_cached(&format!("{COLUMNS} ORDER BY id"))
+        .and_then(|mut s| s.query_map([], row)?.collect::<Result<_, _>>())
+        .map_err(StoreError::db("list nodes"))?;
+    rows.into_iter().map(finish).collect()
+}

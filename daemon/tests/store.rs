@@ -1,0 +1,1000 @@
+//! The state store: records, group commit, journals against the in-memory reference,
+//! event retention, schema versions, and durability across `kill -9`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant as WallInstant};
+
+use chacha20::ChaCha20Rng;
+use daemon::ca::{CertificateAuthority, Fingerprint, IssuancePolicy};
+use daemon::pairing::{PairingService, PairingSettings};
+use daemon::revocation::{RevocationRecord, Revoked};
+use daemon::store::{
+    CallRow, CallUpdate, CapabilityRow, DeviceRow, EventOrigin, NewEvent, NodeRow, Payload,
+    Receipt, RetentionPolicy, Store, StoreError, StoreOptions, Write,
+};
+use proptest::prelude::*;
+use protocol_core::session::{
+    CallRecord, CallState, JournalMeta, JournalRead, MemJournal, OwnedJournalOp, SeenCall, Slot,
+};
+use protocol_core::time::Instant;
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use spake2plus::rand_core::SeedableRng;
+use transport_tokio::journal::{Batch, JournalStore, MemJournals};
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn db(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("tern.db")
+}
+
+fn event(node: &str, n: u64, at_ms: u64) -> NewEvent {
+    NewEvent {
+        node: node.into(),
+        name: "tick".into(),
+        content_type: "application/octet-stream".into(),
+        body: n.to_le_bytes().to_vec(),
+        at_ms,
+        origin: None,
+    }
+}
+
+fn node(id: &str, seen: u64) -> NodeRow {
+    NodeRow {
+        id: id.into(),
+        first_seen_ms: seen,
+        last_seen_ms: seen,
+        state: "online".into(),
+        platform: Some("linux".into()),
+        address: None,
+        capabilities: vec![CapabilityRow {
+            name: "system.health".into(),
+            version: 1,
+            input: "application/json".into(),
+            output: "application/json".into(),
+            needs_approval: false,
+        }],
+    }
+}
+
+fn call(id: u64, node: &str) -> CallRow {
+    CallRow {
+        id,
+        node: node.into(),
+        capability: "system.health".into(),
+        input: Payload {
+            content_type: "application/json".into(),
+            bytes: b"{}".to_vec(),
+        },
+        state: "queued".into(),
+        output: None,
+        error: None,
+        created_ms: NOW,
+        updated_ms: NOW,
+        deadline_ms: u64::MAX,
+        session_call: None,
+    }
+}
+
+fn meta(last_sent: u64) -> JournalMeta {
+    JournalMeta {
+        session: Some([9; 16]),
+        established: true,
+        last_sent,
+        acked: 0,
+        received: u64::MAX,
+        next_call_id: u64::MAX,
+        id_state: [u64::MAX, 1],
+    }
+}
+
+fn journal_batch(key: &str, ops: Vec<OwnedJournalOp>) -> Batch {
+    Batch {
+        key: key.into(),
+        ops,
+    }
+}
+
+#[test]
+fn identity_devices_revocations_and_pairings_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let ca =
+        CertificateAuthority::create("tern CA", NOW, IssuancePolicy::default(), &mut rng).unwrap();
+    let server = ca
+        .issue_server(&["ternd.test".into()], NOW, &mut rng)
+        .unwrap();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let client = ca.issue_client(csr.der(), "node-1", NOW, &mut rng).unwrap();
+    let device = DeviceRow {
+        device_id: "node-1".into(),
+        fingerprint: client.fingerprint,
+        cert_der: client.der.clone(),
+        paired_at_ms: NOW,
+        name: Some("kitchen".into()),
+    };
+    let ca = Arc::new(ca);
+    let mut pairing = PairingService::new(
+        ca.clone(),
+        server.fingerprint,
+        PairingSettings::default(),
+        Instant::from_millis(NOW),
+    )
+    .unwrap();
+    pairing
+        .create_code(
+            Instant::from_millis(NOW),
+            "node-2",
+            None,
+            Some(true),
+            &mut rng,
+        )
+        .unwrap();
+    pairing
+        .create_code(Instant::from_millis(NOW), "node-3", None, None, &mut rng)
+        .unwrap();
+    let records = pairing.records();
+    assert_eq!(records.len(), 2);
+    let revoked_cert = RevocationRecord {
+        what: Revoked::Certificate(Fingerprint([0xab; 32])),
+        revoked_at_ms: NOW,
+        reason: "lost".into(),
+    };
+    let revoked_device = RevocationRecord {
+        what: Revoked::Device("node-9".into()),
+        revoked_at_ms: NOW + 1,
+        reason: "stolen".into(),
+    };
+
+    {
+        let store = Store::open(&db(&dir)).unwrap();
+        assert_eq!(store.ca().unwrap(), None);
+        assert!(store.server_identity().unwrap().is_none());
+        let mut writes = vec![
+            Write::PutCa(ca.to_stored()),
+            Write::PutServerIdentity(server.clone()),
+            Write::PutDevice(device.clone()),
+            Write::PutRevocation(revoked_cert.clone()),
+            Write::PutRevocation(revoked_device.clone()),
+        ];
+        writes.extend(records.iter().cloned().map(Write::PutPairing));
+        store.write_blocking(writes).unwrap();
+
+        // A device whose fingerprint is not its certificate's is refused, whole.
+        let mut forged = device.clone();
+        forged.device_id = "node-2".into();
+        forged.fingerprint = Fingerprint([1; 32]);
+        let err = store
+            .write_blocking(vec![
+                Write::DeletePairing(records[0].code_id),
+                Write::PutDevice(forged),
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert_eq!(store.pairing_records().unwrap().len(), 2);
+    }
+
+    let store = Store::open(&db(&dir)).unwrap();
+    let stored = store.ca().unwrap().unwrap();
+    assert_eq!(stored, ca.to_stored());
+    let reloaded = CertificateAuthority::from_stored(&stored).unwrap();
+    assert_eq!(reloaded.fingerprint(), ca.fingerprint());
+    let back = store.server_identity().unwrap().unwrap();
+    assert!(back == server, "server identity differs after reopening");
+    assert_eq!(store.devices().unwrap(), vec![device.clone()]);
+    assert_eq!(store.device("node-1").unwrap(), Some(device.clone()));
+    assert_eq!(
+        store.device_by_fingerprint(&client.fingerprint).unwrap(),
+        Some(device.clone())
+    );
+    assert_eq!(store.device("node-2").unwrap(), None);
+    assert_eq!(
+        store.revocations().unwrap(),
+        vec![revoked_cert.clone(), revoked_device.clone()]
+    );
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| r.code_id);
+    assert_eq!(store.pairing_records().unwrap(), sorted);
+
+    // The records rebuild the live services.
+    let set = daemon::revocation::RevocationSet::from_records(store.revocations().unwrap());
+    assert!(set.is_revoked(&Fingerprint([0xab; 32]), "node-1"));
+    assert!(set.is_revoked(&client.fingerprint, "node-9"));
+
+    store
+        .write_blocking(vec![
+            Write::DeleteRevocation(Revoked::Device("node-9".into())),
+            Write::DeletePairing(sorted[0].code_id),
+            Write::DeleteDevice("node-1".into()),
+        ])
+        .unwrap();
+    assert_eq!(store.revocations().unwrap(), vec![revoked_cert]);
+    assert_eq!(store.pairing_records().unwrap(), sorted[1..].to_vec());
+    assert!(store.devices().unwrap().is_empty());
+}
+
+#[test]
+fn nodes_and_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db(&dir)).unwrap();
+    store
+        .write_blocking(vec![
+            Write::PutNode(node("n1", NOW)),
+            Write::PutNode(node("n2", NOW + 5)),
+        ])
+        .unwrap();
+    // A later put keeps the first sighting; touches never move last_seen back.
+    store
+        .write_blocking(vec![
+            Write::PutNode(node("n1", NOW + 100)),
+            Write::TouchNode {
+                id: "n1".into(),
+                last_seen_ms: NOW + 500,
+            },
+            Write::TouchNode {
+                id: "n1".into(),
+                last_seen_ms: NOW + 200,
+            },
+        ])
+        .unwrap();
+    let n1 = store.node("n1").unwrap().unwrap();
+    assert_eq!((n1.first_seen_ms, n1.last_seen_ms), (NOW, NOW + 500));
+    assert_eq!(n1.capabilities, node("n1", 0).capabilities);
+    assert_eq!(
+        store
+            .nodes()
+            .unwrap()
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    let err = store
+        .write_blocking(vec![Write::TouchNode {
+            id: "ghost".into(),
+            last_seen_ms: NOW,
+        }])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::NotFound {
+            what: "node",
+            key: "ghost".into()
+        }
+    );
+
+    // Ids at both ends of u64 keep their value and their order.
+    let ids = [
+        0,
+        1,
+        1 << 62,
+        (1 << 63) - 1,
+        1 << 63,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    store
+        .write_blocking(
+            ids.iter()
+                .rev()
+                .map(|&id| Write::PutCall(call(id, "n1")))
+                .collect(),
+        )
+        .unwrap();
+    store
+        .write_blocking(vec![Write::PutCall(call(7, "n2"))])
+        .unwrap();
+    let listed: Vec<u64> = store
+        .calls_for("n1")
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(store.call(u64::MAX).unwrap(), Some(call(u64::MAX, "n1")));
+
+    let output = Payload {
+        content_type: "application/json".into(),
+        bytes: br#"{"ok":true}"#.to_vec(),
+    };
+    store
+        .write_blocking(vec![Write::UpdateCall(CallUpdate {
+            id: u64::MAX,
+            state: "dispatched".into(),
+            updated_ms: NOW + 1,
+            output: None,
+            error: None,
+            session_call: Some(u64::MAX),
+        })])
+        .unwrap();
+    store
+        .write_blocking(vec![Write::UpdateCall(CallUpdate {
+            id: u64::MAX,
+            state: "succeeded".into(),
+            updated_ms: NOW + 2,
+            output: Some(output.clone()),
+            error: None,
+            session_call: None,
+        })])
+        .unwrap();
+    let done = store.call(u64::MAX).unwrap().unwrap();
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.output, Some(output));
+    assert_eq!(
+        done.session_call,
+        Some(u64::MAX),
+        "kept from the earlier update"
+    );
+    assert_eq!((done.created_ms, done.updated_ms), (NOW, NOW + 2));
+    assert_eq!(done.deadline_ms, u64::MAX);
+
+    let err = store
+        .write_blocking(vec![Write::UpdateCall(CallUpdate {
+            id: 12345,
+            state: "failed".into(),
+            updated_ms: NOW,
+            output: None,
+            error: Some("boom".into()),
+            session_call: None,
+        })])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { what: "call", .. }));
+    drop(store);
+
+    let store = Store::open(&db(&dir)).unwrap();
+    assert_eq!(store.calls_for("n1").unwrap().len(), ids.len());
+    assert_eq!(store.calls_for("n2").unwrap(), vec![call(7, "n2")]);
+    assert_eq!(store.node("n1").unwrap(), Some(n1));
+}
+
+#[test]
+fn refused_submission_fails_alone_and_is_not_half_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db(&dir)).unwrap();
+    // Queued together, so they share a group commit (or several: either way the
+    // refused one must leave no trace and the others must land).
+    let good1 = store.write(vec![Write::AppendEvent(event("a", 1, NOW))]);
+    let bad = store.write(vec![
+        Write::PutNode(node("half", NOW)),
+        Write::AppendEvent(event("half", 2, NOW)),
+        Write::TouchNode {
+            id: "nobody".into(),
+            last_seen_ms: NOW,
+        },
+    ]);
+    let good2 = store.write(vec![Write::PutNode(node("b", NOW))]);
+    assert!(good1.wait().is_ok());
+    assert!(matches!(bad.wait(), Err(StoreError::NotFound { .. })));
+    assert!(good2.wait().is_ok());
+    assert_eq!(store.node("half").unwrap(), None);
+    assert!(store.events_after(0, Some("half"), 10).unwrap().is_empty());
+    assert_eq!(store.events_after(0, Some("a"), 10).unwrap().len(), 1);
+    assert!(store.node("b").unwrap().is_some());
+    assert_eq!(store.failed_groups(), 0);
+}
+
+#[test]
+fn a_failed_group_fails_every_waiter_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        busy_timeout: Duration::from_millis(200),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&db(&dir), options).unwrap();
+    store
+        .write_blocking(vec![Write::AppendEvent(event("n", 0, NOW))])
+        .unwrap();
+    let commits = store.commits();
+
+    // Another process takes the write lock: the writer cannot begin its transaction.
+    let other = rusqlite::Connection::open(db(&dir)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let pending: Vec<_> = (1..=5)
+        .map(|i| store.write(vec![Write::AppendEvent(event("n", i, NOW))]))
+        .collect();
+    for p in pending {
+        let err = p.wait().unwrap_err();
+        assert!(matches!(err, StoreError::Busy(_)), "{err}");
+    }
+    assert!(store.failed_groups() >= 1);
+    assert_eq!(store.commits(), commits);
+    other.execute_batch("ROLLBACK").unwrap();
+
+    let receipt = store
+        .write_blocking(vec![Write::AppendEvent(event("n", 6, NOW))])
+        .unwrap();
+    assert_eq!(store.commits(), commits + 1);
+    let bodies: Vec<Vec<u8>> = store
+        .events_after(0, None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.body)
+        .collect();
+    assert_eq!(bodies, [0u64, 6].map(|n| n.to_le_bytes().to_vec()));
+    assert_eq!(receipt.events.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits() {
+    const N: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&db(&dir)).unwrap());
+
+    // One write after another: one commit each.
+    let start = WallInstant::now();
+    for i in 0..50 {
+        store
+            .write(vec![Write::AppendEvent(event("serial", i, NOW))])
+            .await
+            .unwrap();
+    }
+    let serial = start.elapsed();
+    assert_eq!(store.commits(), 50);
+
+    // Many tasks and threads at once: far fewer commits than writes.
+    let before = store.commits();
+    let start = WallInstant::now();
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(vec![Write::AppendEvent(event("task", i, NOW))])
+                .await
+        }));
+    }
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    store
+                        .write_blocking(vec![Write::AppendEvent(event("thread", t * 100 + i, NOW))])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let receipt = t.await.unwrap().unwrap();
+        assert_eq!(receipt.events.len(), 1);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let grouped = start.elapsed();
+    let commits = store.commits() - before;
+    let writes = N + 100;
+    println!(
+        "group commit: {writes} concurrent writes in {commits} commits ({:.0} writes/s); \
+         serial: 50 writes in 50 commits ({:.0} writes/s)",
+        writes as f64 / grouped.as_secs_f64(),
+        50.0 / serial.as_secs_f64()
+    );
+    assert!(
+        commits * 4 <= writes,
+        "{commits} commits for {writes} writes"
+    );
+    let stored = store.events_after(0, None, 10_000).unwrap();
+    assert_eq!(stored.len() as u64, 50 + writes);
+    let seqs: BTreeSet<u64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), stored.len(), "every event has its own seq");
+}
+
+#[test]
+fn events_are_filtered_deduplicated_and_never_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db(&dir)).unwrap();
+    let origin = |n| {
+        Some(EventOrigin {
+            session: [5; 16],
+            stream_seq: n,
+        })
+    };
+    let mut writes = Vec::new();
+    for i in 0..10u64 {
+        let mut e = event(if i % 2 == 0 { "even" } else { "odd" }, i, NOW + i);
+        e.origin = origin(u64::MAX - i);
+        writes.push(Write::AppendEvent(e));
+    }
+    let first = store.write_blocking(writes.clone()).unwrap();
+    assert!(first.events.iter().all(Option::is_some));
+    // The same origins replayed after a crash are stored once.
+    let again = store.write_blocking(writes).unwrap();
+    assert_eq!(again.events, vec![None; 10]);
+
+    let all = store.events_after(0, None, 100).unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[3].origin, origin(u64::MAX - 3));
+    let odd = store.events_after(0, Some("odd"), 100).unwrap();
+    assert_eq!(odd.len(), 5);
+    assert!(odd.iter().all(|e| e.node == "odd"));
+    let page = store.events_after(all[2].seq, None, 3).unwrap();
+    assert_eq!(page, all[3..6].to_vec());
+    let last = all[9].seq;
+    drop(store);
+
+    // Pruning everything then reopening never hands a seq out twice.
+    let options = StoreOptions {
+        retention: RetentionPolicy {
+            max_events: Some(0),
+            max_age_ms: None,
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&db(&dir), options.clone()).unwrap();
+    let r = store
+        .write_blocking(vec![Write::PruneEvents { now_ms: NOW }])
+        .unwrap();
+    assert_eq!(r.pruned, 10);
+    drop(store);
+    let store = Store::open_with(&db(&dir), options).unwrap();
+    let r = store
+        .write_blocking(vec![Write::AppendEvent(event("odd", 99, NOW))])
+        .unwrap();
+    assert!(r.events[0].unwrap() > last);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever is appended and pruned, exactly the events the policy allows remain.
+    #[test]
+    fn retention_keeps_exactly_what_the_policy_allows(
+        ages in proptest::collection::vec(0u64..10_000, 0..60),
+        max_events in proptest::option::of(0u64..70),
+        max_age_ms in proptest::option::of(0u64..12_000),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RetentionPolicy { max_events, max_age_ms };
+        let options = StoreOptions { retention: policy, ..StoreOptions::default() };
+        let store = Store::open_with(&db(&dir), options).unwrap();
+        let now = NOW + 10_000;
+        let writes = ages
+            .iter()
+            .enumerate()
+            .map(|(i, age)| Write::AppendEvent(event("n", i as u64, now - age)))
+            .collect();
+        let receipt = store.write_blocking(writes).unwrap();
+        let seqs: Vec<u64> = receipt.events.iter().map(|s| s.unwrap()).collect();
+        let r = store.write_blocking(vec![Write::PruneEvents { now_ms: now }]).unwrap();
+
+        // The most the policy allows: of the events not too old, the newest `max_events`.
+        let keep: BTreeSet<u64> = (0..ages.len())
+            .rev()
+            .filter(|&i| max_age_ms.is_none_or(|a| ages[i] <= a))
+            .take(max_events.map_or(usize::MAX, |m| m as usize))
+            .map(|i| seqs[i])
+            .collect();
+        let left: BTreeSet<u64> =
+            store.events_after(0, None, 1000).unwrap().iter().map(|e| e.seq).collect();
+        prop_assert_eq!(&left, &keep);
+        prop_assert_eq!(r.pruned as usize, ages.len() - keep.len());
+    }
+}
+
+fn wide_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..12,
+        1 => Just(u64::MAX),
+        1 => Just(u64::MAX - 1),
+        1 => Just(1u64 << 63),
+        1 => Just((1u64 << 63) - 1),
+        1 => Just(1u64 << 62),
+        1 => any::<u64>(),
+    ]
+}
+
+fn call_record() -> impl Strategy<Value = CallRecord> {
+    (
+        wide_u64(),
+        wide_u64(),
+        wide_u64(),
+        any::<u32>(),
+        0u8..4,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(id, seq, deadline, timeout_ms, state, unreported)| CallRecord {
+                id,
+                seq,
+                deadline: Instant::from_millis(deadline),
+                timeout_ms,
+                state: [
+                    CallState::Queued,
+                    CallState::Dispatched,
+                    CallState::Succeeded,
+                    CallState::Lost,
+                ][usize::from(state)],
+                unreported,
+                cancel_requested: !unreported,
+            },
+        )
+}
+
+fn seen_call() -> impl Strategy<Value = SeenCall> {
+    (wide_u64(), wide_u64(), any::<bool>(), any::<u64>()).prop_map(|(id, at, done, age)| SeenCall {
+        id,
+        slot: if done {
+            Slot::Done { result_seq: at }
+        } else {
+            Slot::Active {
+                stage: None,
+                deadline: Instant::from_millis(at),
+            }
+        },
+        age,
+    })
+}
+
+fn journal_meta() -> impl Strategy<Value = JournalMeta> {
+    (
+        proptest::option::of(any::<[u8; 16]>()),
+        any::<bool>(),
+        wide_u64(),
+        wide_u64(),
+        wide_u64(),
+        wide_u64(),
+        any::<[u64; 2]>(),
+    )
+        .prop_map(
+            |(session, established, last_sent, acked, received, next_call_id, id_state)| {
+                JournalMeta {
+                    session,
+                    established,
+                    last_sent,
+                    acked,
+                    received,
+                    next_call_id,
+                    id_state,
+                }
+            },
+        )
+}
+
+fn journal_op() -> impl Strategy<Value = OwnedJournalOp> {
+    prop_oneof![
+        1 => Just(OwnedJournalOp::Clear),
+        2 => wide_u64().prop_map(|through| OwnedJournalOp::Trim { through }),
+        6 => (wide_u64(), proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(seq, body)| OwnedJournalOp::Append { seq, body }),
+        3 => call_record().prop_map(OwnedJournalOp::PutCall),
+        2 => wide_u64().prop_map(OwnedJournalOp::RemoveCall),
+        3 => (0u8..40, seen_call()).prop_map(|(slot, call)| OwnedJournalOp::PutSeen { slot, call }),
+        2 => journal_meta().prop_map(OwnedJournalOp::Meta),
+    ]
+}
+
+const KEYS: [&str; 3] = ["node-a", "node-b", "self"];
+
+fn commits() -> impl Strategy<Value = Vec<Vec<(usize, Vec<OwnedJournalOp>)>>> {
+    let batch = (
+        0..KEYS.len(),
+        proptest::collection::vec(journal_op(), 0..12),
+    );
+    proptest::collection::vec(proptest::collection::vec(batch, 1..4), 1..8)
+}
+
+/// Every field a session restores from, read through `JournalRead`.
+fn restored(j: &impl JournalRead) -> String {
+    let mut out = format!("{:?}\n", j.meta().unwrap());
+    j.messages(&mut |seq, body| out.push_str(&format!("m {seq} {body:?}\n")))
+        .unwrap();
+    j.calls(&mut |c| out.push_str(&format!("c {c:?}\n")))
+        .unwrap();
+    j.seen(&mut |slot, s| out.push_str(&format!("s {slot} {s:?}\n")))
+        .unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// Random op sequences give the same journals in the store as in `MemJournal`,
+    /// before and after reopening the file.
+    #[test]
+    fn journals_match_the_in_memory_reference(commits in commits()) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let reference = MemJournals::new();
+        let mut used = BTreeSet::new();
+        {
+            let store: Arc<dyn JournalStore> = Arc::new(Store::open(&db(&dir)).unwrap());
+            for (n, commit) in commits.iter().enumerate() {
+                let batches: Vec<Batch> = commit
+                    .iter()
+                    .map(|(k, ops)| journal_batch(KEYS[*k], ops.clone()))
+                    .collect();
+                used.extend(commit.iter().map(|(k, _)| KEYS[*k].to_owned()));
+                // Alternate the two ways in: the journal trait and plain writes.
+                if n % 2 == 0 {
+                    rt.block_on(store.commit(batches.clone())).unwrap();
+                } else {
+                    let s = Store::open(&db(&dir)).unwrap();
+                    s.write_blocking(batches.iter().cloned().map(Write::Journal).collect())
+                        .unwrap();
+                }
+                rt.block_on(reference.commit(batches)).unwrap();
+            }
+        }
+        for pass in 0..2 {
+            let store = Store::open(&db(&dir)).unwrap();
+            let keys: BTreeSet<String> = store.journal_keys().unwrap().into_iter().collect();
+            prop_assert_eq!(&keys, &used, "pass {}", pass);
+            for key in KEYS {
+                let stored = store.load_journal(key).unwrap();
+                let expected = reference.journal(key);
+                prop_assert_eq!(restored(&stored), restored(&expected), "key {} pass {}", key, pass);
+                prop_assert_eq!(stored, expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn extreme_seqs_and_ids_round_trip_and_trim_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db(&dir)).unwrap();
+    let seqs = [0, 1, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX];
+    let mut ops: Vec<OwnedJournalOp> = seqs
+        .iter()
+        .map(|&seq| OwnedJournalOp::Append {
+            seq,
+            body: seq.to_be_bytes().to_vec(),
+        })
+        .collect();
+    let rec = CallRecord {
+        id: u64::MAX,
+        seq: u64::MAX,
+        deadline: Instant::from_millis(u64::MAX),
+        timeout_ms: u32::MAX,
+        state: CallState::Dispatched,
+        unreported: false,
+        cancel_requested: false,
+    };
+    ops.push(OwnedJournalOp::PutCall(rec));
+    ops.push(OwnedJournalOp::Meta(meta(u64::MAX)));
+    store
+        .write_blocking(vec![Write::Journal(journal_batch("k", ops))])
+        .unwrap();
+    let j = store.load_journal("k").unwrap();
+    let mut got = Vec::new();
+    j.messages(&mut |seq, body| got.push((seq, body.to_vec())))
+        .unwrap();
+    assert_eq!(
+        got,
+        seqs.iter()
+            .map(|s| (*s, s.to_be_bytes().to_vec()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(j.stored_meta(), Some(meta(u64::MAX)));
+    let mut calls = Vec::new();
+    j.calls(&mut |c| calls.push(*c)).unwrap();
+    assert_eq!(calls, vec![rec]);
+
+    // A trim above 2^63 drops everything below it, in u64 order.
+    store
+        .write_blocking(vec![Write::Journal(journal_batch(
+            "k",
+            vec![OwnedJournalOp::Trim { through: 1 << 63 }],
+        ))])
+        .unwrap();
+    let mut left = Vec::new();
+    store
+        .load_journal("k")
+        .unwrap()
+        .messages(&mut |seq, _| left.push(seq))
+        .unwrap();
+    assert_eq!(left, [u64::MAX - 1, u64::MAX]);
+
+    store
+        .write_blocking(vec![Write::DropJournal("k".into())])
+        .unwrap();
+    assert!(store.journal_keys().unwrap().is_empty());
+    assert_eq!(store.load_journal("k").unwrap(), MemJournal::new());
+    let err = store
+        .write_blocking(vec![Write::Journal(journal_batch("", vec![]))])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)));
+}
+
+#[test]
+fn a_database_from_a_newer_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(&db(&dir)).unwrap());
+    let conn = rusqlite::Connection::open(db(&dir)).unwrap();
+    let current: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert!(current >= 1);
+    conn.pragma_update(None, "user_version", current + 1)
+        .unwrap();
+    drop(conn);
+    let err = Store::open(&db(&dir)).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::TooNew {
+            found: current + 1,
+            supported: current
+        }
+    );
+    assert!(err.to_string().contains("newer version"));
+}
+
+#[test]
+fn the_file_is_private_and_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_in(&dir.path().join("state"), StoreOptions::default()).unwrap();
+    store
+        .write_blocking(vec![Write::PutNode(node("n", NOW))])
+        .unwrap();
+    let path = dir.path().join("state").join(daemon::store::DB_FILE);
+    assert_eq!(store.path(), path);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+const CHILD_ENV: &str = "TERN_STORE_KILL_CHILD";
+const WRITERS: u64 = 4;
+
+/// Child half of `kill_9_loses_nothing_acknowledged`: writes events and journal
+/// batches from several threads as fast as it can, printing each acknowledgement.
+#[test]
+fn kill_child_mode() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let store = Arc::new(Store::open(Path::new(&path)).unwrap());
+    let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let deadline = WallInstant::now() + Duration::from_secs(60);
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|t| {
+            let (store, stdout) = (store.clone(), stdout.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while WallInstant::now() < deadline {
+                    i += 1;
+                    let mut e = event(&format!("n{t}"), i, NOW + i);
+                    e.origin = Some(EventOrigin {
+                        session: [t as u8; 16],
+                        stream_seq: i,
+                    });
+                    let batch = journal_batch(
+                        &format!("k{t}"),
+                        vec![
+                            OwnedJournalOp::Append {
+                                seq: i,
+                                body: i.to_le_bytes().to_vec(),
+                            },
+                            OwnedJournalOp::Meta(meta(i)),
+                        ],
+                    );
+                    let receipt: Receipt = store
+                        .write_blocking(vec![Write::AppendEvent(e), Write::Journal(batch)])
+                        .unwrap();
+                    let seq = receipt.events[0].unwrap();
+                    let mut out = stdout.lock().unwrap();
+                    writeln!(out, "ack {t} {i} {seq}").unwrap();
+                    out.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_loses_nothing_acknowledged() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "kill_child_mode",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Highest acknowledged counter per writer, and the event seq each ack reported.
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut acked_seqs: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let mut total = 0;
+    while total < 600 {
+        let Some(line) = lines.next() else { break };
+        let line = line.unwrap();
+        let Some(rest) = line.strip_prefix("ack ") else {
+            continue;
+        };
+        let v: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+        acked.insert(v[0], v[1]);
+        acked_seqs.insert((v[0], v[1]), v[2]);
+        total += 1;
+    }
+    // SIGKILL while the writers are still going.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Acknowledgements printed before the kill but not read yet count too.
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("ack ") {
+            let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+            if v.len() == 3 {
+                acked.insert(v[0], v[1]);
+                acked_seqs.insert((v[0], v[1]), v[2]);
+            }
+        }
+    }
+    assert_eq!(
+        acked.len() as u64,
+        WRITERS,
+        "every writer got acknowledgements"
+    );
+
+    let store = Store::open(&path).unwrap();
+    for (&t, &high) in &acked {
+        let events = store
+            .events_after(0, Some(&format!("n{t}")), 1_000_000)
+            .unwrap();
+        let counters: Vec<u64> = events
+            .iter()
+            .map(|e| u64::from_le_bytes(e.body.as_slice().try_into().unwrap()))
+            .collect();
+        // Every acknowledged event, in order, once; possibly more not yet acknowledged.
+        let expected: Vec<u64> = (1..=counters.len() as u64).collect();
+        assert_eq!(
+            counters, expected,
+            "writer {t}: events out of order or duplicated"
+        );
+        assert!(
+            counters.len() as u64 >= high,
+            "writer {t}: acknowledged {high}, stored {}",
+            counters.len()
+        );
+        for e in &events {
+            let n = u64::from_le_bytes(e.body.as_slice().try_into().unwrap());
+            if let Some(&seq) = acked_seqs.get(&(t, n)) {
+                assert_eq!(e.seq, seq, "writer {t}: event {n} renumbered");
+            }
+        }
+
+        let journal = store.load_journal(&format!("k{t}")).unwrap();
+        let mut seqs = Vec::new();
+        journal.messages(&mut |seq, _| seqs.push(seq)).unwrap();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        assert!(seqs.len() as u64 >= high);
+        // Event and journal batch were one submission: they landed together.
+        assert_eq!(seqs.len(), counters.len());
+        assert_eq!(journal.stored_meta().unwrap().last_sent, seqs.len() as u64);
+    }
+    println!(
+        "kill -9 after {total} acknowledgements: {:?} acknowledged per writer, all present",
+        acked
+    );
+}

@@ -1,0 +1,23 @@
+//! Tern's operator API contract: the protobuf messages `ternd` and its operator CLI
+//! exchange over the daemon's Unix socket, generated from
+//! `tern/operator/v1/operator.proto` (which documents the conversation).
+//!
+//! `no_std` with `alloc`, so the same types can serve any client.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Version 1 of the operator contract (`tern.operator.v1`).
+pub mod v1 {
+    #![allow(missing_debug_implementations, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/tern.operator.v1.rs"));
+}
+
+pub use prost::{DecodeError, EncodeError, Message};
+
+/// The contract version both peers put in their `Hello`. Changed whenever a change to the
+/// messages would be misread by a peer built against the previous version.
+pub const CONTRACT_VERSION: u32 = 1;
+
+/// The `.proto` source of the contract, for clients in other languages.
+pub const OPERATOR_PROTO: &str = include_str!("../tern/operator/v1/operator.proto");
