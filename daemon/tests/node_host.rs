@@ -1133,13 +1133,14 @@ async fn node_host_answers_streams_reconnects_and_resumes() {
     // A restarted host restores its session from the journal and resumes it.
     let registry = Registry::builtin(OpenUrlOptions::default());
     let (handle, task) = start_host(&identity, registry, &store, |_| {});
-    daemon
+    let resumed = daemon
         .expect(|ev| match ev {
-            OwnedDaemonEvent::Connected { resumed, .. } => Some(assert!(*resumed)),
+            OwnedDaemonEvent::Connected { resumed, .. } => Some(*resumed),
             OwnedDaemonEvent::SessionReset { .. } => panic!("the session was reset"),
             _ => None,
         })
         .await;
+    assert!(resumed);
     let mut status = handle.status();
     let s = tokio::time::timeout(WAIT, status.wait_for(|s| s.connected))
         .await

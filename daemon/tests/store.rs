@@ -19,9 +19,11 @@ use daemon::store::{
 };
 use proptest::prelude::*;
 use protocol_core::session::{
-    CallRecord, CallState, JournalMeta, JournalRead, MemJournal, OwnedJournalOp, SeenCall, Slot,
+    CallRecord, CallState, Config, DaemonSession, JournalMeta, JournalRead, MemJournal,
+    OwnedJournalOp, SeenCall, Slot,
 };
 use protocol_core::time::Instant;
+use protocol_core::wire::Payload as SessionPayload;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use spake2plus::rand_core::SeedableRng;
 use transport_tokio::journal::{Batch, JournalStore, MemJournals};
@@ -443,9 +445,12 @@ async fn concurrent_writes_share_commits() {
     let before = store.commits();
     let start = WallInstant::now();
     let mut tasks = Vec::new();
+    // Released together, so the tasks submit while the writer is busy.
+    let barrier = Arc::new(tokio::sync::Barrier::new(N as usize));
     for i in 0..N {
-        let store = store.clone();
+        let (store, barrier) = (store.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
             store
                 .write(vec![Write::AppendEvent(event("task", i, NOW))])
                 .await
@@ -805,6 +810,51 @@ fn extreme_seqs_and_ids_round_trip_and_trim_in_order() {
         .write_blocking(vec![Write::Journal(journal_batch("", vec![]))])
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)));
+}
+
+#[test]
+fn a_daemon_session_restores_from_its_stored_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::server(64 * 1024);
+    let mut rng = ChaCha20Rng::from_seed([1; 32]);
+    let t0 = Instant::from_millis(NOW);
+    let input = SessionPayload {
+        content_type: "application/json",
+        data: b"{}",
+    };
+    let mut session: DaemonSession<Vec<u8>> =
+        DaemonSession::new(config, "node-1", &mut rng).unwrap();
+    session.lend(vec![0; config.storage_len()]).unwrap();
+    let first = session.call(t0, "system.health", input, 5_000).unwrap();
+    let mut ops = Vec::new();
+    while let Some(op) = session.poll_journal() {
+        ops.push(OwnedJournalOp::from(&op));
+    }
+    assert!(!ops.is_empty());
+    let store: Arc<dyn JournalStore> = Arc::new(Store::open(&db(&dir)).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(store.commit(vec![journal_batch("node-1", ops)]))
+        .unwrap();
+    session.handle_journal_committed(t0);
+    drop(store);
+
+    // A restarted daemon: the call is still open and its id is never handed out again.
+    let store = Store::open(&db(&dir)).unwrap();
+    assert_eq!(store.journal_keys().unwrap(), ["node-1"]);
+    let journal = store.load_journal("node-1").unwrap();
+    assert_eq!((journal.call_count(), journal.message_count()), (1, 1));
+    let mut restored: DaemonSession<Vec<u8>> = DaemonSession::restore(
+        config,
+        "node-1",
+        Some(vec![0; config.storage_len()]),
+        &journal,
+        &mut rng,
+    )
+    .unwrap();
+    let second = restored.call(t0, "system.health", input, 5_000).unwrap();
+    assert!(second > first, "call id {second} reused after {first}");
 }
 
 #[test]

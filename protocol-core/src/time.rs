@@ -7,7 +7,17 @@
 /// wall-clock milliseconds (Unix time) and a restarted daemon keeps counting from where
 /// it stood. A microcontroller may pass milliseconds since boot.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Instant(u64);
 

@@ -1,8 +1,30 @@
 //! `ternd node ...`: this machine as a node host.
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::io::{BufRead, IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
+use chacha20::ChaCha20Rng;
 use clap::Args;
+use protocol_core::pairing::PairingCode;
+use rand_core::SeedableRng;
+use transport_tokio::JournalStore;
+use transport_tokio::pairing::{PairError, PairOptions, pair_uri, pair_with};
+
+use super::NodeCommand;
+use super::exit::{self, Exit};
+use crate::node_host::capabilities::{
+    ApprovalRequest, OpenUrlOptions, Prompter, Registry, UrlPolicy,
+};
+use crate::node_host::identity::default_state_dir;
+use crate::node_host::service::{
+    InstallOptions, NodeConfigFile, ServiceAction, install, systemctl,
+};
+use crate::node_host::{HostError, NodeHost, NodeHostConfig, NodeIdentity, TcpDialer};
+use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -52,10 +74,282 @@ pub struct InstallArgs {
     pub config_path: PathBuf,
 }
 
+/// The node host's database (its outgoing stream's journal) in its state directory.
+pub const NODE_DATABASE: &str = "node.db";
+
 /// Runs a `ternd node ...` command other than `show`.
-pub async fn run(command: super::NodeCommand) -> Result<(), super::exit::Exit> {
-    let _ = command;
-    Err(super::exit::Exit::failure(
-        "the node host is not wired in yet",
-    ))
+pub async fn run(command: NodeCommand) -> Result<(), Exit> {
+    match command {
+        NodeCommand::Run(args) => run_host(args).await,
+        NodeCommand::Install(args) => install_host(args).await,
+        NodeCommand::Start => service(ServiceAction::Start),
+        NodeCommand::Stop => service(ServiceAction::Stop),
+        NodeCommand::Restart => service(ServiceAction::Restart),
+        NodeCommand::Status => service(ServiceAction::Status),
+        NodeCommand::Show { .. } => Err(Exit::usage("`node show` talks to the daemon")),
+    }
+}
+
+fn service(action: ServiceAction) -> Result<(), Exit> {
+    let status = systemctl(action).map_err(|e| Exit::failure(e.to_string()))?;
+    println!("tern-node: {}", status.state);
+    if action == ServiceAction::Status && !status.is_active() {
+        return Err(Exit {
+            code: exit::FAILURE,
+            message: None,
+        });
+    }
+    Ok(())
+}
+
+/// Settings of one run, from the config file then the flags.
+struct Resolved {
+    state_dir: PathBuf,
+    daemon: Option<String>,
+    policy: UrlPolicy,
+    opener: Option<Vec<String>>,
+    heartbeat: Option<Duration>,
+}
+
+fn resolve(args: &RunArgs) -> Result<Resolved, Exit> {
+    let file = match &args.config {
+        Some(path) => Some(NodeConfigFile::load(path).map_err(|e| Exit::usage(e.to_string()))?),
+        None => None,
+    };
+    let state_dir = match (&args.node_state_dir, &file) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => f.state_dir.clone(),
+        (None, None) => default_state_dir().map_err(|e| Exit::failure(e.to_string()))?,
+    };
+    let policy = if args.allow_open_url {
+        UrlPolicy::Allow
+    } else if args.deny_open_url {
+        UrlPolicy::Deny
+    } else if let Some(f) = &file {
+        f.url_policy
+    } else if std::io::stdin().is_terminal() {
+        UrlPolicy::Prompt
+    } else {
+        UrlPolicy::Deny
+    };
+    let every = file
+        .as_ref()
+        .and_then(|f| f.heartbeat_secs)
+        .unwrap_or(args.health_every);
+    Ok(Resolved {
+        state_dir,
+        daemon: args
+            .daemon
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.daemon.clone())),
+        policy,
+        opener: file.and_then(|f| f.opener),
+        heartbeat: (every > 0).then(|| Duration::from_secs(every)),
+    })
+}
+
+fn rng() -> Result<ChaCha20Rng, Exit> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| Exit::failure(e.to_string()))?;
+    Ok(ChaCha20Rng::from_seed(seed))
+}
+
+fn pair_exit(e: &PairError) -> Exit {
+    let code = match e {
+        PairError::Unreachable(_) => exit::NOT_RUNNING,
+        PairError::Rejected => exit::REJECTED,
+        PairError::WrongCode
+        | PairError::UnknownCode
+        | PairError::AlreadyUsed
+        | PairError::Expired => exit::NOT_FOUND,
+        PairError::TimedOut | PairError::ApprovalTimedOut => exit::TIMEOUT,
+        PairError::BadUri(_) => exit::USAGE,
+        _ => exit::FAILURE,
+    };
+    Exit::new(code, format!("pairing failed: {e}"))
+}
+
+/// Pairs the identity in `state_dir` if it is not paired yet.
+async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdentity, Exit> {
+    let mut identity = NodeIdentity::load_or_create(&resolved.state_dir, None).map_err(|e| {
+        Exit::failure(format!(
+            "node identity in {}: {e}",
+            resolved.state_dir.display()
+        ))
+    })?;
+    if identity.paired().is_some() {
+        return Ok(identity);
+    }
+    let csr = identity
+        .csr_der()
+        .map_err(|e| Exit::failure(e.to_string()))?;
+    let mut rng = rng()?;
+    let options = PairOptions {
+        on_awaiting_approval: Some(Arc::new(|| {
+            eprintln!("waiting for the operator to approve this pairing (ternd pair approve)...");
+        })),
+        ..PairOptions::default()
+    };
+    let (bundle, daemon) = match (&args.uri, &args.code) {
+        (Some(uri), _) => {
+            let parsed = protocol_core::pairing::PairingUri::parse(uri)
+                .map_err(|e| Exit::usage(format!("bad pairing URI: {e:?}")))?;
+            let daemon = resolved
+                .daemon
+                .clone()
+                .unwrap_or_else(|| parsed.addr.to_owned());
+            let bundle = pair_uri(&options, uri, &csr, &mut rng)
+                .await
+                .map_err(|e| pair_exit(&e))?;
+            (bundle, daemon)
+        }
+        (None, Some(code)) => {
+            let daemon = resolved
+                .daemon
+                .clone()
+                .ok_or_else(|| Exit::usage("--code needs --daemon ADDR"))?;
+            let code = PairingCode::parse(code)
+                .map_err(|e| Exit::usage(format!("bad pairing code: {e:?}")))?;
+            let addr = tokio::net::lookup_host(&daemon)
+                .await
+                .map_err(|e| Exit::new(exit::NOT_RUNNING, format!("cannot resolve {daemon}: {e}")))?
+                .next()
+                .ok_or_else(|| Exit::new(exit::NOT_RUNNING, format!("{daemon} has no address")))?;
+            let bundle = pair_with(&options, addr, &code, &csr, None, &mut rng)
+                .await
+                .map_err(|e| pair_exit(&e))?;
+            (bundle, daemon)
+        }
+        (None, None) => {
+            return Err(Exit::usage(
+                "this node is not paired: give --uri tern://... or --code CODE --daemon ADDR",
+            ));
+        }
+    };
+    identity
+        .install_pairing(&bundle, &daemon)
+        .map_err(|e| Exit::failure(format!("saving the pairing: {e}")))?;
+    eprintln!(
+        "paired as {} with the daemon at {daemon}",
+        identity.device_id()
+    );
+    Ok(identity)
+}
+
+/// Asks on the terminal.
+struct TerminalPrompter;
+
+impl Prompter for TerminalPrompter {
+    fn confirm(&self, request: ApprovalRequest) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                eprint!("{} [y/N] ", request.question);
+                let _ = std::io::stderr().flush();
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line).is_ok()
+                    && matches!(line.trim(), "y" | "Y" | "yes")
+            })
+            .await
+            .unwrap_or(false)
+        })
+    }
+}
+
+fn host_exit(e: &HostError) -> Exit {
+    let code = match e {
+        HostError::Revoked => exit::REJECTED,
+        HostError::Unauthorized(_) => exit::PERMISSION_DENIED,
+        HostError::VersionMismatch { .. } => exit::CONTRACT_MISMATCH,
+        _ => exit::FAILURE,
+    };
+    Exit::new(code, e.to_string())
+}
+
+async fn run_host(args: RunArgs) -> Result<(), Exit> {
+    if args.quic_only {
+        return Err(Exit::usage(
+            "the node host reaches the daemon over TCP + TLS; --quic-only is not available",
+        ));
+    }
+    let resolved = resolve(&args)?;
+    let identity = ensure_paired(&args, &resolved).await?;
+    let store = Arc::new(
+        Store::open(&resolved.state_dir.join(NODE_DATABASE))
+            .map_err(|e| Exit::failure(format!("node journal: {e}")))?,
+    );
+    let mut config = NodeHostConfig::new(identity.device_id());
+    config.heartbeat = resolved.heartbeat;
+    let restored = store
+        .load_journal(&config.journal_key)
+        .map_err(|e| Exit::failure(format!("node journal: {e}")))?;
+    let mut options = OpenUrlOptions {
+        policy: resolved.policy,
+        prompter: (resolved.policy == UrlPolicy::Prompt)
+            .then(|| Arc::new(TerminalPrompter) as Arc<dyn Prompter>),
+        ..OpenUrlOptions::default()
+    };
+    if let Some(opener) = resolved.opener {
+        options.opener = opener;
+    }
+    let registry = Arc::new(Registry::builtin(options));
+    let dialer = TcpDialer::from_identity(&identity).map_err(|e| Exit::failure(e.to_string()))?;
+    let journal: Arc<dyn JournalStore> = store;
+    let (host, handle) = NodeHost::new(config, registry, vec![Arc::new(dialer)], journal, restored);
+    let daemon = identity
+        .paired()
+        .map(|p| p.daemon.clone())
+        .unwrap_or_default();
+    tracing::info!(node = %identity.device_id(), %daemon, "node host running");
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.shutdown();
+    });
+    host.run().await.map_err(|e| host_exit(&e))
+}
+
+async fn install_host(args: InstallArgs) -> Result<(), Exit> {
+    let resolved = resolve(&args.run)?;
+    let identity = ensure_paired(&args.run, &resolved).await?;
+    let daemon = identity
+        .paired()
+        .map(|p| p.daemon.clone())
+        .ok_or_else(|| Exit::failure("the node is not paired"))?;
+    let config = NodeConfigFile {
+        daemon,
+        state_dir: absolute(&resolved.state_dir)?,
+        url_policy: if resolved.policy == UrlPolicy::Prompt {
+            // A service has no terminal to ask on.
+            UrlPolicy::Deny
+        } else {
+            resolved.policy
+        },
+        opener: resolved.opener,
+        heartbeat_secs: Some(resolved.heartbeat.map_or(0, |d| d.as_secs())),
+    };
+    let mut options = InstallOptions::new().map_err(|e| Exit::failure(e.to_string()))?;
+    options.unit_dir = args.unit_dir;
+    options.config_path = absolute(&args.config_path)?;
+    let installed = install(&config, &options).map_err(|e| Exit::failure(e.to_string()))?;
+    println!("wrote {}", installed.config_path.display());
+    println!("wrote {}", installed.unit_path.display());
+    println!("start it with: systemctl daemon-reload && systemctl enable --now tern-node");
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Exit> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .map_err(|e| Exit::failure(e.to_string()))
 }

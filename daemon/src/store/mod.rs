@@ -253,8 +253,9 @@ impl Future for Pending {
     }
 }
 
-/// The state store. Share it with an `Arc`; dropping the last handle lets the writer
-/// finish what is queued and closes the file.
+/// The state store. Share it with an `Arc`; dropping the last handle waits for the
+/// writer to finish what is queued, then closes the file. The queue is unbounded:
+/// callers that await their writes are what keeps it short.
 pub struct Store {
     tx: Option<mpsc::Sender<writer::Job>>,
     writer: Option<JoinHandle<()>>,

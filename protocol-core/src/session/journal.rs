@@ -23,7 +23,9 @@ use super::calls::{CallRecord, SeenCall};
 use crate::wire::{CallId, Seq, SessionId};
 
 /// A session's positions, stored as one row and replaced whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct JournalMeta {
     /// The session id (a node has none before its first hello-ack).
     pub session: Option<SessionId>,

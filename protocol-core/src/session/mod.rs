@@ -37,9 +37,9 @@ pub use config::{
 pub use daemon::DaemonSession;
 pub use driven::Session;
 pub use event::{CloseReason, DaemonEvent, NodeEvent, NotRun};
+pub use journal::{JournalMeta, JournalOp, JournalRead};
 #[cfg(feature = "alloc")]
 pub use journal::{MemJournal, OwnedJournalOp};
-pub use journal::{JournalMeta, JournalOp, JournalRead};
 pub use node::{INTERRUPTED, NodeSession};
 #[cfg(feature = "alloc")]
 pub use owned::{

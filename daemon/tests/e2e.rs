@@ -1,0 +1,460 @@
+//! End to end: real `ternd` processes on loopback — the daemon, the operator's CLI and
+//! Linux node hosts — driven the way a user drives them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TERND: &str = env!("CARGO_BIN_EXE_ternd");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kills the process (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn kill9(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// The exit code once it exits by itself.
+    fn exit_code(&mut self) -> i32 {
+        wait_until("the process to exit", || {
+            self.0.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
+        })
+    }
+}
+
+struct Daemon {
+    dir: PathBuf,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Self {
+        let mut d = Self {
+            dir: dir.to_owned(),
+            port: free_port(),
+            proc: None,
+        };
+        d.restart();
+        d
+    }
+
+    fn restart(&mut self) {
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new(TERND)
+            .args(["serve", "--listen-quic", "127.0.0.1:0", "--listen-tcp"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["--public-names", "127.0.0.1"])
+            .env("TERN_STATE_DIR", &self.dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc(child));
+        wait_until("the daemon to answer", || {
+            self.cli(&["status"]).status.success().then_some(())
+        });
+    }
+
+    fn kill9(&mut self) {
+        self.proc.take().unwrap().kill9();
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(TERND)
+            .args(args)
+            .env("TERN_STATE_DIR", &self.dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "ternd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn pair_uri(&self, extra: &[&str]) -> String {
+        let mut args = vec!["pair", "code"];
+        args.extend_from_slice(extra);
+        self.json(&args)["uri"].as_str().unwrap().to_owned()
+    }
+
+    fn node_state(&self, id: &str) -> String {
+        self.json(&["node", "show", id])["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Every stored event (`ternd events --json`).
+    fn events(&self) -> Vec<Value> {
+        let out = self.cli(&["--json", "events"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A node host process with its own state directory.
+fn node(dir: &Path, pair: Option<&str>, extra: &[&str]) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .unwrap();
+    let mut cmd = Command::new(TERND);
+    cmd.args(["node", "run", "--node-state-dir"])
+        .arg(dir)
+        .args(["--health-every", "1"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(uri) = pair {
+        cmd.args(["--uri", uri]);
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+/// The device id a node host paired as.
+fn node_id(dir: &Path) -> String {
+    wait_until("the node to pair", || {
+        let text = std::fs::read_to_string(dir.join("node.toml")).ok()?;
+        let v: toml::Value = toml::from_str(&text).ok()?;
+        v.get("paired")?;
+        v.get("device_id")?.as_str().map(str::to_owned)
+    })
+}
+
+fn online(d: &Daemon, id: &str) {
+    wait_until("the node to be online", || {
+        (d.node_state(id) == "online").then_some(())
+    });
+}
+
+/// A node host whose `desktop.open_url` records each URL it opens in `opened`.
+fn recording_node(dir: &Path, daemon: &Daemon, uri: Option<&str>, opened: &Path) -> Proc {
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon = \"127.0.0.1:{}\"\nstate_dir = {:?}\nurl_policy = \"allow\"\nopener = [\"/bin/sh\", \"-c\", \"echo \\\"$1\\\" >> {}\", \"opener\"]\nheartbeat_secs = 1\n",
+            daemon.port,
+            dir.display().to_string(),
+            opened.display()
+        ),
+    )
+    .unwrap();
+    node(dir, uri, &["--config", config.to_str().unwrap()])
+}
+
+fn opened_counts(opened: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(opened).unwrap_or_default().lines() {
+        *counts.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Checks the daemon's events: seqs 1..=n in order, and no event stored twice (each
+/// health event carries the node's uptime at that second).
+fn assert_events_once(events: &[Value]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(seqs, sorted, "event seqs in order, each once");
+    let mut seen = std::collections::HashSet::new();
+    for e in events.iter().filter(|e| e["name"] == "health") {
+        let key = (e["node"].to_string(), e["body"]["uptime_s"].to_string());
+        assert!(seen.insert(key), "event stored twice: {e}");
+    }
+}
+
+#[test]
+fn pair_call_health_and_follow_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("daemon"));
+    let uri = d.pair_uri(&[]);
+    let _n = node(&tmp.path().join("node"), Some(&uri), &[]);
+    let id = node_id(&tmp.path().join("node"));
+    online(&d, &id);
+
+    let echo = d.cli(&["call", &id, "echo", "--input", r#"{"x":1}"#]);
+    assert!(
+        echo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&echo.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&echo.stdout).unwrap();
+    assert_eq!(printed, serde_json::json!({"x": 1}));
+
+    let health = d.json(&["call", &id, "system.health"]);
+    assert_eq!(health["state"], "succeeded");
+    let out = &health["output"];
+    assert!(out["uptime_s"].as_f64().unwrap() > 0.0);
+    assert!(out["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    assert!(out["disk"]["total_bytes"].as_u64().unwrap() > 0);
+    assert!(out["load"]["one"].as_f64().is_some());
+
+    let nodes = d.json(&["nodes"]);
+    let caps: Vec<&str> = nodes[0]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(caps, ["echo", "system.health", "desktop.open_url"]);
+
+    // Events reach a follower as they come.
+    let mut follow = Command::new(TERND)
+        .args(["--json", "events", "--follow", "--node", &id])
+        .env("TERN_STATE_DIR", &d.dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let line = lines.next().unwrap().unwrap();
+        got.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        got.iter()
+            .all(|e| e["node"] == id.as_str() && e["name"] == "health")
+    );
+
+    // An unknown capability is the node's refusal, with its own exit code.
+    let bad = d.cli(&["call", &id, "no.such.thing"]);
+    assert_eq!(bad.status.code(), Some(6));
+}
+
+#[test]
+fn kill_9_of_the_daemon_loses_nothing_and_runs_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&tmp.path().join("daemon"));
+    let opened = tmp.path().join("opened");
+    let uri = d.pair_uri(&[]);
+    let _n = recording_node(&tmp.path().join("node"), &d, Some(&uri), &opened);
+    let id = node_id(&tmp.path().join("node"));
+    online(&d, &id);
+
+    // A stream of calls, with the daemon killed in the middle of it.
+    let dir = d.dir.clone();
+    let node = id.clone();
+    let callers = std::thread::spawn(move || {
+        let mut children = Vec::new();
+        for i in 0..20 {
+            children.push(
+                Command::new(TERND)
+                    .args([
+                        "call",
+                        &node,
+                        "desktop.open_url",
+                        "--timeout",
+                        "60s",
+                        "--input",
+                    ])
+                    .arg(format!(r#"{{"url":"https://example.com/{i}"}}"#))
+                    .env("TERN_STATE_DIR", &dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for mut c in children {
+            let _ = c.wait();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    d.kill9();
+    callers.join().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    d.restart();
+    online(&d, &id);
+    // Events keep coming after the restart, none lost or doubled.
+    let before = d.events().len();
+    wait_until("new events after the restart", || {
+        (d.events().len() >= before + 2).then_some(())
+    });
+    assert_events_once(&d.events());
+    // Every call ran at most once; calls after the restart run too.
+    let after = d.json(&[
+        "call",
+        &id,
+        "desktop.open_url",
+        "--input",
+        r#"{"url":"https://example.com/after"}"#,
+    ]);
+    assert_eq!(after["state"], "succeeded");
+    let counts = opened_counts(&opened);
+    eprintln!("calls run: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a call ran twice: {counts:?}"
+    );
+    assert_eq!(counts.get("https://example.com/after"), Some(&1));
+}
+
+#[test]
+fn kill_9_of_the_node_host_loses_no_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("daemon"));
+    let opened = tmp.path().join("opened");
+    let dir = tmp.path().join("node");
+    let uri = d.pair_uri(&[]);
+    let n = recording_node(&dir, &d, Some(&uri), &opened);
+    let id = node_id(&dir);
+    online(&d, &id);
+    wait_until("a few events", || (d.events().len() >= 3).then_some(()));
+    let ok = d.json(&[
+        "call",
+        &id,
+        "desktop.open_url",
+        "--input",
+        r#"{"url":"https://example.com/a"}"#,
+    ]);
+    assert_eq!(ok["state"], "succeeded");
+    n.kill9();
+    let n = recording_node(&dir, &d, None, &opened);
+    online(&d, &id);
+    let before = d.events().len();
+    wait_until("events after the node's restart", || {
+        (d.events().len() >= before + 3).then_some(())
+    });
+    assert_events_once(&d.events());
+    let ok = d.json(&[
+        "call",
+        &id,
+        "desktop.open_url",
+        "--input",
+        r#"{"url":"https://example.com/b"}"#,
+    ]);
+    assert_eq!(ok["state"], "succeeded");
+    let counts = opened_counts(&opened);
+    assert_eq!(counts.get("https://example.com/a"), Some(&1));
+    assert_eq!(counts.get("https://example.com/b"), Some(&1));
+    drop(n);
+}
+
+#[test]
+fn revoked_node_is_cut_off_and_its_id_cannot_be_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("daemon"));
+    let dir = tmp.path().join("node");
+    let uri = d.pair_uri(&[]);
+    let mut n = node(&dir, Some(&uri), &[]);
+    let id = node_id(&dir);
+    online(&d, &id);
+
+    let revoked = d.json(&["revoke", &id]);
+    assert_eq!(revoked["connections_closed"], 1);
+    // The node host is told at once and stops: revoked is its own exit code.
+    assert_eq!(n.exit_code(), 6);
+    assert_eq!(d.node_state(&id), "revoked");
+    // It cannot come back.
+    let mut again = node(&dir, None, &[]);
+    assert_eq!(again.exit_code(), 6);
+    // Nor can another node under its id, even with a certificate the CA issued for it.
+    let uri = d.pair_uri(&["--device-id", &id]);
+    let mut impostor = node(&tmp.path().join("impostor"), Some(&uri), &[]);
+    assert_eq!(impostor.exit_code(), 6);
+    // Calls to it are refused.
+    let call = d.cli(&["call", &id, "echo"]);
+    assert_ne!(call.status.code(), Some(0));
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No daemon: its own exit code, and a message that says so.
+    let none = Command::new(TERND)
+        .args(["status"])
+        .env("TERN_STATE_DIR", tmp.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("not running"));
+
+    let d = Daemon::start(&tmp.path().join("daemon"));
+    // Operator input.
+    assert_eq!(d.cli(&["call", "nobody", "echo"]).status.code(), Some(4));
+    assert_eq!(
+        d.cli(&["call", "x", "echo", "--input", "{not json"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(d.cli(&["call", "bad id!", "echo"]).status.code(), Some(2));
+    assert_eq!(d.cli(&["pair", "approve", "9999"]).status.code(), Some(4));
+    assert_eq!(d.cli(&["node", "show", "nobody"]).status.code(), Some(4));
+    // Garbage from the network, on the node plane's port.
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xff; 4096][..],
+        &[0x16, 3, 1, 0xff, 0xff][..],
+    ] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        let _ = s.write_all(junk);
+    }
+    // Still serving: a node pairs and answers.
+    let uri = d.pair_uri(&[]);
+    let _n = node(&tmp.path().join("node"), Some(&uri), &[]);
+    let id = node_id(&tmp.path().join("node"));
+    online(&d, &id);
+    let echo = d.json(&["call", &id, "echo", "--input", "[1,2,3]"]);
+    assert_eq!(echo["output"], serde_json::json!([1, 2, 3]));
+    assert!(d.cli(&["status"]).status.success());
+}
