@@ -14,6 +14,17 @@ use serde_json::Value;
 const TERND: &str = env!("CARGO_BIN_EXE_ternd");
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A scratch directory, kept after the test when `TERN_E2E_KEEP` is set (the daemon's
+/// and nodes' logs are in it).
+fn scratch() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("TERN_E2E_KEEP").is_some() {
+        eprintln!("keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    dir
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -77,11 +88,16 @@ impl Daemon {
     fn restart(&mut self) {
         let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
         let child = Command::new(TERND)
-            .args(["serve", "--listen-quic", "127.0.0.1:0", "--listen-tcp"])
+            .args(["serve", "--listen-quic"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--listen-tcp")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(["--public-names", "127.0.0.1"])
             .env("TERN_STATE_DIR", &self.dir)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TERN_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -153,7 +169,10 @@ fn node(dir: &Path, pair: Option<&str>, extra: &[&str]) -> Proc {
         .arg(dir)
         .args(["--health-every", "1"])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TERN_E2E_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -220,7 +239,7 @@ fn assert_events_once(events: &[Value]) {
 
 #[test]
 fn pair_call_health_and_follow_events() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let d = Daemon::start(&tmp.path().join("daemon"));
     let uri = d.pair_uri(&[]);
     let _n = node(&tmp.path().join("node"), Some(&uri), &[]);
@@ -245,6 +264,11 @@ fn pair_call_health_and_follow_events() {
     assert!(out["load"]["one"].as_f64().is_some());
 
     let nodes = d.json(&["nodes"]);
+    // QUIC first.
+    assert!(
+        nodes[0]["address"].as_str().unwrap().starts_with("quic://"),
+        "{nodes}"
+    );
     let caps: Vec<&str> = nodes[0]["capabilities"]
         .as_array()
         .unwrap()
@@ -280,7 +304,7 @@ fn pair_call_health_and_follow_events() {
 
 #[test]
 fn kill_9_of_the_daemon_loses_nothing_and_runs_nothing_twice() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let mut d = Daemon::start(&tmp.path().join("daemon"));
     let opened = tmp.path().join("opened");
     let uri = d.pair_uri(&[]);
@@ -349,7 +373,7 @@ fn kill_9_of_the_daemon_loses_nothing_and_runs_nothing_twice() {
 
 #[test]
 fn kill_9_of_the_node_host_loses_no_event() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let d = Daemon::start(&tmp.path().join("daemon"));
     let opened = tmp.path().join("opened");
     let dir = tmp.path().join("node");
@@ -390,7 +414,7 @@ fn kill_9_of_the_node_host_loses_no_event() {
 
 #[test]
 fn revoked_node_is_cut_off_and_its_id_cannot_be_reused() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let d = Daemon::start(&tmp.path().join("daemon"));
     let dir = tmp.path().join("node");
     let uri = d.pair_uri(&[]);
@@ -417,7 +441,7 @@ fn revoked_node_is_cut_off_and_its_id_cannot_be_reused() {
 
 #[test]
 fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     // No daemon: its own exit code, and a message that says so.
     let none = Command::new(TERND)
         .args(["status"])
@@ -451,9 +475,15 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving() {
     }
     // Still serving: a node pairs and answers.
     let uri = d.pair_uri(&[]);
-    let _n = node(&tmp.path().join("node"), Some(&uri), &[]);
+    let _n = node(&tmp.path().join("node"), Some(&uri), &["--tcp-only"]);
     let id = node_id(&tmp.path().join("node"));
     online(&d, &id);
+    // Where UDP is not allowed, TCP + TLS carries the node.
+    let shown = d.json(&["node", "show", &id]);
+    assert!(
+        shown["address"].as_str().unwrap().starts_with("tcp://"),
+        "{shown}"
+    );
     let echo = d.json(&["call", &id, "echo", "--input", "[1,2,3]"]);
     assert_eq!(echo["output"], serde_json::json!([1, 2, 3]));
     assert!(d.cli(&["status"]).status.success());

@@ -100,6 +100,13 @@ pub trait Sessions<S: Session>: Send + 'static {
     /// The connection ended; the session (with no batch in flight and its storage back
     /// in the pool) and its application come back.
     fn closed(&mut self, peer: &Peer, session: S, app: Self::App, how: Closed);
+
+    /// A command arrived for a connection that had already ended and given its session
+    /// back: it is handed here rather than dropped (a node host queues it for the next
+    /// connection). Dropped by default.
+    fn undelivered(&mut self, command: <Self::App as Application<S>>::Command) {
+        drop(command);
+    }
 }
 
 /// The session a connection may carry must be bound to the peer the certificate names:

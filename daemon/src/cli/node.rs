@@ -20,10 +20,11 @@ use crate::node_host::capabilities::{
     ApprovalRequest, OpenUrlOptions, Prompter, Registry, UrlPolicy,
 };
 use crate::node_host::identity::default_state_dir;
+use crate::node_host::quic::QuicTarget;
 use crate::node_host::service::{
     InstallOptions, NodeConfigFile, ServiceAction, install, systemctl,
 };
-use crate::node_host::{HostError, NodeHost, NodeHostConfig, NodeIdentity, TcpDialer};
+use crate::node_host::{Dialer, HostError, NodeHost, NodeHostConfig, NodeIdentity, TcpDialer};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -51,7 +52,7 @@ pub struct RunArgs {
     /// Refuse `desktop.open_url` without asking.
     #[arg(long, conflicts_with = "allow_open_url")]
     pub deny_open_url: bool,
-    /// Never fall back to TCP + TLS.
+    /// Never fall back to TCP + TLS (default: QUIC first, then TCP + TLS).
     #[arg(long)]
     pub quic_only: bool,
     /// Use TCP + TLS only (networks that block UDP).
@@ -266,11 +267,6 @@ fn host_exit(e: &HostError) -> Exit {
 }
 
 async fn run_host(args: RunArgs) -> Result<(), Exit> {
-    if args.quic_only {
-        return Err(Exit::usage(
-            "the node host reaches the daemon over TCP + TLS; --quic-only is not available",
-        ));
-    }
     let resolved = resolve(&args)?;
     let identity = ensure_paired(&args, &resolved).await?;
     let store = Arc::new(
@@ -292,13 +288,27 @@ async fn run_host(args: RunArgs) -> Result<(), Exit> {
         options.opener = opener;
     }
     let registry = Arc::new(Registry::builtin(options));
-    let dialer = TcpDialer::from_identity(&identity).map_err(|e| Exit::failure(e.to_string()))?;
-    let journal: Arc<dyn JournalStore> = store;
-    let (host, handle) = NodeHost::new(config, registry, vec![Arc::new(dialer)], journal, restored);
     let daemon = identity
         .paired()
         .map(|p| p.daemon.clone())
         .unwrap_or_default();
+    // QUIC first, at the daemon's address (UDP, same port); TCP + TLS where allowed.
+    if !args.tcp_only {
+        config.quic = Some(QuicTarget {
+            daemon: daemon.clone(),
+            tls: identity
+                .client_config()
+                .map_err(|e| Exit::failure(e.to_string()))?,
+        });
+    }
+    let mut dialers: Vec<Arc<dyn Dialer>> = Vec::new();
+    if !args.quic_only {
+        let dialer =
+            TcpDialer::from_identity(&identity).map_err(|e| Exit::failure(e.to_string()))?;
+        dialers.push(Arc::new(dialer));
+    }
+    let journal: Arc<dyn JournalStore> = store;
+    let (host, handle) = NodeHost::new(config, registry, dialers, journal, restored);
     tracing::info!(node = %identity.device_id(), %daemon, "node host running");
     let stop = handle.clone();
     tokio::spawn(async move {

@@ -157,6 +157,8 @@ pub enum HostError {
     Session(SetupError),
     /// The node's identity is not usable.
     Identity(IdentityError),
+    /// The session was lost inside the process (a transport task ended abnormally).
+    Lost(&'static str),
 }
 
 impl fmt::Display for HostError {
@@ -177,6 +179,7 @@ impl fmt::Display for HostError {
             HostError::NoTransport => f.write_str("no transport configured"),
             HostError::Session(e) => write!(f, "session setup: {e:?}"),
             HostError::Identity(e) => write!(f, "{e}"),
+            HostError::Lost(why) => f.write_str(why),
         }
     }
 }
@@ -249,6 +252,8 @@ pub struct NodeHostConfig {
     pub command_queue: usize,
     /// Host events waiting for room in the session at once.
     pub event_queue: usize,
+    /// Tried first at every attempt when set; the dialers (TCP + TLS) after it.
+    pub quic: Option<super::quic::QuicTarget>,
 }
 
 impl NodeHostConfig {
@@ -263,6 +268,7 @@ impl NodeHostConfig {
             journal_key: node_id.to_owned(),
             command_queue: 64,
             event_queue: 64,
+            quic: None,
         }
     }
 }
@@ -326,7 +332,7 @@ impl NodeHost {
             mut commands,
             handle,
         } = self;
-        if dialers.is_empty() {
+        if dialers.is_empty() && config.quic.is_none() {
             return Err(HostError::NoTransport);
         }
         let pool = StoragePool::new(config.session.storage_len(), 1);
@@ -345,16 +351,70 @@ impl NodeHost {
         });
         let _stop_heartbeat = AbortOnDrop(heartbeat);
 
+        let mut quic = config.quic.clone().map(|target| {
+            super::quic::QuicLink::new(
+                target,
+                journal.store.clone(),
+                &config.journal_key,
+                pool.clone(),
+                handle.command_sender(),
+            )
+        });
         let mut attempt = 0u32;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            let started = tokio::time::Instant::now();
+            if let Some(link) = quic.as_mut() {
+                let (s, a, outcome) = link
+                    .attempt(session, app, &mut commands, &mut shutdown)
+                    .await?;
+                (session, app) = (s, a);
+                match outcome {
+                    super::quic::Attempt::Shutdown => return Ok(()),
+                    super::quic::Attempt::Fatal(e) => return Err(e),
+                    super::quic::Attempt::Ended(how) => {
+                        tracing::info!(?how, "QUIC connection ended");
+                        if *shutdown.borrow() {
+                            return Ok(());
+                        }
+                        if let Some(e) = app.take_close_reason().and_then(fatal_close) {
+                            return Err(e);
+                        }
+                        if started.elapsed() >= config.backoff.reset_after {
+                            attempt = 0;
+                        }
+                        // A node that restarted finds its previous connection still
+                        // holding the session until the daemon closes it: retry soon.
+                        let taking_over = matches!(&how, transport_tokio::host::Closed::ByPeer { code, .. }
+                            if *code == u64::from(transport_tokio::host::close_code(&ErrorCode::Overloaded)));
+                        let delay = config
+                            .backoff
+                            .delay(if taking_over { attempt.min(1) } else { attempt }, random());
+                        attempt = attempt.saturating_add(1);
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            _ = wait_true(&mut shutdown) => return Ok(()),
+                        }
+                        continue;
+                    }
+                    super::quic::Attempt::NotConnected => {}
+                }
+            }
+            if dialers.is_empty() {
+                let delay = config.backoff.delay(attempt, random());
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = wait_true(&mut shutdown) => return Ok(()),
+                }
+                continue;
+            }
             let stream = tokio::select! {
                 r = dial(&dialers) => r,
                 _ = wait_true(&mut shutdown) => return Ok(()),
             };
-            let started = tokio::time::Instant::now();
             match stream {
                 Err(DialError::Fatal(e)) => return Err(e),
                 Err(DialError::Transient) => {}

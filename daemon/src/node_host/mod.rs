@@ -10,6 +10,7 @@
 pub mod capabilities;
 pub mod connect;
 pub mod identity;
+pub mod quic;
 pub mod runtime;
 pub mod service;
 

@@ -177,6 +177,12 @@ impl NodeHandle {
         accepted.await.map_err(|_| EventError::Stopped)?
     }
 
+    /// Where commands for the connection go: a transport hands back here what it could
+    /// not deliver to a connection that ended.
+    pub(crate) fn command_sender(&self) -> mpsc::Sender<HostCommand> {
+        self.commands.clone()
+    }
+
     /// The link's state, updated as it changes.
     pub fn status(&self) -> watch::Receiver<LinkStatus> {
         self.status.clone()

@@ -54,7 +54,11 @@ impl Sessions<NodeSessionState> for Registry {
                 .map_err(|e| Refusal::new(ErrorCode::Internal, format!("session: {e:?}")))?,
         };
         entry.connection = Some(commands);
-        entry.info.address = Some(peer.addr.to_string());
+        let scheme = match peer.transport {
+            transport_tokio::host::TransportKind::Quic => "quic",
+            transport_tokio::host::TransportKind::Tcp => "tcp",
+        };
+        entry.info.address = Some(format!("{scheme}://{}", peer.addr));
         entry.info.transport = Some(peer.transport);
         entry.info.last_seen_ms = now_ms();
         Ok(Opened {

@@ -54,6 +54,8 @@ const MAX_RECV_CALLS: usize = 8;
 const MAX_REFUSING: usize = 64;
 /// Commands queued per endpoint.
 const COMMAND_QUEUE: usize = 4096;
+/// How long a shutting-down endpoint waits for journal batches in flight.
+const SHUTDOWN_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Control {
     Connect {
@@ -391,7 +393,7 @@ where
                 Wake::Socket | Wake::Timer => {}
                 Wake::Writable => self.retry_stalled(),
                 Wake::Control(None) | Wake::Control(Some(Control::Shutdown)) => {
-                    self.shutdown();
+                    self.shutdown().await;
                     return;
                 }
                 Wake::Control(Some(c)) => self.control(c),
@@ -948,18 +950,26 @@ where
     }
 
     fn command(&mut self, id: u64, command: CommandOf<S, H>) {
-        let Some(&ch) = self.ids.get(&id) else {
-            return;
-        };
-        let Some(conn) = self.conns.get_mut(&ch) else {
-            return;
-        };
-        if let Stage::Live(live) = &mut conn.stage {
+        if let Some(&ch) = self.ids.get(&id) {
+            if let Some(conn) = self.conns.get_mut(&ch) {
+                if let Stage::Live(live) = &mut conn.stage {
+                    live.lend(&self.pool);
+                    live.app
+                        .handle_command(&mut live.session, clock::now(), command);
+                    mark(&mut self.dirty, ch, conn);
+                    return;
+                }
+            }
+        }
+        if let Some(live) = self.zombies.get_mut(&id) {
+            // Gone, its session not back yet: its application still takes commands.
             live.lend(&self.pool);
             live.app
                 .handle_command(&mut live.session, clock::now(), command);
-            mark(&mut self.dirty, ch, conn);
+            live.pump(id, clock::now(), &self.pool, &mut self.group);
+            return;
         }
+        self.sessions.undelivered(command);
     }
 
     fn control(&mut self, control: Control) {
@@ -1047,7 +1057,7 @@ where
         }
     }
 
-    fn shutdown(&mut self) {
+    async fn shutdown(&mut self) {
         let now = StdInstant::now();
         let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         for ch in handles {
@@ -1058,13 +1068,31 @@ where
                 self.conns.insert(ch, conn);
             }
         }
+        // Commands still queued reach their application (or `Sessions::undelivered`),
+        // never the floor.
+        while let Ok((id, command)) = self.commands.try_recv() {
+            self.command(id, command);
+        }
         self.revisit(now);
         self.commit_group();
-        // Say goodbye on the wire; sessions with a batch in flight are dropped unconfirmed
-        // (their journals hold what was committed).
+        // Say goodbye on the wire.
         while self.transmit(now) {}
+        // A session goes back with no batch in flight: wait for the store, within reason;
+        // a batch still unconfirmed then counts as failed, and the session emits it again
+        // wherever it is driven next (its operations are idempotent).
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_COMMIT_WAIT;
+        while !self.zombies.is_empty() {
+            match tokio::time::timeout_at(deadline, self.commits.recv()).await {
+                Ok(Some((conns, result))) => self.committed(conns, result),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let now = clock::now();
         for (_, live) in self.zombies.drain() {
-            let live = *live;
+            let mut live = *live;
+            if live.in_flight {
+                live.session.handle_journal_failed(now);
+            }
             self.sessions
                 .closed(&live.peer, live.session, live.app, Closed::Shutdown);
         }
