@@ -182,7 +182,8 @@ pub async fn run(
                 max_connections: settings.max_connections,
                 ..QuicLimits::default()
             };
-            let (handle, task) = QuicEndpoint::server(
+            let responder: Arc<dyn transport_tokio::pairing::PairingResponder> = pairing.clone();
+            let (handle, task) = QuicEndpoint::server_with_pairing(
                 addr,
                 tls.clone(),
                 revocations.clone(),
@@ -190,6 +191,7 @@ pub async fn run(
                 Registry::new(runtime.clone()),
                 store_journal.clone(),
                 pool.clone(),
+                Some(responder),
             )
             .map_err(|e| err("QUIC")(e.to_string()))?;
             listening.push(format!("quic://{}", handle.local_addr()));

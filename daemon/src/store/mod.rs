@@ -12,7 +12,7 @@
 //! future has completed. They are short, indexed queries and run on the calling thread.
 //!
 //! The store also keeps session journals: it implements
-//! [`JournalStore`](transport_tokio::journal::JournalStore), so the batches of many
+//! [`JournalStore`], so the batches of many
 //! sessions commit in the same group as the application's own writes, and
 //! [`Store::load_journal`] gives back what a session restores from. A Linux node host
 //! uses the same store in its own state directory for its one journal (key `self`).

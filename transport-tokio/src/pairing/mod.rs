@@ -15,7 +15,7 @@
 //! reads and writes, and never awaits it.
 
 mod node;
-mod serve;
+pub(crate) mod serve;
 
 use protocol_core::pairing::{DaemonConfig, DaemonPairing, PairingError};
 use protocol_core::time::Instant;
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::tls::Fingerprint;
 
-pub use node::{PairError, PairOptions, PairingBundle, pair, pair_uri, pair_with};
+pub use node::{PairError, PairOptions, PairingBundle, pair, pair_over, pair_uri, pair_with};
 pub use serve::{PairingServeError, serve_pairing};
 
 /// The buffer every daemon-side run is built with (the opened CSR, then the answer being

@@ -17,7 +17,7 @@ use protocol_core::wire::{ErrorCode, Message, decode_message};
 use rand_core::CryptoRng;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::clock::{now, until};
 use crate::tcp::Connector;
@@ -293,20 +293,55 @@ pub async fn pair_with<R: CryptoRng + ?Sized>(
         peer_max_frame: PAIRING_MAX_FRAME,
     };
     let buf = vec![0u8; (PAIRING_MAX_FRAME as usize).max(csr_der.len() + TAG_LEN)];
-    let mut run =
-        NodePairing::new(now(), code, csr_der, buf, config, rng).map_err(|e| match e {
-            // The CSR is the only input that can make the buffer or the frame too small.
-            PairingError::BufferTooSmall => PairError::BadCsr,
-            e => PairError::from_run(e, false),
-        })?;
+    let run = NodePairing::new(now(), code, csr_der, buf, config, rng).map_err(|e| match e {
+        // The CSR is the only input that can make the buffer or the frame too small.
+        PairingError::BufferTooSmall => PairError::BadCsr,
+        e => PairError::from_run(e, false),
+    })?;
     let tls = pairing_client_config(pin)
         .map_err(|e| PairError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     let connector = Connector::new(tls).with_handshake_timeout(options.handshake_timeout);
-    let mut stream = connector
+    let stream = connector
         .connect(addr)
         .await
         .map_err(PairError::from_connect)?;
+    drive(options, run, stream).await
+}
 
+/// Pairs over a stream the caller opened with
+/// [`pairing_client_config`](crate::tls::pairing_client_config) — a TCP + TLS
+/// connection, or a QUIC connection's bidirectional stream (the daemon's QUIC endpoint
+/// pairs connections without a client certificate the same way).
+pub async fn pair_over<IO, R>(
+    options: &PairOptions,
+    stream: IO,
+    code: &PairingCode,
+    csr_der: &[u8],
+    pin: Option<Fingerprint>,
+    rng: &mut R,
+) -> Result<PairingBundle, PairError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    R: CryptoRng + ?Sized,
+{
+    let config = NodeConfig {
+        timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
+        expected_fingerprint: pin.map(|p| p.0),
+        peer_max_frame: PAIRING_MAX_FRAME,
+    };
+    let buf = vec![0u8; (PAIRING_MAX_FRAME as usize).max(csr_der.len() + TAG_LEN)];
+    let run = NodePairing::new(now(), code, csr_der, buf, config, rng).map_err(|e| match e {
+        PairingError::BufferTooSmall => PairError::BadCsr,
+        e => PairError::from_run(e, false),
+    })?;
+    drive(options, run, stream).await
+}
+
+async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(
+    options: &PairOptions,
+    mut run: NodePairing<'_, Vec<u8>>,
+    mut stream: IO,
+) -> Result<PairingBundle, PairError> {
     let mut dec = FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME)
         .map_err(|_| PairError::Protocol(PairingError::BufferTooSmall))?;
     let mut tx = vec![0u8; run.transmit_len()];

@@ -182,7 +182,7 @@ async fn serve_run(
 /// Takes the run's frames into `tx`, letting the responder answer after each (the last
 /// answer completes the run once handed over). Returns the bytes filled, whether the run
 /// asked to close, and whether `tx` was full with frames still to come.
-fn transmit(
+pub(crate) fn transmit(
     run: &mut DaemonPairing<RunBuffer>,
     responder: &dyn PairingResponder,
     tx: &mut [u8],
@@ -205,7 +205,7 @@ fn transmit(
 
 /// Cuts `input` into frames and hands each to the run, answering after each. A length
 /// prefix over the limit fails the run with `Malformed` (the node is told).
-fn feed(
+pub(crate) fn feed(
     run: &mut DaemonPairing<RunBuffer>,
     responder: &dyn PairingResponder,
     dec: &mut FrameDecoder<Vec<u8>>,
@@ -237,14 +237,14 @@ fn feed(
 /// A run holding an authenticated CSR (waiting for an operator) forgets it when it
 /// fails: the responder hears of the end first, while the run still shows what it held,
 /// so a proven code is given back.
-fn before_end(responder: &dyn PairingResponder, run: &DaemonPairing<RunBuffer>) {
+pub(crate) fn before_end(responder: &dyn PairingResponder, run: &DaemonPairing<RunBuffer>) {
     if run.csr().is_some() {
         responder.closed(run);
     }
 }
 
 /// Calls the responder until it has nothing more; keeps the report that ends the run.
-fn answer(
+pub(crate) fn answer(
     responder: &dyn PairingResponder,
     run: &mut DaemonPairing<RunBuffer>,
     end: &mut Option<PairingOutcome>,

@@ -43,6 +43,8 @@ pub(crate) enum Stage<S, A> {
         reply: Option<oneshot::Sender<Result<u64, String>>>,
     },
     Live(Box<Live<S, A>>),
+    /// No client certificate: a pairing run, and nothing else.
+    Pairing(Box<super::pairing::PairingConn>),
     /// Closed by us or the peer; waiting for quinn to drain it.
     Closing,
 }
@@ -120,6 +122,10 @@ where
         }
         if let Some(buf) = self.session.reclaim() {
             pool.put(buf);
+            // The session holds nothing: a quiet connection keeps no write buffer.
+            if self.pending.is_empty() {
+                self.pending = Vec::new();
+            }
         }
     }
 
@@ -224,8 +230,9 @@ where
                 return false;
             }
         }
+        // Kept while the connection is busy (reallocating it for every batch cost page
+        // faults under bulk); freed once the session is quiet (`pump`).
         self.pending.clear();
-        self.pending.shrink_to(4096);
         self.pending_at = 0;
         let need = self.session.config().transmit_len();
         if tx.len() < need {

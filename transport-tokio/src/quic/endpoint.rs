@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{self, QuicLimits, QuicSetupError};
 use super::conn::{Conn, FINISH_GRACE, Group, Live, ReadEnd, Stage, closed_from};
+use super::pairing::{NotPairing, PairingConn};
 use super::socket::Socket;
 use crate::clock;
 use crate::driver::Application;
@@ -39,8 +40,11 @@ use crate::host::{
     close_code, next_connection_id,
 };
 use crate::journal::{JournalError, JournalStore};
+use crate::pairing::PairingResponder;
 use crate::pool::Buffers;
 use crate::pool::StoragePool;
+use crate::tcp::pairing_limit::PairingStarts;
+use crate::tcp::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 use crate::tls::{Fingerprint, Revocation, device_id_of};
 
 /// Datagrams one connection may put in one send call (one GSO batch).
@@ -72,7 +76,8 @@ enum Control {
     Shutdown,
 }
 
-/// The application's handle on a running endpoint.
+/// The application's handle on a running endpoint. The endpoint shuts down (as with
+/// [`shutdown`](Self::shutdown)) once every handle is dropped.
 pub struct QuicHandle<C> {
     control: mpsc::Sender<Control>,
     commands: mpsc::Sender<(u64, C)>,
@@ -205,6 +210,28 @@ impl QuicEndpoint {
         S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
+        Self::server_with_pairing(addr, tls, revocation, limits, sessions, journal, pool, None)
+    }
+
+    /// [`server`](Self::server), and a connection without a client certificate may run
+    /// one pairing (and nothing else) on its first stream, answered by `pairing`; starts
+    /// are limited per peer address as on TCP. Without `pairing` such a connection is
+    /// closed with `Unauthorized` and a reason.
+    #[allow(clippy::too_many_arguments)]
+    pub fn server_with_pairing<S, H>(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        revocation: Arc<dyn Revocation>,
+        limits: QuicLimits,
+        sessions: H,
+        journal: Arc<dyn JournalStore>,
+        pool: StoragePool,
+        pairing: Option<Arc<dyn PairingResponder>>,
+    ) -> Result<Started<CommandOf<S, H>>, QuicSetupError>
+    where
+        S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
+        H: Sessions<S>,
+    {
         let server = config::server(tls, &limits)?;
         let endpoint = Endpoint::new(
             Arc::new(EndpointConfig::default()),
@@ -216,6 +243,7 @@ impl QuicEndpoint {
             addr,
             endpoint,
             true,
+            pairing,
             Some(revocation),
             limits,
             sessions,
@@ -238,7 +266,9 @@ impl QuicEndpoint {
         H: Sessions<S>,
     {
         let endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
-        Self::start(addr, endpoint, false, None, limits, sessions, journal, pool)
+        Self::start(
+            addr, endpoint, false, None, None, limits, sessions, journal, pool,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -246,6 +276,7 @@ impl QuicEndpoint {
         addr: SocketAddr,
         endpoint: Endpoint,
         server: bool,
+        pairing: Option<Arc<dyn PairingResponder>>,
         revocation: Option<Arc<dyn Revocation>>,
         limits: QuicLimits,
         sessions: H,
@@ -293,6 +324,13 @@ impl QuicEndpoint {
             notices,
             refusing: 0,
             open: open.clone(),
+            decisions: pairing.as_ref().map(|p| {
+                let mut d = p.decisions();
+                d.borrow_and_update();
+                d
+            }),
+            pairing,
+            starts: PairingStarts::new(DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL),
         };
         let handle = QuicHandle {
             control: control_tx,
@@ -352,6 +390,9 @@ struct Task<S: Session, H: Sessions<S>> {
     notices: Option<watch::Receiver<u64>>,
     refusing: usize,
     open: Arc<AtomicUsize>,
+    pairing: Option<Arc<dyn PairingResponder>>,
+    starts: PairingStarts,
+    decisions: Option<watch::Receiver<u64>>,
 }
 
 /// What woke the task.
@@ -363,6 +404,7 @@ enum Wake<C> {
     Command(Option<(u64, C)>),
     Commit(Option<(Vec<u64>, Result<(), JournalError>)>),
     Revocation(bool),
+    Decision(bool),
 }
 
 impl<S, H> Task<S, H>
@@ -401,6 +443,13 @@ where
                 Wake::Command(None) => {}
                 Wake::Commit(Some((conns, result))) => self.committed(conns, result),
                 Wake::Commit(None) => {}
+                Wake::Decision(live) => {
+                    if live {
+                        self.decided();
+                    } else {
+                        self.decisions = None;
+                    }
+                }
                 Wake::Revocation(live) => {
                     if live {
                         self.check_revocations();
@@ -427,6 +476,12 @@ where
                 None => std::future::pending().await,
             }
         };
+        let decisions = async {
+            match self.decisions.as_mut() {
+                Some(d) => d.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = self.socket.readable() => { let _ = r; Wake::Socket }
             r = self.socket.writable(), if stalled => { let _ = r; Wake::Writable }
@@ -435,6 +490,7 @@ where
             c = self.commands.recv() => Wake::Command(c),
             c = self.commits.recv() => Wake::Commit(c),
             live = notices => Wake::Revocation(live),
+            live = decisions => Wake::Decision(live),
         }
     }
 
@@ -569,6 +625,10 @@ where
                 live.session.handle_timeout(session_now);
                 finish_due = live.finishing.is_some_and(|d| d <= now);
             }
+            if let (Stage::Pairing(p), Some(responder)) = (&mut conn.stage, self.pairing.as_ref()) {
+                p.on_timeout(&**responder);
+                finish_due = p.finishing.is_some_and(|d| d <= now);
+            }
             if finish_due {
                 conn.close(now, CLOSE_SESSION_ENDED, "session closed");
             }
@@ -596,6 +656,7 @@ where
         let session_now = clock::now();
         let mut lost = None;
         let mut wants_send = false;
+        let mut pairing_input = false;
         while let Some(event) = conn.quic.poll() {
             match event {
                 Event::Connected => self.connected(now, &mut conn),
@@ -604,6 +665,9 @@ where
                     self.accept_streams(now, &mut conn, &mut wants_send);
                 }
                 Event::Stream(StreamEvent::Readable { id }) => {
+                    if let Stage::Pairing(p) = &conn.stage {
+                        pairing_input |= p.stream == Some(id);
+                    }
                     if let Stage::Live(live) = &mut conn.stage {
                         if live.stream == Some(id) {
                             let (end, transmit) =
@@ -619,6 +683,11 @@ where
                     }
                 }
                 Event::Stream(StreamEvent::Finished { id }) => {
+                    if let Stage::Pairing(p) = &conn.stage {
+                        if p.stream == Some(id) && p.finishing.is_some() {
+                            conn.close(now, CLOSE_SESSION_ENDED, "pairing done");
+                        }
+                    }
                     if let Stage::Live(live) = &conn.stage {
                         if live.stream == Some(id) && live.finishing.is_some() {
                             conn.close(now, CLOSE_SESSION_ENDED, "session closed");
@@ -646,6 +715,15 @@ where
                 }
                 conn.stage = Stage::Closing;
             }
+        }
+        if matches!(conn.stage, Stage::Pairing(_)) {
+            let newly_streamed = wants_send;
+            self.pairing_io(
+                now,
+                &mut conn,
+                pairing_input || newly_streamed,
+                lost.is_some(),
+            );
         }
         if let Stage::Live(live) = &mut conn.stage {
             live.pump(conn.id, session_now, &self.pool, &mut self.group);
@@ -697,13 +775,19 @@ where
         let addr = conn.quic.remote_address();
         let peer = if self.server {
             let Some(cert) = first else {
-                // Pairing runs over TCP; the node plane needs a certificate.
-                conn.close(
-                    now,
-                    close_code(&ErrorCode::Unauthorized),
-                    "a client certificate is required",
-                );
-                conn.stage = Stage::Closing;
+                // Pairing only, when this endpoint pairs; the node plane needs a
+                // certificate.
+                match self.pairing.as_ref().and_then(|_| PairingConn::new(addr)) {
+                    Some(p) => conn.stage = Stage::Pairing(Box::new(p)),
+                    None => {
+                        conn.close(
+                            now,
+                            close_code(&ErrorCode::Unauthorized),
+                            "a client certificate is required",
+                        );
+                        conn.stage = Stage::Closing;
+                    }
+                }
                 return;
             };
             let Some(device_id) = device_id_of(cert) else {
@@ -795,6 +879,60 @@ where
         }
     }
 
+    /// A pairing connection's reads and writes; closes it when the run is over or the
+    /// peer is not pairing.
+    fn pairing_io(&mut self, now: StdInstant, conn: &mut Conn<S, H::App>, input: bool, lost: bool) {
+        let Some(responder) = self.pairing.clone() else {
+            return;
+        };
+        let Stage::Pairing(p) = &mut conn.stage else {
+            return;
+        };
+        if lost {
+            p.closed(&*responder);
+            conn.stage = Stage::Closing;
+            return;
+        }
+        let mut refused = None;
+        if input {
+            if let Err(NotPairing(reason)) = p.read(&mut conn.quic, &*responder, &self.starts) {
+                refused = Some(reason);
+            }
+        }
+        if refused.is_none() && p.write(&mut conn.quic, &*responder) {
+            if let Some(id) = p.stream {
+                let _ = conn.quic.send_stream(id).finish();
+            }
+            p.finishing = Some(now + FINISH_GRACE);
+        }
+        if let Some(reason) = refused {
+            p.closed(&*responder);
+            conn.close(now, close_code(&ErrorCode::Unauthorized), reason);
+            conn.stage = Stage::Closing;
+        }
+    }
+
+    /// An operator decided: every pairing run waiting for it moves on.
+    fn decided(&mut self) {
+        let Some(responder) = self.pairing.clone() else {
+            return;
+        };
+        let waiting: Vec<ConnectionHandle> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.stage, Stage::Pairing(_)))
+            .map(|(ch, _)| *ch)
+            .collect();
+        for ch in waiting {
+            if let Some(conn) = self.conns.get_mut(&ch) {
+                if let Stage::Pairing(p) = &mut conn.stage {
+                    p.on_decision(&*responder);
+                }
+                mark(&mut self.dirty, ch, conn);
+            }
+        }
+    }
+
     /// The node's stream: the first one carries the session, and is read at once (no
     /// `Readable` follows for data that came with its opening). Others are refused.
     fn accept_streams(
@@ -812,6 +950,12 @@ where
                         live.read(&mut conn.quic, clock::now(), &self.pool, self.buffers);
                     *wants_send |= transmit;
                     let _ = end;
+                }
+                Stage::Pairing(p) if p.stream.is_none() => {
+                    // Read with the events that follow (no `Readable` comes for data
+                    // that arrived with the opening).
+                    p.stream = Some(id);
+                    *wants_send = true;
                 }
                 _ => {
                     let _ = conn
@@ -831,6 +975,9 @@ where
     /// once no journal batch of it is in flight.
     fn end(&mut self, conn: &mut Conn<S, H::App>, how: Closed) {
         let stage = std::mem::replace(&mut conn.stage, Stage::Closing);
+        if let (Stage::Pairing(p), Some(responder)) = (&stage, self.pairing.as_ref()) {
+            p.closed(&**responder);
+        }
         if let Stage::Live(mut live) = stage {
             self.finish_live(conn.id, &mut live, how);
             if live.in_flight {
@@ -859,7 +1006,7 @@ where
     }
 
     fn remove(&mut self, mut conn: Conn<S, H::App>) {
-        if matches!(conn.stage, Stage::Live(_)) {
+        if matches!(conn.stage, Stage::Live(_) | Stage::Pairing(_)) {
             self.end(
                 &mut conn,
                 Closed::Lost {
@@ -886,6 +1033,10 @@ where
         if let Stage::Live(live) = &conn.stage {
             consider(live.deadline());
             consider(live.finishing);
+        }
+        if let Stage::Pairing(p) = &conn.stage {
+            consider(p.deadline());
+            consider(p.finishing);
         }
         let at = at.map(|a| a.max(now));
         if at != conn.armed {

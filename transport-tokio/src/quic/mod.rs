@@ -14,6 +14,7 @@
 mod config;
 mod conn;
 mod endpoint;
+mod pairing;
 mod socket;
 
 pub use config::{

@@ -5,7 +5,7 @@
 
 mod connector;
 mod listener;
-mod pairing_limit;
+pub(crate) mod pairing_limit;
 pub(crate) mod refuse;
 mod serve;
 
