@@ -141,28 +141,15 @@ where
         let Some(id) = self.stream else {
             return (ReadEnd::Open, false);
         };
-        let mut recv = quic.recv_stream(id);
-        let mut chunks = match recv.read(true) {
-            Ok(chunks) => chunks,
-            Err(_) => return (ReadEnd::Ended, false),
+        let Some(read) = super::stream::read_all(quic, id) else {
+            return (ReadEnd::Ended, false);
         };
-        let mut got = Vec::new();
-        let mut end = ReadEnd::Open;
-        loop {
-            match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => got.push(chunk.bytes),
-                Ok(None) => {
-                    end = ReadEnd::Ended;
-                    break;
-                }
-                Err(quinn_proto::ReadError::Blocked) => break,
-                Err(_) => {
-                    end = ReadEnd::Ended;
-                    break;
-                }
-            }
-        }
-        let transmit = chunks.finalize().should_transmit();
+        let (got, transmit) = (read.chunks, read.transmit);
+        let end = if read.ended {
+            ReadEnd::Ended
+        } else {
+            ReadEnd::Open
+        };
         let max = self.session.config().max_frame;
         for bytes in got {
             let mut input = &bytes[..];
@@ -221,19 +208,11 @@ where
         if self.finishing.is_some() {
             return false;
         }
-        if self.pending_at < self.pending.len() {
-            match quic.send_stream(id).write(&self.pending[self.pending_at..]) {
-                Ok(n) => self.pending_at += n,
-                Err(_) => return false,
-            }
-            if self.pending_at < self.pending.len() {
-                return false;
-            }
+        // The buffer keeps its capacity while the connection is busy (reallocating it
+        // for every batch cost page faults under bulk); `pump` frees it once quiet.
+        if !super::stream::flush(quic, id, &mut self.pending, &mut self.pending_at) {
+            return false;
         }
-        // Kept while the connection is busy (reallocating it for every batch cost page
-        // faults under bulk); freed once the session is quiet (`pump`).
-        self.pending.clear();
-        self.pending_at = 0;
         let need = self.session.config().transmit_len();
         if tx.len() < need {
             tx.resize(need, 0);

@@ -16,6 +16,7 @@ mod conn;
 mod endpoint;
 mod pairing;
 mod socket;
+mod stream;
 
 pub use config::{
     DEFAULT_MAX_CONNECTIONS, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE, MAX_BIDI_STREAMS,

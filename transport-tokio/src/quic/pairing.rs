@@ -7,8 +7,7 @@ use std::time::Instant as StdInstant;
 
 use protocol_core::frame::FrameDecoder;
 use protocol_core::pairing::{
-    Abort, DaemonPairing, PAIRING_MAX_FRAME, PairingError, PairingMessage, decode_pairing,
-    encode_pairing,
+    DaemonPairing, PAIRING_MAX_FRAME, PairingError, PairingMessage, decode_pairing,
 };
 use quinn_proto::{Connection, StreamId};
 
@@ -16,6 +15,7 @@ use crate::clock::now;
 use crate::pairing::serve::{answer, before_end, feed, transmit};
 use crate::pairing::{PairingOutcome, PairingResponder, RunBuffer};
 use crate::tcp::pairing_limit::PairingStarts;
+use crate::tcp::refuse::abort_frame;
 
 /// One anonymous connection's pairing.
 pub(crate) struct PairingConn {
@@ -64,27 +64,10 @@ impl PairingConn {
         let Some(id) = self.stream else {
             return Ok(());
         };
-        let mut recv = quic.recv_stream(id);
-        let Ok(mut chunks) = recv.read(true) else {
+        let Some(read) = super::stream::read_all(quic, id) else {
             return Err(NotPairing("the pairing stream ended"));
         };
-        let mut got = Vec::new();
-        let mut ended = false;
-        loop {
-            match chunks.next(usize::MAX) {
-                Ok(Some(c)) => got.push(c.bytes),
-                Ok(None) => {
-                    ended = true;
-                    break;
-                }
-                Err(quinn_proto::ReadError::Blocked) => break,
-                Err(_) => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        let _ = chunks.finalize();
+        let (got, ended) = (read.chunks, read.ended);
         for bytes in got {
             let mut input = &bytes[..];
             if self.run.is_none() && !self.closing {
@@ -126,14 +109,7 @@ impl PairingConn {
     }
 
     fn abort(&mut self, error: PairingError) {
-        let mut frame = vec![0u8; PAIRING_MAX_FRAME as usize + 4];
-        let n = encode_pairing(
-            &PairingMessage::Abort(Abort { error }),
-            PAIRING_MAX_FRAME,
-            &mut frame,
-        )
-        .unwrap_or(0);
-        self.pending.extend_from_slice(&frame[..n]);
+        self.pending.extend_from_slice(&abort_frame(error));
         self.closing = true;
     }
 
@@ -167,17 +143,9 @@ impl PairingConn {
             return false;
         }
         loop {
-            if self.pending_at < self.pending.len() {
-                match quic.send_stream(id).write(&self.pending[self.pending_at..]) {
-                    Ok(n) => self.pending_at += n,
-                    Err(_) => return false,
-                }
-                if self.pending_at < self.pending.len() {
-                    return false;
-                }
+            if !super::stream::flush(quic, id, &mut self.pending, &mut self.pending_at) {
+                return false;
             }
-            self.pending.clear();
-            self.pending_at = 0;
             if self.closing {
                 return true;
             }

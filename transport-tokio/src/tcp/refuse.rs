@@ -82,6 +82,11 @@ pub async fn refuse_pairing<IO>(mut io: IO, error: PairingError)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    close_after(&mut io, &abort_frame(error)).await;
+}
+
+/// A pairing `Abort` frame carrying `error`.
+pub(crate) fn abort_frame(error: PairingError) -> Vec<u8> {
     let mut frame = vec![0u8; PAIRING_MAX_FRAME as usize + 4];
     let n = encode_pairing(
         &PairingMessage::Abort(Abort { error }),
@@ -89,7 +94,8 @@ where
         &mut frame,
     )
     .unwrap_or(0);
-    close_after(&mut io, &frame[..n]).await;
+    frame.truncate(n);
+    frame
 }
 
 #[cfg(test)]
