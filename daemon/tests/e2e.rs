@@ -275,7 +275,15 @@ fn pair_call_health_and_follow_events() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(caps, ["echo", "system.health", "desktop.open_url"]);
+    assert_eq!(
+        caps,
+        [
+            "echo",
+            "system.health",
+            "desktop.open_url",
+            "tern.certificate"
+        ]
+    );
 
     // Events reach a follower as they come.
     let mut follow = Command::new(TERND)
@@ -487,4 +495,43 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving() {
     let echo = d.json(&["call", &id, "echo", "--input", "[1,2,3]"]);
     assert_eq!(echo["output"], serde_json::json!([1, 2, 3]));
     assert!(d.cli(&["status"]).status.success());
+}
+
+#[test]
+fn a_node_renews_its_certificate_over_its_session() {
+    use sha2::Digest;
+    let tmp = scratch();
+    let d = Daemon::start(&tmp.path().join("daemon"));
+    let dir = tmp.path().join("node");
+    let uri = d.pair_uri(&[]);
+    let n = node(&dir, Some(&uri), &[]);
+    let id = node_id(&dir);
+    online(&d, &id);
+    let first = d.json(&["node", "show", &id])["certificate_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    n.kill9();
+
+    // Inside the renewal window (certificates live 90 days): it asks at once.
+    let n = node(&dir, None, &["--renew-within-days", "100"]);
+    let renewed = wait_until("the renewed certificate", || {
+        let fp = d.json(&["node", "show", &id])["certificate_fingerprint"]
+            .as_str()?
+            .to_owned();
+        let on_disk = std::fs::read(dir.join("client.der")).ok()?;
+        let disk_fp: String = sha2::Sha256::digest(&on_disk)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (fp != first && disk_fp == fp).then_some(fp)
+    });
+    assert_ne!(renewed, first);
+    n.kill9();
+
+    // The next run presents the renewed certificate, and the daemon takes it.
+    let _n = node(&dir, None, &[]);
+    online(&d, &id);
+    let echo = d.json(&["call", &id, "echo", "--input", r#"{"renewed":true}"#]);
+    assert_eq!(echo["output"], serde_json::json!({"renewed": true}));
 }

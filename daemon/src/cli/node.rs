@@ -21,6 +21,7 @@ use crate::node_host::capabilities::{
 };
 use crate::node_host::identity::default_state_dir;
 use crate::node_host::quic::QuicTarget;
+use crate::node_host::renewal::{InstallCertificate, TlsSource, renew_when_due};
 use crate::node_host::service::{
     InstallOptions, NodeConfigFile, ServiceAction, install, systemctl,
 };
@@ -61,6 +62,9 @@ pub struct RunArgs {
     /// Send a `health` event this often (seconds; 0 turns it off).
     #[arg(long, default_value_t = 60)]
     pub health_every: u64,
+    /// Ask the daemon for a renewed certificate this many days before it expires.
+    #[arg(long, default_value_t = 30)]
+    pub renew_within_days: u64,
 }
 
 #[derive(Debug, Args)]
@@ -287,29 +291,41 @@ async fn run_host(args: RunArgs) -> Result<(), Exit> {
     if let Some(opener) = resolved.opener {
         options.opener = opener;
     }
-    let registry = Arc::new(Registry::builtin(options));
     let daemon = identity
         .paired()
         .map(|p| p.daemon.clone())
         .unwrap_or_default();
+    let device_id = identity.device_id().to_owned();
+    let tls = TlsSource::new(
+        identity
+            .client_config()
+            .map_err(|e| Exit::failure(e.to_string()))?,
+    );
+    let identity = Arc::new(std::sync::Mutex::new(identity));
+    let mut registry = Registry::builtin(options);
+    registry
+        .add(InstallCertificate::new(identity.clone(), tls.clone()))
+        .map_err(|e| Exit::failure(e.to_string()))?;
+    let registry = Arc::new(registry);
     // QUIC first, at the daemon's address (UDP, same port); TCP + TLS where allowed.
     if !args.tcp_only {
         config.quic = Some(QuicTarget {
             daemon: daemon.clone(),
-            tls: identity
-                .client_config()
-                .map_err(|e| Exit::failure(e.to_string()))?,
+            tls: tls.clone(),
         });
     }
     let mut dialers: Vec<Arc<dyn Dialer>> = Vec::new();
     if !args.quic_only {
-        let dialer =
-            TcpDialer::from_identity(&identity).map_err(|e| Exit::failure(e.to_string()))?;
-        dialers.push(Arc::new(dialer));
+        dialers.push(Arc::new(TcpDialer::from_source(tls, &daemon)));
     }
     let journal: Arc<dyn JournalStore> = store;
     let (host, handle) = NodeHost::new(config, registry, dialers, journal, restored);
-    tracing::info!(node = %identity.device_id(), %daemon, "node host running");
+    tracing::info!(node = %device_id, %daemon, "node host running");
+    tokio::spawn(renew_when_due(
+        identity,
+        handle.clone(),
+        Duration::from_secs(args.renew_within_days.saturating_mul(86_400)),
+    ));
     let stop = handle.clone();
     tokio::spawn(async move {
         let mut term =

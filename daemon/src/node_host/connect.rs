@@ -56,6 +56,9 @@ pub trait Dialer: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct TcpDialer {
     connector: Connector,
+    /// When set, the TLS configuration is read from here at every dial (it changes
+    /// when a renewed certificate is installed).
+    source: Option<super::renewal::TlsSource>,
     daemon: String,
 }
 
@@ -63,6 +66,16 @@ impl TcpDialer {
     pub fn new(connector: Connector, daemon: &str) -> Self {
         Self {
             connector,
+            source: None,
+            daemon: daemon.to_owned(),
+        }
+    }
+
+    /// Dials with whatever configuration `source` holds at the time.
+    pub fn from_source(source: super::renewal::TlsSource, daemon: &str) -> Self {
+        Self {
+            connector: Connector::new(source.get()),
+            source: Some(source),
             daemon: daemon.to_owned(),
         }
     }
@@ -89,8 +102,12 @@ impl Dialer for TcpDialer {
                 io::ErrorKind::NotFound,
                 format!("{} resolves to no address", self.daemon),
             );
+            let connector = match &self.source {
+                Some(source) => Connector::new(source.get()),
+                None => self.connector.clone(),
+            };
             for addr in tokio::net::lookup_host(self.daemon.as_str()).await? {
-                match self.connector.connect(addr).await {
+                match connector.connect(addr).await {
                     Ok(stream) => return Ok(Box::new(stream) as Stream),
                     Err(e) if fatal_io(&e).is_some() => return Err(e),
                     Err(e) => last = e,

@@ -11,6 +11,7 @@ pub mod capabilities;
 pub mod connect;
 pub mod identity;
 pub mod quic;
+pub mod renewal;
 pub mod runtime;
 pub mod service;
 

@@ -22,7 +22,8 @@ pub const QUIC_PROBE: Duration = Duration::from_secs(3);
 pub struct QuicTarget {
     /// `host:port`, resolved at every attempt.
     pub daemon: String,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Read at every attempt (a renewed certificate replaces it).
+    pub tls: super::renewal::TlsSource,
 }
 
 impl std::fmt::Debug for QuicTarget {
@@ -190,7 +191,7 @@ async fn drive(
     commands: &mut mpsc::Receiver<HostCommand>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Attempt {
-    let conn = match handle.connect(addr, "tern", target.tls.clone()).await {
+    let conn = match handle.connect(addr, "tern", target.tls.get()).await {
         Ok(c) => c,
         Err(ConnectError::Handshake(reason)) => {
             return fatal_handshake(&reason).map_or(Attempt::NotConnected, Attempt::Fatal);

@@ -7,6 +7,8 @@ use protocol_core::session::{CallState, Instant, OwnedDaemonEvent, OwnedOutcome,
 use protocol_core::wire::{GoodbyeReason, Payload};
 use transport_tokio::Application;
 
+use crate::node_host::renewal::RENEW_EVENT;
+
 use super::calls::CallStatus;
 use super::persist::{EventRow, NodeRow, Write, now_ms};
 use super::{Capability, NodeSessionState, Runtime, RuntimeCommand, State};
@@ -28,13 +30,23 @@ impl Application<NodeSessionState> for NodeApp {
 
     fn handle_events(&mut self, session: &mut NodeSessionState, now: Instant) {
         let mut writes = Vec::new();
+        let mut renewals = Vec::new();
         {
             let mut state = self.runtime.lock();
             while let Some(event) = session.poll_event() {
                 let owned = OwnedDaemonEvent::from(event);
+                if let OwnedDaemonEvent::Event { name, payload, .. } = &owned {
+                    if name == RENEW_EVENT {
+                        renewals.push(payload.data.clone());
+                    }
+                }
                 self.apply(&mut state, owned, &mut writes);
             }
             self.dispatch(&mut state, session, now, &mut writes);
+        }
+        for body in renewals {
+            // Answered with a call once the CA has signed; not on this task.
+            tokio::spawn(self.runtime.clone().renew(self.node.clone(), body));
         }
         let stored_event = writes.iter().any(|w| matches!(w, Write::Event(_)));
         if !writes.is_empty() {

@@ -13,6 +13,7 @@ pub mod app;
 pub mod calls;
 pub mod persist;
 pub mod registry;
+pub mod renewal;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,6 +30,7 @@ use transport_tokio::host::{Commands, TransportKind};
 pub use calls::{CallOutcome, CallStatus};
 pub use persist::{CallRow, EventRow, NodeRow, RuntimeStore};
 pub use registry::Registry;
+pub use renewal::Renewer;
 
 /// A daemon-side session as the runtime keeps it.
 pub type NodeSessionState = DaemonSession<Box<[u8]>>;
@@ -101,6 +103,8 @@ pub(crate) struct State {
     pub(crate) nodes: HashMap<String, NodeEntry>,
     pub(crate) calls: calls::Calls,
     pub(crate) rng: ChaCha20Rng,
+    /// When each node last asked for a renewed certificate.
+    pub(crate) renewals: HashMap<String, u64>,
 }
 
 /// The runtime, shared by the transports (through [`Registry`]) and the operator API.
@@ -111,6 +115,7 @@ pub struct Runtime {
     pub(crate) pool: StoragePool,
     /// Woken when events were stored (followers re-read the store).
     pub events_stored: Arc<Notify>,
+    pub(crate) renewer: std::sync::OnceLock<Arc<dyn renewal::Renewer>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -160,10 +165,12 @@ impl Runtime {
                 nodes: HashMap::new(),
                 calls: calls::Calls::default(),
                 rng: ChaCha20Rng::from_seed(seed),
+                renewals: HashMap::new(),
             }),
             store,
             pool,
             events_stored: Arc::new(Notify::new()),
+            renewer: std::sync::OnceLock::new(),
         })
     }
 

@@ -136,6 +136,10 @@ pub async fn run(
         seed().map_err(err("seeding"))?,
     );
     store_adapter::restore(&store, &runtime).map_err(err("restoring nodes"))?;
+    runtime.set_renewer(Arc::new(CaRenewer {
+        ca: identity.ca.clone(),
+        store: store.clone(),
+    }));
     let _deadlines = runtime.spawn_deadlines();
 
     // Pairing: the service over the CA, its records from the store.
@@ -345,6 +349,40 @@ fn on_pairing_report(
     writes.extend(records.into_iter().map(Write::PutPairing));
     // Queued ahead of anything later; the run's answer is already on its way.
     drop(store.write(writes));
+}
+
+/// Renews node certificates with the daemon's CA and records them as the device's.
+struct CaRenewer {
+    ca: Arc<crate::ca::CertificateAuthority>,
+    store: Arc<Store>,
+}
+
+impl crate::runtime::Renewer for CaRenewer {
+    fn renew(&self, device_id: &str, csr_der: &[u8]) -> Result<Vec<u8>, String> {
+        use rand_core::SeedableRng;
+        let mut rng = chacha20::ChaCha20Rng::from_seed(seed()?);
+        let now_ms = crate::runtime::persist::now_ms();
+        let cert = self
+            .ca
+            .issue_client(csr_der, device_id, now_ms, &mut rng)
+            .map_err(|e| e.to_string())?;
+        let paired_at_ms = self
+            .store
+            .device(device_id)
+            .ok()
+            .flatten()
+            .map_or(now_ms, |d| d.paired_at_ms);
+        info!(device = %device_id, "certificate renewed");
+        // Recorded before the node has it: the next `node show` names the new one.
+        drop(self.store.write(vec![Write::PutDevice(DeviceRow {
+            device_id: device_id.to_owned(),
+            fingerprint: cert.fingerprint,
+            cert_der: cert.der.clone(),
+            paired_at_ms,
+            name: None,
+        })]));
+        Ok(cert.der)
+    }
 }
 
 fn seed() -> Result<[u8; 32], String> {
