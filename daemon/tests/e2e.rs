@@ -92,7 +92,7 @@ impl Daemon {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--listen-tcp")
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(["--public-names", "127.0.0.1"])
+            .args(["--public-names", "127.0.0.1", "--metrics", "127.0.0.1:0"])
             .env("TERN_STATE_DIR", &self.dir)
             .env(
                 "RUST_LOG",
@@ -495,6 +495,47 @@ fn bad_input_gets_typed_errors_and_the_daemon_keeps_serving() {
     let echo = d.json(&["call", &id, "echo", "--input", "[1,2,3]"]);
     assert_eq!(echo["output"], serde_json::json!([1, 2, 3]));
     assert!(d.cli(&["status"]).status.success());
+
+    // The metrics count what happened: the garbage as TLS handshake failures, the
+    // node's frames and its connection.
+    let metrics = scrape(&d);
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("tern_handshake_failures_total{transport=\"tcp\",reason=\"tls\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("tern_frames_total{transport=\"tcp\",direction=\"in\"}") >= 1.0);
+    assert!(value("tern_connections{transport=\"tcp\"}") >= 1.0);
+    assert!(value("tern_calls_finished_total{state=\"succeeded\"}") >= 1.0);
+}
+
+/// `GET /metrics` from the daemon's metrics address (named in `ternd status`).
+fn scrape(d: &Daemon) -> String {
+    use std::io::{Read, Write};
+    let status = d.json(&["status"]);
+    let url = status["listen_addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find_map(|a| a.strip_prefix("http://"))
+        .unwrap()
+        .to_owned();
+    let addr = url.trim_end_matches("/metrics");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }
 
 #[test]

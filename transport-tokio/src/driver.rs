@@ -18,8 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::clock::{now, until};
+use crate::host::TransportKind;
 use crate::journal::{Batch, JournalStore};
 use crate::pool::{StoragePool, frame_buffers};
+use crate::stats;
 use crate::tcp::refuse::{close_after, error_frame};
 use crate::tls::RevocationWatch;
 
@@ -162,7 +164,10 @@ where
             let mut close = false;
             let full = loop {
                 match core.session.poll_transmit(now(), &mut tx[filled..]) {
-                    Ok(Some(Transmit::Frame(n))) => filled += n,
+                    Ok(Some(Transmit::Frame(n))) => {
+                        stats::frame_out(TransportKind::Tcp, n);
+                        filled += n;
+                    }
                     Ok(Some(Transmit::Close)) => {
                         close = true;
                         break false;
@@ -353,6 +358,7 @@ where
             match dec.decode(input) {
                 Ok(p) => {
                     if let Some(frame) = p.frame {
+                        stats::frame_in(TransportKind::Tcp, frame.len());
                         self.lend();
                         if self.session.handle_frame(now(), frame) == Err(SessionError::NoStorage) {
                             // The pool's buffer was refused: nothing to retry with.

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod pairing;
 pub mod pool;
 pub mod quic;
+pub mod stats;
 pub mod tcp;
 pub mod tls;
 

@@ -24,6 +24,18 @@ struct State {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Failure {
+    transport: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Flow {
+    transport: String,
+    direction: String,
+}
+
 /// The daemon's counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -35,6 +47,11 @@ pub struct Metrics {
     nodes_online: Gauge,
     nodes_known: Gauge,
     calls_open: Gauge,
+    handshake_failures: Family<Failure, Counter>,
+    frames: Family<Flow, Counter>,
+    bytes: Family<Flow, Counter>,
+    /// The transports' counters as last exported (counters advance by the difference).
+    last: std::sync::Mutex<[transport_tokio::stats::Snapshot; 2]>,
 }
 
 impl Default for Metrics {
@@ -53,6 +70,9 @@ impl Metrics {
         let nodes_online = Gauge::default();
         let nodes_known = Gauge::default();
         let calls_open = Gauge::default();
+        let handshake_failures = Family::<Failure, Counter>::default();
+        let frames = Family::<Flow, Counter>::default();
+        let bytes = Family::<Flow, Counter>::default();
         registry.register("connections", "Open node connections", connections.clone());
         registry.register(
             "connections_opened",
@@ -68,6 +88,13 @@ impl Metrics {
         registry.register("nodes_online", "Nodes connected now", nodes_online.clone());
         registry.register("nodes_known", "Nodes the daemon knows", nodes_known.clone());
         registry.register("calls_open", "Calls not yet final", calls_open.clone());
+        registry.register(
+            "handshake_failures",
+            "Connections refused before carrying a session, by reason",
+            handshake_failures.clone(),
+        );
+        registry.register("frames", "Node-plane frames", frames.clone());
+        registry.register("bytes", "Node-plane frame bytes", bytes.clone());
         Self {
             registry,
             connections,
@@ -77,23 +104,79 @@ impl Metrics {
             nodes_online,
             nodes_known,
             calls_open,
+            handshake_failures,
+            frames,
+            bytes,
+            last: std::sync::Mutex::new(Default::default()),
         }
     }
 
-    pub fn connection_opened(&self, transport: &str) {
-        let t = Transport {
-            transport: transport.into(),
-        };
-        self.connections.get_or_create(&t).inc();
-        self.connections_total.get_or_create(&t).inc();
-    }
-
-    pub fn connection_closed(&self, transport: &str) {
-        self.connections
-            .get_or_create(&Transport {
-                transport: transport.into(),
-            })
-            .dec();
+    /// Brings the transports' counters into the registry.
+    fn sync_transports(&self) {
+        use transport_tokio::host::TransportKind;
+        use transport_tokio::stats::{HandshakeFailure, snapshot};
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, (kind, name)) in [(TransportKind::Quic, "quic"), (TransportKind::Tcp, "tcp")]
+            .into_iter()
+            .enumerate()
+        {
+            let now = snapshot(kind);
+            let Some(before) = last.get_mut(i) else {
+                continue;
+            };
+            let t = Transport {
+                transport: name.into(),
+            };
+            self.connections
+                .get_or_create(&t)
+                .set(i64::try_from(now.open).unwrap_or(i64::MAX));
+            self.connections_total
+                .get_or_create(&t)
+                .inc_by(now.opened.saturating_sub(before.opened));
+            for (j, why) in HandshakeFailure::ALL.iter().enumerate() {
+                let (n, b) = (
+                    now.failures.get(j).copied().unwrap_or(0),
+                    before.failures.get(j).copied().unwrap_or(0),
+                );
+                self.handshake_failures
+                    .get_or_create(&Failure {
+                        transport: name.into(),
+                        reason: why.as_str().into(),
+                    })
+                    .inc_by(n.saturating_sub(b));
+            }
+            for (direction, f, fb, by, bb) in [
+                (
+                    "in",
+                    now.frames_in,
+                    before.frames_in,
+                    now.bytes_in,
+                    before.bytes_in,
+                ),
+                (
+                    "out",
+                    now.frames_out,
+                    before.frames_out,
+                    now.bytes_out,
+                    before.bytes_out,
+                ),
+            ] {
+                let flow = Flow {
+                    transport: name.into(),
+                    direction: direction.into(),
+                };
+                self.frames
+                    .get_or_create(&flow)
+                    .inc_by(f.saturating_sub(fb));
+                self.bytes
+                    .get_or_create(&flow)
+                    .inc_by(by.saturating_sub(bb));
+            }
+            *before = now;
+        }
     }
 
     pub fn call_finished(&self, state: &str) {
@@ -110,6 +193,7 @@ impl Metrics {
 
     /// The text exposition, with the runtime's gauges read now.
     pub fn render(&self, runtime: &Runtime) -> String {
+        self.sync_transports();
         let (known, online) = runtime.counts();
         self.nodes_known
             .set(i64::try_from(known).unwrap_or(i64::MAX));
@@ -165,4 +249,30 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_family() {
+        let m = Metrics::new();
+        m.call_finished("succeeded");
+        m.event();
+        m.sync_transports();
+        let mut out = String::new();
+        let _ = encode(&mut out, &m.registry);
+        for name in [
+            "tern_connections",
+            "tern_handshake_failures_total",
+            "tern_frames_total",
+            "tern_bytes_total",
+            "tern_calls_finished_total",
+            "tern_events_received_total",
+        ] {
+            assert!(out.contains(name), "{name} missing from\n{out}");
+        }
+        assert!(out.contains("reason=\"revoked\""));
+    }
 }

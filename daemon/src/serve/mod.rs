@@ -236,19 +236,12 @@ pub async fn run(
         let registry = Registry::new(runtime.clone());
         let journal = store_journal.clone();
         let node_pool = pool.clone();
-        let m = metrics.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(conn) = nodes_rx.recv().await {
-                m.connection_opened("tcp");
-                let (registry, journal, pool, m) = (
-                    registry.clone(),
-                    journal.clone(),
-                    node_pool.clone(),
-                    m.clone(),
-                );
+                let (registry, journal, pool) =
+                    (registry.clone(), journal.clone(), node_pool.clone());
                 tokio::spawn(async move {
                     let how = conn.serve_with(registry, journal, pool).await;
-                    m.connection_closed("tcp");
                     tracing::debug!(?how, "TCP connection ended");
                 });
             }

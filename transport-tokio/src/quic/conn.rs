@@ -169,6 +169,7 @@ where
                                     pool.put(buf);
                                 }
                             }
+                            crate::stats::frame_in(crate::host::TransportKind::Quic, frame.len());
                             if self.session.handle_frame(now, frame) == Err(SessionError::NoStorage)
                             {
                                 return (ReadEnd::Ended, transmit);
@@ -222,7 +223,10 @@ where
             let mut close = false;
             let full = loop {
                 match self.session.poll_transmit(now, &mut tx[filled..]) {
-                    Ok(Some(Transmit::Frame(n))) => filled += n,
+                    Ok(Some(Transmit::Frame(n))) => {
+                        crate::stats::frame_out(crate::host::TransportKind::Quic, n);
+                        filled += n;
+                    }
                     Ok(Some(Transmit::Close)) => {
                         close = true;
                         break false;

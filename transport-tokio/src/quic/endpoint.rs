@@ -43,6 +43,7 @@ use crate::journal::{JournalError, JournalStore};
 use crate::pairing::PairingResponder;
 use crate::pool::Buffers;
 use crate::pool::StoragePool;
+use crate::stats::{self, HandshakeFailure};
 use crate::tcp::pairing_limit::PairingStarts;
 use crate::tcp::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 use crate::tls::{Fingerprint, Revocation, device_id_of};
@@ -613,6 +614,7 @@ where
                 .is_some_and(|d| d <= now && conn.quic.is_handshaking())
             {
                 conn.handshake_deadline = None;
+                stats::failed(TransportKind::Quic, HandshakeFailure::Timeout);
                 conn.close(
                     now,
                     close_code(&ErrorCode::Unauthorized),
@@ -710,6 +712,13 @@ where
         }
         if let Stage::Handshaking { reply, .. } = &mut conn.stage {
             if let Some(reason) = &lost {
+                let why = match reason {
+                    Closed::Lost { reason } if reason.contains("timed out") => {
+                        HandshakeFailure::Timeout
+                    }
+                    _ => HandshakeFailure::Tls,
+                };
+                stats::failed(TransportKind::Quic, why);
                 if let Some(reply) = reply.take() {
                     let _ = reply.send(Err(describe(reason)));
                 }
@@ -762,6 +771,7 @@ where
         };
         let (refuse, reply) = (refuse.take(), reply.take());
         if let Some(r) = refuse {
+            stats::failed(TransportKind::Quic, HandshakeFailure::Overloaded);
             conn.close(now, close_code(&r.code), &r.reason);
             conn.stage = Stage::Closing;
             return;
@@ -780,6 +790,7 @@ where
                 match self.pairing.as_ref().and_then(|_| PairingConn::new(addr)) {
                     Some(p) => conn.stage = Stage::Pairing(Box::new(p)),
                     None => {
+                        stats::failed(TransportKind::Quic, HandshakeFailure::Identity);
                         conn.close(
                             now,
                             close_code(&ErrorCode::Unauthorized),
@@ -791,6 +802,7 @@ where
                 return;
             };
             let Some(device_id) = device_id_of(cert) else {
+                stats::failed(TransportKind::Quic, HandshakeFailure::Identity);
                 conn.close(
                     now,
                     close_code(&ErrorCode::Unauthorized),
@@ -805,6 +817,7 @@ where
                 .as_ref()
                 .is_some_and(|r| r.is_revoked(&fingerprint, &device_id))
             {
+                stats::failed(TransportKind::Quic, HandshakeFailure::Revoked);
                 conn.close(now, close_code(&ErrorCode::Revoked), "revoked");
                 conn.stage = Stage::Closing;
                 return;
@@ -831,6 +844,12 @@ where
         let opened = match self.sessions.open(&peer, commands) {
             Ok(opened) => opened,
             Err(r) => {
+                let why = if r.code == ErrorCode::Overloaded {
+                    HandshakeFailure::Overloaded
+                } else {
+                    HandshakeFailure::Identity
+                };
+                stats::failed(TransportKind::Quic, why);
                 conn.close(now, close_code(&r.code), &r.reason);
                 conn.stage = Stage::Closing;
                 if let Some(reply) = reply {
@@ -841,6 +860,7 @@ where
         };
         if self.server && opened.session.bound_node() != Some(peer.device_id.as_str()) {
             // A session for another node than the certificate names: never let it speak.
+            stats::failed(TransportKind::Quic, HandshakeFailure::Identity);
             conn.close(now, close_code(&ErrorCode::Unauthorized), "wrong node");
             conn.stage = Stage::Closing;
             self.sessions.closed(
@@ -874,6 +894,7 @@ where
             }
         }
         conn.stage = Stage::Live(live);
+        stats::opened(TransportKind::Quic);
         if let Some(reply) = reply {
             let _ = reply.send(Ok(conn.id));
         }
@@ -979,6 +1000,7 @@ where
             p.closed(&**responder);
         }
         if let Stage::Live(mut live) = stage {
+            stats::closed(TransportKind::Quic);
             self.finish_live(conn.id, &mut live, how);
             if live.in_flight {
                 self.zombies.insert(conn.id, live);

@@ -22,6 +22,8 @@ use super::pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL, Pairin
 use super::refuse::{close_after, error_frame, refuse, refuse_pairing};
 use crate::clock;
 use crate::driver::{Application, Driver, Ended};
+use crate::host::TransportKind;
+use crate::stats::{self, HandshakeFailure};
 use crate::tls::{ALPN, Fingerprint, PeerIdentity, Revocation, RevocationWatch, peer_identity};
 
 /// Default cap on concurrent connections.
@@ -152,6 +154,7 @@ impl Listener {
                 Err(_) => {
                     // Over the cap: say so after the handshake, within a small budget
                     // of refusals in progress; past it, drop the connection unread.
+                    stats::failed(TransportKind::Tcp, HandshakeFailure::Overloaded);
                     if let Ok(slot) = refusing.clone().try_acquire_owned() {
                         tokio::spawn(async move {
                             let limit = shared.config.handshake_timeout;
@@ -179,21 +182,28 @@ async fn admit(
 ) {
     let limit = shared.config.handshake_timeout;
     // A refused certificate ends here: rustls has sent the alert that says why.
-    let Ok(Ok(mut tls)) = timeout(limit, shared.acceptor.accept(tcp)).await else {
-        return;
+    let mut tls = match timeout(limit, shared.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(_)) => return stats::failed(TransportKind::Tcp, HandshakeFailure::Tls),
+        Err(_) => return stats::failed(TransportKind::Tcp, HandshakeFailure::Timeout),
     };
     let conn = tls.get_ref().1;
     if conn.alpn_protocol() != Some(ALPN) {
+        stats::failed(TransportKind::Tcp, HandshakeFailure::Alpn);
         return refuse(tls, ErrorCode::Unauthorized, "ALPN tern/1 required").await;
     }
     match peer_identity(conn) {
-        None => refuse(tls, ErrorCode::Unauthorized, "certificate names no device").await,
+        None => {
+            stats::failed(TransportKind::Tcp, HandshakeFailure::Identity);
+            refuse(tls, ErrorCode::Unauthorized, "certificate names no device").await;
+        }
         Some(PeerIdentity::Device {
             device_id,
             fingerprint,
         }) => {
             // Revoked between the verifier's check and now.
             if shared.revocation.is_revoked(&fingerprint, &device_id) {
+                stats::failed(TransportKind::Tcp, HandshakeFailure::Revoked);
                 return refuse(tls, ErrorCode::Revoked, "revoked").await;
             }
             let conn = DeviceConnection {

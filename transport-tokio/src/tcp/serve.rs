@@ -88,6 +88,7 @@ where
     };
     let mut session = opened.session;
     let mut app = opened.app;
+    crate::stats::opened(peer.transport);
     if let Some(bound) = session.bound_node() {
         if bound != peer.device_id {
             close_after(&mut io, &error_frame(ErrorCode::Unauthorized, "wrong node")).await;
@@ -106,7 +107,9 @@ where
     if let Some(watch) = revocation {
         driver = driver.with_revocation(watch);
     }
-    let how = match driver.run(&mut io).await {
+    let ran = driver.run(&mut io).await;
+    crate::stats::closed(peer.transport);
+    let how = match ran {
         Ok(Ended::Closed) => Closed::BySession,
         Ok(Ended::PeerClosed) => Closed::Lost {
             reason: "the peer closed the connection".into(),
