@@ -325,15 +325,20 @@ async fn links(
     }
     let mut samples = vec![Vec::with_capacity(plan.round_trips); links.len()];
     let mut rates = vec![Vec::with_capacity(plan.rounds); links.len()];
-    for _ in 0..plan.rounds {
-        for (link, samples) in links.iter_mut().zip(&mut samples) {
-            samples.extend(link.round_trips(plan.round_trips / plan.rounds).await?);
+    for round in 0..plan.rounds {
+        for ((link, samples), t) in links.iter_mut().zip(&mut samples).zip(Transport::ALL) {
+            let trips = link
+                .round_trips(plan.round_trips / plan.rounds)
+                .await
+                .map_err(|e| BenchError(format!("{} round trips, round {round}: {e}", t.name())))?;
+            samples.extend(trips);
         }
-        for (link, rates) in links.iter_mut().zip(&mut rates) {
-            rates.push(
-                link.bulk(plan.bulk_warm_up, plan.bulk_window / plan.rounds as u32)
-                    .await?,
-            );
+        for ((link, rates), t) in links.iter_mut().zip(&mut rates).zip(Transport::ALL) {
+            let rate = link
+                .bulk(plan.bulk_warm_up, plan.bulk_window / plan.rounds as u32)
+                .await
+                .map_err(|e| BenchError(format!("{} bulk, round {round}: {e}", t.name())))?;
+            rates.push(rate);
         }
     }
     for link in links {
