@@ -64,6 +64,11 @@ impl RevocationSet {
         sets.certificates.contains(fingerprint) || sets.devices.contains(device_id)
     }
 
+    /// Whether the device itself is revoked (whatever certificate it presents).
+    pub fn is_device_revoked(&self, device_id: &str) -> bool {
+        self.read().devices.contains(device_id)
+    }
+
     /// Revokes one certificate; false if it already was.
     pub fn revoke_certificate(&self, fingerprint: Fingerprint, now_ms: u64, reason: &str) -> bool {
         self.insert(RevocationRecord {

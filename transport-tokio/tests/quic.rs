@@ -479,3 +479,40 @@ async fn a_session_resumes_across_transports() {
         ("node-x", "over-tcp")
     );
 }
+
+/// Refusals over the cap free their slot when done: long after the first 64, a peer
+/// over the cap still reads why instead of a bare `CONNECTION_REFUSED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_over_the_cap_keep_their_reason() {
+    let mut daemon = QuicDaemon::start(QuicLimits {
+        max_connections: 1,
+        ..QuicLimits::default()
+    });
+    let leaf = daemon.ca.leaf("node-k", false);
+    let _node = QuicNode::connect(
+        daemon.addr,
+        leaf.client(daemon.pin()),
+        "node-k",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    daemon.expect(registered("node-k")).await;
+    let other = daemon.ca.leaf("node-l", false);
+    let tls = other.client(daemon.pin());
+    for i in 0..80 {
+        let conn = raw_client(daemon.addr, tls.clone())
+            .await
+            .unwrap_or_else(|e| panic!("refusal {i}: {e}"));
+        assert_eq!(
+            closed_with(&conn).await,
+            (
+                u64::from(close_code(&ErrorCode::Overloaded)),
+                "connection limit reached".into()
+            ),
+            "refusal {i}"
+        );
+        // Let the refused connection drain on the daemon's side.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

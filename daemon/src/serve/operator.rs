@@ -120,8 +120,9 @@ fn pair_record(r: &PairingRecord) -> PairRecord {
         created_at_ms: r.window.created.as_millis(),
         expires_at_ms: r.window.expires.as_millis(),
         device_id: r.device_id.clone(),
-        approval_required: r.approval.state == ApprovalState::Pending
-            || r.approval.changed != r.window.created,
+        // The record keeps where approval stands, not whether it was asked for: a
+        // pairing that waits for an operator is the one that needs approval now.
+        approval_required: r.approval.state == ApprovalState::Pending,
         awaiting_decision: r.awaiting_decision,
         used: r.window.used,
     }

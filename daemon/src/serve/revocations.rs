@@ -50,7 +50,7 @@ impl LiveRevocations {
     }
 
     pub fn is_device_revoked(&self, device_id: &str) -> bool {
-        self.set.is_revoked(&Fingerprint([0; 32]), device_id)
+        self.set.is_device_revoked(device_id)
     }
 
     pub fn len(&self) -> usize {

@@ -25,6 +25,8 @@ pub(crate) struct Conn<S, A> {
     pub(crate) stage: Stage<S, A>,
     /// Counts against the connection cap (a connection being refused does not).
     pub(crate) counted: bool,
+    /// Accepted over the cap only to be refused: holds one of the refusal slots.
+    pub(crate) over_cap: bool,
     pub(crate) handshake_deadline: Option<StdInstant>,
     /// The deadline in the timer heap, and its generation (older heap entries are stale).
     pub(crate) armed: Option<StdInstant>,
@@ -137,14 +139,14 @@ where
         now: Instant,
         pool: &StoragePool,
         buffers: &Buffers,
-    ) -> (ReadEnd, bool) {
+    ) -> ReadEnd {
         let Some(id) = self.stream else {
-            return (ReadEnd::Open, false);
+            return ReadEnd::Open;
         };
         let Some(read) = super::stream::read_all(quic, id) else {
-            return (ReadEnd::Ended, false);
+            return ReadEnd::Ended;
         };
-        let (got, transmit) = (read.chunks, read.transmit);
+        let got = read.chunks;
         let end = if read.ended {
             ReadEnd::Ended
         } else {
@@ -158,7 +160,7 @@ where
                     Some(d) => d,
                     None => match FrameDecoder::new(buffers.take(max as usize), max) {
                         Ok(d) => self.decoder.insert(d),
-                        Err(_) => return (ReadEnd::Ended, transmit),
+                        Err(_) => return ReadEnd::Ended,
                     },
                 };
                 match decoder.decode(input) {
@@ -172,7 +174,7 @@ where
                             crate::stats::frame_in(crate::host::TransportKind::Quic, frame.len());
                             if self.session.handle_frame(now, frame) == Err(SessionError::NoStorage)
                             {
-                                return (ReadEnd::Ended, transmit);
+                                return ReadEnd::Ended;
                             }
                             self.app.handle_events(&mut self.session, now);
                         }
@@ -182,7 +184,7 @@ where
                         self.session.handle_frame_error(now, e);
                         self.drop_decoder(buffers);
                         // The session answers with an error frame and a close.
-                        return (ReadEnd::Open, transmit);
+                        return ReadEnd::Open;
                     }
                 }
             }
@@ -190,7 +192,7 @@ where
         if self.decoder.as_ref().is_some_and(|d| d.buffered() == 0) {
             self.drop_decoder(buffers);
         }
-        (end, transmit)
+        end
     }
 
     pub(crate) fn drop_decoder(&mut self, buffers: &Buffers) {
@@ -258,7 +260,32 @@ where
     }
 }
 
+impl<S, A> Stage<S, A> {
+    /// The stream the connection's session or pairing run rides on, once open.
+    pub(crate) fn stream(&self) -> Option<StreamId> {
+        match self {
+            Stage::Live(live) => live.stream,
+            Stage::Pairing(p) => p.stream,
+            Stage::Handshaking { .. } | Stage::Closing => None,
+        }
+    }
+}
+
 impl<S, A> Conn<S, A> {
+    /// Refuses the connection before it carries anything: counted, closed with the
+    /// error's code and a reason the peer reads.
+    pub(crate) fn refuse(
+        &mut self,
+        now: StdInstant,
+        why: crate::stats::HandshakeFailure,
+        code: &protocol_core::wire::ErrorCode,
+        reason: &str,
+    ) {
+        crate::stats::failed(crate::host::TransportKind::Quic, why);
+        self.close(now, crate::host::close_code(code), reason);
+        self.stage = Stage::Closing;
+    }
+
     pub(crate) fn close(&mut self, now: StdInstant, code: u32, reason: &str) {
         self.quic.close(
             now,

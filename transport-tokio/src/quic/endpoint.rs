@@ -562,7 +562,7 @@ where
                 let refuse =
                     over.then(|| Refusal::new(ErrorCode::Overloaded, "connection limit reached"));
                 if over {
-                    self.refusing += 1;
+                    self.refusing = self.refusing.saturating_add(1);
                 } else {
                     self.open.fetch_add(1, Ordering::Relaxed);
                 }
@@ -575,6 +575,7 @@ where
                         reply: None,
                     },
                     counted: !over,
+                    over_cap: over,
                     handshake_deadline: Some(now + self.limits.handshake_timeout),
                     armed: None,
                     generation: 0,
@@ -657,66 +658,53 @@ where
         }
         let session_now = clock::now();
         let mut lost = None;
-        let mut wants_send = false;
-        let mut pairing_input = false;
+        let mut timed_out = false;
+        // The connection's one stream has data (or opened with some: no `Readable`
+        // follows for data that came with the opening).
+        let mut input = false;
         while let Some(event) = conn.quic.poll() {
             match event {
                 Event::Connected => self.connected(now, &mut conn),
-                Event::ConnectionLost { reason } => lost = Some(closed_from(&reason)),
+                Event::ConnectionLost { reason } => {
+                    timed_out = matches!(reason, quinn_proto::ConnectionError::TimedOut);
+                    lost = Some(closed_from(&reason));
+                }
                 Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                    self.accept_streams(now, &mut conn, &mut wants_send);
+                    input |= accept_streams(&mut conn);
                 }
                 Event::Stream(StreamEvent::Readable { id }) => {
-                    if let Stage::Pairing(p) = &conn.stage {
-                        pairing_input |= p.stream == Some(id);
-                    }
-                    if let Stage::Live(live) = &mut conn.stage {
-                        if live.stream == Some(id) {
-                            let (end, transmit) =
-                                live.read(&mut conn.quic, session_now, &self.pool, self.buffers);
-                            wants_send |= transmit;
-                            if end == ReadEnd::Ended && live.finishing.is_none() {
-                                conn.close(now, CLOSE_SESSION_ENDED, "stream ended");
-                                lost.get_or_insert(Closed::Lost {
-                                    reason: "the peer ended its stream".into(),
-                                });
-                            }
-                        }
-                    }
+                    input |= conn.stage.stream() == Some(id);
                 }
-                Event::Stream(StreamEvent::Finished { id }) => {
-                    if let Stage::Pairing(p) = &conn.stage {
-                        if p.stream == Some(id) && p.finishing.is_some() {
+                // All we wrote is acknowledged: a closing stage can close now.
+                Event::Stream(StreamEvent::Finished { id }) if conn.stage.stream() == Some(id) => {
+                    match &conn.stage {
+                        Stage::Pairing(p) if p.finishing.is_some() => {
                             conn.close(now, CLOSE_SESSION_ENDED, "pairing done");
                         }
-                    }
-                    if let Stage::Live(live) = &conn.stage {
-                        if live.stream == Some(id) && live.finishing.is_some() {
+                        Stage::Live(live) if live.finishing.is_some() => {
                             conn.close(now, CLOSE_SESSION_ENDED, "session closed");
                             lost.get_or_insert(Closed::BySession);
                         }
+                        _ => {}
                     }
                 }
-                Event::Stream(StreamEvent::Stopped { id, .. }) => {
-                    if let Stage::Live(live) = &conn.stage {
-                        if live.stream == Some(id) {
-                            conn.close(now, CLOSE_SESSION_ENDED, "stream stopped");
-                            lost.get_or_insert(Closed::Lost {
-                                reason: "the peer stopped the stream".into(),
-                            });
-                        }
-                    }
+                Event::Stream(StreamEvent::Stopped { id, .. })
+                    if matches!(conn.stage, Stage::Live(_)) && conn.stage.stream() == Some(id) =>
+                {
+                    conn.close(now, CLOSE_SESSION_ENDED, "stream stopped");
+                    lost.get_or_insert(Closed::Lost {
+                        reason: "the peer stopped the stream".into(),
+                    });
                 }
                 _ => {}
             }
         }
         if let Stage::Handshaking { reply, .. } = &mut conn.stage {
             if let Some(reason) = &lost {
-                let why = match reason {
-                    Closed::Lost { reason } if reason.contains("timed out") => {
-                        HandshakeFailure::Timeout
-                    }
-                    _ => HandshakeFailure::Tls,
+                let why = if timed_out {
+                    HandshakeFailure::Timeout
+                } else {
+                    HandshakeFailure::Tls
                 };
                 stats::failed(TransportKind::Quic, why);
                 if let Some(reply) = reply.take() {
@@ -725,14 +713,19 @@ where
                 conn.stage = Stage::Closing;
             }
         }
+        if input {
+            if let Stage::Live(live) = &mut conn.stage {
+                let end = live.read(&mut conn.quic, session_now, &self.pool, self.buffers);
+                if end == ReadEnd::Ended && live.finishing.is_none() {
+                    conn.close(now, CLOSE_SESSION_ENDED, "stream ended");
+                    lost.get_or_insert(Closed::Lost {
+                        reason: "the peer ended its stream".into(),
+                    });
+                }
+            }
+        }
         if matches!(conn.stage, Stage::Pairing(_)) {
-            let newly_streamed = wants_send;
-            self.pairing_io(
-                now,
-                &mut conn,
-                pairing_input || newly_streamed,
-                lost.is_some(),
-            );
+            self.pairing_io(now, &mut conn, input, lost.is_some());
         }
         if let Stage::Live(live) = &mut conn.stage {
             live.pump(conn.id, session_now, &self.pool, &mut self.group);
@@ -756,7 +749,6 @@ where
             return;
         }
         self.arm(now, ch, &mut conn);
-        let _ = wants_send;
         if !conn.queued {
             conn.queued = true;
             self.sendq.push_back(ch);
@@ -771,9 +763,7 @@ where
         };
         let (refuse, reply) = (refuse.take(), reply.take());
         if let Some(r) = refuse {
-            stats::failed(TransportKind::Quic, HandshakeFailure::Overloaded);
-            conn.close(now, close_code(&r.code), &r.reason);
-            conn.stage = Stage::Closing;
+            conn.refuse(now, HandshakeFailure::Overloaded, &r.code, &r.reason);
             return;
         }
         let certs = conn
@@ -789,26 +779,23 @@ where
                 // certificate.
                 match self.pairing.as_ref().and_then(|_| PairingConn::new(addr)) {
                     Some(p) => conn.stage = Stage::Pairing(Box::new(p)),
-                    None => {
-                        stats::failed(TransportKind::Quic, HandshakeFailure::Identity);
-                        conn.close(
-                            now,
-                            close_code(&ErrorCode::Unauthorized),
-                            "a client certificate is required",
-                        );
-                        conn.stage = Stage::Closing;
-                    }
+                    None => conn.refuse(
+                        now,
+                        HandshakeFailure::Identity,
+                        &ErrorCode::Unauthorized,
+                        "a client certificate is required",
+                    ),
                 }
                 return;
             };
             let Some(device_id) = device_id_of(cert) else {
-                stats::failed(TransportKind::Quic, HandshakeFailure::Identity);
-                conn.close(
+                let why = "certificate names no device";
+                conn.refuse(
                     now,
-                    close_code(&ErrorCode::Unauthorized),
-                    "certificate names no device",
+                    HandshakeFailure::Identity,
+                    &ErrorCode::Unauthorized,
+                    why,
                 );
-                conn.stage = Stage::Closing;
                 return;
             };
             let fingerprint = Fingerprint::of(cert);
@@ -817,9 +804,12 @@ where
                 .as_ref()
                 .is_some_and(|r| r.is_revoked(&fingerprint, &device_id))
             {
-                stats::failed(TransportKind::Quic, HandshakeFailure::Revoked);
-                conn.close(now, close_code(&ErrorCode::Revoked), "revoked");
-                conn.stage = Stage::Closing;
+                conn.refuse(
+                    now,
+                    HandshakeFailure::Revoked,
+                    &ErrorCode::Revoked,
+                    "revoked",
+                );
                 return;
             }
             Peer {
@@ -849,9 +839,7 @@ where
                 } else {
                     HandshakeFailure::Identity
                 };
-                stats::failed(TransportKind::Quic, why);
-                conn.close(now, close_code(&r.code), &r.reason);
-                conn.stage = Stage::Closing;
+                conn.refuse(now, why, &r.code, &r.reason);
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(format!("refused: {}", r.reason)));
                 }
@@ -860,9 +848,8 @@ where
         };
         if self.server && opened.session.bound_node() != Some(peer.device_id.as_str()) {
             // A session for another node than the certificate names: never let it speak.
-            stats::failed(TransportKind::Quic, HandshakeFailure::Identity);
-            conn.close(now, close_code(&ErrorCode::Unauthorized), "wrong node");
-            conn.stage = Stage::Closing;
+            let why = HandshakeFailure::Identity;
+            conn.refuse(now, why, &ErrorCode::Unauthorized, "wrong node");
             self.sessions.closed(
                 &peer,
                 opened.session,
@@ -928,8 +915,12 @@ where
         }
         if let Some(reason) = refused {
             p.closed(&*responder);
-            conn.close(now, close_code(&ErrorCode::Unauthorized), reason);
-            conn.stage = Stage::Closing;
+            conn.refuse(
+                now,
+                HandshakeFailure::Identity,
+                &ErrorCode::Unauthorized,
+                reason,
+            );
         }
     }
 
@@ -950,44 +941,6 @@ where
                     p.on_decision(&*responder);
                 }
                 mark(&mut self.dirty, ch, conn);
-            }
-        }
-    }
-
-    /// The node's stream: the first one carries the session, and is read at once (no
-    /// `Readable` follows for data that came with its opening). Others are refused.
-    fn accept_streams(
-        &mut self,
-        _now: StdInstant,
-        conn: &mut Conn<S, H::App>,
-        wants_send: &mut bool,
-    ) {
-        while let Some(id) = conn.quic.streams().accept(Dir::Bi) {
-            match &mut conn.stage {
-                Stage::Live(live) if live.stream.is_none() => {
-                    live.stream = Some(id);
-                    live.session.handle_connected(clock::now());
-                    let (end, transmit) =
-                        live.read(&mut conn.quic, clock::now(), &self.pool, self.buffers);
-                    *wants_send |= transmit;
-                    let _ = end;
-                }
-                Stage::Pairing(p) if p.stream.is_none() => {
-                    // Read with the events that follow (no `Readable` comes for data
-                    // that arrived with the opening).
-                    p.stream = Some(id);
-                    *wants_send = true;
-                }
-                _ => {
-                    let _ = conn
-                        .quic
-                        .recv_stream(id)
-                        .stop(VarInt::from_u32(CLOSE_SESSION_ENDED));
-                    let _ = conn
-                        .quic
-                        .send_stream(id)
-                        .reset(VarInt::from_u32(CLOSE_SESSION_ENDED));
-                }
             }
         }
     }
@@ -1038,8 +991,10 @@ where
         }
         if conn.counted {
             self.open.fetch_sub(1, Ordering::Relaxed);
-        } else if matches!(conn.stage, Stage::Closing) && !conn.counted && self.refusing > 0 {
-            // A refused connection leaves the refusal budget.
+        }
+        if conn.over_cap {
+            // Its refusal is done: the slot is free for the next one.
+            self.refusing = self.refusing.saturating_sub(1);
         }
         self.ids.remove(&conn.id);
     }
@@ -1173,6 +1128,7 @@ where
                                 reply: Some(reply),
                             },
                             counted: true,
+                            over_cap: false,
                             handshake_deadline: Some(now + self.limits.handshake_timeout),
                             armed: None,
                             generation: 0,
@@ -1369,6 +1325,34 @@ where
             _ => {}
         }
     }
+}
+
+/// Takes the node's stream: the first one carries the session or the pairing run;
+/// others are refused. True if the connection's stream was just taken (read it now).
+fn accept_streams<S: Session, A>(conn: &mut Conn<S, A>) -> bool {
+    let mut taken = false;
+    while let Some(id) = conn.quic.streams().accept(Dir::Bi) {
+        let slot = match &mut conn.stage {
+            Stage::Live(live) if live.stream.is_none() => Some(&mut live.stream),
+            Stage::Pairing(p) if p.stream.is_none() => Some(&mut p.stream),
+            _ => None,
+        };
+        match slot {
+            Some(slot) => {
+                *slot = Some(id);
+                if let Stage::Live(live) = &mut conn.stage {
+                    live.session.handle_connected(clock::now());
+                }
+                taken = true;
+            }
+            None => {
+                let code = VarInt::from_u32(CLOSE_SESSION_ENDED);
+                let _ = conn.quic.recv_stream(id).stop(code);
+                let _ = conn.quic.send_stream(id).reset(code);
+            }
+        }
+    }
+    taken
 }
 
 fn mark<S, A>(dirty: &mut Vec<ConnectionHandle>, ch: ConnectionHandle, conn: &mut Conn<S, A>) {

@@ -9,8 +9,6 @@ pub(crate) struct Read {
     pub(crate) chunks: Vec<Bytes>,
     /// The peer finished or reset its side.
     pub(crate) ended: bool,
-    /// Flow-control credit was freed: the connection has something to send.
-    pub(crate) transmit: bool,
 }
 
 /// Takes everything the stream holds now; `None` if the stream is gone.
@@ -33,12 +31,10 @@ pub(crate) fn read_all(quic: &mut Connection, id: StreamId) -> Option<Read> {
             }
         }
     }
-    let transmit = chunks.finalize().should_transmit();
-    Some(Read {
-        chunks: got,
-        ended,
-        transmit,
-    })
+    // Freed flow-control credit goes out with the connection's next transmit; every
+    // revisited connection is queued for one.
+    let _ = chunks.finalize();
+    Some(Read { chunks: got, ended })
 }
 
 /// Writes what is left of `pending` (from `*at`); true once all of it is written (the
