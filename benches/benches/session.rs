@@ -154,15 +154,14 @@ impl Pair {
     }
 }
 
-/// The store: one batch, applied and confirmed.
+/// The store: one batch, applied and confirmed by the id its closing named.
 fn commit<S: Session>(s: &mut S, journal: &mut MemJournal) {
-    let mut wrote = false;
     while let Some(op) = s.poll_journal() {
         journal.apply(&op);
-        wrote = true;
     }
-    if wrote {
-        s.handle_journal_committed(NOW);
+    if let Some(batch) = s.closed_batch() {
+        s.handle_journal_committed(NOW, batch)
+            .expect("the batch just closed");
     }
 }
 

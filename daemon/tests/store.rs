@@ -831,13 +831,14 @@ fn a_daemon_session_restores_from_its_stored_journal() {
         ops.push(OwnedJournalOp::from(&op));
     }
     assert!(!ops.is_empty());
+    let batch = session.closed_batch().unwrap();
     let store: Arc<dyn JournalStore> = Arc::new(Store::open(&db(&dir)).unwrap());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(store.commit(vec![journal_batch("node-1", ops)]))
         .unwrap();
-    session.handle_journal_committed(t0);
+    session.handle_journal_committed(t0, batch).unwrap();
     drop(store);
 
     // A restarted daemon: the call is still open and its id is never handed out again.

@@ -1,12 +1,16 @@
-//! Drives a node (`NodeSession`) and a daemon (`DaemonSession`) against each other with
-//! arbitrary commands on both, arbitrary frames injected, loss, duplication and
-//! reordering on the pipe between them, arbitrary steps of time (backwards too), journal
-//! batches that commit, fail or stay in flight, storage lent and reclaimed at arbitrary
-//! points, and restarts from the committed journal.
+//! Drives a node (`NodeSession`) and a daemon (`DaemonSession`) against each other, each
+//! through its `pump::Pump` as a real driver does, with arbitrary commands on both,
+//! arbitrary bytes and frames injected, loss, duplication and reordering on the pipe
+//! between them, reads cut at arbitrary sizes, writes the transport takes only in part,
+//! a lender that runs dry, arbitrary steps of time (backwards too), journal batches that
+//! commit, fail (once, or throughout an outage), stay in flight or are confirmed late and
+//! twice, storage lent and reclaimed at arbitrary points, and restarts from the committed
+//! journal.
 //!
 //! Asserts, besides the checks of `common/session.rs` on every output (polls come to
 //! rest, frames decode and fit both limits, deadlines move once handled, deliveries are
-//! consecutive, no call is final twice, nothing panics):
+//! consecutive, no call is final twice, stale confirmations are refused and change
+//! nothing, failed batches come back at their retry deadline, nothing panics):
 //! - a command's result agrees with the session (a seq it returns is `last_sent()`,
 //!   `NoStorage` only without storage, call ids only grow);
 //! - `reclaim` hands storage back only when nothing is held for replay;
@@ -22,10 +26,11 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::{Daemon, Harness, NODE_ID, Node, Out, PLATFORM, Rng, Side};
+use common::{Daemon, Harness, NODE_ID, Node, Out, PLATFORM, Pumped, Rng, Side, framed};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use protocol_core::frame::{FrameError, MIN_MAX_FRAME};
+use protocol_core::pump::Lend;
 use protocol_core::session::{
     Config, DaemonSession, Instant, MAX_SEQ, NodeSession, Overflow, RECORD_HEADER, SessionError,
 };
@@ -44,8 +49,10 @@ enum Item {
 
 struct World {
     now: u64,
-    node: Harness<Node>,
-    daemon: Harness<Daemon>,
+    node: Pumped<Node>,
+    daemon: Pumped<Daemon>,
+    /// Reads return at most this many bytes.
+    chunk: usize,
     to_node: VecDeque<Item>,
     to_daemon: VecDeque<Item>,
     /// Only frames the sessions sent crossed the pipe (lost, duplicated or reordered,
@@ -157,23 +164,23 @@ impl World {
         Instant::from_millis(self.now)
     }
 
-    /// Drains both sides and runs due timers; frames go into the pipes.
+    /// Runs both sides' pumps and due timers; frames go into the pipes.
     fn settle(&mut self) {
         let now = self.t();
-        let mut outs = self.node.drain(now);
+        let mut outs = self.node.run(now);
         outs.extend(self.node.settle_timers(now));
         route(outs, &mut self.to_daemon, &mut self.to_node);
-        let mut outs = self.daemon.drain(now);
+        let mut outs = self.daemon.run(now);
         outs.extend(self.daemon.settle_timers(now));
         route(outs, &mut self.to_node, &mut self.to_daemon);
         self.cross_check();
     }
 
     fn cross_check(&self) {
-        if !self.genuine || self.node.s.session_id() != Some(self.daemon.s.session_id()) {
+        if !self.genuine || self.node.h.s.session_id() != Some(self.daemon.h.s.session_id()) {
             return;
         }
-        let (n, d) = (&self.node.s, &self.daemon.s);
+        let (n, d) = (&self.node.h.s, &self.daemon.h.s);
         assert!(
             d.delivered() <= n.last_sent(),
             "daemon delivered {} of {} sent",
@@ -230,10 +237,12 @@ impl World {
         }
     }
 
+    /// Hands an item to the receiving side's transport: a frame's bytes into its input
+    /// (the pump takes them at the next settle), or the end of the connection.
     fn feed(&mut self, to_node: bool, now: Instant, item: Item) {
         match (to_node, item) {
-            (true, Item::Frame(f)) => self.node.feed(now, &f),
-            (false, Item::Frame(f)) => self.daemon.feed(now, &f),
+            (true, Item::Frame(f)) => self.node.receive(&framed(&f), self.chunk),
+            (false, Item::Frame(f)) => self.daemon.receive(&framed(&f), self.chunk),
             (true, Item::Close) => {
                 self.node.disconnected(now);
                 self.to_node.clear();
@@ -247,7 +256,7 @@ impl World {
 
     fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
         let now = self.t();
-        let op = u.int_in_range(0u8..=31)?;
+        let op = u.int_in_range(0u8..=33)?;
         trace!("step {op} at {}", self.now);
         match op {
             // Time.
@@ -257,17 +266,17 @@ impl World {
             3 => self.now = self.now.saturating_sub(u64::from(u.arbitrary::<u16>()?)),
             4 => {
                 let side = if u.arbitrary()? {
-                    self.node.s.deadline()
+                    self.node.h.s.deadline()
                 } else {
-                    self.daemon.s.deadline()
+                    self.daemon.h.s.deadline()
                 };
                 if let Some(at) = side {
                     self.now = self.now.max(at.as_millis());
                 }
             }
             5 => {
-                self.node.s.timeout(now);
-                self.daemon.s.timeout(now);
+                self.node.h.timeout(now);
+                self.daemon.h.timeout(now);
             }
             // Connections.
             6 | 7 => {
@@ -289,9 +298,9 @@ impl World {
                     GoodbyeReason::Replaced,
                 ])?;
                 if u.arbitrary()? {
-                    self.node.s.close(now, reason);
+                    self.node.h.s.close(now, reason);
                 } else {
-                    self.daemon.s.close(now, reason);
+                    self.daemon.h.s.close(now, reason);
                 }
             }
             // The pipe.
@@ -319,11 +328,13 @@ impl World {
             16 => {
                 let len = usize::from(u.int_in_range(0u8..=80)?);
                 let f = u.bytes(len)?.to_vec();
+                // A frame with any payload, or bytes that need not frame at all.
+                let bytes = if u.arbitrary()? { framed(&f) } else { f };
                 self.genuine = false;
                 if u.arbitrary()? {
-                    self.node.feed(now, &f);
+                    self.node.receive(&bytes, self.chunk);
                 } else {
-                    self.daemon.feed(now, &f);
+                    self.daemon.receive(&bytes, self.chunk);
                 }
             }
             17 => {
@@ -343,9 +354,9 @@ impl World {
                     }
                     self.genuine = false;
                     if to_node {
-                        self.node.feed(now, &f);
+                        self.node.receive(&framed(&f), self.chunk);
                     } else {
-                        self.daemon.feed(now, &f);
+                        self.daemon.receive(&framed(&f), self.chunk);
                     }
                 }
             }
@@ -362,37 +373,37 @@ impl World {
                     },
                 };
                 if u.arbitrary()? {
-                    self.node.s.frame_error(now, e);
+                    self.node.h.s.frame_error(now, e);
                 } else {
-                    self.daemon.s.frame_error(now, e);
+                    self.daemon.h.s.frame_error(now, e);
                 }
             }
             // Node application.
             19 => {
-                let data = body(u, self.node.s.config().max_frame)?;
-                let r = self.node.s.send_event("reading", payload(&data));
-                check_queued(&self.node, r);
+                let data = body(u, self.node.h.s.config().max_frame)?;
+                let r = self.node.h.s.send_event("reading", payload(&data));
+                check_queued(&self.node.h, r);
             }
             20 => {
                 let n = u.int_in_range(0..=CAPS.len())?;
                 let caps = Capabilities::new(&CAPS[..n]).expect("two fit");
-                let r = self.node.s.register(Register { capabilities: caps });
-                check_queued(&self.node, r);
+                let r = self.node.h.s.register(Register { capabilities: caps });
+                check_queued(&self.node.h, r);
             }
             21 | 22 => {
-                let calls = &self.node.app.calls;
+                let calls = &self.node.h.app.calls;
                 let id = if calls.is_empty() || u.ratio(1, 8)? {
                     u.arbitrary::<u8>()?.into()
                 } else {
                     calls[u.choose_index(calls.len())?]
                 };
-                let data = body(u, self.node.s.config().max_frame)?;
+                let data = body(u, self.node.h.s.config().max_frame)?;
                 let outcome = outcome(u, &data)?;
-                let r = self.node.s.complete(id, outcome);
-                check_queued(&self.node, r);
+                let r = self.node.h.s.complete(id, outcome);
+                check_queued(&self.node.h, r);
             }
             23 => {
-                let calls = &self.node.app.calls;
+                let calls = &self.node.h.app.calls;
                 if !calls.is_empty() {
                     let id = calls[u.choose_index(calls.len())?];
                     let stage = if u.arbitrary()? {
@@ -400,24 +411,24 @@ impl World {
                     } else {
                         Stage::AwaitingApproval
                     };
-                    let r = self.node.s.progress(id, stage, "working");
-                    check_queued(&self.node, r);
+                    let r = self.node.h.s.progress(id, stage, "working");
+                    check_queued(&self.node.h, r);
                 }
             }
             // Daemon application.
             24 | 25 => {
-                let data = body(u, self.daemon.s.config().max_frame)?;
+                let data = body(u, self.daemon.h.s.config().max_frame)?;
                 let timeout = *u.choose(&[1_000, 0, 1, 50, 60_000, u32::MAX])?;
-                let before = self.daemon.s.last_sent();
-                match self.daemon.s.call(now, "echo", payload(&data), timeout) {
+                let before = self.daemon.h.s.last_sent();
+                match self.daemon.h.s.call(now, "echo", payload(&data), timeout) {
                     Ok(id) => {
                         assert!(id > self.last_call_id, "call id {id} reused");
                         self.last_call_id = id;
-                        assert_eq!(self.daemon.s.last_sent(), before + 1);
+                        assert_eq!(self.daemon.h.s.last_sent(), before + 1);
                     }
-                    Err(SessionError::NoStorage) => assert!(!self.daemon.s.has_storage()),
+                    Err(SessionError::NoStorage) => assert!(!self.daemon.h.s.has_storage()),
                     Err(_) => {
-                        assert_eq!(self.daemon.s.last_sent(), before, "a refused call queued")
+                        assert_eq!(self.daemon.h.s.last_sent(), before, "a refused call queued")
                     }
                 }
             }
@@ -427,35 +438,23 @@ impl World {
                 } else {
                     u.arbitrary()?
                 };
-                let r = self.daemon.s.cancel(id);
-                check_queued(&self.daemon, r);
+                let r = self.daemon.h.s.cancel(id);
+                check_queued(&self.daemon.h, r);
             }
             // Journals.
             27 => {
-                let hold = u.arbitrary()?;
-                let fail = u.int_in_range(0..=2)?;
-                let confirm = u.arbitrary()?;
-                let h_node: bool = u.arbitrary()?;
-                if h_node {
-                    self.node.hold = hold;
-                    self.node.fail_next = fail;
-                    if confirm {
-                        self.node.confirm(now);
-                    }
+                if u.arbitrary()? {
+                    store_op(&mut self.node.h, u, now)?;
                 } else {
-                    self.daemon.hold = hold;
-                    self.daemon.fail_next = fail;
-                    if confirm {
-                        self.daemon.confirm(now);
-                    }
+                    store_op(&mut self.daemon.h, u, now)?;
                 }
             }
             // Storage.
             28 => {
                 if u.arbitrary()? {
-                    storage_op(&mut self.node, u)?;
+                    storage_op(&mut self.node.h, u)?;
                 } else {
-                    storage_op(&mut self.daemon, u)?;
+                    storage_op(&mut self.daemon.h, u)?;
                 }
             }
             // Restarts.
@@ -471,27 +470,77 @@ impl World {
                     // Ids of calls that never became durable are handed out again.
                     self.last_call_id = self
                         .daemon
+                        .h
                         .journal
                         .stored_meta()
-                        .filter(|_| self.daemon.s.config().durable)
+                        .filter(|_| self.daemon.h.s.config().durable)
                         .map_or(0, |m| m.next_call_id.saturating_sub(1));
                     self.to_daemon.clear();
                     self.to_node.push_back(Item::Close);
                 }
             }
-            _ => {
+            31 => {
                 let short = *u.choose(&[0usize, 4, 5, 16, 64, 300])?;
                 let short = u.arbitrary::<bool>()?.then_some(short);
                 if u.arbitrary()? {
-                    self.node.short_buf = short;
+                    self.node.h.short_buf = short;
                 } else {
-                    self.daemon.short_buf = short;
+                    self.daemon.h.short_buf = short;
+                }
+            }
+            // The transport: short writes, short reads.
+            32 => {
+                let limit = *u.choose(&[1usize, 5, 64, 300, 1_500])?;
+                let limit = u.arbitrary::<bool>()?.then_some(limit);
+                if u.arbitrary()? {
+                    self.node.write_limit = limit;
+                } else {
+                    self.daemon.write_limit = limit;
+                }
+                self.chunk = *u.choose(&[usize::MAX, 1, 3, 7, 100, 1_000])?;
+            }
+            // The lender runs dry for one purpose, or recovers.
+            _ => {
+                let dry = *u.choose(&[
+                    None,
+                    Some(Lend::Storage),
+                    Some(Lend::Frame),
+                    Some(Lend::Transmit),
+                ])?;
+                if u.arbitrary()? {
+                    self.node.lender.dry = dry;
+                } else {
+                    self.daemon.lender.dry = dry;
                 }
             }
         }
         self.settle();
         Ok(())
     }
+}
+
+/// The store: batches held or confirmed, failures (a few, or an outage), and late or
+/// duplicate confirmations of batches confirmed before.
+fn store_op<S: Side>(h: &mut Harness<S>, u: &mut Unstructured<'_>, now: Instant) -> Result<()> {
+    match u.int_in_range(0u8..=3)? {
+        0 => {
+            h.hold = u.arbitrary()?;
+            h.fail_next = u.int_in_range(0..=2)?;
+            if u.arbitrary()? {
+                h.confirm(now);
+            }
+        }
+        1 => {
+            let len = *u.choose(&[0u64, 40, 300, 6_000, 60_000])?;
+            h.outage_until = Some(now.as_millis().saturating_add(len));
+        }
+        _ => {
+            let pick = u.arbitrary()?;
+            let failed = u.arbitrary()?;
+            h.stale_confirmation(now, pick, failed);
+        }
+    }
+    Ok(())
 }
 
 fn storage_op<S: Side>(h: &mut Harness<S>, u: &mut Unstructured<'_>) -> Result<()> {
@@ -530,8 +579,9 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     }
     let mut w = World {
         now: u64::from(u.arbitrary::<u16>()?),
-        node: Harness::new(node),
-        daemon: Harness::new(daemon),
+        node: Pumped::new(node),
+        daemon: Pumped::new(daemon),
+        chunk: usize::MAX,
         to_node: VecDeque::new(),
         to_daemon: VecDeque::new(),
         genuine: true,

@@ -7,6 +7,17 @@
 //! `u64::MAX` and repeated ones. In most runs it first does the hello exchange properly,
 //! so the deep states are reached.
 //!
+//! The session's store misbehaves too: batches held, failed once or throughout an
+//! outage, confirmed late, twice, or while the next batch is still being read. Frames
+//! are small (2 KiB, a one-frame inbox) in many runs, so the inbox refuses frames
+//! (`InboxFull`) and the driver offers them again, in order. In a quarter of the runs the
+//! session is first restored from a journal built from the input: positions at the
+//! extremes (`u64::MAX`, `MAX_SEQ ± 1`, acknowledged beyond what was sent), messages out
+//! of order, bodies that do not decode or flow the wrong way, calls and call-window
+//! entries that cannot be, a store that fails to read. `restore` must refuse it with a
+//! typed `SetupError`, or give a session whose positions are the journal's, which then
+//! meets the hostile peer like any other.
+//!
 //! Asserts, besides the checks of `common/session.rs` on every output:
 //! - a message carrying a position above `MAX_SEQ`, a gap with `from = 0` or `from > to`,
 //!   or data with seq 0 is refused with `Error(Malformed)` and the close; a hello or
@@ -35,7 +46,9 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use protocol_core::frame::MIN_MAX_FRAME;
 use protocol_core::session::{
-    Config, DaemonSession, Instant, MAX_SEQ, NodeSession, Overflow, RECORD_HEADER, SessionError,
+    CALL_WINDOW, CallRecord, CallState, Config, DaemonSession, Instant, JournalMeta, JournalOp,
+    JournalRead, MAX_SEQ, MemJournal, NodeSession, Overflow, RECORD_HEADER, SeenCall, SessionError,
+    SetupError, Slot,
 };
 use protocol_core::wire::{
     self, Ack, Body, Call, CallId, CallProgress, CallResult, Cancel, Capabilities,
@@ -76,6 +89,8 @@ struct Peer {
     resets: u32,
     /// Times the peer lost its memory (as a daemon it then hands out a new session id).
     lost: u8,
+    /// Peer as daemon: the session the node's last hello named (only a durable one).
+    named: Option<SessionId>,
 }
 
 impl Peer {
@@ -362,7 +377,9 @@ fn body<'a, S: Side>(
 fn greeting<S: Under>(s: &S, peer: &Peer, max_frame: u32) -> Message<'static> {
     if S::NODE {
         let session = peer.daemon_session();
-        let resumed = s.session_id() == Some(session);
+        // A node that holds the session but has not journaled it yet does not name it,
+        // and a daemon resumes only what was named.
+        let resumed = peer.named == Some(session) && s.session_id() == Some(session);
         Message::HelloAck(HelloAck {
             version: 1,
             max_frame,
@@ -512,6 +529,7 @@ impl<S: Under> Run<S> {
                 );
             }
             match msg {
+                Message::Hello(h) => self.peer.named = h.resume.map(|r| r.session),
                 Message::HelloAck(a) => {
                     self.peer.session = Some(a.session);
                     if !a.resumed {
@@ -573,11 +591,23 @@ impl<S: Under> Run<S> {
             self.peer.sent_high = self.peer.sent_high.max(g.to);
         }
         trace!("peer sends {msg:?}, expecting {expect:?}");
+        // Behind a frame the inbox refused, this one waits its turn: what the session
+        // answers belongs to the frames before it as much as to this one.
+        let queued = !self.h.backlog.is_empty();
         self.h.feed(now, payload);
         let outs = self.h.drain(now);
         if !live {
             assert!(outs.is_empty(), "a session without a connection answered");
             return self.observe(&outs);
+        }
+        if queued {
+            return self.observe(&outs);
+        }
+        if self.h.backlog.front().is_some_and(|f| f[..] == *payload) {
+            assert!(
+                !matches!(expect, Verdict::Refuse(_)),
+                "{msg:?} met a full inbox, not the refusal its rule names"
+            );
         }
         let closed = matches!(outs.last(), Some(Out::Close));
         let error = |o: &Out| match o {
@@ -693,14 +723,8 @@ impl<S: Under> Run<S> {
                         .map_or(self.now, |at| self.now.max(at.as_millis())),
                 };
             }
-            16 => self.h.s.timeout(now),
-            17 => {
-                self.h.hold = u.arbitrary()?;
-                self.h.fail_next = u.int_in_range(0..=1)?;
-                if u.arbitrary()? {
-                    self.h.confirm(now);
-                }
-            }
+            16 => self.h.timeout(now),
+            17 => store_op(&mut self.h, u, now)?,
             18 => {
                 if u.arbitrary()? {
                     let held = self.h.s.unacked();
@@ -725,11 +749,41 @@ impl<S: Under> Run<S> {
     }
 }
 
+/// The store: batches held, confirmed or failed (a few, or throughout an outage), and
+/// confirmations that name no closed batch: late, twice, or while the next batch is
+/// still being read (early).
+fn store_op<S: Side>(h: &mut Harness<S>, u: &mut Unstructured<'_>, now: Instant) -> Result<()> {
+    match u.int_in_range(0u8..=4)? {
+        0 | 1 => {
+            h.hold = u.arbitrary()?;
+            h.fail_next = u.int_in_range(0..=1)?;
+            if u.arbitrary()? {
+                h.confirm(now);
+            }
+        }
+        2 => {
+            let len = *u.choose(&[0u64, 40, 300, 6_000, 60_000])?;
+            h.outage_until = Some(now.as_millis().saturating_add(len));
+        }
+        3 => {
+            let pick = u.arbitrary()?;
+            h.stale_confirmation(now, pick, u.arbitrary()?);
+        }
+        _ => {
+            h.open_batch(u.int_in_range(1..=3)?);
+            let pick = u.arbitrary()?;
+            h.stale_confirmation(now, pick, u.arbitrary()?);
+        }
+    }
+    Ok(())
+}
+
 fn config(u: &mut Unstructured<'_>) -> Result<Config> {
     let replay = *u.choose(&[3_000, RECORD_HEADER + 44, 300, 20_000])?;
-    let max_frame = *u.choose(&[4096, MIN_MAX_FRAME, 2048])?;
+    // Small frames and a one-frame inbox (a microcontroller's limits) in many runs.
+    let max_frame = *u.choose(&[2048, 4096, MIN_MAX_FRAME, 2048])?;
     let mut c = Config::server(replay).with_max_frame(max_frame);
-    c.durable = u.arbitrary()?;
+    c.durable = !u.ratio(1, 4)?;
     if u.ratio(1, 4)? {
         c.overflow = Overflow::EvictOldest;
     }
@@ -741,10 +795,22 @@ fn config(u: &mut Unstructured<'_>) -> Result<Config> {
     Ok(c)
 }
 
-fn run<S: Under>(s: S, u: &mut Unstructured<'_>) -> Result<()> {
+/// `sent_before`: the last seq of the session's stream before a restart (0 for a new
+/// session).
+fn run<S: Under>(h: Harness<S>, sent_before: Seq, u: &mut Unstructured<'_>) -> Result<()> {
+    // A restored session has sent and received before: what went out before the
+    // restart is unknown, so the peer may have seen all of it (and acknowledges what the
+    // journal says it did), and it sent what the journal says was delivered. Answers the
+    // restore itself queued it has yet to see.
+    let peer = Peer {
+        seen_high: sent_before,
+        recv: h.s.acked(),
+        sent_high: h.s.delivered(),
+        ..Peer::default()
+    };
     let mut r = Run {
-        h: Harness::new(s),
-        peer: Peer::default(),
+        h,
+        peer,
         now: 1_000,
     };
     r.h.hold = u.ratio(1, 8)?;
@@ -766,16 +832,324 @@ fn start(u: &mut Unstructured<'_>) -> Result<()> {
     let node_role: bool = u.arbitrary()?;
     let c = config(u)?;
     let storage = (!u.ratio(1, 8)?).then(|| vec![0u8; c.storage_len()]);
+    let seed: u64 = u.arbitrary()?;
+    if u.ratio(1, 4)? {
+        let journal = Journal::build(u, node_role)?;
+        return if node_role {
+            let r = NodeSession::restore(c, NODE_ID, PLATFORM, storage.clone(), &journal);
+            restored(r, journal, storage.is_some(), u)
+        } else {
+            let r = DaemonSession::restore(c, NODE_ID, storage.clone(), &journal, &mut Rng(seed));
+            restored(r, journal, storage.is_some(), u)
+        };
+    }
     if node_role {
         let s = NodeSession::new(c, NODE_ID, PLATFORM, storage).expect("config");
-        run(s, u)
+        run(Harness::new(s), 0, u)
     } else {
-        let mut s = DaemonSession::new(c, NODE_ID, &mut Rng(u.arbitrary()?)).expect("config");
+        let mut s = DaemonSession::new(c, NODE_ID, &mut Rng(seed)).expect("config");
         if let Some(buf) = storage {
             s.lend(buf).expect("lend");
         }
-        run(s, u)
+        run(Harness::new(s), 0, u)
     }
+}
+
+/// A journal as a store hands it back, built from the input: meta, messages, calls and
+/// call-window entries, in the order stored (which need not be seq order), and a store
+/// that may fail to read.
+#[derive(Debug, Default)]
+struct Journal {
+    meta: Option<JournalMeta>,
+    messages: Vec<(Seq, Vec<u8>)>,
+    calls: Vec<CallRecord>,
+    seen: Vec<(u8, SeenCall)>,
+    /// Reading this part fails: 0 meta, 1 messages, 2 calls, 3 seen.
+    unreadable: Option<u8>,
+}
+
+/// A store that fails to read.
+#[derive(Debug)]
+struct ReadFailed;
+
+impl JournalRead for Journal {
+    type Error = ReadFailed;
+
+    fn meta(&self) -> core::result::Result<Option<JournalMeta>, ReadFailed> {
+        match self.unreadable {
+            Some(0) => Err(ReadFailed),
+            _ => Ok(self.meta),
+        }
+    }
+    fn messages(&self, visit: &mut dyn FnMut(Seq, &[u8])) -> core::result::Result<(), ReadFailed> {
+        for (seq, body) in &self.messages {
+            visit(*seq, body);
+        }
+        match self.unreadable {
+            Some(1) => Err(ReadFailed),
+            _ => Ok(()),
+        }
+    }
+    fn calls(&self, visit: &mut dyn FnMut(&CallRecord)) -> core::result::Result<(), ReadFailed> {
+        for rec in &self.calls {
+            visit(rec);
+        }
+        match self.unreadable {
+            Some(2) => Err(ReadFailed),
+            _ => Ok(()),
+        }
+    }
+    fn seen(&self, visit: &mut dyn FnMut(u8, &SeenCall)) -> core::result::Result<(), ReadFailed> {
+        for (slot, call) in &self.seen {
+            visit(*slot, call);
+        }
+        match self.unreadable {
+            Some(3) => Err(ReadFailed),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A position a corrupt journal may hold: a boundary value, or a neighbour of one.
+fn extreme(u: &mut Unstructured<'_>, near: Seq) -> Result<Seq> {
+    if u.ratio(1, 10)? {
+        return u.arbitrary();
+    }
+    let base = *u.choose(&[near, 0, 1, 2, 5, MAX_SEQ, u64::MAX, u64::MAX - 1])?;
+    Ok(match u.int_in_range(0u8..=3)? {
+        0 => base.wrapping_sub(1),
+        1 => base.wrapping_add(1),
+        _ => base,
+    })
+}
+
+/// The encoded body of a stream message: of either direction, large, empty, or bytes
+/// that need not decode.
+fn stored_body(u: &mut Unstructured<'_>, node: bool) -> Result<Vec<u8>> {
+    let peer = Peer::default();
+    Ok(match u.int_in_range(0u8..=5)? {
+        // The journal's own direction, or the other one.
+        0..=2 => {
+            let own = u.int_in_range(0u8..=2)? > 0;
+            // What a peer sends a daemon is what a node's stream holds.
+            let body = if own == node {
+                body::<Daemon>(u, &peer, true)?
+            } else {
+                body::<Node>(u, &peer, true)?
+            };
+            body_bytes(body)
+        }
+        3 => Vec::new(),
+        _ => {
+            let len = usize::from(u.int_in_range(0u8..=40)?);
+            u.bytes(len)?.to_vec()
+        }
+    })
+}
+
+/// A body as a journal stores it: the bytes a data frame carries after its tag, seq and
+/// ack (three varints).
+fn body_bytes(body: Body<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; 8192];
+    let msg = Message::Data(Data {
+        seq: 1,
+        ack: 0,
+        body,
+    });
+    let n = wire::encode_payload(&msg, &mut buf).expect("a body encodes");
+    let mut at = 0;
+    for _ in 0..3 {
+        while buf[at] & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+    }
+    buf[at..n].to_vec()
+}
+
+impl Journal {
+    fn build(u: &mut Unstructured<'_>, node: bool) -> Result<Self> {
+        let last_sent = extreme(u, 3)?;
+        let acked = match u.int_in_range(0u8..=3)? {
+            0 => last_sent,
+            1 => last_sent.saturating_sub(u.int_in_range(0..=4)?),
+            2 => last_sent.wrapping_add(1),
+            _ => extreme(u, last_sent)?,
+        };
+        let meta = JournalMeta {
+            session: if u.ratio(3, 4)? {
+                Some(*u.choose(&[PEER_SESSION, [0; 16], [0xFF; 16]])?)
+            } else {
+                None
+            },
+            established: u.arbitrary()?,
+            last_sent,
+            acked,
+            received: extreme(u, 2)?,
+            next_call_id: pick_call_id(u, &[])?,
+            id_state: u.arbitrary()?,
+        };
+        let mut j = Journal {
+            meta: (!u.ratio(1, 16)?).then_some(meta),
+            unreadable: if u.ratio(1, 16)? {
+                Some(u.int_in_range(0..=3)?)
+            } else {
+                None
+            },
+            ..Journal::default()
+        };
+        let n = u.int_in_range(0u64..=6)?;
+        let mut seq = match u.int_in_range(0u8..=3)? {
+            0 | 1 => acked.wrapping_add(1),
+            2 => last_sent.wrapping_sub(n).wrapping_add(1),
+            _ => extreme(u, acked)?,
+        };
+        for _ in 0..n {
+            let body = stored_body(u, node)?;
+            j.messages.push((seq, body));
+            seq = if u.ratio(7, 8)? {
+                seq.wrapping_add(1)
+            } else {
+                extreme(u, seq)?
+            };
+        }
+        for _ in 0..u.int_in_range(0..=5)? {
+            let id = pick_call_id(u, &j.calls.iter().map(|c| c.id).collect::<Vec<_>>())?;
+            if node {
+                let slot = if u.arbitrary()? {
+                    Slot::Active {
+                        stage: *u.choose(&[
+                            None,
+                            Some(Stage::Running),
+                            Some(Stage::AwaitingApproval),
+                        ])?,
+                        deadline: Instant::from_millis(u.arbitrary()?),
+                    }
+                } else {
+                    Slot::Done {
+                        result_seq: extreme(u, last_sent)?,
+                    }
+                };
+                let at = u.int_in_range(0u8..=40)?;
+                j.seen.push((
+                    at,
+                    SeenCall {
+                        id,
+                        slot,
+                        age: u.arbitrary()?,
+                    },
+                ));
+            } else {
+                j.calls.push(CallRecord {
+                    id,
+                    seq: extreme(u, last_sent)?,
+                    deadline: Instant::from_millis(u.arbitrary()?),
+                    timeout_ms: pick_u32(u, 5_000)?,
+                    state: *u.choose(&[
+                        CallState::Queued,
+                        CallState::Dispatched,
+                        CallState::AwaitingApproval,
+                        CallState::Running,
+                        CallState::Succeeded,
+                        CallState::Failed,
+                        CallState::TimedOut,
+                        CallState::Rejected(RejectCode::Busy),
+                        CallState::Cancelled,
+                        CallState::Lost,
+                        CallState::Undeliverable,
+                    ])?,
+                    unreported: u.arbitrary()?,
+                    cancel_requested: u.arbitrary()?,
+                });
+            }
+        }
+        Ok(j)
+    }
+
+    /// The same contents in the reference journal, for the commits that follow.
+    fn to_mem(&self) -> MemJournal {
+        let mut m = MemJournal::new();
+        for (seq, body) in &self.messages {
+            m.apply(&JournalOp::Append { seq: *seq, body });
+        }
+        for rec in &self.calls {
+            m.apply(&JournalOp::PutCall(*rec));
+        }
+        for (slot, call) in &self.seen {
+            m.apply(&JournalOp::PutSeen {
+                slot: *slot,
+                call: *call,
+            });
+        }
+        if let Some(meta) = self.meta {
+            m.apply(&JournalOp::Meta(meta));
+        }
+        m
+    }
+}
+
+/// What `restore` made of a journal built from the input: a typed refusal, or a session
+/// standing where the journal says, which then meets the hostile peer.
+fn restored<S: Under>(
+    r: core::result::Result<S, SetupError>,
+    journal: Journal,
+    lent: bool,
+    u: &mut Unstructured<'_>,
+) -> Result<()> {
+    let s = match r {
+        Ok(s) => s,
+        Err(SetupError::JournalInconsistent { why }) => {
+            trace!("journal refused: {why}");
+            return Ok(());
+        }
+        Err(SetupError::StorageNeeded) => {
+            assert!(!lent, "storage was lent, yet restore asked for it");
+            return Ok(());
+        }
+        Err(SetupError::JournalRead) => {
+            assert!(
+                journal.unreadable.is_some(),
+                "a readable journal failed to read"
+            );
+            return Ok(());
+        }
+        Err(e) => panic!("restore refused a journal with {e:?}"),
+    };
+    if let Some(part) = journal.unreadable {
+        // Only a part this role never reads (or none at all, without a meta) may fail.
+        let unread = if S::NODE { 2 } else { 3 };
+        assert!(
+            part != 0 && (journal.meta.is_none() || part == unread),
+            "restored although reading part {part} of the journal failed"
+        );
+    }
+    match journal.meta {
+        Some(meta) => {
+            assert_eq!(s.session_id(), meta.session, "restored session id");
+            assert_eq!(s.acked(), meta.acked, "restored acknowledged position");
+            assert_eq!(s.delivered(), meta.received, "restored delivered position");
+            // A node answers the calls it was running: those answers follow the stream.
+            if S::NODE {
+                assert!(s.last_sent() >= meta.last_sent, "restored last seq");
+            } else {
+                assert_eq!(s.last_sent(), meta.last_sent, "restored last seq");
+            }
+        }
+        None => assert_eq!(
+            (s.last_sent(), s.delivered()),
+            (0, 0),
+            "a journal never written gives a new session"
+        ),
+    }
+    assert!(
+        s.unacked() <= journal.messages.len() + CALL_WINDOW,
+        "restored more messages than the journal holds"
+    );
+    trace!("restored from a journal built from the input: {s:?}");
+    let mut h = Harness::new(s);
+    h.adopt(journal.to_mem());
+    h.check_positions();
+    run(h, journal.meta.map_or(0, |m| m.last_sent), u)
 }
 
 fuzz_target!(|data: &[u8]| {

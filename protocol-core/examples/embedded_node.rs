@@ -1,27 +1,27 @@
 //! A node on a microcontroller: the driver loop around a [`NodeSession`], with no
-//! allocator and no standard library.
+//! allocator and no standard library, on the pump.
 //!
 //! Everything is in static buffers the firmware hands over once: the session's storage
-//! (replay buffer and inbox), the frame decoder's buffer and the transmit buffer. The
-//! limits are a `const` [`Config`], so they live in flash. The loop is `async` in the
-//! shape an embassy task has; the transport (a TCP socket of `embassy-net`, a UART) and
-//! the clock (`embassy-time`) come in through two small traits.
+//! (replay buffer and inbox), the frame-assembly buffer, the transmit buffer and the
+//! read buffer. The pump lends the first three from [`Slots`] and gives them back, so a
+//! microcontroller driver runs the same drive order as a server's. The limits are a
+//! `const` [`Config`], so they live in flash. The loop is `async` in the shape an
+//! embassy task has; the transport (a TCP socket of `embassy-net`, a UART) and the
+//! clock (`embassy-time`) come in through two small traits.
 //!
 //! On the device:
 //!
 //! ```text
-//! static STORAGE: StaticCell<[u8; STORAGE_LEN]> = StaticCell::new();
-//! static DECODER: StaticCell<[u8; DECODER_LEN]> = StaticCell::new();
-//! static TX: StaticCell<[u8; TX_LEN]> = StaticCell::new();
+//! static BUFS: StaticCell<[[u8; BUF_LEN]; 4]> = StaticCell::new();
 //!
 //! #[embassy_executor::task]
 //! async fn tern(stack: Stack<'static>) -> ! {
-//!     let mut node = Node::new(STORAGE.init([0; STORAGE_LEN]), TX.init([0; TX_LEN]), "sensor-7", "stm32f4")
+//!     let [storage, frame, tx, rx] = BUFS.init([[0; BUF_LEN]; 4]).each_mut();
+//!     let mut node = Node::new([storage, frame, tx, rx], "sensor-7", "stm32f4")
 //!         .expect("CONFIG fits its buffers");
-//!     let decoder = DECODER.init([0; DECODER_LEN]);
 //!     loop {
 //!         let mut socket = connect(stack).await; // TCP, then TLS
-//!         drive(&mut node, decoder, &mut socket, &EmbassyClock).await;
+//!         drive(&mut node, &mut socket, &EmbassyClock).await;
 //!         Timer::after_secs(1).await; // back off, then resume the same session
 //!     }
 //! }
@@ -36,8 +36,8 @@ use core::future::{Future, poll_fn};
 use core::pin::pin;
 use core::task::Poll;
 
-use protocol_core::frame::FrameDecoder;
-use protocol_core::session::{Config, Instant, NodeEvent, NodeSession, SetupError, Transmit};
+use protocol_core::pump::{Pump, ReadBuf, Slots, Step};
+use protocol_core::session::{Config, Instant, NodeEvent, NodeSession, SetupError};
 use protocol_core::wire::{
     Capabilities, CapabilityDescriptor, Outcome, Payload, Register, RejectCode,
 };
@@ -46,10 +46,18 @@ use protocol_core::wire::{
 pub const CONFIG: Config = Config::embedded(1024);
 /// Bytes of the session's storage.
 pub const STORAGE_LEN: usize = CONFIG.storage_len();
-/// Bytes of the frame decoder's buffer: one frame at our own limit.
+/// Bytes of the frame-assembly buffer: one frame at our own limit.
 pub const DECODER_LEN: usize = CONFIG.max_frame as usize;
 /// Bytes of the transmit buffer: always holds the next frame.
 pub const TX_LEN: usize = CONFIG.transmit_len();
+/// Bytes of the read buffer.
+pub const RX_LEN: usize = 512;
+/// One length that fits every buffer above.
+pub const BUF_LEN: usize = max(max(STORAGE_LEN, DECODER_LEN), max(TX_LEN, RX_LEN));
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 /// The capability this node offers: answers with its input.
 pub const ECHO: &str = "echo";
@@ -93,26 +101,33 @@ pub trait Clock {
     async fn sleep_until(&self, at: Instant);
 }
 
-/// The node: its session, which outlives connections, and the transmit buffer.
+/// The node: its session, which outlives connections, its static buffers and its
+/// application.
 pub struct Node {
     session: NodeSession<Buf>,
-    tx: Buf,
-    /// An echo input, copied out of the event (which borrows the session).
-    echo: [u8; ECHO_MAX],
-    /// Events sent so far.
-    pub events_sent: u32,
-    /// Calls answered so far.
-    pub calls_answered: u32,
+    lender: Slots<Buf>,
+    rx: ReadBuf<Buf>,
+    pub app: App,
 }
 
 impl core::fmt::Debug for Node {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Node")
             .field("session", &self.session)
-            .field("events_sent", &self.events_sent)
-            .field("calls_answered", &self.calls_answered)
+            .field("app", &self.app)
             .finish_non_exhaustive()
     }
+}
+
+/// The application: an echo capability and an `up` event.
+#[derive(Debug)]
+pub struct App {
+    /// An echo input, copied out of the event (which borrows the session).
+    echo: [u8; ECHO_MAX],
+    /// Events sent so far.
+    pub events_sent: u32,
+    /// Calls answered so far.
+    pub calls_answered: u32,
 }
 
 /// What the application does after an event (the event borrows the session).
@@ -135,44 +150,32 @@ enum Action {
 }
 
 impl Node {
-    pub fn new(storage: Buf, tx: Buf, node_id: &str, platform: &str) -> Result<Self, SetupError> {
+    /// `bufs`: the session's storage, the frame-assembly, transmit and read buffers
+    /// (at least [`STORAGE_LEN`], [`DECODER_LEN`], [`TX_LEN`] and [`RX_LEN`] bytes).
+    pub fn new(bufs: [Buf; 4], node_id: &str, platform: &str) -> Result<Self, SetupError> {
+        let [storage, frame, tx, rx] = bufs;
         Ok(Node {
             session: NodeSession::new(CONFIG, node_id, platform, Some(storage))?,
-            tx,
-            echo: [0; ECHO_MAX],
-            events_sent: 0,
-            calls_answered: 0,
+            lender: Slots::new(None, frame, tx),
+            rx: ReadBuf::new(rx),
+            app: App {
+                echo: [0; ECHO_MAX],
+                events_sent: 0,
+                calls_answered: 0,
+            },
         })
     }
 
     pub fn session(&self) -> &NodeSession<Buf> {
         &self.session
     }
+}
 
-    /// Feeds received bytes through the frame decoder into the session.
-    fn input(&mut self, now: Instant, decoder: &mut FrameDecoder<&mut [u8]>, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            match decoder.decode(bytes) {
-                Ok(progress) => {
-                    if let Some(frame) = progress.frame {
-                        // The storage is lent for good, so the session never asks for it.
-                        let _ = self.session.handle_frame(now, frame);
-                    }
-                    bytes = &bytes[progress.consumed..];
-                }
-                Err(e) => {
-                    // Out of step: an error frame goes out, then the close.
-                    self.session.handle_frame_error(now, e);
-                    return;
-                }
-            }
-        }
-    }
-
+impl App {
     /// Hands every event to the application.
-    fn events(&mut self) {
+    fn events(&mut self, session: &mut NodeSession<Buf>) {
         loop {
-            let action = match self.session.poll_event() {
+            let action = match session.poll_event() {
                 None => return,
                 Some(NodeEvent::Connected { .. }) => Action::Announce,
                 Some(NodeEvent::Call { call, .. }) if call.capability != ECHO => Action::Reject {
@@ -202,24 +205,24 @@ impl Node {
                 // Duplicates, gaps, expiries and resets need nothing from an echo node.
                 Some(_) => Action::Nothing,
             };
-            self.act(action);
+            self.act(session, action);
         }
     }
 
-    fn act(&mut self, action: Action) {
+    fn act(&mut self, session: &mut NodeSession<Buf>, action: Action) {
         // A refused command (`Full`: the replay buffer waits for the daemon's
         // acknowledgement) is dropped here; a real node would retry after the next ack.
         match action {
             Action::Nothing => {}
             Action::Announce => {
                 if let Ok(capabilities) = Capabilities::new(&CAPABILITIES) {
-                    let _ = self.session.register(Register { capabilities });
+                    let _ = session.register(Register { capabilities });
                 }
                 let up = Payload {
                     content_type: "text/plain",
                     data: b"up",
                 };
-                if self.session.send_event("node.up", up).is_ok() {
+                if session.send_event("node.up", up).is_ok() {
                     self.events_sent += 1;
                 }
             }
@@ -228,36 +231,16 @@ impl Node {
                     content_type: OCTETS,
                     data: &self.echo[..len],
                 };
-                if self.session.complete(id, Outcome::Success(out)).is_ok() {
+                if session.complete(id, Outcome::Success(out)).is_ok() {
                     self.calls_answered += 1;
                 }
             }
             Action::Reject { id, code } => {
                 let outcome = Outcome::Rejected { code, reason: "" };
-                let _ = self.session.complete(id, outcome);
+                let _ = session.complete(id, outcome);
             }
             Action::Cancelled { id } => {
-                let _ = self.session.complete(id, Outcome::Cancelled);
-            }
-        }
-    }
-
-    /// Writes every frame the session has; `Err` once the connection is over.
-    async fn output<T: Transport>(&mut self, now: Instant, io: &mut T) -> Result<(), Closed> {
-        loop {
-            match self.session.poll_transmit(now, &mut *self.tx) {
-                Ok(Some(Transmit::Frame(n))) => {
-                    if io.write_all(&self.tx[..n]).await.is_err() {
-                        self.session.handle_disconnected(now);
-                        return Err(Closed);
-                    }
-                }
-                Ok(Some(Transmit::Close)) => {
-                    io.close().await;
-                    return Err(Closed);
-                }
-                // A buffer of `transmit_len()` bytes always holds the next frame.
-                Ok(None) | Err(_) => return Ok(()),
+                let _ = session.complete(id, Outcome::Cancelled);
             }
         }
     }
@@ -265,48 +248,62 @@ impl Node {
 
 /// Runs one transport connection until it ends. The session, and whatever it holds for
 /// replay, carries over to the next one.
-pub async fn drive<T: Transport, C: Clock>(
-    node: &mut Node,
-    decoder_buf: &mut [u8],
-    io: &mut T,
-    clock: &C,
-) {
-    let Ok(mut decoder) = FrameDecoder::new(decoder_buf, CONFIG.max_frame) else {
-        return;
-    };
+pub async fn drive<T: Transport, C: Clock>(node: &mut Node, io: &mut T, clock: &C) {
+    let mut pump = Pump::new();
     node.session.handle_connected(clock.now());
-    let mut chunk = [0u8; 256];
     loop {
-        node.events();
-        if node.output(clock.now(), io).await.is_err() {
-            return;
-        }
-        // Bytes, or the next deadline, whichever comes first.
-        let deadline = node.session.poll_timeout();
-        let got = {
-            let mut read = pin!(io.read(&mut chunk));
-            let mut timer = pin!(async {
-                match deadline {
-                    Some(at) => clock.sleep_until(at).await,
-                    None => core::future::pending().await,
+        let step = pump.poll(
+            clock.now(),
+            &mut node.session,
+            &mut node.lender,
+            &mut node.rx,
+        );
+        match step {
+            Step::Events(s) => node.app.events(s),
+            // The session lives in RAM: it has no journal.
+            Step::Journal(batch) => drop(batch.stage(|_| {})),
+            Step::Transmit(out) => {
+                if io.write_all(out.bytes()).await.is_err() {
+                    node.session.handle_disconnected(clock.now());
+                    break;
                 }
-            });
-            poll_fn(|cx| match read.as_mut().poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
-            })
-            .await
-        };
-        let now = clock.now();
-        match got {
-            Some(Ok(n)) => node.input(now, &mut decoder, &chunk[..n]),
-            Some(Err(Closed)) => {
-                node.session.handle_disconnected(now);
-                return;
             }
-            None => {}
+            Step::Close(out) => {
+                let _ = io.write_all(out.bytes()).await;
+                io.close().await;
+                break;
+            }
+            Step::Wait(wait) => {
+                // Bytes (unless a frame waits for the application), or the deadline.
+                let got = {
+                    let mut read = pin!(async {
+                        match wait.read {
+                            true => io.read(node.rx.space()).await.map(Some),
+                            false => core::future::pending().await,
+                        }
+                    });
+                    let mut timer = pin!(async {
+                        match wait.deadline {
+                            Some(at) => clock.sleep_until(at).await,
+                            None => core::future::pending().await,
+                        }
+                    });
+                    poll_fn(|cx| match read.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(r),
+                        Poll::Pending => timer.as_mut().poll(cx).map(|()| Ok(None)),
+                    })
+                    .await
+                };
+                match got {
+                    Ok(Some(n)) => node.rx.filled(n),
+                    Ok(None) => node.session.handle_timeout(clock.now()),
+                    Err(Closed) => {
+                        node.session.handle_disconnected(clock.now());
+                        break;
+                    }
+                }
+            }
         }
-        // Cheap at any time; does what is due.
-        node.session.handle_timeout(now);
     }
+    pump.release(&mut node.session, &mut node.lender);
 }

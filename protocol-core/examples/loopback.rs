@@ -9,10 +9,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use chacha20::ChaCha20Rng;
-use protocol_core::frame::FrameDecoder;
+use protocol_core::pump::{Alloc, Pump, ReadBuf, Step};
 use protocol_core::session::{
     CallState, Config, DaemonSession, Instant, MemJournal, NodeSession, OwnedDaemonEvent,
-    OwnedNodeEvent, Session, Transmit,
+    OwnedNodeEvent, Session,
 };
 use protocol_core::wire::{
     Capabilities, CapabilityDescriptor, GoodbyeReason, Outcome, Payload, Register,
@@ -20,39 +20,39 @@ use protocol_core::wire::{
 use rand_core::SeedableRng;
 
 /// Drives one connection until it closes. `app` polls the events and reacts.
-fn drive<S>(
+fn drive<S: Session<Buf = Vec<u8>>>(
     s: &mut S,
     journal: &mut MemJournal,
     mut conn: TcpStream,
     mut app: impl FnMut(&mut S),
-) -> io::Result<()>
-where
-    S: Session<Storage = Vec<u8>>,
-{
-    let max = s.config().max_frame;
-    let mut dec = FrameDecoder::new(vec![0; max as usize], max).map_err(io::Error::other)?;
-    let (mut rx, mut tx) = ([0u8; 16384], vec![0; s.config().transmit_len()]);
+) -> io::Result<()> {
+    let (mut pump, mut rx) = (Pump::new(), ReadBuf::new(vec![0u8; 16384]));
     s.handle_connected(now());
     loop {
-        app(s); // poll_event until None: the application reacts and sends commands
-        commit(s, journal); // poll_journal until None, write the batch, confirm it
-        let mut filled = 0;
-        let full = loop {
-            match s.poll_transmit(now(), &mut tx[filled..]) {
-                Ok(Some(Transmit::Frame(n))) => filled += n,
-                Ok(Some(Transmit::Close)) => return conn.write_all(&tx[..filled]),
-                Ok(None) => break false,
-                Err(_) => break true, // the batch is full: write it, then go on
+        match pump.poll(now(), s, &mut Alloc, &mut rx) {
+            Step::Events(s) => app(s), // poll_event until None: react, send commands
+            Step::Journal(batch) => {
+                // A real store writes the batch in one transaction, then confirms it.
+                if let Some(id) = batch.stage(|op| journal.apply(&op)) {
+                    s.handle_journal_committed(now(), id)
+                        .map_err(io::Error::other)?;
+                }
             }
-        };
-        conn.write_all(&tx[..filled])?;
-        if !full {
-            conn.set_read_timeout(s.poll_timeout().map(wait_until))?;
-            match conn.read(&mut rx) {
-                Ok(0) => break s.handle_disconnected(now()),
-                Ok(n) => feed(s, &mut dec, &rx[..n]),
-                Err(e) if is_timeout(&e) => s.handle_timeout(now()),
-                Err(e) => return Err(e),
+            Step::Transmit(out) => conn.write_all(out.bytes())?,
+            Step::Close(out) => return conn.write_all(out.bytes()),
+            Step::Wait(wait) if !wait.read => {
+                // A frame waits for the application: nothing to read until the timer.
+                std::thread::sleep(wait.deadline.map_or(Duration::from_millis(10), wait_until));
+                s.handle_timeout(now());
+            }
+            Step::Wait(wait) => {
+                conn.set_read_timeout(wait.deadline.map(wait_until))?;
+                match conn.read(rx.space()) {
+                    Ok(0) => break s.handle_disconnected(now()),
+                    Ok(n) => rx.filled(n),
+                    Err(e) if is_timeout(&e) => s.handle_timeout(now()),
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -61,43 +61,6 @@ where
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-/// Cuts frames out of the bytes read and feeds them; lends storage when a frame needs it.
-fn feed<S: Session<Storage = Vec<u8>>>(
-    s: &mut S,
-    dec: &mut FrameDecoder<Vec<u8>>,
-    mut input: &[u8],
-) {
-    while !input.is_empty() {
-        match dec.decode(input) {
-            Ok(p) => {
-                if let Some(frame) = p.frame {
-                    if !s.has_storage() {
-                        let _ = s.lend(vec![0; s.config().storage_len()]);
-                    }
-                    let _ = s.handle_frame(now(), frame);
-                }
-                input = &input[p.consumed..];
-            }
-            Err(e) => return s.handle_frame_error(now(), e),
-        }
-    }
-}
-
-/// Writes a batch to the journal (in a real store: one transaction, with the
-/// application's effects), confirms it, and takes back storage the session no longer
-/// needs.
-fn commit<S: Session<Storage = Vec<u8>>>(s: &mut S, journal: &mut MemJournal) {
-    let mut wrote = false;
-    while let Some(op) = s.poll_journal() {
-        journal.apply(&op);
-        wrote = true;
-    }
-    if wrote {
-        s.handle_journal_committed(now());
-    }
-    drop(s.reclaim());
 }
 
 fn now() -> Instant {

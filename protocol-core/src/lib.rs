@@ -7,7 +7,9 @@
 //! - [`wire`]: the message set (postcard, zero-copy), message tags, version negotiation;
 //! - [`session`]: sessions with resumable ordered streams, keep-alive and capability
 //!   calls, and the journal hook that makes a daemon's side durable;
-//! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers.
+//! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers;
+//! - [`pump`]: the one drive order every driver uses: frames in, storage lent, events,
+//!   journal batches, frames out, backpressure.
 //!
 //! Every state machine follows one convention (inputs through `handle_*` with `now`,
 //! outputs polled apart, buffers lent by the caller): `SANS_IO.md` next to this crate's
@@ -22,6 +24,7 @@ extern crate std;
 
 pub mod frame;
 pub mod pairing;
+pub mod pump;
 pub mod session;
 pub mod time;
 pub mod transmit;

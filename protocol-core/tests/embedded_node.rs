@@ -12,10 +12,10 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use embedded_node::{Buf, Clock, Closed, DECODER_LEN, ECHO, Node, STORAGE_LEN, TX_LEN, Transport};
-use protocol_core::frame::FrameDecoder;
+use embedded_node::{BUF_LEN, Buf, Clock, Closed, ECHO, Node, Transport};
+use protocol_core::pump::{Alloc, Pump, Step};
 use protocol_core::session::{
-    CallState, Config, DaemonSession, Instant, MemJournal, OwnedDaemonEvent, OwnedOutcome, Transmit,
+    CallState, Config, DaemonSession, Instant, MemJournal, OwnedDaemonEvent, OwnedOutcome,
 };
 use protocol_core::wire::Payload;
 
@@ -107,16 +107,14 @@ impl rand_core::TryRng for Seed {
 
 #[test]
 fn echo_call_round_trips_through_the_no_std_driver() {
-    let mut node = Node::new(leak(STORAGE_LEN), leak(TX_LEN), "sensor-7", "stm32f4").expect("node");
-    let decoder_buf = leak(DECODER_LEN);
+    let bufs = [leak(BUF_LEN), leak(BUF_LEN), leak(BUF_LEN), leak(BUF_LEN)];
+    let mut node = Node::new(bufs, "sensor-7", "stm32f4").expect("node");
 
     let dc = Config::server(8 * 1024).with_max_frame(4096);
     let mut daemon = DaemonSession::new(dc, "sensor-7", &mut Seed(5)).expect("daemon");
-    daemon.lend(vec![0; dc.storage_len()]).expect("lend");
     let mut journal = MemJournal::new();
-    let mut decoder =
-        FrameDecoder::new(vec![0u8; dc.max_frame as usize], dc.max_frame).expect("decoder");
-    let mut tx = vec![0u8; dc.transmit_len()];
+    let mut pump = Pump::new();
+    let mut received: Vec<u8> = Vec::new();
 
     let wire = RefCell::new(Wire::default());
     let clock = Cell::new(1_000u64);
@@ -129,71 +127,64 @@ fn echo_call_round_trips_through_the_no_std_driver() {
     let mut call = None;
     let mut answered = None;
     {
-        let mut drive = pin!(embedded_node::drive(
-            &mut node,
-            decoder_buf,
-            &mut link,
-            &sim
-        ));
-        let now = Instant::from_millis(clock.get());
-        daemon.handle_connected(now);
+        let mut drive = pin!(embedded_node::drive(&mut node, &mut link, &sim));
+        daemon.handle_connected(Instant::from_millis(clock.get()));
         for _ in 0..2_000 {
             assert!(
                 drive.as_mut().poll(&mut cx).is_pending(),
                 "the connection ended"
             );
             let now = Instant::from_millis(clock.get());
-            // The daemon's side, as its driver runs it.
-            let bytes = std::mem::take(&mut wire.borrow_mut().to_daemon);
-            let mut input = &bytes[..];
-            while !input.is_empty() {
-                let p = decoder.decode(input).expect("the node frames correctly");
-                if let Some(frame) = p.frame {
-                    daemon.handle_frame(now, frame).expect("storage is lent");
-                }
-                input = &input[p.consumed..];
-            }
-            while let Some(ev) = daemon.poll_event() {
-                match OwnedDaemonEvent::from(ev) {
-                    OwnedDaemonEvent::Event { name, .. } if name == "node.up" => up = true,
-                    OwnedDaemonEvent::Register { capabilities, .. } => {
-                        registered = capabilities.iter().any(|c| c.name == ECHO);
+            // The daemon's side, on the pump as its driver runs it.
+            received.extend(std::mem::take(&mut wire.borrow_mut().to_daemon));
+            loop {
+                let mut input = &received[..];
+                let step = pump.poll(now, &mut daemon, &mut Alloc, &mut input);
+                let taken = received.len() - input.len();
+                received.drain(..taken);
+                match step {
+                    Step::Events(d) => {
+                        while let Some(ev) = d.poll_event() {
+                            match OwnedDaemonEvent::from(ev) {
+                                OwnedDaemonEvent::Event { name, .. } if name == "node.up" => {
+                                    up = true
+                                }
+                                OwnedDaemonEvent::Register { capabilities, .. } => {
+                                    registered = capabilities.iter().any(|c| c.name == ECHO);
+                                }
+                                OwnedDaemonEvent::CallUpdate {
+                                    call_id,
+                                    state: CallState::Succeeded,
+                                    outcome: Some(OwnedOutcome::Success(out)),
+                                    ..
+                                } if Some(call_id) == call => answered = Some(out.data),
+                                _ => {}
+                            }
+                        }
+                        if registered && call.is_none() {
+                            let input = Payload {
+                                content_type: "application/octet-stream",
+                                data: b"ping",
+                            };
+                            call = Some(d.call(now, ECHO, input, 5_000).expect("call"));
+                        }
                     }
-                    OwnedDaemonEvent::CallUpdate {
-                        call_id,
-                        state: CallState::Succeeded,
-                        outcome: Some(OwnedOutcome::Success(out)),
-                        ..
-                    } if Some(call_id) == call => answered = Some(out.data),
-                    _ => {}
-                }
-            }
-            if registered && call.is_none() {
-                let input = Payload {
-                    content_type: "application/octet-stream",
-                    data: b"ping",
-                };
-                call = Some(daemon.call(now, ECHO, input, 5_000).expect("call"));
-            }
-            let mut batch = false;
-            while let Some(op) = daemon.poll_journal() {
-                journal.apply(&op);
-                batch = true;
-            }
-            if batch {
-                daemon.handle_journal_committed(now);
-            }
-            while let Ok(Some(t)) = daemon.poll_transmit(now, &mut tx) {
-                if let Transmit::Frame(n) = t {
-                    wire.borrow_mut().to_node.extend(&tx[..n]);
+                    Step::Journal(batch) => {
+                        let id = batch.stage(|op| journal.apply(&op)).expect("a batch");
+                        daemon.handle_journal_committed(now, id).expect("its id");
+                    }
+                    Step::Transmit(out) => wire.borrow_mut().to_node.extend(out.bytes()),
+                    Step::Close(_) => panic!("the daemon closed"),
+                    Step::Wait(_) => break,
                 }
             }
             if answered.is_some() {
                 break;
             }
-            // Nothing in flight: time passes.
+            // Nothing in flight: time passes, and both sides' timers run.
             if wire.borrow().to_node.is_empty() {
                 clock.set(clock.get() + 10);
+                daemon.handle_timeout(Instant::from_millis(clock.get()));
             }
         }
     }
@@ -203,6 +194,6 @@ fn echo_call_round_trips_through_the_no_std_driver() {
         Some(&b"ping"[..]),
         "the echo came back"
     );
-    assert_eq!((node.events_sent, node.calls_answered), (1, 1));
+    assert_eq!((node.app.events_sent, node.app.calls_answered), (1, 1));
     assert!(node.session().is_connected());
 }

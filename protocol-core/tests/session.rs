@@ -358,7 +358,11 @@ fn a_failed_journal_batch_holds_the_call_back_until_it_is_durable() {
         .call(Instant::ZERO, "echo", payload(b"2"), 60_000)
         .expect("call");
     assert_eq!(second, first + 1, "ids are never reused");
-    assert!(daemon.commit(0));
+    // The failed batch comes back at its retry deadline, not at once.
+    assert!(!daemon.commit(0), "no batch before the retry deadline");
+    assert_eq!(daemon.s.poll_timeout(), Some(Instant::from_millis(50)));
+    daemon.s.handle_timeout(Instant::from_millis(50));
+    assert!(daemon.commit(50));
     assert_eq!(daemon.journal.call_count(), 2);
     assert_eq!(daemon.journal.message_count(), 2);
     daemon.auto_commit = true;

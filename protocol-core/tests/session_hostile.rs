@@ -4,7 +4,7 @@
 
 use protocol_core::frame::HEADER_LEN;
 use protocol_core::session::{
-    Config, DaemonSession, Instant, JournalOp, MemJournal, NodeSession, Overflow, Transmit,
+    Config, DaemonSession, Instant, JournalOp, MemJournal, NodeSession, Overflow, Session, Transmit,
 };
 use protocol_core::wire::{self, Gap, Message, Payload};
 
@@ -19,25 +19,31 @@ fn payload(data: &[u8]) -> Payload<'_> {
 
 /// Applies every op of the next journal batch, then confirms it.
 fn commit_node(s: &mut NodeSession<Vec<u8>>, journal: &mut MemJournal) {
-    let mut ops = Vec::new();
-    while let Some(op) = s.poll_journal() {
-        ops.push(owned(&op));
-    }
-    for (op, body) in &ops {
-        journal.apply(&borrow(op, body));
-    }
-    s.handle_journal_committed(T0);
+    commit(s, journal);
 }
 
 fn commit_daemon(s: &mut DaemonSession<Vec<u8>>, journal: &mut MemJournal) {
+    commit(s, journal);
+}
+
+/// The batch polled to its end is the one closed, and its confirmation names it; with
+/// nothing to write no batch is closed.
+fn commit<S: Session>(s: &mut S, journal: &mut MemJournal) {
     let mut ops = Vec::new();
     while let Some(op) = s.poll_journal() {
         ops.push(owned(&op));
     }
-    for (op, body) in &ops {
-        journal.apply(&borrow(op, body));
+    match (ops.is_empty(), s.closed_batch()) {
+        (true, None) => {}
+        (false, Some(id)) => {
+            for (op, body) in &ops {
+                journal.apply(&borrow(op, body));
+            }
+            s.handle_journal_committed(T0, id)
+                .expect("the confirmation names the closed batch");
+        }
+        (_, closed) => panic!("{} ops polled, closed batch {closed:?}", ops.len()),
     }
-    s.handle_journal_committed(T0);
 }
 
 fn owned(op: &JournalOp<'_>) -> (JournalOp<'static>, Vec<u8>) {
@@ -354,4 +360,40 @@ fn replay_buffer_holds_the_answers_the_session_queues_itself() {
             }
         ))
     );
+}
+
+/// Found by `session_hostile` (a daemon restored from a journal whose call deadline lay
+/// near `u64::MAX`; the driver's clock followed it to `Instant::NEVER`, and a frame came
+/// then): with `now` at `Instant::NEVER` the keep-alive deadline `last_sent +
+/// keep_alive_ms` saturates to `NEVER` again after every ping, so it is always due:
+/// `poll_transmit` hands out a `Ping` on every call and never comes to rest.
+#[test]
+fn the_keep_alive_comes_to_rest_at_the_end_of_time() {
+    use protocol_core::wire::HelloAck;
+
+    let c = Config::embedded(1024);
+    let end = Instant::NEVER;
+    let mut node = NodeSession::new(c, "n", "test", Some(vec![0; c.storage_len()])).expect("node");
+    node.handle_connected(end);
+    let tlen = c.transmit_len();
+    frames(|b| node.poll_transmit(end, b).expect("buffer"), tlen);
+    let ack = Message::HelloAck(HelloAck {
+        version: 1,
+        max_frame: 4096,
+        idle_timeout_ms: 30_000,
+        session: [1; 16],
+        resumed: false,
+        received: 0,
+    });
+    let mut buf = vec![0u8; 256];
+    let n = wire::encode_payload(&ack, &mut buf).expect("encodes");
+    node.handle_frame(end, &buf[..n]).expect("hello-ack");
+    while node.poll_event().is_some() {}
+    assert!(node.is_connected());
+    let mut out = vec![0u8; tlen];
+    let mut sent = 0;
+    while let Ok(Some(Transmit::Frame(_))) = node.poll_transmit(end, &mut out) {
+        sent += 1;
+        assert!(sent < 100, "poll_transmit never comes to rest at {end:?}");
+    }
 }

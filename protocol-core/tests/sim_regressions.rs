@@ -47,15 +47,21 @@ fn new_daemon() -> Daemon {
     d
 }
 
-/// Writes the session's next batch to `journal` and confirms it; true if there was one.
+/// Writes the session's next batch to `journal` and confirms it by its id; true if
+/// there was one. A batch polled to its end is closed; nothing polled closes none.
 fn commit<S: Session>(s: &mut S, journal: &mut MemJournal, now: u64) -> bool {
     let mut any = false;
     while let Some(op) = s.poll_journal() {
         journal.apply(&op);
         any = true;
     }
-    if any {
-        s.handle_journal_committed(at(now));
+    match s.closed_batch() {
+        Some(id) => {
+            assert!(any, "{id} closed without ops");
+            s.handle_journal_committed(at(now), id)
+                .expect("the confirmation names the closed batch");
+        }
+        None => assert!(!any, "ops polled, yet no batch closed"),
     }
     any
 }
@@ -247,7 +253,13 @@ fn a_call_that_expires_before_its_window_entry_commits_is_answered_once_without_
         "nothing the application holds expired"
     );
     p.nj = staged;
-    p.node.handle_journal_committed(at(100));
+    let batch = p
+        .node
+        .closed_batch()
+        .expect("the batch naming the call closed");
+    p.node
+        .handle_journal_committed(at(100), batch)
+        .expect("the confirmation names the closed batch");
     let events = node_events(&mut p.node);
     assert!(
         matches!(&events[..], [OwnedNodeEvent::CallNotRun { call_id, why: NotRun::Expired, .. }] if *call_id == id),
@@ -300,7 +312,13 @@ fn a_gap_for_a_call_too_large_for_the_node_waits_for_the_journal() {
         }
         // Nothing can leave before the commit: confirm the batch and look again.
         p.dj = staged.clone();
-        p.daemon.handle_journal_committed(at(30));
+        let batch = p
+            .daemon
+            .closed_batch()
+            .expect("a batch holds the frames back");
+        p.daemon
+            .handle_journal_committed(at(30), batch)
+            .expect("the confirmation names the closed batch");
     };
     feed(&mut p.node, 30, &down);
     p.node_events.extend(node_events(&mut p.node));
@@ -341,4 +359,86 @@ fn a_gap_for_a_call_too_large_for_the_node_waits_for_the_journal() {
         "{:?}",
         p.node_events
     );
+}
+
+/// Seed 0 (a microcontroller whose replay buffer is full, through the pump): a frame the
+/// inbox refuses (`InboxFull`) keeps back every frame received after it, the
+/// acknowledgement that frees the replay buffer too. The call at the inbox front waits
+/// for room for its answer, the room waits for the acknowledgement, the acknowledgement
+/// waits behind the refused frame: nothing moves until the ack timeout closes the
+/// connection (1.5 s there) and the next connection resumes. A refused frame's own
+/// acknowledgement is applied; one in a later frame is not.
+#[test]
+fn a_refused_frame_does_not_keep_back_the_acknowledgement_after_it() {
+    use protocol_core::pump::{Alloc, Pump, Step};
+    use protocol_core::wire::{Ack, Call, Data, HelloAck};
+
+    let c = Config::embedded(1024);
+    let mut node = new_node(c);
+    node.handle_connected(at(0));
+    frames(&mut node, 0);
+    let hello_ack = Message::HelloAck(HelloAck {
+        version: 1,
+        max_frame: 4096,
+        idle_timeout_ms: 30_000,
+        session: [1; 16],
+        resumed: false,
+        received: 0,
+    });
+    feed(&mut node, 0, &[encode(&hello_ack)]);
+    node_events(&mut node);
+    // Readings fill the replay buffer while the daemon's acknowledgements are away.
+    while node.send_event("reading", payload(&[7; 40])).is_ok() {}
+    frames(&mut node, 0);
+    let readings = node.last_sent();
+    let call = |seq: u64, input: &[u8]| {
+        let body = Body::Call(Call {
+            call_id: seq,
+            capability: "job",
+            timeout_ms: 0,
+            input: payload(input),
+        });
+        let msg = Message::Data(Data { seq, ack: 0, body });
+        let mut buf = vec![0; 4096];
+        let n = wire::encode_message(&msg, u32::MAX, &mut buf).expect("encodes");
+        buf.truncate(n);
+        buf
+    };
+    // Calls with no time left: their `TimedOut` answers take what room is left, until
+    // one finds none and stays at the inbox front; the calls after it fill the inbox,
+    // and the last, large one finds it full and is refused. The acknowledgement of every
+    // reading comes after them.
+    let mut received = Vec::new();
+    for seq in 1..=10 {
+        received.extend(call(seq, b""));
+    }
+    received.extend(call(11, &[b'x'; 1_200]));
+    received.extend(call(12, &[b'x'; 1_200]));
+    let ack = Message::Ack(Ack { received: readings });
+    let mut buf = vec![0; 64];
+    let n = wire::encode_message(&ack, u32::MAX, &mut buf).expect("encodes");
+    received.extend(&buf[..n]);
+    let mut input: &[u8] = &received;
+    let mut pump = Pump::new();
+    let wait = loop {
+        match pump.poll(at(10), &mut node, &mut Alloc, &mut input) {
+            Step::Events(s) => while s.poll_event().is_some() {},
+            Step::Journal(_) => unreachable!("the node keeps no journal"),
+            Step::Transmit(_) | Step::Close(_) => {}
+            Step::Wait(w) => break w,
+        }
+    };
+    assert_eq!(
+        (node.acked(), node.delivered()),
+        (readings, 12),
+        "{wait:?} with {} bytes unread",
+        input.len()
+    );
+}
+
+fn encode(msg: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0; 4096];
+    let n = wire::encode_payload(msg, &mut buf).expect("encodes");
+    buf.truncate(n);
+    buf
 }

@@ -1,18 +1,18 @@
 //! The per-connection driver: one [`Session`] of either role over one byte stream.
 //!
-//! The loop of `protocol-core/SESSION.md` ("The loop that drives one connection"), on
-//! tokio: after every input the application drains the session's events, the journal
-//! batch is staged and committed, storage the session no longer needs goes back to the
-//! pool, and the frames the session has are written; then the driver waits for whichever
-//! comes first of bytes from the peer, the session's deadline, an application command,
-//! or a revocation notice.
+//! The drive order is protocol-core's [`Pump`] (`SANS_IO.md`, "The pump"): the
+//! application's turn, the journal batch, frames in one at a time, frames out, then a
+//! wait. This driver keeps what the pump leaves to it — the stream, the session's timer,
+//! the application's commands, revocation notices and the journal store — and waits for
+//! whichever comes first.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use protocol_core::frame::FrameDecoder;
-use protocol_core::session::{Instant, OwnedJournalOp, Session, SessionError, Transmit};
+use protocol_core::pump::{Pump, ReadBuf, Step, Wait};
+use protocol_core::session::{BatchId, Instant, OwnedJournalOp, Session};
 use protocol_core::wire::ErrorCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::clock::{now, until};
 use crate::host::TransportKind;
 use crate::journal::{Batch, JournalStore};
-use crate::pool::{StoragePool, frame_buffers};
+use crate::pool::{PoolLender, StoragePool};
 use crate::stats;
 use crate::tcp::refuse::{close_after, error_frame};
 use crate::tls::RevocationWatch;
@@ -30,8 +30,8 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// What the application does with a session's events and with its own commands.
 ///
-/// Both are called with storage lent to the session, so a command that sends (`call`,
-/// `send_event`, `complete`, ...) does not meet `NoStorage`.
+/// Both are called in the pump's `Events` step, with storage lent to the session, so a
+/// command that sends (`call`, `send_event`, `complete`, ...) does not meet `NoStorage`.
 pub trait Application<S: Session> {
     /// A command the application sends to the connection's task.
     type Command;
@@ -40,7 +40,8 @@ pub trait Application<S: Session> {
     /// Events borrow the session; copy what must outlive the call.
     fn handle_events(&mut self, session: &mut S, now: Instant);
 
-    /// One command received on the driver's command channel.
+    /// One command received on the driver's command channel, handed over at the
+    /// application's next turn (before its events).
     fn handle_command(&mut self, session: &mut S, now: Instant, command: Self::Command);
 }
 
@@ -79,7 +80,7 @@ impl<S: Session, A: Application<S>> fmt::Debug for Driver<'_, S, A> {
 
 impl<'a, S, A> Driver<'a, S, A>
 where
-    S: Session<Storage = Box<[u8]>>,
+    S: Session<Buf = Box<[u8]>>,
     A: Application<S>,
 {
     /// A driver for `session`, lending storage from `pool` (whose buffers must hold the
@@ -115,8 +116,8 @@ where
 
     /// Runs the connection until it ends. The session is told of the connection
     /// (`handle_connected`) and of its end; its storage is back in the pool on return
-    /// whenever it holds no data. An I/O error ends the connection too (after
-    /// `handle_disconnected`) and is returned.
+    /// whenever it holds no data, and no journal batch of it is left unconfirmed. An I/O
+    /// error ends the connection too (after `handle_disconnected`) and is returned.
     pub async fn run<IO>(self, mut io: IO) -> io::Result<Ended>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -126,17 +127,17 @@ where
             pool,
             journal,
             app,
-            mut commands,
-            mut revocation,
+            commands,
+            revocation,
         } = self;
-        let config = *session.config();
-        if pool.buffer_len() < config.storage_len() {
+        let storage_len = session.config().storage_len();
+        if pool.buffer_len() < storage_len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "pool buffers of {} bytes cannot hold the session's {} bytes of storage",
+                    "pool buffers of {} bytes cannot hold the session's {storage_len} bytes \
+                     of storage",
                     pool.buffer_len(),
-                    config.storage_len()
                 ),
             ));
         }
@@ -145,109 +146,27 @@ where
             return Ok(Ended::Revoked);
         }
         let mut core = Core {
-            session,
-            pool,
-            journal,
             app,
+            journal,
+            commands,
+            queued: VecDeque::new(),
+            revocation,
+            lender: PoolLender::new(pool.clone()),
         };
-        let max = config.max_frame;
-        // Frame-sized buffers come from the shared pool only while used, so a quiet
-        // connection holds none.
-        let buffers = frame_buffers();
-        let mut dec: Option<FrameDecoder<Box<[u8]>>> = None;
-        let mut rx = vec![0u8; READ_CHUNK];
-        core.session.handle_connected(now());
-        loop {
-            core.react().await;
-            let mut tx = buffers.take(config.transmit_len());
-            let mut filled = 0;
-            let mut close = false;
-            let full = loop {
-                match core.session.poll_transmit(now(), &mut tx[filled..]) {
-                    Ok(Some(Transmit::Frame(n))) => {
-                        stats::frame_out(TransportKind::Tcp, n);
-                        filled += n;
-                    }
-                    Ok(Some(Transmit::Close)) => {
-                        close = true;
-                        break false;
-                    }
-                    Ok(None) => break false,
-                    // The batch is full: write it, then go on.
-                    Err(_) => break true,
-                }
-            };
-            if close {
-                close_after(&mut io, &tx[..filled]).await;
-                buffers.put(tx);
-                core.react().await;
-                return Ok(Ended::Closed);
-            }
-            if filled > 0 {
-                let written = async {
-                    io.write_all(&tx[..filled]).await?;
-                    io.flush().await
-                };
-                if let Err(e) = written.await {
-                    buffers.put(tx);
-                    return Err(core.disconnected(e).await);
-                }
-            }
-            buffers.put(tx);
-            if full {
-                continue;
-            }
-            let deadline = core.session.poll_timeout();
-            let timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep(until(at)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let command = async {
-                match commands.as_deref_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let notice = async {
-                match revocation.as_mut() {
-                    Some(w) => w.notices.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                read = io.read(&mut rx) => match read {
-                    Ok(0) => {
-                        core.session.handle_disconnected(now());
-                        core.react().await;
-                        return Ok(Ended::PeerClosed);
-                    }
-                    Ok(n) => core.feed(&mut dec, max, &rx[..n]),
-                    Err(e) => return Err(core.disconnected(e).await),
-                },
-                () = timer => core.session.handle_timeout(now()),
-                command = command => match command {
-                    Some(c) => {
-                        core.lend();
-                        core.app.handle_command(core.session, now(), c);
-                    }
-                    None => commands = None,
-                },
-                live = notice => {
-                    if !live {
-                        revocation = None;
-                    } else if revocation.as_ref().is_some_and(RevocationWatch::is_revoked) {
-                        // Frames are written whole above, so the error frame starts on a
-                        // frame boundary.
-                        close_after(&mut io, &error_frame(ErrorCode::Revoked, "revoked")).await;
-                        core.session.handle_disconnected(now());
-                        core.react().await;
-                        return Ok(Ended::Revoked);
-                    }
-                }
-            }
+        let mut pump = Pump::new();
+        let mut link = Link {
+            io,
+            rx: ReadBuf::new(vec![0u8; READ_CHUNK]),
+        };
+        session.handle_connected(now());
+        let ended = core.connection(session, &mut pump, &mut link).await;
+        if !matches!(ended, Ok(Ended::Closed)) {
+            session.handle_disconnected(now());
         }
+        core.settle(session, &mut pump, &mut link).await;
+        pump.release(session, &mut core.lender);
+        stats::add(TransportKind::Tcp, pump.take_counts());
+        ended
     }
 }
 
@@ -275,110 +194,175 @@ impl fmt::Debug for Journal {
     }
 }
 
-/// The session and what serves it, apart from the stream.
-struct Core<'a, S, A> {
-    session: &'a mut S,
-    pool: &'a StoragePool,
-    journal: Journal,
+/// The stream, and the bytes read from it that the pump has not taken yet.
+struct Link<IO> {
+    io: IO,
+    rx: ReadBuf<Vec<u8>>,
+}
+
+/// What serves the session apart from the stream.
+struct Core<'a, S: Session, A: Application<S>> {
     app: &'a mut A,
+    journal: Journal,
+    commands: Option<&'a mut mpsc::Receiver<A::Command>>,
+    /// Commands received, for the application's next turn.
+    queued: VecDeque<A::Command>,
+    revocation: Option<RevocationWatch>,
+    lender: PoolLender,
 }
 
 impl<S, A> Core<'_, S, A>
 where
-    S: Session<Storage = Box<[u8]>>,
+    S: Session<Buf = Box<[u8]>>,
     A: Application<S>,
 {
-    fn lend(&mut self) {
-        if !self.session.has_storage() {
-            if let Err(buf) = self.session.lend(self.pool.take()) {
-                self.pool.put(buf);
-            }
-        }
-    }
-
-    /// Events to the application, the journal batch to the store, storage back to the
-    /// pool if the session holds no data. A confirmed batch may release events (a
-    /// journaled node's calls wait for it) whose handling writes more, so this goes on
-    /// until a pass stages nothing.
-    async fn react(&mut self) {
-        self.lend();
+    /// Drives the connection until it ends; the pump keeps the order.
+    async fn connection<IO>(
+        &mut self,
+        session: &mut S,
+        pump: &mut Pump<Box<[u8]>>,
+        link: &mut Link<IO>,
+    ) -> io::Result<Ended>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         loop {
-            self.app.handle_events(self.session, now());
-            let mut ops = Vec::new();
-            while let Some(op) = self.session.poll_journal() {
-                ops.push(OwnedJournalOp::from(&op));
-            }
-            if ops.is_empty() {
-                break;
-            }
-            let batch = Batch {
-                key: self.journal.key.clone(),
-                ops,
-            };
-            match self.journal.store.commit(vec![batch]).await {
-                Ok(()) => self.session.handle_journal_committed(now()),
-                Err(_) => {
-                    // The session emits the batch again; retry at the next input rather
-                    // than spin on a failing store.
-                    self.session.handle_journal_failed(now());
-                    self.app.handle_events(self.session, now());
-                    break;
-                }
-            }
-        }
-        if let Some(buf) = self.session.reclaim() {
-            self.pool.put(buf);
-        }
-    }
-
-    /// Cuts frames out of the bytes read and feeds them one at a time, the application
-    /// draining events after each (the inbox holds one frame).
-    fn feed(&mut self, slot: &mut Option<FrameDecoder<Box<[u8]>>>, max: u32, input: &[u8]) {
-        let buffers = frame_buffers();
-        let dec = match slot {
-            Some(d) => d,
-            None => match FrameDecoder::new(buffers.take(max as usize), max) {
-                Ok(d) => slot.insert(d),
-                Err(e) => {
-                    self.session.handle_frame_error(now(), e);
-                    return;
-                }
-            },
-        };
-        self.feed_into(dec, input);
-        if dec.buffered() == 0 && !dec.is_failed() {
-            if let Some(d) = slot.take() {
-                buffers.put(d.into_buffer());
-            }
-        }
-    }
-
-    fn feed_into(&mut self, dec: &mut FrameDecoder<Box<[u8]>>, mut input: &[u8]) {
-        while !input.is_empty() && !dec.is_failed() {
-            match dec.decode(input) {
-                Ok(p) => {
-                    if let Some(frame) = p.frame {
-                        stats::frame_in(TransportKind::Tcp, frame.len());
-                        self.lend();
-                        if self.session.handle_frame(now(), frame) == Err(SessionError::NoStorage) {
-                            // The pool's buffer was refused: nothing to retry with.
-                            break;
-                        }
-                        self.app.handle_events(self.session, now());
+            match pump.poll(now(), session, &mut self.lender, &mut link.rx) {
+                Step::Events(s) => self.events(s),
+                Step::Journal(batch) => self.commit(batch.into_owned(), session).await,
+                Step::Transmit(out) => write(&mut link.io, out.bytes()).await?,
+                Step::Close(out) => return Ok(close(&mut link.io, out.bytes()).await),
+                Step::Wait(wait) => {
+                    if let Some(ended) = self.wait(wait, session, pump, link).await? {
+                        return Ok(ended);
                     }
-                    input = &input[p.consumed..];
-                }
-                Err(e) => {
-                    self.session.handle_frame_error(now(), e);
-                    break;
                 }
             }
         }
     }
 
-    async fn disconnected(&mut self, e: io::Error) -> io::Error {
-        self.session.handle_disconnected(now());
-        self.react().await;
-        e
+    /// After the connection: the application's last events and the journal batch they
+    /// leave, so the session goes back with none in flight. Nothing reaches the peer.
+    async fn settle<IO>(
+        &mut self,
+        session: &mut S,
+        pump: &mut Pump<Box<[u8]>>,
+        link: &mut Link<IO>,
+    ) {
+        loop {
+            match pump.poll(now(), session, &mut self.lender, &mut link.rx) {
+                Step::Events(s) => self.events(s),
+                Step::Journal(batch) => self.commit(batch.into_owned(), session).await,
+                Step::Transmit(_) | Step::Close(_) => {}
+                Step::Wait(_) => return,
+            }
+        }
     }
+
+    /// The application's turn: the commands that arrived since, then the events.
+    fn events(&mut self, session: &mut S) {
+        let now = now();
+        for command in self.queued.drain(..) {
+            self.app.handle_command(session, now, command);
+        }
+        self.app.handle_events(session, now);
+    }
+
+    /// Commits a staged batch and confirms it. A failed batch comes back through the
+    /// session's timer, so a failing store is not retried in a spin.
+    async fn commit(&mut self, staged: Option<(BatchId, Vec<OwnedJournalOp>)>, session: &mut S) {
+        let Some((id, ops)) = staged else {
+            return;
+        };
+        let batch = Batch {
+            key: self.journal.key.clone(),
+            ops,
+        };
+        let committed = self.journal.store.commit(vec![batch]).await;
+        confirm(session, id, committed.is_ok());
+    }
+
+    /// Waits for the stream (if the pump takes input), the session's deadline, a
+    /// command or a revocation notice. `Some` when the connection is over.
+    async fn wait<IO>(
+        &mut self,
+        wait: Wait,
+        session: &mut S,
+        pump: &mut Pump<Box<[u8]>>,
+        link: &mut Link<IO>,
+    ) -> io::Result<Option<Ended>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        stats::add(TransportKind::Tcp, pump.take_counts());
+        // A full read buffer would read as the end of the stream.
+        let read = wait.read && link.rx.len() < READ_CHUNK;
+        let timer = async {
+            match wait.deadline {
+                Some(at) => tokio::time::sleep(until(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let command = async {
+            match self.commands.as_deref_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let notice = async {
+            match self.revocation.as_mut() {
+                Some(w) => w.notices.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = link.io.read(link.rx.space()), if read => match n? {
+                0 => return Ok(Some(Ended::PeerClosed)),
+                n => link.rx.filled(n),
+            },
+            () = timer => session.handle_timeout(now()),
+            command = command => match command {
+                Some(c) => self.queued.push_back(c),
+                None => self.commands = None,
+            },
+            live = notice => {
+                if !live {
+                    self.revocation = None;
+                } else if self.revocation.as_ref().is_some_and(RevocationWatch::is_revoked) {
+                    // Frames are written whole, so the error frame starts on a frame
+                    // boundary.
+                    let frame = error_frame(ErrorCode::Revoked, "revoked");
+                    close_after(&mut link.io, &frame).await;
+                    return Ok(Some(Ended::Revoked));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Tells the session how its batch `id` went. A refused confirmation means the driver
+/// lost track of its batches: a bug, not the session's or the store's fault.
+pub(crate) fn confirm<S: Session>(session: &mut S, id: BatchId, committed: bool) {
+    let now = now();
+    let confirmed = if committed {
+        session.handle_journal_committed(now, id)
+    } else {
+        session.handle_journal_failed(now, id)
+    };
+    debug_assert!(
+        confirmed.is_ok(),
+        "{id} confirmation refused: {confirmed:?}"
+    );
+}
+
+async fn write<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+/// The session's last frames, then the close.
+async fn close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, last: &[u8]) -> Ended {
+    close_after(io, last).await;
+    Ended::Closed
 }

@@ -29,4 +29,4 @@ pub mod tls;
 
 pub use driver::{Application, Driver, Ended, Journal};
 pub use journal::{Batch, JournalError, JournalStore, MemJournals};
-pub use pool::StoragePool;
+pub use pool::{PoolLender, StoragePool};

@@ -1,13 +1,16 @@
-//! Session storage lent from a pool and taken back when a session no longer holds data.
+//! Session storage lent from a pool and taken back when a session no longer holds data,
+//! and the pump's lender over it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use protocol_core::pump::{Lend, Lender};
+
 /// A pool of equally sized session storage buffers, shared by every connection a
 /// driver serves. A session holds a buffer only while it holds messages (`SESSION.md`,
-/// "Memory"): the driver lends one before feeding a frame or a command and takes it back
-/// after every pass, so an idle connection holds none.
+/// "Memory"): the pump lends one before a frame or the application's turn and takes it
+/// back before it waits, so an idle connection holds none.
 #[derive(Clone)]
 pub struct StoragePool {
     inner: Arc<Inner>,
@@ -114,6 +117,53 @@ pub(crate) fn frame_buffers() -> &'static Buffers {
     BUFFERS.get_or_init(Buffers::default)
 }
 
+/// The pump's buffers on a server: session storage from a [`StoragePool`], frame
+/// assembly and transmit buffers from the process's frame buffers. The pump holds each
+/// only while it is used, so a quiet connection holds none.
+#[derive(Debug, Clone)]
+pub struct PoolLender {
+    storage: Option<StoragePool>,
+}
+
+impl PoolLender {
+    /// Lends session storage from `storage`.
+    pub fn new(storage: StoragePool) -> Self {
+        Self {
+            storage: Some(storage),
+        }
+    }
+
+    /// Frame buffers only, for machines without storage (pairing runs).
+    pub fn frames_only() -> Self {
+        Self { storage: None }
+    }
+}
+
+impl Lender for PoolLender {
+    type Buf = Box<[u8]>;
+
+    fn take(&mut self, what: Lend, len: usize) -> Option<Box<[u8]>> {
+        match what {
+            // A pool of smaller buffers cannot serve this session: nothing rather than a
+            // buffer the session would refuse.
+            Lend::Storage => self
+                .storage
+                .as_ref()
+                .filter(|pool| pool.buffer_len() >= len)
+                .map(StoragePool::take),
+            Lend::Frame | Lend::Transmit => Some(frame_buffers().take(len)),
+        }
+    }
+
+    fn put(&mut self, what: Lend, buf: Box<[u8]>) {
+        match (what, &self.storage) {
+            (Lend::Storage, Some(pool)) => pool.put(buf),
+            (Lend::Storage, None) => {}
+            (Lend::Frame | Lend::Transmit, _) => frame_buffers().put(buf),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +177,19 @@ mod tests {
         pool.put(b);
         pool.put(vec![0; 8].into_boxed_slice());
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[test]
+    fn the_lender_refuses_storage_smaller_than_asked() {
+        let mut lender = PoolLender::new(StoragePool::new(64, 1));
+        assert!(lender.take(Lend::Storage, 65).is_none());
+        let buf = lender.take(Lend::Storage, 64).map(|b| b.len());
+        assert_eq!(buf, Some(64));
+        assert!(PoolLender::frames_only().take(Lend::Storage, 1).is_none());
+        assert!(
+            lender
+                .take(Lend::Frame, 100)
+                .is_some_and(|b| b.len() == 100)
+        );
     }
 }

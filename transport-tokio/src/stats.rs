@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use protocol_core::pump::Counts;
+
 use crate::host::TransportKind;
 
 /// Why a connection did not get past its handshake and checks.
@@ -117,18 +119,16 @@ pub(crate) fn failed(t: TransportKind, why: HandshakeFailure) {
     }
 }
 
-pub(crate) fn frame_in(t: TransportKind, len: usize) {
+/// Frames and bytes a connection's pump moved since it was last asked.
+pub(crate) fn add(t: TransportKind, counts: Counts) {
+    if counts == Counts::default() {
+        return;
+    }
     let s = of(t);
-    s.frames_in.fetch_add(1, Ordering::Relaxed);
-    s.bytes_in
-        .fetch_add(u64::try_from(len).unwrap_or(u64::MAX), Ordering::Relaxed);
-}
-
-pub(crate) fn frame_out(t: TransportKind, len: usize) {
-    let s = of(t);
-    s.frames_out.fetch_add(1, Ordering::Relaxed);
-    s.bytes_out
-        .fetch_add(u64::try_from(len).unwrap_or(u64::MAX), Ordering::Relaxed);
+    s.frames_in.fetch_add(counts.frames_in, Ordering::Relaxed);
+    s.bytes_in.fetch_add(counts.bytes_in, Ordering::Relaxed);
+    s.frames_out.fetch_add(counts.frames_out, Ordering::Relaxed);
+    s.bytes_out.fetch_add(counts.bytes_out, Ordering::Relaxed);
 }
 
 /// The counters of transport `t` now.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::quic::{QuicDaemon, QuicNode, raw_client};
-use common::{Ca, NodeCommand, node_config};
+use common::{Ca, DaemonSetup, NodeCommand, answered_calls, node_config, received_events};
 use protocol_core::frame::{DEFAULT_MAX_FRAME, FrameDecoder};
 use protocol_core::session::Config;
 use protocol_core::session::{
@@ -514,5 +514,83 @@ async fn refusals_over_the_cap_keep_their_reason() {
         );
         // Let the refused connection drain on the daemon's side.
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Backpressure over QUIC: a daemon session with 4 KiB frames has inbox room for one
+/// ~3,000-byte event at a time. Two arriving back to back take their turns instead of
+/// closing the connection with `Error(Overloaded)`, and both are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_events_wait_for_inbox_room() {
+    let setup = DaemonSetup {
+        sessions: Config::server(64 * 1024).with_max_frame(4096),
+        ..DaemonSetup::default()
+    };
+    let mut daemon = QuicDaemon::start_setup(QuicLimits::default(), None, setup);
+    let leaf = daemon.ca.leaf("node-q", false);
+    let mut node = QuicNode::connect(
+        daemon.addr,
+        leaf.client(daemon.pin()),
+        "node-q",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    daemon.expect(registered("node-q")).await;
+
+    let big = NodeCommand::SendEvents {
+        name: "big",
+        count: 2,
+        len: 3000,
+    };
+    node.send(big).await;
+    assert_eq!(
+        received_events(&mut daemon.events, "big", 2).await,
+        [3000, 3000]
+    );
+
+    // The connection is still up: another event gets through.
+    node.send(NodeCommand::SendEvent("after")).await;
+    received_events(&mut daemon.events, "after", 1).await;
+    assert!(
+        daemon.closed.try_recv().is_err(),
+        "the connection was closed"
+    );
+    assert!(node.closed.try_recv().is_err(), "the connection was closed");
+    while let Ok(ev) = node.events.try_recv() {
+        assert!(peer_error(&ev).is_none(), "{ev:?}");
+    }
+}
+
+/// Backpressure over QUIC the other way: a journaled node with 4 KiB frames holds a call
+/// until the journal entry naming it is committed, with the endpoint's group commit,
+/// after the frames of the same read. A second ~3,000-byte call right behind it is
+/// refused and stays in the stream until then. Both are answered; the connection stays
+/// up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_calls_wait_for_the_journal() {
+    let setup = DaemonSetup {
+        calls: 2,
+        input: vec![b'1'; 3000],
+        ..DaemonSetup::default()
+    };
+    let mut daemon = QuicDaemon::start_setup(QuicLimits::default(), None, setup);
+    let leaf = daemon.ca.leaf("node-w", false);
+    let config = node_config().with_max_frame(4096);
+    assert!(config.durable);
+    let mut node = QuicNode::connect(daemon.addr, leaf.client(daemon.pin()), "node-w", config)
+        .await
+        .unwrap();
+    assert_eq!(answered_calls(&mut daemon.events, 2).await, [3000, 3000]);
+
+    node.send(NodeCommand::SendEvent("after")).await;
+    received_events(&mut daemon.events, "after", 1).await;
+    assert!(
+        daemon.closed.try_recv().is_err(),
+        "the connection was closed"
+    );
+    assert!(node.closed.try_recv().is_err(), "the connection was closed");
+    while let Ok(ev) = node.events.try_recv() {
+        assert!(peer_error(&ev).is_none(), "{ev:?}");
     }
 }

@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Ca, Daemon, Node, NodeCommand, alert, node_config, read_until_end};
+use common::{
+    Ca, Daemon, DaemonSetup, Node, NodeCommand, alert, answered_calls, node_config, read_until_end,
+    received_events,
+};
 use protocol_core::pairing::{
     Abort, PAIRING_MAX_FRAME, PairingError, PairingMessage, Start, decode_pairing, encode_pairing,
 };
 use protocol_core::session::{
-    CallState, CloseReason, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
+    CallState, CloseReason, Config, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
 };
 use protocol_core::wire::{ErrorCode, PROTOCOL_VERSIONS, VersionRange};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
@@ -496,4 +499,85 @@ async fn pairing_starts_are_limited_per_address() {
         conn.peer_addr().ip(),
         std::net::IpAddr::from([127, 0, 0, 2])
     );
+}
+
+/// Backpressure over TCP: a daemon session with 4 KiB frames has inbox room for one
+/// ~3,000-byte event at a time. Two arriving back to back take their turns instead of
+/// closing the connection with `Error(Overloaded)`, and both are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_events_wait_for_inbox_room() {
+    let setup = DaemonSetup {
+        sessions: Config::server(64 * 1024).with_max_frame(4096),
+        ..DaemonSetup::default()
+    };
+    let mut daemon = Daemon::start_with(ListenerConfig::default(), setup).await;
+    let leaf = daemon.ca.leaf("node-q", false);
+    let stream = Connector::new(leaf.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let mut node = Node::spawn(stream, "node-q", node_config());
+    daemon
+        .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Register { .. }).then_some(()))
+        .await;
+
+    let big = NodeCommand::SendEvents {
+        name: "big",
+        count: 2,
+        len: 3000,
+    };
+    node.commands.send(big).await.unwrap();
+    assert_eq!(
+        received_events(&mut daemon.events, "big", 2).await,
+        [3000, 3000]
+    );
+
+    // The connection is still up: another event gets through.
+    node.commands
+        .send(NodeCommand::SendEvent("after"))
+        .await
+        .unwrap();
+    received_events(&mut daemon.events, "after", 1).await;
+    assert!(
+        daemon.ended.try_recv().is_err(),
+        "the connection was closed"
+    );
+    while let Ok(ev) = node.events.try_recv() {
+        assert!(peer_error(&ev).is_none(), "{ev:?}");
+    }
+}
+
+/// Backpressure over TCP the other way: a journaled node with 4 KiB frames holds a call
+/// until the journal entry naming it is committed, and a second ~3,000-byte call right
+/// behind it waits for that. Both are answered; the connection stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_calls_wait_for_the_journal() {
+    let setup = DaemonSetup {
+        calls: 2,
+        input: vec![b'1'; 3000],
+        ..DaemonSetup::default()
+    };
+    let mut daemon = Daemon::start_with(ListenerConfig::default(), setup).await;
+    let leaf = daemon.ca.leaf("node-w", false);
+    let stream = Connector::new(leaf.client(daemon.pin()))
+        .connect(daemon.addr)
+        .await
+        .unwrap();
+    let config = node_config().with_max_frame(4096);
+    assert!(config.durable);
+    let mut node = Node::spawn(stream, "node-w", config);
+    assert_eq!(answered_calls(&mut daemon.events, 2).await, [3000, 3000]);
+
+    node.commands
+        .send(NodeCommand::SendEvent("after"))
+        .await
+        .unwrap();
+    received_events(&mut daemon.events, "after", 1).await;
+    assert!(
+        daemon.ended.try_recv().is_err(),
+        "the connection was closed"
+    );
+    while let Ok(ev) = node.events.try_recv() {
+        assert!(peer_error(&ev).is_none(), "{ev:?}");
+    }
 }

@@ -28,7 +28,22 @@ enum State {
         len: usize,
         have: usize,
     },
+    /// A whole frame of `len` bytes assembled in the buffer and put back
+    /// ([`FrameDecoder::unread`]): the next `decode` returns it again.
+    Held {
+        len: usize,
+    },
     Failed,
+}
+
+/// Where the frame the last `decode` returned lay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Last {
+    None,
+    /// In the input: that many bytes of it (prefix and body).
+    Input(usize),
+    /// Assembled in the buffer.
+    Buffer(usize),
 }
 
 const START: State = State::Header {
@@ -41,6 +56,7 @@ pub struct FrameDecoder<B> {
     buf: B,
     max: u32,
     state: State,
+    last: Last,
 }
 
 impl<B> core::fmt::Debug for FrameDecoder<B> {
@@ -49,6 +65,7 @@ impl<B> core::fmt::Debug for FrameDecoder<B> {
         let (buffered, failed) = match self.state {
             State::Header { have, .. } => (usize::from(have), false),
             State::Body { have, .. } => (HEADER_LEN + have, false),
+            State::Held { len } => (HEADER_LEN + len, false),
             State::Failed => (0, true),
         };
         f.debug_struct("FrameDecoder")
@@ -74,6 +91,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
             buf,
             max,
             state: START,
+            last: Last::None,
         })
     }
 
@@ -87,6 +105,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         match self.state {
             State::Header { have, .. } => have as usize,
             State::Body { have, .. } => HEADER_LEN + have,
+            State::Held { len } => HEADER_LEN + len,
             State::Failed => 0,
         }
     }
@@ -102,14 +121,43 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         self.state == State::Failed
     }
 
+    /// Keeps the frame the last [`decode`](Self::decode) returned, for a receiver that
+    /// cannot take it yet: the next `decode` returns it again, and the call's whole
+    /// `consumed` counts as taken. `input` is the input of that call: a frame lent out of
+    /// it is copied into the buffer (where an assembled frame already lies), so the bytes
+    /// after it can be looked at meanwhile. Without a frame returned last, does nothing.
+    pub fn unread(&mut self, input: &[u8]) {
+        let len = match core::mem::replace(&mut self.last, Last::None) {
+            Last::None => return,
+            Last::Buffer(len) => len,
+            Last::Input(n) => {
+                let Some(frame) = input.get(HEADER_LEN..n) else {
+                    return;
+                };
+                self.buf.as_mut()[..frame.len()].copy_from_slice(frame);
+                frame.len()
+            }
+        };
+        self.state = State::Held { len };
+    }
+
     /// Takes bytes from `input` until one frame is complete or the input is used up.
     ///
     /// Call again with the rest of the input while `consumed < input.len()`.
     pub fn decode<'a>(&'a mut self, input: &'a [u8]) -> Result<Progress<'a>, FrameError> {
         let mut consumed = 0;
+        self.last = Last::None;
         loop {
             match self.state {
                 State::Failed => return Err(FrameError::Failed),
+                State::Held { len } => {
+                    self.state = START;
+                    self.last = Last::Buffer(len);
+                    return Ok(Progress {
+                        consumed: 0,
+                        frame: Some(&self.buf.as_ref()[..len]),
+                    });
+                }
                 State::Header { mut header, have } => {
                     let have = have as usize;
                     let rest = &input[consumed..];
@@ -117,6 +165,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
                     if have == 0 && rest.len() >= HEADER_LEN {
                         let len = self.check_len(be_u32(&rest[..HEADER_LEN]))?;
                         if let Some(frame) = rest.get(HEADER_LEN..HEADER_LEN + len) {
+                            self.last = Last::Input(HEADER_LEN + len);
                             return Ok(Progress {
                                 consumed: consumed + HEADER_LEN + len,
                                 frame: Some(frame),
@@ -154,6 +203,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
                         });
                     }
                     self.state = START;
+                    self.last = Last::Buffer(len);
                     return Ok(Progress {
                         consumed,
                         frame: Some(&self.buf.as_ref()[..len]),
@@ -170,6 +220,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         }
         Ok(len as usize)
     }
+}
+
+/// The frame lying whole at the front of `input`, and the bytes it takes (prefix
+/// included), without buffering anything: `None` if `input` holds less than a frame.
+pub fn whole_frame(input: &[u8], max: u32) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some(prefix) = input.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = be_u32(prefix);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let end = HEADER_LEN + len as usize;
+    Ok(input.get(HEADER_LEN..end).map(|frame| (frame, end)))
 }
 
 fn be_u32(bytes: &[u8]) -> u32 {
@@ -245,6 +309,47 @@ mod tests {
         assert_eq!(dec.buffered(), 0);
         assert!(dec.is_failed());
         assert_eq!(dec.decode(&input[4..]), Err(FrameError::Failed));
+    }
+
+    #[test]
+    fn an_unread_frame_comes_again() {
+        let mut out = [0u8; 32];
+        let n = encode_frame(b"abc", 64, &mut out).unwrap();
+        let m = encode_frame(b"defg", 64, &mut out[n..]).unwrap();
+        let mut dec = FrameDecoder::new([0u8; 64], 64).unwrap();
+        // Lent out of the input: copied into the buffer, the input taken.
+        let p = dec.decode(&out[..n + m]).unwrap();
+        assert_eq!((p.consumed, p.frame), (n, Some(&b"abc"[..])));
+        dec.unread(&out[..n + m]);
+        assert_eq!(dec.buffered(), n);
+        assert_eq!(whole_frame(&out[n..n + m], 64), Ok(Some((&b"defg"[..], m))));
+        let p = dec.decode(&out[n..n + m]).unwrap();
+        assert_eq!((p.consumed, p.frame), (0, Some(&b"abc"[..])));
+        // Assembled across inputs: held where it is.
+        assert_eq!(dec.decode(&out[n..n + 2]).unwrap().consumed, 2);
+        let p = dec.decode(&out[n + 2..n + m]).unwrap();
+        assert_eq!(p.frame, Some(&b"defg"[..]));
+        dec.unread(&[]);
+        assert_eq!(dec.buffered(), m);
+        let p = dec.decode(&[]).unwrap();
+        assert_eq!((p.consumed, p.frame), (0, Some(&b"defg"[..])));
+        assert_eq!(dec.buffered(), 0);
+        // Nothing returned last: nothing to keep.
+        assert_eq!(dec.decode(&[0]).unwrap().frame, None);
+        dec.unread(&[0]);
+        assert_eq!(dec.buffered(), 1);
+    }
+
+    #[test]
+    fn a_whole_frame_is_found_without_buffering() {
+        let mut out = [0u8; 16];
+        let n = encode_frame(b"hello", 64, &mut out).unwrap();
+        assert_eq!(whole_frame(&out[..n - 1], 64), Ok(None));
+        assert_eq!(whole_frame(&out[..3], 64), Ok(None));
+        assert_eq!(
+            whole_frame(&out[..n], 4),
+            Err(FrameError::TooLarge { len: 5, max: 4 })
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 mod decoder;
 mod encoder;
 
-pub use decoder::{FrameDecoder, Progress};
+pub use decoder::{FrameDecoder, Progress, whole_frame};
 pub use encoder::{encode_frame, encode_frame_with, encoded_len};
 
 /// Bytes in the length prefix.

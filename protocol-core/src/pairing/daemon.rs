@@ -250,6 +250,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonPairing<B> {
         result.map_err(|e| self.fail(e, true))
     }
 
+    /// The frame decoder failed (a length prefix over [`PAIRING_MAX_FRAME`]): an
+    /// unfinished run fails with [`PairingError::Malformed`] and the peer is told.
+    pub fn handle_frame_error(&mut self, now: Instant, e: crate::frame::FrameError) {
+        let _ = (now, e);
+        if !self.is_finished() {
+            self.fail(PairingError::Malformed, true);
+        }
+    }
+
     /// Applies the deadline: at or after it, the run fails with
     /// [`PairingError::TimedOut`] (before the CSR) or [`PairingError::ApprovalExpired`]
     /// (waiting for a decision). Cheap; may be called at any time.

@@ -226,6 +226,15 @@ impl<'c, B: AsRef<[u8]> + AsMut<[u8]>> NodePairing<'c, B> {
         result.map_err(|e| self.fail(e, true))
     }
 
+    /// The frame decoder failed (a length prefix over [`PAIRING_MAX_FRAME`]): an
+    /// unfinished run fails with [`PairingError::Malformed`] and the peer is told.
+    pub fn handle_frame_error(&mut self, now: Instant, e: crate::frame::FrameError) {
+        let _ = (now, e);
+        if !self.is_finished() {
+            self.fail(PairingError::Malformed, true);
+        }
+    }
+
     /// Applies the deadline: at or after it, an unfinished run fails with
     /// [`PairingError::TimedOut`]. Cheap; may be called at any time.
     pub fn handle_timeout(&mut self, now: Instant) {

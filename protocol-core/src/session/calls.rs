@@ -180,6 +180,11 @@ impl CallTable {
             .min()
     }
 
+    /// A change waits for the journal.
+    pub(crate) fn dirty(&self) -> bool {
+        self.calls.iter().any(|c| c.mark == Mark::Dirty)
+    }
+
     pub(crate) fn poll_journal(&mut self) -> Option<JournalOp<'static>> {
         let c = self.calls.iter_mut().find(|c| c.mark == Mark::Dirty)?;
         c.mark.polled();
@@ -404,6 +409,11 @@ impl CallWindow {
 
     pub(crate) fn clear(&mut self) {
         self.slots = [None; CALL_WINDOW];
+    }
+
+    /// A change waits for the journal.
+    pub(crate) fn dirty(&self) -> bool {
+        self.slots.iter().flatten().any(|e| e.mark == Mark::Dirty)
     }
 
     pub(crate) fn poll_journal(&mut self) -> Option<JournalOp<'static>> {

@@ -141,8 +141,10 @@ pub enum SetupError {
     JournalRead,
     /// The journal holds messages but no storage was lent to restore them into.
     StorageNeeded,
-    /// The journal holds more than the storage or tables can hold, or is out of order.
-    JournalInconsistent,
+    /// The journal cannot be this session's: positions out of range or out of order,
+    /// messages that do not decode or flow the other way, more than the storage or
+    /// tables hold. `why` names the first fault found. A journal is checked like a peer.
+    JournalInconsistent { why: &'static str },
 }
 
 impl core::fmt::Display for SetupError {
@@ -161,7 +163,9 @@ impl core::fmt::Display for SetupError {
             SetupError::NameTooLong => f.write_str("node id or platform name too long"),
             SetupError::JournalRead => f.write_str("reading the journal failed"),
             SetupError::StorageNeeded => f.write_str("the journal holds messages: lend storage"),
-            SetupError::JournalInconsistent => f.write_str("the journal is inconsistent"),
+            SetupError::JournalInconsistent { why } => {
+                write!(f, "the journal is inconsistent: {why}")
+            }
         }
     }
 }
@@ -185,6 +189,11 @@ pub enum SessionError {
     Unencodable,
     /// The session holds no storage: [`lend`](super::NodeSession::lend) it first.
     NoStorage,
+    /// `handle_frame`: the inbox holds a message the application has not taken yet
+    /// (`poll_event`), or one whose handling waits for a journal commit. Backpressure,
+    /// not an error: nothing of the frame was stored; offer it again after the events
+    /// are drained or the batch committed. (An acknowledgement it carries was applied.)
+    InboxFull,
 }
 
 impl core::fmt::Display for SessionError {
@@ -197,6 +206,9 @@ impl core::fmt::Display for SessionError {
             SessionError::Finished => "the call already finished",
             SessionError::Unencodable => "message cannot be encoded",
             SessionError::NoStorage => "the session holds no storage",
+            SessionError::InboxFull => {
+                "the inbox is full: drain events or commit, then offer again"
+            }
         })
     }
 }

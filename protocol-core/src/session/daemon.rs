@@ -11,7 +11,8 @@ use super::journal::{JournalMeta, JournalOp, JournalRead};
 use super::link::{
     self, Farewell, Link, Notice, Outgoing, Side, State, Taken, bytes, shared_methods,
 };
-use super::node::{copy_name, restore_messages};
+use super::node::copy_name;
+use super::restore::{restore_calls, restore_messages};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
 use crate::time::{Earliest, Instant};
@@ -153,34 +154,42 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
             return Ok(s);
         };
         let Some(session) = meta.session else {
-            return Err(SetupError::JournalInconsistent);
+            return Err(SetupError::JournalInconsistent {
+                why: "no session id",
+            });
         };
         s.link.track = super::journal::Track::new(config.durable);
-        let last = restore_messages(&mut s.link, &mut s.storage, &meta, journal)?;
-        let mut bad = false;
-        let mut max_id: CallId = 0;
-        {
-            let calls = &mut s.calls;
-            let track = s.link.track;
-            journal
-                .calls(&mut |rec| {
-                    max_id = max_id.max(rec.id);
-                    bad |= calls.insert(*rec, &track).is_err();
-                })
-                .map_err(|_| SetupError::JournalRead)?;
-        }
-        if bad {
-            return Err(SetupError::JournalInconsistent);
-        }
+        let stored = restore_messages(&mut s.link, &mut s.storage, &meta, journal, Side::Daemon)?;
+        let last = stored.last;
+        let track = s.link.track;
+        let max_id = restore_calls(&mut s.calls, &track, last, journal)?;
         s.link.session = Some(session);
         s.link.inp.restore(meta.received);
         s.link
             .track
             .restored(last, meta.acked, meta.received, Some(session));
         s.established = meta.established;
-        s.next_call_id = meta.next_call_id.max(max_id.saturating_add(1));
+        // Never hand out an id the node may have seen: one in a stored call, or in a
+        // stored call message whose record is gone.
+        s.next_call_id = meta
+            .next_call_id
+            .max(max_id.saturating_add(1))
+            .max(stored.max_call.saturating_add(1));
         s.id_state = meta.id_state;
         Ok(s)
+    }
+
+    fn tables_dirty(&self) -> bool {
+        self.calls.dirty()
+    }
+
+    /// A batch is durable: what the role's tables carried is.
+    fn tables_committed(&mut self) {
+        self.calls.committed();
+    }
+
+    fn tables_failed(&mut self) {
+        self.calls.failed();
     }
 
     // ----- storage -----
@@ -211,11 +220,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
     /// An open call's record.
     pub fn call_state(&self, id: CallId) -> Option<CallRecord> {
         self.calls.get(id).copied()
-    }
-
-    /// True while a journal batch is being polled or awaits its confirmation.
-    pub fn journal_in_flight(&self) -> bool {
-        self.link.track.in_flight()
     }
 
     // ----- application commands -----
@@ -284,15 +288,31 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
         self.link.connected(now, false);
     }
 
-    /// One frame's payload. `Err(NoStorage)`: the frame carries stream data and no
-    /// storage is lent; nothing was consumed.
+    /// One frame's payload. Refused, with nothing of its message stored, when it carries
+    /// stream data and `Err(NoStorage)`: no storage is lent, or `Err(InboxFull)`: the
+    /// inbox's message waits for the application. Offer the same frame again after
+    /// lending or draining events.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Result<(), SessionError> {
-        match self
+        self.take(now, frame, false)
+    }
+
+    /// A frame that arrived after one refused with `InboxFull`, offered before it: taken
+    /// only if it has no place in the stream's order (an acknowledgement, a ping, a
+    /// pong); of stream data only the acknowledgement is applied, and anything else is
+    /// refused (`Err(InboxFull)`) to be offered again in its turn. The peer's ack may be
+    /// what frees the room the refused frame waits for.
+    pub fn handle_frame_ahead(&mut self, now: Instant, frame: &[u8]) -> Result<(), SessionError> {
+        self.take(now, frame, true)
+    }
+
+    fn take(&mut self, now: Instant, frame: &[u8], ahead: bool) -> Result<(), SessionError> {
+        let taken = self
             .link
-            .take_frame(&mut self.storage, now, frame, Side::Daemon)?
-        {
+            .take_frame(&mut self.storage, now, frame, Side::Daemon, ahead)?;
+        let refused = matches!(taken, Taken::Refused { .. });
+        match taken {
             Taken::Hello(h) => self.on_hello(h),
-            Taken::Stream { acked } => {
+            Taken::Stream { acked } | Taken::Refused { acked } => {
                 if !self.link.conn.confirmed {
                     // Stream traffic after the hello proves the node took our hello-ack:
                     // from now on a hello without this session id means the node lost
@@ -308,6 +328,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
                 }
             }
             Taken::HelloAck(_) | Taken::Nothing => {}
+        }
+        if refused {
+            return Err(SessionError::InboxFull);
         }
         Ok(())
     }
@@ -426,18 +449,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> DaemonSession<B> {
                 c.unreported = true;
             },
         );
-    }
-
-    /// The journal batch polled last is durable.
-    pub fn handle_journal_committed(&mut self, now: Instant) {
-        self.link.journal_committed(now);
-        self.calls.committed();
-    }
-
-    /// The store failed the journal batch polled last; it is emitted again.
-    pub fn handle_journal_failed(&mut self, now: Instant) {
-        self.link.journal_failed(now);
-        self.calls.failed();
     }
 
     // ----- outputs -----

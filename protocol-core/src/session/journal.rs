@@ -15,12 +15,62 @@
 //! - a journaled node hands a call to its application only once the call-window entry
 //!   naming it is committed, so a call is never run twice across a restart.
 //!
-//! One batch per session is in flight at a time: after `poll_journal` returned `None`
-//! it returns `None` again until the batch is confirmed. A failed batch is emitted
-//! again (from the marks) in the next one.
+//! One batch per session is in flight at a time: the `None` that ends a batch closes
+//! it and gives it a [`BatchId`] (`closed_batch`), which its confirmation must name;
+//! until then `poll_journal` returns `None`. A failed batch is emitted again (from the
+//! marks) once its retry deadline passes (`poll_timeout`; the delay doubles with every
+//! failure in a row).
 
 use super::calls::{CallRecord, SeenCall};
+use crate::time::Instant;
 use crate::wire::{CallId, Seq, SessionId};
+
+/// The identity of a closed journal batch: its confirmation or failure names it.
+/// Ids grow with every batch of a session and are never reused by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchId(u64);
+
+impl BatchId {
+    /// The id as a number (for logs and stores).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl core::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "batch {}", self.0)
+    }
+}
+
+/// Why a journal confirmation was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalError {
+    /// No batch is closed and waiting for its confirmation: `poll_journal` has not
+    /// returned the `None` that closes one, or it was confirmed already.
+    NoClosedBatch,
+    /// The batch waiting for its confirmation is another one (a late or duplicate
+    /// confirmation).
+    WrongBatch { closed: BatchId, named: BatchId },
+}
+
+impl core::fmt::Display for JournalError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            JournalError::NoClosedBatch => {
+                f.write_str("no journal batch is closed and waiting for its confirmation")
+            }
+            JournalError::WrongBatch { closed, named } => {
+                write!(
+                    f,
+                    "{named} confirmed while {closed} waits for its confirmation"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for JournalError {}
 
 /// A session's positions, stored as one row and replaced whole.
 #[derive(
@@ -143,7 +193,17 @@ pub(crate) struct Track {
     /// the new one.
     epoch: u32,
     pub(crate) failed_unreported: bool,
+    /// Id of the batch being polled or waiting for its confirmation (the last one when
+    /// idle).
+    batch_id: u64,
+    /// Failures in a row, and when the failed batch may be polled again.
+    failures: u32,
+    retry_at: Option<Instant>,
 }
+
+/// First retry delay after a failed batch, and the longest.
+pub(crate) const RETRY_FIRST_MS: u64 = 50;
+pub(crate) const RETRY_MAX_MS: u64 = 5_000;
 
 impl Track {
     pub(crate) const fn new(enabled: bool) -> Self {
@@ -164,6 +224,9 @@ impl Track {
             durable: zero,
             epoch: 0,
             failed_unreported: false,
+            batch_id: 0,
+            failures: 0,
+            retry_at: None,
         }
     }
 
@@ -219,13 +282,17 @@ impl Track {
         };
     }
 
-    /// May an op be polled now?
+    /// May an op be polled now? Not while a batch waits for its confirmation, nor
+    /// before a failed batch's retry deadline.
     pub(crate) fn can_poll(&self) -> bool {
-        self.enabled && self.batch != Batch::Closed
+        self.enabled && self.batch != Batch::Closed && self.retry_at.is_none()
     }
 
     /// An op was polled.
     pub(crate) fn opened(&mut self) {
+        if self.batch == Batch::Idle {
+            self.batch_id = self.batch_id.wrapping_add(1);
+        }
         self.batch = Batch::Open;
     }
 
@@ -238,6 +305,32 @@ impl Track {
 
     pub(crate) fn in_flight(&self) -> bool {
         self.batch != Batch::Idle
+    }
+
+    /// The batch that waits for its confirmation.
+    pub(crate) fn closed_batch(&self) -> Option<BatchId> {
+        (self.batch == Batch::Closed).then_some(BatchId(self.batch_id))
+    }
+
+    /// Checks that a confirmation names the closed batch.
+    pub(crate) fn check_confirmation(&self, named: BatchId) -> Result<(), JournalError> {
+        match self.closed_batch() {
+            None => Err(JournalError::NoClosedBatch),
+            Some(closed) if closed != named => Err(JournalError::WrongBatch { closed, named }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// When a failed batch may be polled again.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Timers: a failed batch may be polled again once its retry deadline passed.
+    pub(crate) fn on_timeout(&mut self, now: Instant) {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+        }
     }
 
     /// Appends polled through `seq`.
@@ -259,12 +352,13 @@ impl Track {
         self.carried.epoch = self.epoch;
     }
 
-    /// The batch in flight is durable.
+    /// The closed batch is durable (its id was checked).
     pub(crate) fn committed(&mut self) {
         if self.batch == Batch::Idle {
             return;
         }
         self.batch = Batch::Idle;
+        self.failures = 0;
         self.clear.committed();
         self.meta.committed();
         self.trim.committed();
@@ -273,11 +367,17 @@ impl Track {
         }
     }
 
-    /// The batch in flight failed: what it carried is emitted again.
-    pub(crate) fn failed(&mut self) {
+    /// The closed batch failed (its id was checked): what it carried is emitted again,
+    /// after a delay that doubles with every failure in a row.
+    pub(crate) fn failed(&mut self, now: Instant) {
         if self.batch == Batch::Idle {
             return;
         }
+        self.failures = self.failures.saturating_add(1);
+        let delay = RETRY_FIRST_MS
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(RETRY_MAX_MS);
+        self.retry_at = Some(now.plus_ms(delay));
         self.batch = Batch::Idle;
         self.clear.failed();
         self.meta.failed();

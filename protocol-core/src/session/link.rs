@@ -8,7 +8,7 @@
 
 use super::config::{Config, DATA_OVERHEAD, MAX_SEQ, MIN_IDLE_TIMEOUT_MS, SessionError};
 use super::event::CloseReason;
-use super::journal::{JournalMeta, JournalOp, Mark, Track};
+use super::journal::{BatchId, JournalError, JournalMeta, JournalOp, Mark, Track};
 use super::ring::Record;
 use super::stream::{BeyondSent, InStream, Next, OutStream, Pushed, Received};
 use crate::frame::{FrameError, HEADER_LEN, MIN_MAX_FRAME};
@@ -59,6 +59,8 @@ pub(crate) struct Conn {
     pub(crate) confirmed: bool,
     /// Node: acknowledge at once (this confirms the hello-ack to the daemon).
     pub(crate) ack_now: bool,
+    /// Node: the session our hello named (`resume`), if any.
+    pub(crate) named: Option<SessionId>,
     /// Last acknowledgement value sent on this connection.
     ack_sent: Seq,
     ack_due: Option<Instant>,
@@ -87,6 +89,7 @@ impl Conn {
             pings: 0,
             confirmed: false,
             ack_now: false,
+            named: None,
             ack_sent: 0,
             ack_due: None,
             unacked_since: None,
@@ -123,6 +126,9 @@ pub(crate) enum Taken<'f> {
     /// Stream traffic on an established connection; `acked`: the peer's
     /// acknowledgement moved.
     Stream { acked: bool },
+    /// Stream data the inbox has no room for now: its acknowledgement was applied
+    /// (`acked`: it moved), its message was not stored (`SessionError::InboxFull`).
+    Refused { acked: bool },
 }
 
 /// Something the link tells the application, in the order it is told; each role turns
@@ -200,6 +206,47 @@ macro_rules! shared_methods {
         /// Outgoing messages held for replay.
         pub fn unacked(&self) -> usize {
             self.link.out.held()
+        }
+
+        /// The journal batch `poll_journal` closed (its ops were all polled), which
+        /// waits for `handle_journal_committed` or `handle_journal_failed` naming it.
+        pub fn closed_batch(&self) -> Option<super::BatchId> {
+            self.link.track.closed_batch()
+        }
+
+        /// True while a journal batch is being polled or waits for its confirmation.
+        pub fn journal_in_flight(&self) -> bool {
+            self.link.track.in_flight()
+        }
+
+        /// The closed journal batch `batch` is durable. A confirmation naming no closed
+        /// batch (early, late, or twice) is refused and changes nothing.
+        pub fn handle_journal_committed(
+            &mut self,
+            now: Instant,
+            batch: super::BatchId,
+        ) -> Result<(), super::JournalError> {
+            self.link.journal_committed(now, batch)?;
+            self.tables_committed();
+            Ok(())
+        }
+
+        /// The store failed the closed journal batch `batch`; it is emitted again once
+        /// its retry deadline (`poll_timeout`) passed.
+        pub fn handle_journal_failed(
+            &mut self,
+            now: Instant,
+            batch: super::BatchId,
+        ) -> Result<(), super::JournalError> {
+            self.link.journal_failed(now, batch)?;
+            self.tables_failed();
+            Ok(())
+        }
+
+        /// True if `poll_journal` has an op now: a change waits for the journal, no
+        /// batch waits for its confirmation, and no failed batch waits for its retry.
+        pub fn journal_pending(&self) -> bool {
+            self.link.journal_pending(self.tables_dirty())
         }
 
         /// Closes the connection with a goodbye.
@@ -316,6 +363,13 @@ impl Link {
         !self.track.enabled || self.track.durable_session() == self.session
     }
 
+    /// The session a node's hello may name: its own once durable. A node that named
+    /// one not yet durable, then restarted without it, would make the daemon take the
+    /// session as held and then reset it, losing what it had queued.
+    pub(crate) fn nameable_session(&self) -> Option<SessionId> {
+        self.session.filter(|_| self.session_durable())
+    }
+
     // ----- connection -----
 
     pub(crate) fn connected(&mut self, now: Instant, node: bool) {
@@ -424,18 +478,37 @@ impl Link {
         now: Instant,
         frame: &'f [u8],
         side: Side,
+        ahead: bool,
     ) -> Result<Taken<'f>, SessionError> {
         if !self.live() {
             return Ok(Taken::Nothing);
         }
         let msg = match wire::decode_message(frame) {
             Ok(msg) => msg,
+            Err(_) if ahead => return Err(SessionError::InboxFull),
             Err(e) => {
                 self.now = now;
                 self.fail(e.code(), "message does not decode");
                 return Ok(Taken::Nothing);
             }
         };
+        if ahead {
+            // Behind a refused frame: only what has no place in the stream's order.
+            let up = self.conn.state == State::Up && Self::numbers_valid(&msg);
+            match msg {
+                Message::Ack(_) | Message::Ping(_) | Message::Pong(_) if up => {}
+                Message::Data(d)
+                    if up && super::restore::flows_from_daemon(&d.body) == (side == Side::Node) =>
+                {
+                    self.now = now;
+                    let acked = self.on_ack(bytes(storage), d.ack);
+                    return Ok(Taken::Refused {
+                        acked: acked == Some(true),
+                    });
+                }
+                _ => return Err(SessionError::InboxFull),
+            }
+        }
         if matches!(msg, Message::Data(_) | Message::Gap(_)) && storage.is_none() {
             return Err(SessionError::NoStorage);
         }
@@ -465,9 +538,7 @@ impl Link {
                 Taken::HelloAck(a)
             }
             Message::Data(d) if up => {
-                // Calls and cancels flow daemon -> node, everything else node -> daemon.
-                let from_daemon = matches!(d.body, Body::Call(_) | Body::Cancel(_));
-                if from_daemon != (side == Side::Node) {
+                if super::restore::flows_from_daemon(&d.body) != (side == Side::Node) {
                     self.fail(
                         ErrorCode::UnexpectedMessage,
                         "message in the wrong direction",
@@ -476,16 +547,26 @@ impl Link {
                 }
                 let acked = self.on_ack(bytes(storage), d.ack);
                 if self.live() {
-                    let mem = storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
-                    match data_body(frame) {
-                        Some(body) => self.on_data(mem, d.seq, body),
-                        None => self.fail(ErrorCode::Malformed, "data body"),
+                    let Some(body) = data_body(frame) else {
+                        self.fail(ErrorCode::Malformed, "data body");
+                        return Ok(stream(acked));
+                    };
+                    // Backpressure: the message waits in the peer's frame, not here.
+                    if self.inp.lacks_room(d.seq, body.len()) {
+                        return Ok(Taken::Refused {
+                            acked: acked == Some(true),
+                        });
                     }
+                    let mem = storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
+                    self.on_data(mem, d.seq, body);
                 }
                 stream(acked)
             }
             Message::Ack(a) if up => stream(self.on_ack(bytes(storage), a.received)),
             Message::Gap(g) if up => {
+                if self.inp.lacks_room_for_gap(g) {
+                    return Ok(Taken::Refused { acked: false });
+                }
                 let mem = storage.as_mut().map_or(&mut [][..], |b| b.as_mut());
                 self.on_gap(mem, g);
                 stream(None)
@@ -726,7 +807,7 @@ impl Link {
             self.conn.ack_due = None;
             return Ok(r);
         }
-        if now >= self.conn.last_sent.plus_ms(self.conn.keep_alive_ms) {
+        if self.keep_alive_due().is_some_and(|at| now >= at) {
             let nonce = self.conn.pings.wrapping_add(1);
             let r = self.emit_control(now, &Message::Ping(Ping { nonce }), limit, buf)?;
             self.conn.pings = nonce;
@@ -805,9 +886,10 @@ impl Link {
 
     // ----- timers -----
 
-    /// Connection timers; `true` if the connection is closing because of one.
+    /// Connection timers, and a failed journal batch's retry.
     pub(crate) fn on_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.track.on_timeout(now);
         if !self.live() {
             return;
         }
@@ -832,6 +914,13 @@ impl Link {
         }
     }
 
+    /// When a ping is due; none once the clock has run out (a deadline that saturates
+    /// at the end of time would be due forever, a ping each poll).
+    fn keep_alive_due(&self) -> Option<Instant> {
+        let at = self.conn.last_sent.plus_ms(self.conn.keep_alive_ms);
+        (at > self.conn.last_sent).then_some(at)
+    }
+
     fn handshake_deadline(&self) -> Instant {
         self.conn
             .started
@@ -840,6 +929,7 @@ impl Link {
 
     /// The link's next deadline.
     pub(crate) fn next_deadline(&self, at: &mut Earliest) {
+        at.add(self.track.retry_at());
         if !self.live() {
             return;
         }
@@ -849,7 +939,7 @@ impl Link {
                 at.add(Some(self.conn.last_recv.plus_ms(self.conn.idle_ms)));
                 // A held hello-ack (not yet durable) holds back every stream frame too.
                 if self.conn.confirmed && !self.conn.send_hello_ack {
-                    at.add(Some(self.conn.last_sent.plus_ms(self.conn.keep_alive_ms)));
+                    at.add(self.keep_alive_due());
                     if self.ack_value() > self.conn.ack_sent {
                         at.add(self.conn.ack_due);
                     }
@@ -890,6 +980,29 @@ impl Link {
         None
     }
 
+    /// True if `poll_journal` has an op now (`tables`: the role's tables changed).
+    pub(crate) fn journal_pending(&self, tables: bool) -> bool {
+        if !self.track.can_poll() {
+            return false;
+        }
+        let t = &self.track;
+        let trim = t.trim == Mark::Dirty && self.trim_through() > t.trimmed_carried();
+        let append = t
+            .carried_append()
+            .saturating_add(1)
+            .max(self.out.first_held())
+            <= self.out.last();
+        t.clear == Mark::Dirty || t.meta == Mark::Dirty || trim || append || tables
+    }
+
+    /// Where the journal's stored messages end: acknowledged ones, and those evicted
+    /// unacknowledged (`EvictOldest`).
+    fn trim_through(&self) -> Seq {
+        self.out
+            .acked()
+            .max(self.out.first_held().saturating_sub(1))
+    }
+
     /// The link's journal ops, in order: clear, trim, appends. `None`: the role's next.
     pub(crate) fn poll_journal_head<'m>(&mut self, mem: &'m [u8]) -> Option<JournalOp<'m>> {
         if !self.track.can_poll() {
@@ -902,11 +1015,7 @@ impl Link {
         }
         if self.track.trim == Mark::Dirty {
             self.track.trim.polled();
-            // Acknowledged messages, and those evicted unacknowledged (`EvictOldest`).
-            let through = self
-                .out
-                .acked()
-                .max(self.out.first_held().saturating_sub(1));
+            let through = self.trim_through();
             if through > self.track.trimmed_carried() {
                 self.track.carry_trim(through);
                 self.track.opened();
@@ -949,16 +1058,29 @@ impl Link {
         Some(JournalOp::Meta(meta))
     }
 
-    /// After the batch committed: acks and data held back may go.
-    pub(crate) fn journal_committed(&mut self, now: Instant) {
+    /// After the batch committed: acks and data held back may go. A confirmation that
+    /// names no closed batch is refused and changes nothing.
+    pub(crate) fn journal_committed(
+        &mut self,
+        now: Instant,
+        batch: BatchId,
+    ) -> Result<(), JournalError> {
+        self.track.check_confirmation(batch)?;
         self.now = now;
         self.track.committed();
         self.schedule_ack();
+        Ok(())
     }
 
-    pub(crate) fn journal_failed(&mut self, now: Instant) {
+    pub(crate) fn journal_failed(
+        &mut self,
+        now: Instant,
+        batch: BatchId,
+    ) -> Result<(), JournalError> {
+        self.track.check_confirmation(batch)?;
         self.now = now;
-        self.track.failed();
+        self.track.failed(now);
+        Ok(())
     }
 }
 

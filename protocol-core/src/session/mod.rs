@@ -26,6 +26,7 @@ mod link;
 mod node;
 #[cfg(feature = "alloc")]
 mod owned;
+mod restore;
 mod ring;
 mod stream;
 
@@ -37,7 +38,7 @@ pub use config::{
 pub use daemon::DaemonSession;
 pub use driven::Session;
 pub use event::{CloseReason, DaemonEvent, NodeEvent, NotRun};
-pub use journal::{JournalMeta, JournalOp, JournalRead};
+pub use journal::{BatchId, JournalError, JournalMeta, JournalOp, JournalRead};
 #[cfg(feature = "alloc")]
 pub use journal::{MemJournal, OwnedJournalOp};
 pub use node::{INTERRUPTED, NodeSession};

@@ -11,6 +11,7 @@ use super::journal::{JournalMeta, JournalOp, JournalRead};
 use super::link::{
     self, Farewell, Link, Notice, Outgoing, Side, State, Taken, bytes, shared_methods,
 };
+use super::restore::{restore_messages, restore_window};
 use super::stream::KIND_GAP;
 use crate::frame::{FrameError, MIN_MAX_FRAME};
 use crate::time::{Earliest, Instant};
@@ -144,14 +145,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         let Some(meta) = journal.meta().map_err(|_| SetupError::JournalRead)? else {
             return Ok(s);
         };
-        let last = restore_messages(&mut s.link, &mut s.storage, &meta, journal)?;
-        let mut bad = false;
-        journal
-            .seen(&mut |slot, call| bad |= s.window.restore(slot, *call).is_err())
-            .map_err(|_| SetupError::JournalRead)?;
-        if bad {
-            return Err(SetupError::JournalInconsistent);
-        }
+        let last = restore_messages(&mut s.link, &mut s.storage, &meta, journal, Side::Node)?.last;
+        restore_window(&mut s.window, journal)?;
         s.link.session = meta.session;
         s.link.inp.restore(meta.received);
         s.link
@@ -163,7 +158,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         for call_id in running {
             let answered = s.answer_interrupted(call_id).map_err(|e| match e {
                 SessionError::NoStorage => SetupError::StorageNeeded,
-                _ => SetupError::JournalInconsistent,
+                _ => SetupError::JournalInconsistent {
+                    why: "no room to answer an interrupted call",
+                },
             })?;
             if !answered {
                 if let Some(e) = s.window.entry_mut(call_id) {
@@ -198,6 +195,22 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
             Err(SessionError::Full) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn tables_dirty(&self) -> bool {
+        self.window.dirty()
+    }
+
+    /// A batch is durable: what the role's tables carried is.
+    fn tables_committed(&mut self) {
+        self.window.committed();
+        if self.link.conn.state == State::Up && !self.link.conn.confirmed {
+            self.link.conn.confirmed = self.link.session_durable();
+        }
+    }
+
+    fn tables_failed(&mut self) {
+        self.window.failed();
     }
 
     // ----- storage -----
@@ -297,15 +310,36 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
     }
 
     /// One frame's payload, as a [`FrameDecoder`](crate::frame::FrameDecoder) with this
-    /// session's `max_frame` cut it. `Err(NoStorage)`: the frame carries stream data
-    /// and no storage is lent; nothing was consumed.
+    /// session's `max_frame` cut it. Refused, with nothing of its message stored, when it
+    /// carries stream data and `Err(NoStorage)`: no storage is lent, or
+    /// `Err(InboxFull)`: the inbox's message waits for the application or the journal.
+    /// Offer the same frame again after lending, draining events or committing.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Result<(), SessionError> {
+        self.take(now, frame, false)
+    }
+
+    /// A frame that arrived after one refused with `InboxFull`, offered before it: taken
+    /// only if it has no place in the stream's order (an acknowledgement, a ping, a
+    /// pong); of stream data only the acknowledgement is applied, and anything else is
+    /// refused (`Err(InboxFull)`) to be offered again in its turn. The peer's ack may be
+    /// what frees the room the refused frame waits for.
+    pub fn handle_frame_ahead(&mut self, now: Instant, frame: &[u8]) -> Result<(), SessionError> {
+        self.take(now, frame, true)
+    }
+
+    fn take(&mut self, now: Instant, frame: &[u8], ahead: bool) -> Result<(), SessionError> {
         match self
             .link
-            .take_frame(&mut self.storage, now, frame, Side::Node)?
+            .take_frame(&mut self.storage, now, frame, Side::Node, ahead)?
         {
             Taken::HelloAck(a) => self.on_hello_ack(a),
             Taken::Stream { acked: true } => self.after_ack(),
+            Taken::Refused { acked } => {
+                if acked {
+                    self.after_ack();
+                }
+                return Err(SessionError::InboxFull);
+            }
             Taken::Stream { acked: false } | Taken::Hello(_) | Taken::Nothing => {}
         }
         Ok(())
@@ -319,7 +353,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         if a.max_frame < MIN_MAX_FRAME {
             return link.fail(ErrorCode::UnexpectedMessage, "frame limit too small");
         }
-        match link.session {
+        match link.conn.named {
             Some(s) if a.resumed && a.session == s => {}
             Some(_) => {
                 // The daemon lost our session: start over in the one it names.
@@ -331,8 +365,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
                 link.notices.reset = Some((unacked, peer_lost_from));
             }
             None if a.resumed => {
-                return link.fail(ErrorCode::UnexpectedMessage, "resumed a session never had");
+                return link.fail(
+                    ErrorCode::UnexpectedMessage,
+                    "resumed a session never named",
+                );
             }
+            // We named none (none yet, or one not durable: nothing flowed in it, since
+            // neither side sends stream data before the node's session id is durable).
             None => {}
         }
         if link.session != Some(a.session) {
@@ -409,21 +448,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         }
     }
 
-    /// The journal batch polled last is durable.
-    pub fn handle_journal_committed(&mut self, now: Instant) {
-        self.link.journal_committed(now);
-        self.window.committed();
-        if self.link.conn.state == State::Up && !self.link.conn.confirmed {
-            self.link.conn.confirmed = self.link.session_durable();
-        }
-    }
-
-    /// The store failed the journal batch polled last; it is emitted again.
-    pub fn handle_journal_failed(&mut self, now: Instant) {
-        self.link.journal_failed(now);
-        self.window.failed();
-    }
-
     // ----- outputs -----
 
     /// The next frame to send, or the close; see [`crate::transmit`].
@@ -440,7 +464,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
             return Ok(None);
         }
         if self.link.conn.send_hello {
-            let resume = self.link.session.map(|session| Resume {
+            let named = self.link.nameable_session();
+            let resume = named.map(|session| Resume {
                 session,
                 received: self.link.ack_value(),
             });
@@ -454,6 +479,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
             });
             let r = self.link.send_control(now, &msg, buf)?;
             self.link.conn.send_hello = false;
+            self.link.conn.named = named;
             return Ok(r);
         }
         let mem = bytes(&self.storage);
@@ -705,53 +731,4 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> NodeSession<B> {
         };
         self.enqueue(&body).map(Some)
     }
-}
-
-/// Puts a journal's messages back into the replay buffer; returns the last seq sent.
-pub(crate) fn restore_messages<B: AsMut<[u8]>>(
-    link: &mut Link,
-    storage: &mut Option<B>,
-    meta: &JournalMeta,
-    journal: &impl JournalRead,
-) -> Result<Seq, SetupError> {
-    let mut bad = false;
-    let mut need_storage = false;
-    let mut last = meta.last_sent;
-    let mut prev: Option<Seq> = None;
-    let evicts = link.config.overflow == super::stream::Overflow::EvictOldest;
-    {
-        let mut mem = storage.as_mut().map(AsMut::as_mut);
-        let out = &mut link.out;
-        journal
-            .messages(&mut |seq, body| {
-                // Rows at or below the acknowledged position are trimmed garbage.
-                if seq <= meta.acked {
-                    return;
-                }
-                // An evicting session trims what it evicted: its first row may lie above.
-                if prev.is_some_and(|p| seq != p.saturating_add(1))
-                    || prev.is_none() && seq != meta.acked.saturating_add(1) && !evicts
-                    || seq > super::config::MAX_SEQ
-                {
-                    bad = true;
-                }
-                prev = Some(seq);
-                last = last.max(seq);
-                match mem.as_deref_mut() {
-                    Some(mem) => bad |= out.restore(mem, seq, body).is_err(),
-                    None => need_storage = true,
-                }
-            })
-            .map_err(|_| SetupError::JournalRead)?;
-    }
-    if need_storage {
-        return Err(SetupError::StorageNeeded);
-    }
-    // A message whose append committed without the meta that counts it was never sent
-    // before the restart only if it was not durable; it was durable, so it counts.
-    if bad || meta.acked > last || prev.is_some_and(|p| p != last) {
-        return Err(SetupError::JournalInconsistent);
-    }
-    link.out.restore_positions(last, meta.acked);
-    Ok(last)
 }

@@ -205,21 +205,19 @@ impl OutStream {
         lost
     }
 
-    /// The next thing to transmit on the current connection, if any; messages above
-    /// `through` (not yet durable) wait.
+    /// The next thing to transmit on the current connection, if any; what lies above
+    /// `through` (not yet durable) waits, a gap's end included: a gap tells the peer
+    /// those seqs exist, and a restart must not take them back.
     pub(crate) fn next<'m>(&mut self, mem: &'m [u8], through: Seq) -> Option<Next<'m>> {
-        if self.next_send > self.last {
+        if self.next_send > self.last || self.next_send > through {
             return None;
         }
         let first = self.first_held();
         if self.next_send < first {
             return Some(Next::Gap(Gap {
                 from: self.next_send,
-                to: first - 1,
+                to: (first - 1).min(through),
             }));
-        }
-        if self.next_send > through {
-            return None;
         }
         self.get(mem, self.next_send).map(Next::Data)
     }
@@ -275,6 +273,8 @@ impl OutStream {
 /// Record kinds in the inbox.
 pub(crate) const KIND_DATA: u8 = 0;
 pub(crate) const KIND_GAP: u8 = 1;
+/// Bytes of a gap record in the inbox: its end (`to`).
+const GAP_RECORD: usize = 8;
 
 /// What the receiver did with an incoming stream message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +330,22 @@ impl InStream {
         self.delivered = delivered;
     }
 
+    /// True if data message `seq` of `len` bytes is the next one and the inbox has no
+    /// room for it now (it would fit once the inbox is drained).
+    pub(crate) fn lacks_room(&self, seq: Seq, len: usize) -> bool {
+        seq == self.accepted.saturating_add(1)
+            && !self.inbox.fits(len)
+            && self.inbox.could_hold(len)
+    }
+
+    /// True if `gap` brings news and the inbox has no room for its record now.
+    pub(crate) fn lacks_room_for_gap(&self, gap: Gap) -> bool {
+        gap.from <= gap.to
+            && gap.to > self.accepted
+            && gap.from <= self.accepted.saturating_add(1)
+            && !self.inbox.fits(GAP_RECORD)
+    }
+
     /// A data message whose `len` body bytes `fill` writes (false: it could not).
     pub(crate) fn data_with(
         &mut self,
@@ -380,7 +396,8 @@ impl InStream {
         }
         // Only the part not yet seen is news.
         let from = self.accepted + 1;
-        match self.inbox.push(mem, from, KIND_GAP, &gap.to.to_le_bytes()) {
+        let to: [u8; GAP_RECORD] = gap.to.to_le_bytes();
+        match self.inbox.push(mem, from, KIND_GAP, &to) {
             Ok(()) => {
                 self.accepted = gap.to;
                 Received::Accepted

@@ -3,7 +3,7 @@
 //! The durable state itself is a `session::MemJournal`, which outlives the session
 //! object: a restart rebuilds the session from it.
 
-use protocol_core::session::{JournalOp, MemJournal};
+use protocol_core::session::{BatchId, JournalOp, MemJournal};
 
 /// A journal op copied out of the session (an `Append` borrows the session's storage).
 #[derive(Debug, Clone)]
@@ -53,9 +53,11 @@ impl OwnedOp {
     }
 }
 
-/// One session's batch in a store, and what the application learned before it.
+/// One session's batch in a store, the id its confirmation names, and what the
+/// application learned before it.
 #[derive(Debug)]
 pub struct Batch<O> {
+    pub id: BatchId,
     pub ops: Vec<OwnedOp>,
     pub obs: Vec<O>,
 }

@@ -62,13 +62,16 @@ macro_rules! role {
                 if ops.is_empty() {
                     return false;
                 }
+                let batch = self.closed_batch().expect("the batch closed");
                 if fail {
-                    self.handle_journal_failed(now);
+                    self.handle_journal_failed(now, batch)
+                        .expect("names the batch");
                 } else {
                     for op in &ops {
                         journal.apply(&op.borrow());
                     }
-                    self.handle_journal_committed(now);
+                    self.handle_journal_committed(now, batch)
+                        .expect("names the batch");
                 }
                 true
             }
@@ -124,6 +127,8 @@ pub struct Peer<S: Role> {
     pub fail_batches: u32,
     pub events: Vec<S::Event>,
     pub closed: bool,
+    /// Frames the inbox could not take yet.
+    pub backlog: Vec<Vec<u8>>,
 }
 
 /// Everything one drain produced.
@@ -144,6 +149,7 @@ impl<S: Role> Peer<S> {
             fail_batches: 0,
             events: Vec::new(),
             closed: false,
+            backlog: Vec::new(),
         }
     }
 
@@ -177,6 +183,9 @@ impl<S: Role> Peer<S> {
             if self.auto_commit && self.commit(now) {
                 progress = true;
             }
+            if self.offer(now) {
+                progress = true;
+            }
             loop {
                 match self.s.transmit(now_i, &mut buf) {
                     Ok(Some(Transmit::Frame(n))) => {
@@ -201,12 +210,25 @@ impl<S: Role> Peer<S> {
         d
     }
 
+    /// Offers frames in order; one the inbox cannot take yet waits (with those after
+    /// it) for the next drain, as a driver holds it back.
     pub fn feed(&mut self, now: u64, frames: &[Vec<u8>]) {
-        for f in frames {
-            self.s
-                .frame(Instant::from_millis(now), f)
-                .expect("storage is lent");
+        self.backlog.extend(frames.iter().cloned());
+        self.offer(now);
+    }
+
+    /// Offers the frames waiting; true if one was taken.
+    fn offer(&mut self, now: u64) -> bool {
+        let mut took = false;
+        while let Some(f) = self.backlog.first() {
+            match self.s.frame(Instant::from_millis(now), f) {
+                Err(SessionError::InboxFull) => break,
+                r => r.expect("storage is lent"),
+            }
+            self.backlog.remove(0);
+            took = true;
         }
+        took
     }
 
     pub fn take_events(&mut self) -> Vec<S::Event> {

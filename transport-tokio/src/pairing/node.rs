@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol_core::frame::FrameDecoder;
+use protocol_core::frame::FrameError;
 use protocol_core::pairing::{
     CodeError, NodeConfig, NodePairing, NodePairingEvent, PAIRING_MAX_FRAME, PairingCode,
     PairingError, PairingUri, TAG_LEN, decode_pairing,
 };
+use protocol_core::pump::{Alloc, Machine, Offer, Pump, ReadBuf, Step};
+use protocol_core::time::Instant;
 use protocol_core::transmit::{Transmit, TransmitError};
 use protocol_core::wire::{ErrorCode, Message, decode_message};
 use rand_core::CryptoRng;
@@ -339,107 +341,142 @@ where
 
 async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(
     options: &PairOptions,
-    mut run: NodePairing<'_, Vec<u8>>,
+    run: NodePairing<'_, Vec<u8>>,
     mut stream: IO,
 ) -> Result<PairingBundle, PairError> {
-    let mut dec = FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME)
-        .map_err(|_| PairError::Protocol(PairingError::BufferTooSmall))?;
-    let mut tx = vec![0u8; run.transmit_len()];
-    let mut rx = vec![0u8; READ_CHUNK];
-    let mut awaited = false;
-    let mut result = None;
+    let mut node = NodeRun {
+        run,
+        refused: None,
+        awaited: false,
+        result: None,
+    };
+    let (mut pump, mut rx) = (Pump::new(), ReadBuf::new(vec![0u8; READ_CHUNK]));
     loop {
-        while let Some(event) = run.poll_event() {
+        match pump.poll(now(), &mut node, &mut Alloc, &mut rx) {
+            Step::Events(node) => node.events(options)?,
+            // A pairing run keeps no journal.
+            Step::Journal(_) => {}
+            Step::Transmit(out) => write(&mut stream, out.bytes())
+                .await
+                .map_err(PairError::Io)?,
+            Step::Close(out) => {
+                close_after(&mut stream, out.bytes()).await;
+                return node
+                    .result
+                    .unwrap_or(Err(PairError::Protocol(PairingError::Internal)));
+            }
+            Step::Wait(wait) => {
+                let timer = async {
+                    match wait.deadline {
+                        Some(at) => tokio::time::sleep(until(at)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    read = stream.read(rx.space()), if wait.read => match read {
+                        Ok(0) => return Err(PairError::ConnectionClosed),
+                        Ok(n) => rx.filled(n),
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            return Err(PairError::ConnectionClosed);
+                        }
+                        Err(e) => return Err(PairError::Io(e)),
+                    },
+                    () = timer => node.run.handle_timeout(now()),
+                }
+            }
+        }
+    }
+}
+
+/// The node's run as the pump drives it, and what the node learnt of it.
+struct NodeRun<'c> {
+    run: NodePairing<'c, Vec<u8>>,
+    /// A node-plane `Error` frame came instead of a pairing message: the listener
+    /// refused the connection.
+    refused: Option<PairError>,
+    /// The daemon said an operator must decide (a timeout then is the operator's).
+    awaited: bool,
+    result: Option<Result<PairingBundle, PairError>>,
+}
+
+impl NodeRun<'_> {
+    /// The node's turn: the run's events, or the refusal that ends it.
+    fn events(&mut self, options: &PairOptions) -> Result<(), PairError> {
+        if let Some(refusal) = self.refused.take() {
+            return Err(refusal);
+        }
+        while let Some(event) = self.run.poll_event() {
             match event {
                 NodePairingEvent::AwaitingApproval => {
-                    awaited = true;
+                    self.awaited = true;
                     if let Some(tell) = &options.on_awaiting_approval {
                         tell();
                     }
                 }
                 NodePairingEvent::Paired(p) => {
-                    result = Some(Ok(PairingBundle {
+                    self.result = Some(Ok(PairingBundle {
                         device_id: p.device_id.to_owned(),
                         client_cert: p.client_cert.to_vec(),
                         ca_cert: p.ca_cert.to_vec(),
                         server_fingerprint: Fingerprint(p.server_fingerprint),
                     }));
                 }
-                NodePairingEvent::Failed(e) => result = Some(Err(PairError::from_run(e, awaited))),
-            }
-        }
-        let mut filled = 0;
-        let mut close = false;
-        let full = loop {
-            match run.poll_transmit(now(), &mut tx[filled..]) {
-                Ok(Some(Transmit::Frame(n))) => filled += n,
-                Ok(Some(Transmit::Close)) => {
-                    close = true;
-                    break false;
+                NodePairingEvent::Failed(e) => {
+                    self.result = Some(Err(PairError::from_run(e, self.awaited)));
                 }
-                Ok(None) => break false,
-                Err(TransmitError::BufferTooSmall { .. }) => break filled > 0,
             }
-        };
-        if close {
-            close_after(&mut stream, &tx[..filled]).await;
-            return result.unwrap_or(Err(PairError::Protocol(PairingError::Internal)));
         }
-        if filled > 0 {
-            let written = async {
-                stream.write_all(&tx[..filled]).await?;
-                stream.flush().await
-            };
-            written.await.map_err(PairError::Io)?;
-        }
-        if full {
-            continue;
-        }
-        let deadline = run.poll_timeout();
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep(until(at)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            read = stream.read(&mut rx) => match read {
-                Ok(0) => return Err(PairError::ConnectionClosed),
-                Ok(n) => feed(&mut run, &mut dec, &rx[..n])?,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(PairError::ConnectionClosed);
-                }
-                Err(e) => return Err(PairError::Io(e)),
-            },
-            () = timer => run.handle_timeout(now()),
-        }
+        Ok(())
     }
 }
 
-/// Cuts `input` into frames for the run. A node-plane `Error` frame instead of a pairing
-/// message is the listener refusing the connection: reported as such.
-fn feed(
-    run: &mut NodePairing<'_, Vec<u8>>,
-    dec: &mut FrameDecoder<Vec<u8>>,
-    mut input: &[u8],
-) -> Result<(), PairError> {
-    while !input.is_empty() {
-        let p = dec
-            .decode(input)
-            .map_err(|_| PairError::Protocol(PairingError::Malformed))?;
-        if let Some(frame) = p.frame {
-            if decode_pairing(frame).is_err() {
-                if let Ok(Message::Error(e)) = decode_message(frame) {
-                    return Err(PairError::Refused {
-                        code: e.code,
-                        reason: e.reason.to_owned(),
-                    });
-                }
-            }
-            // A failure is the run's own state now; its event reports it.
-            let _ = run.handle_frame(now(), frame);
-        }
-        input = &input[p.consumed..];
+impl Machine for NodeRun<'_> {
+    type Buf = Vec<u8>;
+
+    fn max_frame(&self) -> u32 {
+        self.run.max_frame()
     }
-    Ok(())
+
+    fn transmit_len(&self) -> usize {
+        self.run.transmit_len()
+    }
+
+    fn offer_frame(&mut self, now: Instant, frame: &[u8]) -> Offer {
+        if decode_pairing(frame).is_err() {
+            if let Ok(Message::Error(e)) = decode_message(frame) {
+                self.refused = Some(PairError::Refused {
+                    code: e.code,
+                    reason: e.reason.to_owned(),
+                });
+                return Offer::Taken;
+            }
+        }
+        // A failure is the run's own state now; its event reports it.
+        self.run.offer_frame(now, frame)
+    }
+
+    fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
+        self.run.handle_frame_error(now, e);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.run.handle_timeout(now);
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, TransmitError> {
+        self.run.poll_transmit(now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.run.poll_timeout()
+    }
+}
+
+async fn write<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
 }

@@ -1,20 +1,25 @@
 //! The daemon's side of one pairing connection over a byte stream.
 //!
-//! The loop of `SANS_IO.md` for a [`DaemonPairing`]: frames in through the frame decoder
-//! (limit [`PAIRING_MAX_FRAME`]), the run's deadline, operator decisions; after each, the
-//! responder answers the run; frames out, written whole; a close when the run asks.
+//! A [`DaemonPairing`] and the [`PairingResponder`] answering it make one machine
+//! ([`AnsweredRun`]) that the pump drives here and on the QUIC endpoint alike: frames in
+//! (limit [`PAIRING_MAX_FRAME`]), the run's deadline and operator decisions; frames out,
+//! written whole; a close when the run asks.
 
 use std::fmt;
 use std::io;
+use std::ops::Deref;
 use std::time::Duration;
 
-use protocol_core::frame::FrameDecoder;
+use protocol_core::frame::FrameError;
 use protocol_core::pairing::{DaemonPairing, PAIRING_MAX_FRAME, PairingError};
+use protocol_core::pump::{Machine, Offer, Pump, ReadBuf, Step};
+use protocol_core::time::Instant;
 use protocol_core::transmit::{Transmit, TransmitError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{PairingOutcome, PairingResponder, RunBuffer};
 use crate::clock::{now, until};
+use crate::pool::PoolLender;
 use crate::tcp::PairingConnection;
 use crate::tcp::refuse::{close_after, refuse_pairing};
 
@@ -85,7 +90,7 @@ pub async fn serve_pairing(
 ) -> Result<PairingOutcome, PairingServeError> {
     let config = responder.config();
     let buf: RunBuffer = vec![0u8; 2 * PAIRING_MAX_FRAME as usize].into_boxed_slice();
-    let mut run = match DaemonPairing::new(now(), buf, config) {
+    let run = match DaemonPairing::new(now(), buf, config) {
         Ok(run) => run,
         Err(e) => {
             refuse_pairing(conn.stream(), PairingError::Internal).await;
@@ -98,172 +103,198 @@ pub async fn serve_pairing(
             .saturating_add(config.decision_timeout_ms),
     )
     .saturating_add(GRACE);
-    let served = tokio::time::timeout(limit, serve_run(&mut conn, &mut run, responder)).await;
-    responder.closed(&run);
+    let mut run = AnsweredRun::new(run, responder);
+    let (mut pump, mut lender) = (Pump::new(), PoolLender::frames_only());
+    let served = serve_run(&mut conn, &mut run, &mut pump, &mut lender);
+    let served = tokio::time::timeout(limit, served).await;
+    run.closed();
+    pump.release(&mut run, &mut lender);
     served.unwrap_or(Err(PairingServeError::TimedOut))
 }
 
 async fn serve_run(
     conn: &mut PairingConnection,
-    run: &mut DaemonPairing<RunBuffer>,
-    responder: &dyn PairingResponder,
+    run: &mut AnsweredRun<&dyn PairingResponder>,
+    pump: &mut Pump<RunBuffer>,
+    lender: &mut PoolLender,
 ) -> Result<PairingOutcome, PairingServeError> {
-    let mut decisions = Some(responder.decisions());
+    let mut decisions = Some(run.responder.decisions());
     if let Some(d) = decisions.as_mut() {
         // Decisions made before this run existed are not for it.
         d.borrow_and_update();
     }
-    let mut end = None;
     // A refused start still leaves the run with an `Abort` to send and an event to report.
-    let _ = run.handle_frame(now(), conn.first_frame());
-    answer(responder, run, &mut end);
-    let mut dec = FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME)
-        .map_err(|_| PairingServeError::Setup(PairingError::BufferTooSmall))?;
-    let mut tx = vec![0u8; run.transmit_len()];
-    let mut rx = vec![0u8; READ_CHUNK];
+    let _ = run.offer_frame(now(), conn.first_frame());
+    let mut rx = ReadBuf::new(vec![0u8; READ_CHUNK]);
     let stream = conn.stream();
     loop {
-        let (filled, close, full) = transmit(run, responder, &mut tx, &mut end);
-        if close {
-            close_after(stream, &tx[..filled]).await;
-            return Ok(end.unwrap_or_else(|| ended(run)));
-        }
-        if filled > 0 {
-            write(stream, &tx[..filled])
-                .await
-                .map_err(PairingServeError::Io)?;
-        }
-        if full {
-            continue;
-        }
-        let deadline = run.poll_timeout();
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep(until(at)).await,
-                None => std::future::pending().await,
-            }
-        };
-        let decided = async {
-            match decisions.as_mut() {
-                Some(d) => d.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            read = stream.read(&mut rx) => match read {
-                Ok(0) => return Err(PairingServeError::PeerClosed),
-                Ok(n) => feed(run, responder, &mut dec, &rx[..n], &mut end),
-                // A node that quits without a TLS close_notify hung up all the same.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(PairingServeError::PeerClosed);
+        match pump.poll(now(), run, lender, &mut rx) {
+            // The responder answered as the run went; a pairing run keeps no journal.
+            Step::Events(_) | Step::Journal(_) => {}
+            Step::Transmit(out) => {
+                if let Err(e) = write(stream, out.bytes()).await {
+                    return Err(PairingServeError::Io(e));
                 }
-                Err(e) => return Err(PairingServeError::Io(e)),
-            },
-            () = timer => {
-                let at = now();
-                if run.poll_timeout().is_some_and(|deadline| deadline <= at) {
-                    before_end(responder, run);
-                }
-                run.handle_timeout(at);
-                answer(responder, run, &mut end);
             }
-            live = decided => {
-                if live {
-                    answer(responder, run, &mut end);
-                } else {
-                    // The responder is gone; the run's deadline still ends the wait.
-                    decisions = None;
+            Step::Close(out) => {
+                close_after(stream, out.bytes()).await;
+                return Ok(run.outcome());
+            }
+            Step::Wait(wait) => {
+                let timer = async {
+                    match wait.deadline {
+                        Some(at) => tokio::time::sleep(until(at)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let decided = async {
+                    match decisions.as_mut() {
+                        Some(d) => d.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    read = stream.read(rx.space()), if wait.read => match read {
+                        Ok(0) => return Err(PairingServeError::PeerClosed),
+                        Ok(n) => rx.filled(n),
+                        // A node that quits without a TLS close_notify hung up all the same.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            return Err(PairingServeError::PeerClosed);
+                        }
+                        Err(e) => return Err(PairingServeError::Io(e)),
+                    },
+                    () = timer => run.handle_timeout(now()),
+                    live = decided => {
+                        if live {
+                            run.answer();
+                        } else {
+                            // The responder is gone; the run's deadline still ends the wait.
+                            decisions = None;
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Takes the run's frames into `tx`, letting the responder answer after each (the last
-/// answer completes the run once handed over). Returns the bytes filled, whether the run
-/// asked to close, and whether `tx` was full with frames still to come.
-pub(crate) fn transmit(
-    run: &mut DaemonPairing<RunBuffer>,
-    responder: &dyn PairingResponder,
-    tx: &mut [u8],
-    end: &mut Option<PairingOutcome>,
-) -> (usize, bool, bool) {
-    let mut filled = 0;
-    loop {
-        match run.poll_transmit(now(), &mut tx[filled..]) {
-            Ok(Some(Transmit::Frame(n))) => {
-                filled += n;
-                answer(responder, run, end);
-            }
-            Ok(Some(Transmit::Close)) => return (filled, true, false),
-            Ok(None) => return (filled, false, false),
-            // `tx` holds `transmit_len()`: with frames in it, write them and come back.
-            Err(TransmitError::BufferTooSmall { .. }) => return (filled, false, filled > 0),
-        }
-    }
+/// A daemon-side pairing run and the responder that answers it, as one machine for the
+/// pump. The responder answers after every input (a frame, a frame error, the deadline)
+/// and after every frame handed over, and hears of the run's end before an input that
+/// ends a run waiting for a decision (the run forgets its CSR when it fails).
+pub(crate) struct AnsweredRun<R> {
+    run: DaemonPairing<RunBuffer>,
+    pub(crate) responder: R,
+    /// The report that ended the run.
+    end: Option<PairingOutcome>,
 }
 
-/// Cuts `input` into frames and hands each to the run, answering after each. A length
-/// prefix over the limit fails the run with `Malformed` (the node is told).
-pub(crate) fn feed(
-    run: &mut DaemonPairing<RunBuffer>,
-    responder: &dyn PairingResponder,
-    dec: &mut FrameDecoder<Vec<u8>>,
-    mut input: &[u8],
-    end: &mut Option<PairingOutcome>,
-) {
-    while !input.is_empty() && !dec.is_failed() {
-        match dec.decode(input) {
-            Ok(p) => {
-                if let Some(frame) = p.frame {
-                    // The node has nothing to say while it waits for a decision: any
-                    // frame ends the run.
-                    before_end(responder, run);
-                    // A failure is the run's own state now; the responder reports it.
-                    let _ = run.handle_frame(now(), frame);
-                    answer(responder, run, end);
+impl<'r, R: Deref<Target = dyn PairingResponder + 'r>> AnsweredRun<R> {
+    pub(crate) fn new(run: DaemonPairing<RunBuffer>, responder: R) -> Self {
+        Self {
+            run,
+            responder,
+            end: None,
+        }
+    }
+
+    /// Calls the responder until it has nothing more; keeps the report that ends the
+    /// run. Also what an operator's decision calls for.
+    pub(crate) fn answer(&mut self) {
+        for _ in 0..MAX_REPORTS {
+            match self.responder.drive(now(), &mut self.run) {
+                Some(outcome @ (PairingOutcome::Completed | PairingOutcome::Failed(_))) => {
+                    self.end = Some(outcome);
                 }
-                input = &input[p.consumed..];
+                Some(_) => {}
+                None => return,
             }
-            Err(_) => {
-                before_end(responder, run);
-                let _ = run.refuse(PairingError::Malformed);
-                answer(responder, run, end);
-            }
+        }
+    }
+
+    /// How the run ended: as the responder reported it, else as the run says.
+    pub(crate) fn outcome(&self) -> PairingOutcome {
+        self.end.clone().unwrap_or_else(|| {
+            self.run
+                .error()
+                .map_or(PairingOutcome::Completed, PairingOutcome::Failed)
+        })
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.run.is_finished()
+    }
+
+    /// The connection is over (idempotent): a proven code without a certificate is
+    /// given back.
+    pub(crate) fn closed(&self) {
+        self.responder.closed(&self.run);
+    }
+
+    /// A run holding an authenticated CSR (waiting for an operator) forgets it when it
+    /// fails: the responder hears of the end first, while the run still shows what it
+    /// held, so a proven code is given back.
+    fn before_end(&self) {
+        if self.run.csr().is_some() {
+            self.responder.closed(&self.run);
         }
     }
 }
 
-/// A run holding an authenticated CSR (waiting for an operator) forgets it when it
-/// fails: the responder hears of the end first, while the run still shows what it held,
-/// so a proven code is given back.
-pub(crate) fn before_end(responder: &dyn PairingResponder, run: &DaemonPairing<RunBuffer>) {
-    if run.csr().is_some() {
-        responder.closed(run);
-    }
-}
+impl<'r, R: Deref<Target = dyn PairingResponder + 'r>> Machine for AnsweredRun<R> {
+    type Buf = RunBuffer;
 
-/// Calls the responder until it has nothing more; keeps the report that ends the run.
-pub(crate) fn answer(
-    responder: &dyn PairingResponder,
-    run: &mut DaemonPairing<RunBuffer>,
-    end: &mut Option<PairingOutcome>,
-) {
-    for _ in 0..MAX_REPORTS {
-        match responder.drive(now(), run) {
-            Some(outcome @ (PairingOutcome::Completed | PairingOutcome::Failed(_))) => {
-                *end = Some(outcome);
-            }
-            Some(_) => {}
-            None => return,
+    fn max_frame(&self) -> u32 {
+        self.run.max_frame()
+    }
+
+    fn transmit_len(&self) -> usize {
+        self.run.transmit_len()
+    }
+
+    fn offer_frame(&mut self, now: Instant, frame: &[u8]) -> Offer {
+        // The node has nothing to say while it waits for a decision: any frame ends the
+        // run.
+        self.before_end();
+        let offer = self.run.offer_frame(now, frame);
+        self.answer();
+        offer
+    }
+
+    fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
+        self.before_end();
+        self.run.handle_frame_error(now, e);
+        self.answer();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self
+            .run
+            .poll_timeout()
+            .is_some_and(|deadline| deadline <= now)
+        {
+            self.before_end();
         }
+        self.run.handle_timeout(now);
+        self.answer();
     }
-}
 
-/// The run's end read from the run itself, for a responder that did not report it.
-fn ended(run: &DaemonPairing<RunBuffer>) -> PairingOutcome {
-    run.error()
-        .map_or(PairingOutcome::Completed, PairingOutcome::Failed)
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, TransmitError> {
+        let polled = self.run.poll_transmit(now, buf);
+        if let Ok(Some(Transmit::Frame(_))) = polled {
+            // The last answer completes the run once handed over.
+            self.answer();
+        }
+        polled
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.run.poll_timeout()
+    }
 }
 
 async fn write<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> io::Result<()> {

@@ -1,25 +1,29 @@
 //! One QUIC connection as the endpoint task keeps it: the quinn-proto connection, where
-//! it stands (handshaking, carrying a session, closing), and the session's stream.
+//! it stands (handshaking, carrying a session, closing), and the session's stream with
+//! the pump between it and the session.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use protocol_core::frame::FrameDecoder;
-use protocol_core::session::{Instant, OwnedJournalOp, Session, SessionError, Transmit};
+use protocol_core::pump::{Pump, Step, Wait};
+use protocol_core::session::{BatchId, Session};
 use quinn_proto::{Connection, StreamId, VarInt};
 use tokio::sync::oneshot;
 
-use crate::driver::Application;
-use crate::host::{Closed, Peer, Refusal};
+use super::stream::{self, Received};
+use crate::clock;
+use crate::driver::{self, Application};
+use crate::host::{Closed, Opened, Peer, Refusal, TransportKind};
 use crate::journal::Batch;
-use crate::pool::StoragePool;
-
-use crate::pool::Buffers;
+use crate::pool::PoolLender;
+use crate::stats;
 
 /// How long a session that asked to close waits for its last frames to be acknowledged
 /// before the connection is closed anyway.
 pub(crate) const FINISH_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub(crate) struct Conn<S, A> {
+pub(crate) struct Conn<S: Session, A: Application<S>> {
     pub(crate) id: u64,
     pub(crate) quic: Connection,
     pub(crate) stage: Stage<S, A>,
@@ -37,7 +41,7 @@ pub(crate) struct Conn<S, A> {
     pub(crate) dirty: bool,
 }
 
-pub(crate) enum Stage<S, A> {
+pub(crate) enum Stage<S: Session, A: Application<S>> {
     Handshaking {
         /// Refused once the handshake completes (over the cap), so the peer can read why.
         refuse: Option<Refusal>,
@@ -52,33 +56,42 @@ pub(crate) enum Stage<S, A> {
 }
 
 /// A connection carrying a session.
-pub(crate) struct Live<S, A> {
+pub(crate) struct Live<S: Session, A: Application<S>> {
     pub(crate) peer: Peer,
     pub(crate) session: S,
     pub(crate) app: A,
-    pub(crate) journal_key: std::sync::Arc<str>,
+    journal_key: Arc<str>,
     pub(crate) stream: Option<StreamId>,
-    /// Assembles a frame split across reads; its buffer is taken from the pool only
-    /// while a frame is partly received.
-    pub(crate) decoder: Option<FrameDecoder<Box<[u8]>>>,
-    /// Frames the stream did not take yet (flow control): written before anything new
-    /// is polled from the session.
-    pub(crate) pending: Vec<u8>,
-    pub(crate) pending_at: usize,
+    /// The drive order between the stream and the session.
+    pump: Pump<Box<[u8]>>,
+    /// Chunks read from the stream that the pump has not taken yet.
+    received: Received,
+    /// The stream may hold data not read yet. It stays in quinn while the pump refuses
+    /// input (backpressure), so the stream's flow control holds the peer back.
+    pub(crate) unread: bool,
+    /// The pump took input at its last wait.
+    reading: bool,
+    /// A frame the session refused waited in the pump at its last wait.
+    held: bool,
+    /// The peer finished or reset its side.
+    peer_finished: bool,
+    /// Commands for the application's next turn.
+    pub(crate) commands: VecDeque<A::Command>,
     /// The session asked to close: its stream is finished and the connection closes
     /// when the peer has everything, or at this deadline.
     pub(crate) finishing: Option<StdInstant>,
-    /// A journal batch of this session is being committed.
-    pub(crate) in_flight: bool,
+    /// The journal batch of this session being committed.
+    pub(crate) in_flight: Option<BatchId>,
     /// The connection is gone: how, for the application once the session goes back.
     pub(crate) ended: Option<Closed>,
 }
 
-/// The journal batches one pass produced, and whose they are.
+/// The journal batches one pass produced, and whose they are: the connection and the
+/// batch its confirmation names.
 #[derive(Default)]
 pub(crate) struct Group {
     pub(crate) batches: Vec<Batch>,
-    pub(crate) conns: Vec<u64>,
+    pub(crate) conns: Vec<(u64, BatchId)>,
 }
 
 /// What reading the stream found.
@@ -86,181 +99,152 @@ pub(crate) struct Group {
 pub(crate) enum ReadEnd {
     /// More may come.
     Open,
-    /// The peer finished or reset its side, or the session's framing broke.
+    /// The peer finished or reset its side, and everything it sent was taken.
     Ended,
 }
 
 impl<S, A> Live<S, A>
 where
-    S: Session<Storage = Box<[u8]>>,
+    S: Session<Buf = Box<[u8]>>,
     A: Application<S>,
 {
-    pub(crate) fn lend(&mut self, pool: &StoragePool) {
-        if !self.session.has_storage() {
-            if let Err(buf) = self.session.lend(pool.take()) {
-                pool.put(buf);
-            }
+    pub(crate) fn new(peer: Peer, opened: Opened<S, A>) -> Self {
+        Self {
+            peer,
+            session: opened.session,
+            app: opened.app,
+            journal_key: opened.journal_key,
+            stream: None,
+            pump: Pump::new(),
+            received: Received::default(),
+            unread: false,
+            reading: true,
+            held: false,
+            peer_finished: false,
+            commands: VecDeque::new(),
+            finishing: None,
+            in_flight: None,
+            ended: None,
         }
     }
 
-    /// Events to the application, a journal batch into the pass's group (one in flight
-    /// per session), storage back to the pool when the session holds no data.
-    pub(crate) fn pump(&mut self, id: u64, now: Instant, pool: &StoragePool, group: &mut Group) {
-        self.lend(pool);
-        self.app.handle_events(&mut self.session, now);
-        if !self.in_flight {
-            let mut ops = Vec::new();
-            while let Some(op) = self.session.poll_journal() {
-                ops.push(OwnedJournalOp::from(&op));
-            }
-            if !ops.is_empty() {
-                group.batches.push(Batch {
-                    key: self.journal_key.clone(),
-                    ops,
-                });
-                group.conns.push(id);
-                self.in_flight = true;
-            }
-        }
-        if let Some(buf) = self.session.reclaim() {
-            pool.put(buf);
-            // The session holds nothing: a quiet connection keeps no write buffer.
-            if self.pending.is_empty() {
-                self.pending = Vec::new();
-            }
-        }
-    }
-
-    /// Reads what the stream holds and feeds it frame by frame, the application
-    /// draining events after each (the inbox holds one frame).
-    pub(crate) fn read(
+    /// Reads the stream while the pump takes input, runs the pump until it waits, and
+    /// writes what the stream takes. A pump that takes input again after refusing it
+    /// reads what waited in the stream meanwhile.
+    pub(crate) fn drive(
         &mut self,
+        id: u64,
         quic: &mut Connection,
-        now: Instant,
-        pool: &StoragePool,
-        buffers: &Buffers,
+        at: StdInstant,
+        lender: &mut PoolLender,
+        group: &mut Group,
     ) -> ReadEnd {
-        let Some(id) = self.stream else {
+        let Some(stream) = self.stream else {
             return ReadEnd::Open;
         };
-        let Some(read) = super::stream::read_all(quic, id) else {
-            return ReadEnd::Ended;
-        };
-        let got = read.chunks;
-        let end = if read.ended {
+        // A revisit retries a write the stream refused; refused again, it waits again.
+        self.pump.writable();
+        loop {
+            if self.unread && self.reading {
+                self.unread = false;
+                self.peer_finished |= stream::read_into(quic, stream, &mut self.received);
+            }
+            let wait = self.run(id, Some((&mut *quic, stream)), at, lender, group);
+            self.reading = wait.read;
+            self.held = wait.held;
+            if !(self.unread && self.reading) {
+                break;
+            }
+        }
+        if self.peer_finished && self.reading && !self.held && self.received.is_empty() {
             ReadEnd::Ended
         } else {
             ReadEnd::Open
-        };
-        let max = self.session.config().max_frame;
-        for bytes in got {
-            let mut input = &bytes[..];
-            while !input.is_empty() {
-                let decoder = match &mut self.decoder {
-                    Some(d) => d,
-                    None => match FrameDecoder::new(buffers.take(max as usize), max) {
-                        Ok(d) => self.decoder.insert(d),
-                        Err(_) => return ReadEnd::Ended,
-                    },
-                };
-                match decoder.decode(input) {
-                    Ok(p) => {
-                        if let Some(frame) = p.frame {
-                            if !self.session.has_storage() {
-                                if let Err(buf) = self.session.lend(pool.take()) {
-                                    pool.put(buf);
-                                }
-                            }
-                            crate::stats::frame_in(crate::host::TransportKind::Quic, frame.len());
-                            if self.session.handle_frame(now, frame) == Err(SessionError::NoStorage)
-                            {
-                                return ReadEnd::Ended;
-                            }
-                            self.app.handle_events(&mut self.session, now);
+        }
+    }
+
+    /// The connection is gone: what the application still has to do and the journal
+    /// batch it leaves. Frames go nowhere.
+    pub(crate) fn settle(&mut self, id: u64, lender: &mut PoolLender, group: &mut Group) {
+        self.received.clear();
+        self.run(id, None, StdInstant::now(), lender, group);
+    }
+
+    /// Runs the pump until it waits: the application's turns (queued commands, then
+    /// events), journal batches into the pass's group, frames into the stream.
+    fn run(
+        &mut self,
+        id: u64,
+        mut link: Option<(&mut Connection, StreamId)>,
+        at: StdInstant,
+        lender: &mut PoolLender,
+        group: &mut Group,
+    ) -> Wait {
+        let now = clock::now();
+        let wait = loop {
+            match self
+                .pump
+                .poll(now, &mut self.session, lender, &mut self.received)
+            {
+                Step::Events(session) => {
+                    for command in self.commands.drain(..) {
+                        self.app.handle_command(session, now, command);
+                    }
+                    self.app.handle_events(session, now);
+                }
+                Step::Journal(batch) => {
+                    if let Some((batch, ops)) = batch.into_owned() {
+                        group.batches.push(Batch {
+                            key: self.journal_key.clone(),
+                            ops,
+                        });
+                        group.conns.push((id, batch));
+                        self.in_flight = Some(batch);
+                    }
+                }
+                Step::Transmit(out) => {
+                    if let Some((quic, id)) = link.as_mut() {
+                        stream::write(quic, *id, out);
+                    }
+                }
+                Step::Close(out) => {
+                    if let Some((quic, id)) = link.as_mut() {
+                        if stream::write(quic, *id, out) {
+                            let _ = quic.send_stream(*id).finish();
+                            self.finishing = Some(at + FINISH_GRACE);
                         }
-                        input = &input[p.consumed..];
-                    }
-                    Err(e) => {
-                        self.session.handle_frame_error(now, e);
-                        self.drop_decoder(buffers);
-                        // The session answers with an error frame and a close.
-                        return ReadEnd::Open;
                     }
                 }
+                Step::Wait(wait) => break wait,
             }
-        }
-        if self.decoder.as_ref().is_some_and(|d| d.buffered() == 0) {
-            self.drop_decoder(buffers);
-        }
-        end
-    }
-
-    pub(crate) fn drop_decoder(&mut self, buffers: &Buffers) {
-        if let Some(d) = self.decoder.take() {
-            buffers.put(d.into_buffer());
-        }
-    }
-
-    /// Writes what the stream will take: the frames left over first, then new frames
-    /// polled from the session into `tx`. Returns true when the session asked to close
-    /// (its last frames are written, or queued in `pending`).
-    pub(crate) fn write(&mut self, quic: &mut Connection, now: Instant, tx: &mut Vec<u8>) -> bool {
-        let Some(id) = self.stream else {
-            return false;
         };
-        if self.finishing.is_some() {
-            return false;
+        stats::add(TransportKind::Quic, self.pump.take_counts());
+        wait
+    }
+
+    /// The store's answer for batch `batch` of this session.
+    pub(crate) fn confirm(&mut self, batch: BatchId, committed: bool) {
+        if self.in_flight == Some(batch) {
+            self.in_flight = None;
         }
-        // The buffer keeps its capacity while the connection is busy (reallocating it
-        // for every batch cost page faults under bulk); `pump` frees it once quiet.
-        if !super::stream::flush(quic, id, &mut self.pending, &mut self.pending_at) {
-            return false;
-        }
-        let need = self.session.config().transmit_len();
-        if tx.len() < need {
-            tx.resize(need, 0);
-        }
-        loop {
-            let mut filled = 0;
-            let mut close = false;
-            let full = loop {
-                match self.session.poll_transmit(now, &mut tx[filled..]) {
-                    Ok(Some(Transmit::Frame(n))) => {
-                        crate::stats::frame_out(crate::host::TransportKind::Quic, n);
-                        filled += n;
-                    }
-                    Ok(Some(Transmit::Close)) => {
-                        close = true;
-                        break false;
-                    }
-                    Ok(None) => break false,
-                    Err(_) => break true,
-                }
-            };
-            if filled > 0 {
-                let written = quic.send_stream(id).write(&tx[..filled]).unwrap_or(0);
-                if written < filled {
-                    self.pending.extend_from_slice(&tx[written..filled]);
-                    self.pending_at = 0;
-                }
-            }
-            if close {
-                return true;
-            }
-            if !full || !self.pending.is_empty() {
-                return false;
-            }
-        }
+        driver::confirm(&mut self.session, batch, committed);
+    }
+
+    /// The pump's buffers, and the session's storage if it holds no data, back to the
+    /// pools: before the session goes back to the application.
+    pub(crate) fn release(&mut self, lender: &mut PoolLender) {
+        self.received.clear();
+        self.pump.release(&mut self.session, lender);
     }
 
     /// The session's deadline on the process clock.
     pub(crate) fn deadline(&self) -> Option<StdInstant> {
         let at = self.session.poll_timeout()?;
-        Some(StdInstant::now() + crate::clock::until(at))
+        Some(StdInstant::now() + clock::until(at))
     }
 }
 
-impl<S, A> Stage<S, A> {
+impl<S: Session, A: Application<S>> Stage<S, A> {
     /// The stream the connection's session or pairing run rides on, once open.
     pub(crate) fn stream(&self) -> Option<StreamId> {
         match self {
@@ -271,7 +255,7 @@ impl<S, A> Stage<S, A> {
     }
 }
 
-impl<S, A> Conn<S, A> {
+impl<S: Session, A: Application<S>> Conn<S, A> {
     /// Refuses the connection before it carries anything: counted, closed with the
     /// error's code and a reason the peer reads.
     pub(crate) fn refuse(
@@ -281,7 +265,7 @@ impl<S, A> Conn<S, A> {
         code: &protocol_core::wire::ErrorCode,
         reason: &str,
     ) {
-        crate::stats::failed(crate::host::TransportKind::Quic, why);
+        stats::failed(TransportKind::Quic, why);
         self.close(now, crate::host::close_code(code), reason);
         self.stage = Stage::Closing;
     }

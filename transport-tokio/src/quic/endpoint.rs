@@ -7,7 +7,9 @@
 //! the pass's journal batches to the store as one group, and send a capped batch of
 //! datagrams (GSO) before going back to receiving — draining every transmit first
 //! starves the receive side and loses packets on loopback. Then it waits for the socket,
-//! the earliest deadline (re-armed every pass), a command, a commit, or a revocation.
+//! the earliest deadline (re-armed every pass), a command, a commit, or a revocation; a
+//! busy endpoint (datagrams left to send) goes round again at once, taking one of those
+//! that is ready on the way, so a bulk transfer does not hold commands back.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant as StdInstant;
 
 use bytes::BytesMut;
-use protocol_core::session::Session;
+use protocol_core::session::{BatchId, Session};
 use protocol_core::wire::ErrorCode;
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, VarInt,
@@ -30,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::config::{self, QuicLimits, QuicSetupError};
-use super::conn::{Conn, FINISH_GRACE, Group, Live, ReadEnd, Stage, closed_from};
+use super::conn::{Conn, Group, Live, ReadEnd, Stage, closed_from};
 use super::pairing::{NotPairing, PairingConn};
 use super::socket::Socket;
 use crate::clock;
@@ -41,8 +43,7 @@ use crate::host::{
 };
 use crate::journal::{JournalError, JournalStore};
 use crate::pairing::PairingResponder;
-use crate::pool::Buffers;
-use crate::pool::StoragePool;
+use crate::pool::{PoolLender, StoragePool};
 use crate::stats::{self, HandshakeFailure};
 use crate::tcp::pairing_limit::PairingStarts;
 use crate::tcp::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
@@ -208,7 +209,7 @@ impl QuicEndpoint {
         pool: StoragePool,
     ) -> Result<Started<CommandOf<S, H>>, QuicSetupError>
     where
-        S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
+        S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
         Self::server_with_pairing(addr, tls, revocation, limits, sessions, journal, pool, None)
@@ -230,7 +231,7 @@ impl QuicEndpoint {
         pairing: Option<Arc<dyn PairingResponder>>,
     ) -> Result<Started<CommandOf<S, H>>, QuicSetupError>
     where
-        S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
+        S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
         let server = config::server(tls, &limits)?;
@@ -263,7 +264,7 @@ impl QuicEndpoint {
         pool: StoragePool,
     ) -> Result<Started<CommandOf<S, H>>, QuicSetupError>
     where
-        S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
+        S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
         let endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
@@ -285,7 +286,7 @@ impl QuicEndpoint {
         pool: StoragePool,
     ) -> Result<Started<CommandOf<S, H>>, QuicSetupError>
     where
-        S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
+        S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
         let socket = Socket::bind(addr).map_err(|e| QuicSetupError(format!("bind {addr}: {e}")))?;
@@ -307,9 +308,7 @@ impl QuicEndpoint {
             zombies: HashMap::new(),
             sessions,
             journal,
-            pool,
-            buffers: crate::pool::frame_buffers(),
-            tx: Vec::new(),
+            lender: PoolLender::new(pool),
             send_buf: Vec::new(),
             stalled: None,
             timers: BinaryHeap::new(),
@@ -371,10 +370,8 @@ struct Task<S: Session, H: Sessions<S>> {
     zombies: HashMap<u64, Box<Live<S, H::App>>>,
     sessions: H,
     journal: Arc<dyn JournalStore>,
-    pool: StoragePool,
-    buffers: &'static Buffers,
-    /// Frames polled from a session before they go into its stream.
-    tx: Vec<u8>,
+    /// Session storage and the pumps' frame buffers.
+    lender: PoolLender,
     /// Datagrams polled from quinn.
     send_buf: Vec<u8>,
     stalled: Option<Stalled>,
@@ -382,8 +379,8 @@ struct Task<S: Session, H: Sessions<S>> {
     dirty: Vec<ConnectionHandle>,
     sendq: VecDeque<ConnectionHandle>,
     group: Group,
-    commit_tx: mpsc::UnboundedSender<(Vec<u64>, Result<(), JournalError>)>,
-    commits: mpsc::UnboundedReceiver<(Vec<u64>, Result<(), JournalError>)>,
+    commit_tx: mpsc::UnboundedSender<Committed>,
+    commits: mpsc::UnboundedReceiver<Committed>,
     commands_tx: mpsc::Sender<(u64, CommandOf<S, H>)>,
     commands: mpsc::Receiver<(u64, CommandOf<S, H>)>,
     control: mpsc::Receiver<Control>,
@@ -396,21 +393,26 @@ struct Task<S: Session, H: Sessions<S>> {
     decisions: Option<watch::Receiver<u64>>,
 }
 
+/// A group commit's result, for each connection and batch in it.
+type Committed = (Vec<(u64, BatchId)>, Result<(), JournalError>);
+
 /// What woke the task.
 enum Wake<C> {
+    /// Nothing: the task was busy and did not wait.
+    Busy,
     Socket,
     Writable,
     Timer,
     Control(Option<Control>),
     Command(Option<(u64, C)>),
-    Commit(Option<(Vec<u64>, Result<(), JournalError>)>),
+    Commit(Option<Committed>),
     Revocation(bool),
     Decision(bool),
 }
 
 impl<S, H> Task<S, H>
 where
-    S: Session<Storage = Box<[u8]>> + Bound + Send + 'static,
+    S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
     H: Sessions<S>,
 {
     async fn run(mut self) {
@@ -425,15 +427,14 @@ where
             self.expire_timers(now);
             self.revisit(now);
             self.commit_group();
-            let more = self.transmit(now);
-            if more || full_batches {
+            let busy = self.transmit(now) || full_batches;
+            if busy {
                 // Go round again, receiving first, without waiting.
                 tokio::task::yield_now().await;
-                continue;
             }
-            let wake = self.wait().await;
+            let wake = self.wait(busy).await;
             match wake {
-                Wake::Socket | Wake::Timer => {}
+                Wake::Busy | Wake::Socket | Wake::Timer => {}
                 Wake::Writable => self.retry_stalled(),
                 Wake::Control(None) | Wake::Control(Some(Control::Shutdown)) => {
                     self.shutdown().await;
@@ -462,7 +463,8 @@ where
         }
     }
 
-    async fn wait(&mut self) -> Wake<CommandOf<S, H>> {
+    /// What woke the task; `busy`: what is ready, without waiting.
+    async fn wait(&mut self, busy: bool) -> Wake<CommandOf<S, H>> {
         let deadline = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let timer = async {
             match deadline {
@@ -483,15 +485,19 @@ where
                 None => std::future::pending().await,
             }
         };
+        // In this order: every pass receives and runs the timers anyway, so the socket
+        // and the timer only wake an idle task.
         tokio::select! {
-            r = self.socket.readable() => { let _ = r; Wake::Socket }
-            r = self.socket.writable(), if stalled => { let _ = r; Wake::Writable }
-            () = timer => Wake::Timer,
+            biased;
             c = self.control.recv() => Wake::Control(c),
-            c = self.commands.recv() => Wake::Command(c),
             c = self.commits.recv() => Wake::Commit(c),
+            c = self.commands.recv() => Wake::Command(c),
             live = notices => Wake::Revocation(live),
             live = decisions => Wake::Decision(live),
+            r = self.socket.writable(), if stalled => { let _ = r; Wake::Writable }
+            r = self.socket.readable() => { let _ = r; Wake::Socket }
+            () = timer => Wake::Timer,
+            () = std::future::ready(()), if busy => Wake::Busy,
         }
     }
 
@@ -628,8 +634,8 @@ where
                 live.session.handle_timeout(session_now);
                 finish_due = live.finishing.is_some_and(|d| d <= now);
             }
-            if let (Stage::Pairing(p), Some(responder)) = (&mut conn.stage, self.pairing.as_ref()) {
-                p.on_timeout(&**responder);
+            if let Stage::Pairing(p) = &mut conn.stage {
+                p.on_timeout();
                 finish_due = p.finishing.is_some_and(|d| d <= now);
             }
             if finish_due {
@@ -656,7 +662,6 @@ where
                 conn.quic.handle_event(event);
             }
         }
-        let session_now = clock::now();
         let mut lost = None;
         let mut timed_out = false;
         // The connection's one stream has data (or opened with some: no `Readable`
@@ -713,29 +718,24 @@ where
                 conn.stage = Stage::Closing;
             }
         }
-        if input {
-            if let Stage::Live(live) = &mut conn.stage {
-                let end = live.read(&mut conn.quic, session_now, &self.pool, self.buffers);
-                if end == ReadEnd::Ended && live.finishing.is_none() {
-                    conn.close(now, CLOSE_SESSION_ENDED, "stream ended");
-                    lost.get_or_insert(Closed::Lost {
-                        reason: "the peer ended its stream".into(),
-                    });
-                }
+        if let Stage::Live(live) = &mut conn.stage {
+            live.unread |= input;
+            let end = live.drive(
+                conn.id,
+                &mut conn.quic,
+                now,
+                &mut self.lender,
+                &mut self.group,
+            );
+            if end == ReadEnd::Ended && live.finishing.is_none() {
+                conn.close(now, CLOSE_SESSION_ENDED, "stream ended");
+                lost.get_or_insert(Closed::Lost {
+                    reason: "the peer ended its stream".into(),
+                });
             }
         }
         if matches!(conn.stage, Stage::Pairing(_)) {
             self.pairing_io(now, &mut conn, input, lost.is_some());
-        }
-        if let Stage::Live(live) = &mut conn.stage {
-            live.pump(conn.id, session_now, &self.pool, &mut self.group);
-            if live.write(&mut conn.quic, session_now, &mut self.tx) {
-                if let Some(id) = live.stream {
-                    let _ = conn.quic.send_stream(id).finish();
-                }
-                live.finishing = Some(now + FINISH_GRACE);
-            }
-            live.pump(conn.id, session_now, &self.pool, &mut self.group);
         }
         if let Some(mut how) = lost {
             if matches!(&conn.stage, Stage::Live(live) if live.finishing.is_some()) {
@@ -777,7 +777,7 @@ where
             let Some(cert) = first else {
                 // Pairing only, when this endpoint pairs; the node plane needs a
                 // certificate.
-                match self.pairing.as_ref().and_then(|_| PairingConn::new(addr)) {
+                match self.pairing.as_ref().map(|_| PairingConn::new(addr)) {
                     Some(p) => conn.stage = Stage::Pairing(Box::new(p)),
                     None => conn.refuse(
                         now,
@@ -860,19 +860,7 @@ where
             );
             return;
         }
-        let mut live = Box::new(Live {
-            peer,
-            session: opened.session,
-            app: opened.app,
-            journal_key: opened.journal_key,
-            stream: None,
-            decoder: None,
-            pending: Vec::new(),
-            pending_at: 0,
-            finishing: None,
-            in_flight: false,
-            ended: None,
-        });
+        let mut live = Box::new(Live::new(peer, opened));
         if !self.server {
             // The node opens the one stream its session rides on.
             if let Some(id) = conn.quic.streams().open(Dir::Bi) {
@@ -890,31 +878,27 @@ where
     /// A pairing connection's reads and writes; closes it when the run is over or the
     /// peer is not pairing.
     fn pairing_io(&mut self, now: StdInstant, conn: &mut Conn<S, H::App>, input: bool, lost: bool) {
-        let Some(responder) = self.pairing.clone() else {
+        let Some(responder) = self.pairing.as_ref() else {
             return;
         };
         let Stage::Pairing(p) = &mut conn.stage else {
             return;
         };
         if lost {
-            p.closed(&*responder);
+            p.closed(&mut self.lender);
             conn.stage = Stage::Closing;
             return;
         }
-        let mut refused = None;
-        if input {
-            if let Err(NotPairing(reason)) = p.read(&mut conn.quic, &*responder, &self.starts) {
-                refused = Some(reason);
-            }
-        }
-        if refused.is_none() && p.write(&mut conn.quic, &*responder) {
-            if let Some(id) = p.stream {
-                let _ = conn.quic.send_stream(id).finish();
-            }
-            p.finishing = Some(now + FINISH_GRACE);
-        }
-        if let Some(reason) = refused {
-            p.closed(&*responder);
+        p.unread |= input;
+        let driven = p.drive(
+            &mut conn.quic,
+            now,
+            responder,
+            &self.starts,
+            &mut self.lender,
+        );
+        if let Err(NotPairing(reason)) = driven {
+            p.closed(&mut self.lender);
             conn.refuse(
                 now,
                 HandshakeFailure::Identity,
@@ -926,9 +910,6 @@ where
 
     /// An operator decided: every pairing run waiting for it moves on.
     fn decided(&mut self) {
-        let Some(responder) = self.pairing.clone() else {
-            return;
-        };
         let waiting: Vec<ConnectionHandle> = self
             .conns
             .iter()
@@ -938,7 +919,7 @@ where
         for ch in waiting {
             if let Some(conn) = self.conns.get_mut(&ch) {
                 if let Stage::Pairing(p) = &mut conn.stage {
-                    p.on_decision(&*responder);
+                    p.on_decision();
                 }
                 mark(&mut self.dirty, ch, conn);
             }
@@ -948,21 +929,18 @@ where
     /// The connection ended: the session is told, and goes back to the application
     /// once no journal batch of it is in flight.
     fn end(&mut self, conn: &mut Conn<S, H::App>, how: Closed) {
-        let stage = std::mem::replace(&mut conn.stage, Stage::Closing);
-        if let (Stage::Pairing(p), Some(responder)) = (&stage, self.pairing.as_ref()) {
-            p.closed(&**responder);
-        }
-        if let Stage::Live(mut live) = stage {
-            stats::closed(TransportKind::Quic);
-            self.finish_live(conn.id, &mut live, how);
-            if live.in_flight {
-                self.zombies.insert(conn.id, live);
-            } else {
-                let live = *live;
-                let how = live.ended.unwrap_or(Closed::BySession);
-                self.sessions
-                    .closed(&live.peer, live.session, live.app, how);
+        match std::mem::replace(&mut conn.stage, Stage::Closing) {
+            Stage::Pairing(mut p) => p.closed(&mut self.lender),
+            Stage::Live(mut live) => {
+                stats::closed(TransportKind::Quic);
+                self.finish_live(conn.id, &mut live, how);
+                if live.in_flight.is_some() {
+                    self.zombies.insert(conn.id, live);
+                } else {
+                    self.give_back(*live, None);
+                }
             }
+            Stage::Handshaking { .. } | Stage::Closing => {}
         }
         if conn.counted {
             conn.counted = false;
@@ -971,13 +949,19 @@ where
     }
 
     fn finish_live(&mut self, id: u64, live: &mut Live<S, H::App>, how: Closed) {
-        let now = clock::now();
-        live.session.handle_disconnected(now);
-        live.pump(id, now, &self.pool, &mut self.group);
-        live.drop_decoder(self.buffers);
-        live.pending = Vec::new();
-        live.pending_at = 0;
+        live.session.handle_disconnected(clock::now());
+        live.settle(id, &mut self.lender, &mut self.group);
+        live.release(&mut self.lender);
         live.ended = Some(how);
+    }
+
+    /// A session with no batch in flight goes back to the application; `how` overrides
+    /// how its connection ended.
+    fn give_back(&mut self, mut live: Live<S, H::App>, how: Option<Closed>) {
+        live.release(&mut self.lender);
+        let how = how.or(live.ended).unwrap_or(Closed::BySession);
+        self.sessions
+            .closed(&live.peer, live.session, live.app, how);
     }
 
     fn remove(&mut self, mut conn: Conn<S, H::App>) {
@@ -1039,23 +1023,16 @@ where
         });
     }
 
-    fn committed(&mut self, conns: Vec<u64>, result: Result<(), JournalError>) {
-        let now = clock::now();
-        for id in conns {
+    fn committed(&mut self, conns: Vec<(u64, BatchId)>, result: Result<(), JournalError>) {
+        let committed = result.is_ok();
+        for (id, batch) in conns {
             if let Some(mut live) = self.zombies.remove(&id) {
-                live.in_flight = false;
-                match &result {
-                    Ok(()) => live.session.handle_journal_committed(now),
-                    Err(_) => live.session.handle_journal_failed(now),
-                }
-                live.pump(id, now, &self.pool, &mut self.group);
-                if live.in_flight {
+                live.confirm(batch, committed);
+                live.settle(id, &mut self.lender, &mut self.group);
+                if live.in_flight.is_some() {
                     self.zombies.insert(id, live);
                 } else {
-                    let live = *live;
-                    let how = live.ended.unwrap_or(Closed::BySession);
-                    self.sessions
-                        .closed(&live.peer, live.session, live.app, how);
+                    self.give_back(*live, None);
                 }
                 continue;
             }
@@ -1064,11 +1041,7 @@ where
             };
             if let Some(conn) = self.conns.get_mut(&ch) {
                 if let Stage::Live(live) = &mut conn.stage {
-                    live.in_flight = false;
-                    match &result {
-                        Ok(()) => live.session.handle_journal_committed(now),
-                        Err(_) => live.session.handle_journal_failed(now),
-                    }
+                    live.confirm(batch, committed);
                 }
                 mark(&mut self.dirty, ch, conn);
             }
@@ -1081,9 +1054,7 @@ where
         if let Some(&ch) = self.ids.get(&id) {
             if let Some(conn) = self.conns.get_mut(&ch) {
                 if let Stage::Live(live) = &mut conn.stage {
-                    live.lend(&self.pool);
-                    live.app
-                        .handle_command(&mut live.session, clock::now(), command);
+                    live.commands.push_back(command);
                     mark(&mut self.dirty, ch, conn);
                     return;
                 }
@@ -1091,10 +1062,8 @@ where
         }
         if let Some(live) = self.zombies.get_mut(&id) {
             // Gone, its session not back yet: its application still takes commands.
-            live.lend(&self.pool);
-            live.app
-                .handle_command(&mut live.session, clock::now(), command);
-            live.pump(id, clock::now(), &self.pool, &mut self.group);
+            live.commands.push_back(command);
+            live.settle(id, &mut self.lender, &mut self.group);
             return;
         }
         self.sessions.undelivered(command);
@@ -1216,14 +1185,12 @@ where
                 Ok(None) | Err(_) => break,
             }
         }
-        let now = clock::now();
-        for (_, live) in self.zombies.drain() {
-            let mut live = *live;
-            if live.in_flight {
-                live.session.handle_journal_failed(now);
+        let zombies: Vec<_> = self.zombies.drain().map(|(_, live)| live).collect();
+        for mut live in zombies {
+            if let Some(batch) = live.in_flight {
+                live.confirm(batch, false);
             }
-            self.sessions
-                .closed(&live.peer, live.session, live.app, Closed::Shutdown);
+            self.give_back(*live, Some(Closed::Shutdown));
         }
     }
 
@@ -1329,7 +1296,7 @@ where
 
 /// Takes the node's stream: the first one carries the session or the pairing run;
 /// others are refused. True if the connection's stream was just taken (read it now).
-fn accept_streams<S: Session, A>(conn: &mut Conn<S, A>) -> bool {
+fn accept_streams<S: Session, A: Application<S>>(conn: &mut Conn<S, A>) -> bool {
     let mut taken = false;
     while let Some(id) = conn.quic.streams().accept(Dir::Bi) {
         let slot = match &mut conn.stage {
@@ -1355,7 +1322,11 @@ fn accept_streams<S: Session, A>(conn: &mut Conn<S, A>) -> bool {
     taken
 }
 
-fn mark<S, A>(dirty: &mut Vec<ConnectionHandle>, ch: ConnectionHandle, conn: &mut Conn<S, A>) {
+fn mark<S: Session, A: Application<S>>(
+    dirty: &mut Vec<ConnectionHandle>,
+    ch: ConnectionHandle,
+    conn: &mut Conn<S, A>,
+) {
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(ch);

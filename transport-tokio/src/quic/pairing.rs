@@ -1,19 +1,27 @@
 //! A pairing run on a QUIC connection without a client certificate: its first stream
 //! carries pairing frames and nothing else, answered inline by the daemon's
-//! [`PairingResponder`] (synchronous, so the endpoint task drives it like a session).
+//! [`PairingResponder`] (synchronous, so the endpoint task drives it like a session,
+//! with the same pump and the same [`AnsweredRun`] as the TCP listener's pairing).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use protocol_core::frame::FrameDecoder;
+use protocol_core::frame::{FrameError, HEADER_LEN};
 use protocol_core::pairing::{
     DaemonPairing, PAIRING_MAX_FRAME, PairingError, PairingMessage, decode_pairing,
 };
+use protocol_core::pump::{Machine, Offer, Pump, Step};
+use protocol_core::time::Instant;
+use protocol_core::transmit::{Transmit, TransmitError};
 use quinn_proto::{Connection, StreamId};
 
+use super::conn::FINISH_GRACE;
+use super::stream::{self, Received};
 use crate::clock::now;
-use crate::pairing::serve::{answer, before_end, feed, transmit};
-use crate::pairing::{PairingOutcome, PairingResponder, RunBuffer};
+use crate::pairing::serve::AnsweredRun;
+use crate::pairing::{PairingResponder, RunBuffer};
+use crate::pool::PoolLender;
 use crate::tcp::pairing_limit::PairingStarts;
 use crate::tcp::refuse::abort_frame;
 
@@ -21,14 +29,13 @@ use crate::tcp::refuse::abort_frame;
 pub(crate) struct PairingConn {
     pub(crate) peer: SocketAddr,
     pub(crate) stream: Option<StreamId>,
-    run: Option<DaemonPairing<RunBuffer>>,
-    dec: FrameDecoder<Vec<u8>>,
-    end: Option<PairingOutcome>,
-    tx: Vec<u8>,
-    pending: Vec<u8>,
-    pending_at: usize,
-    /// Everything is written; the stream finishes and the connection closes.
-    closing: bool,
+    machine: PairingStream,
+    pump: Pump<RunBuffer>,
+    received: Received,
+    /// The stream may hold data not read yet (read once the pump takes input).
+    pub(crate) unread: bool,
+    reading: bool,
+    peer_finished: bool,
     /// The stream is finished; close the connection when the peer has it, or then.
     pub(crate) finishing: Option<StdInstant>,
 }
@@ -37,144 +44,231 @@ pub(crate) struct PairingConn {
 pub(crate) struct NotPairing(pub(crate) &'static str);
 
 impl PairingConn {
-    pub(crate) fn new(peer: SocketAddr) -> Option<Self> {
-        Some(Self {
+    pub(crate) fn new(peer: SocketAddr) -> Self {
+        Self {
             peer,
             stream: None,
-            run: None,
-            dec: FrameDecoder::new(vec![0u8; PAIRING_MAX_FRAME as usize], PAIRING_MAX_FRAME)
-                .ok()?,
-            end: None,
-            tx: Vec::new(),
-            pending: Vec::new(),
-            pending_at: 0,
-            closing: false,
+            machine: PairingStream::default(),
+            pump: Pump::new(),
+            received: Received::default(),
+            unread: false,
+            reading: true,
+            peer_finished: false,
             finishing: None,
-        })
+        }
     }
 
-    /// Reads the stream; the first frame must be a pairing `Start` within the peer
-    /// address's limit.
-    pub(crate) fn read(
+    /// Reads the stream while the pump takes input, runs the pump until it waits, and
+    /// writes what the stream takes. The first frame must be a pairing `Start` within
+    /// the peer address's limit.
+    pub(crate) fn drive(
         &mut self,
         quic: &mut Connection,
-        responder: &dyn PairingResponder,
+        at: StdInstant,
+        responder: &Arc<dyn PairingResponder>,
         starts: &PairingStarts,
+        lender: &mut PoolLender,
     ) -> Result<(), NotPairing> {
         let Some(id) = self.stream else {
             return Ok(());
         };
-        let Some(read) = super::stream::read_all(quic, id) else {
-            return Err(NotPairing("the pairing stream ended"));
-        };
-        let (got, ended) = (read.chunks, read.ended);
-        for bytes in got {
-            let mut input = &bytes[..];
-            if self.run.is_none() && !self.closing {
-                let first = match self.dec.decode(input) {
-                    Ok(p) => {
-                        let frame = p.frame.map(<[u8]>::to_vec);
-                        input = &input[p.consumed..];
-                        frame
-                    }
-                    Err(_) => return Err(NotPairing("frame too large")),
-                };
-                let Some(first) = first else { continue };
-                if !matches!(decode_pairing(&first), Ok(PairingMessage::Start(_))) {
-                    return Err(NotPairing(
-                        "without a client certificate only pairing is allowed",
-                    ));
-                }
-                if let Err(error) = starts.try_start(self.peer.ip(), now()) {
-                    self.abort(error);
-                    return Ok(());
-                }
-                let buf: RunBuffer = vec![0u8; 2 * PAIRING_MAX_FRAME as usize].into_boxed_slice();
-                let Ok(mut run) = DaemonPairing::new(now(), buf, responder.config()) else {
-                    self.abort(PairingError::Internal);
-                    return Ok(());
-                };
-                let _ = run.handle_frame(now(), &first);
-                answer(responder, &mut run, &mut self.end);
-                self.run = Some(run);
+        self.pump.writable();
+        loop {
+            if self.unread && self.reading {
+                self.unread = false;
+                self.peer_finished |= stream::read_into(quic, id, &mut self.received);
             }
-            if let Some(run) = self.run.as_mut() {
-                feed(run, responder, &mut self.dec, input, &mut self.end);
+            let wait = loop {
+                match self
+                    .pump
+                    .poll(now(), &mut self.machine, lender, &mut self.received)
+                {
+                    Step::Events(machine) => machine.start(self.peer.ip(), responder, starts),
+                    // A pairing run keeps no journal.
+                    Step::Journal(_) => {}
+                    Step::Transmit(out) => {
+                        stream::write(quic, id, out);
+                    }
+                    Step::Close(out) => {
+                        if stream::write(quic, id, out) {
+                            let _ = quic.send_stream(id).finish();
+                            self.finishing = Some(at + FINISH_GRACE);
+                        }
+                    }
+                    Step::Wait(wait) => break wait,
+                }
+            };
+            self.reading = wait.read;
+            if let Some(reason) = self.machine.refused {
+                return Err(NotPairing(reason));
+            }
+            if !(self.unread && self.reading) {
+                break;
             }
         }
-        if ended && self.run.as_ref().is_some_and(|r| !r.is_finished()) {
+        let taken = self.reading && self.received.is_empty();
+        if self.peer_finished && taken && !self.machine.is_over() {
             return Err(NotPairing("the node closed the pairing stream"));
         }
         Ok(())
     }
 
-    fn abort(&mut self, error: PairingError) {
-        self.pending.extend_from_slice(&abort_frame(error));
-        self.closing = true;
+    pub(crate) fn on_timeout(&mut self) {
+        self.machine.handle_timeout(now());
     }
 
-    pub(crate) fn on_timeout(&mut self, responder: &dyn PairingResponder) {
-        if let Some(run) = self.run.as_mut() {
-            let at = now();
-            if run.poll_timeout().is_some_and(|d| d <= at) {
-                before_end(responder, run);
-            }
-            run.handle_timeout(at);
-            answer(responder, run, &mut self.end);
-        }
-    }
-
-    pub(crate) fn on_decision(&mut self, responder: &dyn PairingResponder) {
-        if let Some(run) = self.run.as_mut() {
-            answer(responder, run, &mut self.end);
-        }
-    }
-
-    /// Writes what the run has; true once everything is written and the run is over.
-    pub(crate) fn write(
-        &mut self,
-        quic: &mut Connection,
-        responder: &dyn PairingResponder,
-    ) -> bool {
-        let Some(id) = self.stream else {
-            return false;
-        };
-        if self.finishing.is_some() {
-            return false;
-        }
-        loop {
-            if !super::stream::flush(quic, id, &mut self.pending, &mut self.pending_at) {
-                return false;
-            }
-            if self.closing {
-                return true;
-            }
-            let Some(run) = self.run.as_mut() else {
-                return false;
-            };
-            if self.tx.len() < run.transmit_len() {
-                self.tx.resize(run.transmit_len(), 0);
-            }
-            let (filled, close, full) = transmit(run, responder, &mut self.tx, &mut self.end);
-            self.pending.extend_from_slice(&self.tx[..filled]);
-            if close {
-                self.closing = true;
-            } else if !full && self.pending.is_empty() {
-                return false;
-            }
+    pub(crate) fn on_decision(&mut self) {
+        if let Some(run) = self.machine.run.as_mut() {
+            run.answer();
         }
     }
 
     /// The run's deadline on the process clock.
     pub(crate) fn deadline(&self) -> Option<StdInstant> {
-        let at = self.run.as_ref()?.poll_timeout()?;
+        let at = self.machine.poll_timeout()?;
         Some(StdInstant::now() + crate::clock::until(at))
     }
 
-    /// The connection is over.
-    pub(crate) fn closed(&self, responder: &dyn PairingResponder) {
-        if let Some(run) = &self.run {
-            responder.closed(run);
+    /// The connection is over: the responder hears it, the buffers go back.
+    pub(crate) fn closed(&mut self, lender: &mut PoolLender) {
+        if let Some(run) = &self.machine.run {
+            run.closed();
         }
+        self.received.clear();
+        self.pump.release(&mut self.machine, lender);
+    }
+}
+
+/// What the pump drives on a pairing stream: nothing but the first frame until the
+/// application's turn checks it (a pairing `Start`, within the address's limit), then
+/// the run with its responder.
+#[derive(Default)]
+struct PairingStream {
+    /// The first frame, until its turn comes.
+    first: Option<Vec<u8>>,
+    run: Option<AnsweredRun<Arc<dyn PairingResponder>>>,
+    /// No run: the start was over the limit, or the run could not be built. The node
+    /// is sent an `Abort` (this frame, until handed over), then the close.
+    aborted: bool,
+    abort: Option<Vec<u8>>,
+    close_due: bool,
+    /// Not a pairing stream: the connection closes without an answer.
+    refused: Option<&'static str>,
+}
+
+impl PairingStream {
+    /// The application's turn: a first frame starts the run, refuses the stream, or is
+    /// answered with an `Abort`.
+    fn start(
+        &mut self,
+        peer: IpAddr,
+        responder: &Arc<dyn PairingResponder>,
+        starts: &PairingStarts,
+    ) {
+        let Some(first) = self.first.take() else {
+            return;
+        };
+        if !matches!(decode_pairing(&first), Ok(PairingMessage::Start(_))) {
+            self.refused = Some("without a client certificate only pairing is allowed");
+            return;
+        }
+        if let Err(error) = starts.try_start(peer, now()) {
+            return self.abort(error);
+        }
+        let buf: RunBuffer = vec![0u8; 2 * PAIRING_MAX_FRAME as usize].into_boxed_slice();
+        let Ok(run) = DaemonPairing::new(now(), buf, responder.config()) else {
+            return self.abort(PairingError::Internal);
+        };
+        let mut run = AnsweredRun::new(run, responder.clone());
+        let _ = run.offer_frame(now(), &first);
+        self.run = Some(run);
+    }
+
+    fn abort(&mut self, error: PairingError) {
+        self.aborted = true;
+        self.abort = Some(abort_frame(error));
+        self.close_due = true;
+    }
+
+    /// Nothing more is expected of the node: the run finished, or an abort ends it.
+    fn is_over(&self) -> bool {
+        self.aborted || self.run.as_ref().is_some_and(AnsweredRun::is_finished)
+    }
+
+    /// Before the run or without one: whatever the node sends is not for anyone.
+    fn is_settled(&self) -> bool {
+        self.refused.is_some() || self.aborted
+    }
+}
+
+impl Machine for PairingStream {
+    type Buf = RunBuffer;
+
+    fn max_frame(&self) -> u32 {
+        PAIRING_MAX_FRAME
+    }
+
+    fn transmit_len(&self) -> usize {
+        self.run.as_ref().map_or(
+            HEADER_LEN + PAIRING_MAX_FRAME as usize,
+            Machine::transmit_len,
+        )
+    }
+
+    fn offer_frame(&mut self, now: Instant, frame: &[u8]) -> Offer {
+        if let Some(run) = &mut self.run {
+            return run.offer_frame(now, frame);
+        }
+        if self.is_settled() {
+            return Offer::Taken;
+        }
+        if self.first.is_some() {
+            // The first frame waits for its turn; this one waits behind it.
+            return Offer::Later;
+        }
+        self.first = Some(frame.to_vec());
+        Offer::Taken
+    }
+
+    fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
+        match &mut self.run {
+            Some(run) => run.handle_frame_error(now, e),
+            None => {
+                self.refused.get_or_insert("frame too large");
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(run) = &mut self.run {
+            run.handle_timeout(now);
+        }
+    }
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, TransmitError> {
+        if let Some(run) = &mut self.run {
+            return run.poll_transmit(now, buf);
+        }
+        if let Some(frame) = self.abort.take() {
+            let Some(to) = buf.get_mut(..frame.len()) else {
+                let needed = frame.len();
+                self.abort = Some(frame);
+                return Err(TransmitError::BufferTooSmall { needed });
+            };
+            to.copy_from_slice(&frame);
+            return Ok(Some(Transmit::Frame(frame.len())));
+        }
+        if std::mem::take(&mut self.close_due) {
+            return Ok(Some(Transmit::Close));
+        }
+        Ok(None)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.run.as_ref().and_then(Machine::poll_timeout)
     }
 }

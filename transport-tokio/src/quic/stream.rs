@@ -1,61 +1,76 @@
 //! Reading and writing one QUIC stream from the endpoint task: what both a session's
 //! stream and a pairing run's stream need.
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+use protocol_core::pump::{Input, Out};
 use quinn_proto::{Connection, ReadError, StreamId};
 
-/// What a read of the stream found.
-pub(crate) struct Read {
-    pub(crate) chunks: Vec<Bytes>,
-    /// The peer finished or reset its side.
-    pub(crate) ended: bool,
+/// Chunks received on the stream that the pump has not taken yet, as quinn handed them
+/// over: frames are cut from them without a copy.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    chunks: VecDeque<Bytes>,
 }
 
-/// Takes everything the stream holds now; `None` if the stream is gone.
-pub(crate) fn read_all(quic: &mut Connection, id: StreamId) -> Option<Read> {
-    let mut recv = quic.recv_stream(id);
-    let mut chunks = recv.read(true).ok()?;
-    let mut got = Vec::new();
-    let mut ended = false;
-    loop {
-        match chunks.next(usize::MAX) {
-            Ok(Some(chunk)) => got.push(chunk.bytes),
-            Ok(None) => {
-                ended = true;
-                break;
-            }
-            Err(ReadError::Blocked) => break,
-            Err(_) => {
-                ended = true;
-                break;
+impl Received {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.chunks.clear();
+    }
+}
+
+impl Input for Received {
+    fn bytes(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| &c[..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Some(front) = self.chunks.front_mut() {
+            if n < front.len() {
+                front.advance(n);
+            } else {
+                self.chunks.pop_front();
             }
         }
     }
+}
+
+/// Moves everything the stream holds now into `into`; true when the peer finished or
+/// reset its side, or the stream is gone.
+pub(crate) fn read_into(quic: &mut Connection, id: StreamId, into: &mut Received) -> bool {
+    let mut recv = quic.recv_stream(id);
+    let Ok(mut chunks) = recv.read(true) else {
+        return true;
+    };
+    let ended = loop {
+        match chunks.next(usize::MAX) {
+            // An empty chunk would read as no input while more follows.
+            Ok(Some(chunk)) if chunk.bytes.is_empty() => {}
+            Ok(Some(chunk)) => into.chunks.push_back(chunk.bytes),
+            Ok(None) => break true,
+            Err(ReadError::Blocked) => break false,
+            Err(_) => break true,
+        }
+    };
     // Freed flow-control credit goes out with the connection's next transmit; every
     // revisited connection is queued for one.
     let _ = chunks.finalize();
-    Some(Read { chunks: got, ended })
+    ended
 }
 
-/// Writes what is left of `pending` (from `*at`); true once all of it is written (the
-/// buffer is then cleared, its capacity kept), false while flow control holds it back
-/// or the stream is gone.
-pub(crate) fn flush(
-    quic: &mut Connection,
-    id: StreamId,
-    pending: &mut Vec<u8>,
-    at: &mut usize,
-) -> bool {
-    if *at < pending.len() {
-        match quic.send_stream(id).write(&pending[*at..]) {
-            Ok(n) => *at += n,
-            Err(_) => return false,
-        }
-        if *at < pending.len() {
-            return false;
-        }
+/// Writes what the stream takes of `out`, telling the pump when it took less; true when
+/// it took all. A stream that is gone takes nothing (its end is reported as an event).
+pub(crate) fn write(quic: &mut Connection, id: StreamId, out: Out<'_>) -> bool {
+    let len = out.bytes().len();
+    let written = quic.send_stream(id).write(out.bytes()).unwrap_or(0);
+    if written < len {
+        out.sent(written);
+        return false;
     }
-    pending.clear();
-    *at = 0;
     true
 }

@@ -68,7 +68,7 @@ pub async fn serve<S, H, IO>(
     revocation: Option<RevocationWatch>,
 ) -> Closed
 where
-    S: Session<Storage = Box<[u8]>> + Bound,
+    S: Session<Buf = Box<[u8]>> + Bound,
     H: Sessions<S>,
     IO: AsyncRead + AsyncWrite + Unpin,
 {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use chacha20::ChaCha20Rng;
 use protocol_core::frame::FrameDecoder;
 use protocol_core::session::{
-    Config, DaemonSession, Instant, NodeSession, OwnedDaemonEvent, OwnedNodeEvent,
+    CallState, Config, DaemonSession, Instant, NodeSession, OwnedDaemonEvent, OwnedNodeEvent,
+    OwnedOutcome,
 };
 use protocol_core::wire::{
     Capabilities, CapabilityDescriptor, GoodbyeReason, Message, Outcome, Payload, Register,
@@ -119,8 +120,31 @@ impl Drop for Daemon {
     }
 }
 
+/// What a test daemon's sessions are, and the `echo` calls its application makes when a
+/// node registers.
+#[derive(Debug, Clone)]
+pub struct DaemonSetup {
+    pub sessions: Config,
+    pub calls: usize,
+    pub input: Vec<u8>,
+}
+
+impl Default for DaemonSetup {
+    fn default() -> Self {
+        Self {
+            sessions: Config::server(64 * 1024),
+            calls: 1,
+            input: br#"{"x":1}"#.to_vec(),
+        }
+    }
+}
+
 impl Daemon {
     pub async fn start(config: ListenerConfig) -> Self {
+        Self::start_with(config, DaemonSetup::default()).await
+    }
+
+    pub async fn start_with(config: ListenerConfig, setup: DaemonSetup) -> Self {
         let ca = Ca::new("tern test CA");
         let server = ca.leaf("ternd", true);
         let revocation = Arc::new(RevocationList::new());
@@ -153,13 +177,14 @@ impl Daemon {
             let _ = listener.run(routes).await;
         });
         let serve = tokio::spawn(async move {
-            let config = Config::server(64 * 1024);
+            let config = setup.sessions;
             let pool = StoragePool::new(config.storage_len(), 16);
             let mut seed = 0u8;
             while let Some(conn) = nodes_rx.recv().await {
                 seed = seed.wrapping_add(1);
                 let pool = pool.clone();
                 let (events_tx, ended_tx) = (events_tx.clone(), ended_tx.clone());
+                let setup = setup.clone();
                 let _ = kinds_tx.send(conn.handshake_kind());
                 tokio::spawn(async move {
                     let id = conn.device_id().to_owned();
@@ -167,10 +192,7 @@ impl Daemon {
                     let mut session: DaemonSession<Box<[u8]>> =
                         DaemonSession::new(config, &id, &mut rng).unwrap();
                     let journal = Journal::new(Arc::new(MemJournals::new()), id.as_str());
-                    let mut app = DaemonApp {
-                        id: id.clone(),
-                        events: events_tx,
-                    };
+                    let mut app = DaemonApp::new(&id, events_tx, &setup);
                     let driver = Driver::new(&mut session, &pool, journal, &mut app);
                     let ended = conn.serve(driver).await;
                     let _ = ended_tx.send((id, ended));
@@ -212,13 +234,17 @@ impl Daemon {
 pub struct DaemonApp {
     id: String,
     events: mpsc::UnboundedSender<DaemonSeen>,
+    calls: usize,
+    input: Vec<u8>,
 }
 
 impl DaemonApp {
-    pub fn new(id: &str, events: mpsc::UnboundedSender<DaemonSeen>) -> Self {
+    pub fn new(id: &str, events: mpsc::UnboundedSender<DaemonSeen>, setup: &DaemonSetup) -> Self {
         Self {
             id: id.to_owned(),
             events,
+            calls: setup.calls,
+            input: setup.input.clone(),
         }
     }
 }
@@ -230,11 +256,13 @@ impl Application<DaemonSession<Box<[u8]>>> for DaemonApp {
         while let Some(ev) = s.poll_event() {
             let ev = OwnedDaemonEvent::from(ev);
             if let OwnedDaemonEvent::Register { .. } = ev {
-                let input = Payload {
-                    content_type: JSON,
-                    data: br#"{"x":1}"#,
-                };
-                s.call(now, "echo", input, 5_000).unwrap();
+                for _ in 0..self.calls {
+                    let input = Payload {
+                        content_type: JSON,
+                        data: &self.input,
+                    };
+                    s.call(now, "echo", input, 5_000).unwrap();
+                }
             }
             let _ = self.events.send((self.id.clone(), ev));
         }
@@ -247,6 +275,13 @@ impl Application<DaemonSession<Box<[u8]>>> for DaemonApp {
 #[derive(Debug)]
 pub enum NodeCommand {
     SendEvent(&'static str),
+    /// `count` events named `name` with `len` bytes of payload each, queued at once so
+    /// their frames leave back to back.
+    SendEvents {
+        name: &'static str,
+        count: usize,
+        len: usize,
+    },
     Close,
 }
 
@@ -367,6 +402,16 @@ impl Application<NodeSession<Box<[u8]>>> for NodeApp {
                 };
                 s.send_event(name, payload).unwrap();
             }
+            NodeCommand::SendEvents { name, count, len } => {
+                let data = vec![b'x'; len];
+                for _ in 0..count {
+                    let payload = Payload {
+                        content_type: JSON,
+                        data: &data,
+                    };
+                    s.send_event(name, payload).unwrap();
+                }
+            }
             NodeCommand::Close => s.close(now, GoodbyeReason::Shutdown),
         }
     }
@@ -415,4 +460,61 @@ pub fn alert(e: &io::Error) -> Option<rustls::AlertDescription> {
         rustls::Error::AlertReceived(a) => Some(*a),
         _ => None,
     }
+}
+
+/// The events of `name` the daemon receives next, by payload size; a connection closed
+/// meanwhile fails the test.
+pub async fn received_events(
+    events: &mut mpsc::UnboundedReceiver<DaemonSeen>,
+    name: &str,
+    count: usize,
+) -> Vec<usize> {
+    next_seen(events, count, |ev| match ev {
+        OwnedDaemonEvent::Event {
+            name: n, payload, ..
+        } if n == name => Some(payload.data.len()),
+        _ => None,
+    })
+    .await
+}
+
+/// The answers to the daemon's `echo` calls, by size; a call that ends otherwise, or a
+/// connection closed meanwhile, fails the test.
+pub async fn answered_calls(
+    events: &mut mpsc::UnboundedReceiver<DaemonSeen>,
+    count: usize,
+) -> Vec<usize> {
+    next_seen(events, count, |ev| match ev {
+        OwnedDaemonEvent::CallUpdate {
+            state: CallState::Succeeded,
+            outcome: Some(OwnedOutcome::Success(p)),
+            ..
+        } => Some(p.data.len()),
+        OwnedDaemonEvent::CallUpdate { state, .. } if state.is_final() => {
+            panic!("call ended {state:?}")
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// The next `count` values `pick` finds among the daemon's events.
+async fn next_seen<T>(
+    events: &mut mpsc::UnboundedReceiver<DaemonSeen>,
+    count: usize,
+    mut pick: impl FnMut(&OwnedDaemonEvent) -> Option<T>,
+) -> Vec<T> {
+    tokio::time::timeout(WAIT, async {
+        let mut found = Vec::new();
+        while found.len() < count {
+            let (_, ev) = events.recv().await.expect("daemon running");
+            if let OwnedDaemonEvent::Disconnected(why) = ev {
+                panic!("disconnected: {why:?}");
+            }
+            found.extend(pick(&ev));
+        }
+        found
+    })
+    .await
+    .expect("daemon events in time")
 }

@@ -14,7 +14,7 @@ use transport_tokio::quic::{ConnectError, QuicEndpoint, QuicHandle, QuicLimits};
 use transport_tokio::tls::{Fingerprint, RevocationList, server_config};
 use transport_tokio::{MemJournals, StoragePool};
 
-use super::{Ca, DaemonApp, DaemonSeen, Leaf, NodeApp, NodeCommand, WAIT};
+use super::{Ca, DaemonApp, DaemonSeen, DaemonSetup, Leaf, NodeApp, NodeCommand, WAIT};
 
 type DSession = DaemonSession<Box<[u8]>>;
 type NSession = NodeSession<Box<[u8]>>;
@@ -27,7 +27,7 @@ pub struct Registry {
 }
 
 struct RegistryInner {
-    config: Config,
+    setup: DaemonSetup,
     sessions: HashMap<String, DSession>,
     conns: HashMap<String, u64>,
     events: mpsc::UnboundedSender<DaemonSeen>,
@@ -58,7 +58,7 @@ impl Sessions<DSession> for Registry {
         let id = r.force_id.clone().unwrap_or_else(|| peer.device_id.clone());
         let session = match r.sessions.remove(&id) {
             Some(s) => s,
-            None => DaemonSession::new(r.config, &id, &mut r.rng).map_err(|e| {
+            None => DaemonSession::new(r.setup.sessions, &id, &mut r.rng).map_err(|e| {
                 Refusal::new(protocol_core::wire::ErrorCode::Internal, format!("{e:?}"))
             })?,
         };
@@ -66,7 +66,7 @@ impl Sessions<DSession> for Registry {
             .insert(peer.device_id.clone(), commands.connection());
         Ok(Opened {
             session,
-            app: DaemonApp::new(&peer.device_id, r.events.clone()),
+            app: DaemonApp::new(&peer.device_id, r.events.clone(), &r.setup),
             journal_key: id.into(),
         })
     }
@@ -104,6 +104,11 @@ impl QuicDaemon {
     }
 
     pub fn start_with(limits: QuicLimits, force_id: Option<&str>) -> Self {
+        Self::start_setup(limits, force_id, DaemonSetup::default())
+    }
+
+    pub fn start_setup(limits: QuicLimits, force_id: Option<&str>, setup: DaemonSetup) -> Self {
+        let config = setup.sessions;
         let ca = Ca::new("tern test CA");
         let server = ca.leaf("ternd", true);
         let revocation = Arc::new(RevocationList::new());
@@ -116,10 +121,9 @@ impl QuicDaemon {
         .unwrap();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
-        let config = Config::server(64 * 1024);
         let registry = Registry {
             inner: Arc::new(Mutex::new(RegistryInner {
-                config,
+                setup,
                 sessions: HashMap::new(),
                 conns: HashMap::new(),
                 events: events_tx,
