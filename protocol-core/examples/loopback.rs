@@ -114,10 +114,10 @@ pub fn main() -> io::Result<()> {
                     } => {
                         println!("daemon: call {call_id} {state:?}");
                         if state.is_final() {
-                            if let (CallState::Succeeded, Some(o)) = (state, &outcome) {
-                                if let Outcome::Success(p) = o.as_outcome() {
-                                    answer = Some(p.data.to_vec());
-                                }
+                            if let (CallState::Succeeded, Some(o)) = (state, &outcome)
+                                && let Outcome::Success(p) = o.as_outcome()
+                            {
+                                answer = Some(p.data.to_vec());
                             }
                             s.close(now(), GoodbyeReason::Shutdown);
                         }

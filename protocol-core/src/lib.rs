@@ -9,7 +9,8 @@
 //!   calls, and the journal hook that makes a daemon's side durable;
 //! - [`pairing`]: pairing from a short code (SPAKE2+), CSR-based issuance, sealed answers;
 //! - [`pump`]: the one drive order every driver uses: frames in, storage lent, events,
-//!   journal batches, frames out, backpressure.
+//!   journal batches, frames out, backpressure;
+//! - [`backoff`]: the delays between a node's reconnection attempts.
 //!
 //! Every state machine follows one convention (inputs through `handle_*` with `now`,
 //! outputs polled apart, buffers lent by the caller): `SANS_IO.md` next to this crate's
@@ -22,6 +23,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod backoff;
 pub mod frame;
 pub mod pairing;
 pub mod pump;

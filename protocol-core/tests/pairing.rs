@@ -4,8 +4,10 @@
 
 use chacha20::ChaCha20Rng;
 use protocol_core::pairing::*;
+use protocol_core::pump::{Machine, Offer};
 use protocol_core::time::Instant;
 use protocol_core::transmit::{Transmit, TransmitError};
+use protocol_core::wire::{ErrorCode, ErrorFrame, Message, Ping, encode_payload};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use spake2plus::rand_core::SeedableRng;
 
@@ -620,4 +622,86 @@ fn transmit_len_holds_every_frame() {
     };
     assert_eq!(sealed.seq, 0, "refused answers used no sequence number");
     assert!(n <= daemon_len);
+}
+
+/// A node-plane message's payload, as a listener that will not pair sends it.
+fn node_plane(msg: &Message<'_>) -> Vec<u8> {
+    let mut out = vec![0u8; 256];
+    let n = encode_payload(msg, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+/// The listener's `Error` frame instead of a pairing message is noted, once, and leaves
+/// the run as it was; pairing messages and any other frame are the run's.
+#[test]
+fn a_watched_run_notes_the_listeners_refusal() {
+    let k = keyed();
+    let mut p = Pair::new(&code(), &k.csr, NodeConfig::default());
+    let mut watched: Watched<'_, Vec<u8>> = Watched::new(p.node);
+    let mut out = vec![0; Machine::transmit_len(&watched)];
+    assert_eq!(Machine::max_frame(&watched), PAIRING_MAX_FRAME);
+    let Ok(Some(Transmit::Frame(n))) = Machine::poll_transmit(&mut watched, at(0), &mut out) else {
+        panic!()
+    };
+
+    let refusal = node_plane(&Message::Error(ErrorFrame {
+        code: ErrorCode::Overloaded,
+        reason: "too many connections",
+    }));
+    assert!(decode_pairing(&refusal).is_err());
+    assert_eq!(watched.offer_frame(at(1), &refusal), Offer::Taken);
+    assert_eq!(watched.take_refused(), Some(ErrorCode::Overloaded));
+    assert_eq!(watched.take_refused(), None);
+    assert_eq!(watched.run.error(), None);
+    assert_eq!(watched.run.poll_event(), None);
+
+    // The run goes on with the daemon's answer to its `Start`.
+    p.daemon.handle_frame(at(1), &out[4..n]).unwrap();
+    p.daemon.poll_event().unwrap();
+    p.daemon
+        .accept_record(at(1), &code().verifier_record().unwrap(), &mut p.rng)
+        .unwrap();
+    let mut daemon_out = vec![0; p.daemon.transmit_len()];
+    let Ok(Some(Transmit::Frame(n))) = p.daemon.poll_transmit(at(1), &mut daemon_out) else {
+        panic!()
+    };
+    assert_eq!(watched.offer_frame(at(2), &daemon_out[4..n]), Offer::Taken);
+    assert_eq!(watched.run.error(), None);
+    assert!(matches!(
+        Machine::poll_transmit(&mut watched, at(2), &mut out),
+        Ok(Some(Transmit::Frame(_)))
+    ));
+
+    // Another node-plane message is no refusal: the run fails on it, as without the watch.
+    let ping = node_plane(&Message::Ping(Ping { nonce: 7 }));
+    assert_eq!(watched.offer_frame(at(3), &ping), Offer::Taken);
+    assert_eq!(watched.take_refused(), None);
+    assert!(watched.run.error().is_some());
+}
+
+/// What a host keeps of a refusal is its own: here the reason too.
+#[derive(Debug, PartialEq)]
+struct Reasoned(ErrorCode, String);
+
+impl Refusal for Reasoned {
+    fn from_frame(frame: &ErrorFrame<'_>) -> Self {
+        Reasoned(frame.code, frame.reason.to_owned())
+    }
+}
+
+#[test]
+fn a_watched_run_keeps_what_the_host_asks_of_a_refusal() {
+    let k = keyed();
+    let p = Pair::new(&code(), &k.csr, NodeConfig::default());
+    let mut watched: Watched<'_, Vec<u8>, Reasoned> = Watched::new(p.node);
+    let refusal = node_plane(&Message::Error(ErrorFrame {
+        code: ErrorCode::Unauthorized,
+        reason: "no ALPN",
+    }));
+    assert_eq!(watched.offer_frame(at(1), &refusal), Offer::Taken);
+    assert_eq!(
+        watched.take_refused(),
+        Some(Reasoned(ErrorCode::Unauthorized, "no ALPN".to_owned()))
+    );
 }

@@ -55,10 +55,10 @@ async fn error_frames(recv: &mut quinn::RecvStream) -> Vec<ErrorCode> {
     let mut codes = Vec::new();
     while !input.is_empty() {
         let p = dec.decode(input).unwrap();
-        if let Some(frame) = p.frame {
-            if let Ok(Message::Error(e)) = decode_message(frame) {
-                codes.push(e.code);
-            }
+        if let Some(frame) = p.frame
+            && let Ok(Message::Error(e)) = decode_message(frame)
+        {
+            codes.push(e.code);
         }
         input = &input[p.consumed..];
     }

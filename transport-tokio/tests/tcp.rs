@@ -7,22 +7,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use chacha20::ChaCha20Rng;
 use common::{
     Ca, Daemon, DaemonSetup, Node, NodeCommand, alert, answered_calls, node_config, read_until_end,
     received_events,
 };
 use protocol_core::pairing::{
-    Abort, PAIRING_MAX_FRAME, PairingError, PairingMessage, Start, decode_pairing, encode_pairing,
+    Abort, PAIRING_MAX_FRAME, PairingCode, PairingError, PairingMessage, Start, decode_pairing,
+    encode_pairing,
 };
 use protocol_core::session::{
     CallState, CloseReason, Config, OwnedDaemonEvent, OwnedNodeEvent, OwnedOutcome,
 };
 use protocol_core::wire::{ErrorCode, PROTOCOL_VERSIONS, VersionRange};
+use rand_core::SeedableRng;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::{AlertDescription, HandshakeKind};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use transport_tokio::Ended;
-use transport_tokio::tcp::{Connector, ListenerConfig};
+use transport_tokio::pairing::{PairError, pair};
+use transport_tokio::tcp::{Connector, ListenerConfig, MAX_RECORD};
 use transport_tokio::tls::{Fingerprint, pairing_client_config};
 
 fn peer_error(ev: &OwnedNodeEvent) -> Option<ErrorCode> {
@@ -344,6 +349,33 @@ async fn connection_cap_refuses_out_loud() {
         .await;
 }
 
+/// (i) A node that comes to pair while the listener is at its cap learns the refusal,
+/// its code and its reason, rather than a pairing failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_at_the_cap_reports_the_refusal() {
+    let daemon = Daemon::start(ListenerConfig {
+        max_connections: 0,
+        ..ListenerConfig::default()
+    })
+    .await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let code = PairingCode::new(7, 24_681_357).unwrap();
+    let mut rng = ChaCha20Rng::from_seed([5; 32]);
+    let paired = pair(daemon.addr, &code, &csr, Some(daemon.pin()), &mut rng).await;
+    match paired {
+        Err(PairError::Refused { code, reason }) => {
+            assert_eq!(code, ErrorCode::Overloaded);
+            assert_eq!(reason, "connection limit reached");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Counts the TLS 1.3 tickets a client receives.
 #[derive(Debug)]
 struct CountingStore {
@@ -579,5 +611,176 @@ async fn back_to_back_calls_wait_for_the_journal() {
     );
     while let Ok(ev) = node.events.try_recv() {
         assert!(peer_error(&ev).is_none(), "{ev:?}");
+    }
+}
+
+/// A TCP stream that keeps a copy of every byte it reads, as they came off the wire.
+struct Recorded {
+    tcp: tokio::net::TcpStream,
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Recorded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let read = buf.filled()[before..].to_vec();
+        self.seen.lock().unwrap().extend_from_slice(&read);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The TLS records the daemon sends on TCP stay within `MAX_RECORD` bytes (header
+/// included), however large the frame: a microcontroller holds one whole record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_to_nodes_are_capped_for_small_tls_stacks() {
+    let setup = DaemonSetup {
+        input: vec![b'x'; 6000],
+        ..DaemonSetup::default()
+    };
+    let mut daemon = Daemon::start_with(ListenerConfig::default(), setup).await;
+    let leaf = daemon.ca.leaf("node-m", false);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tcp = Recorded {
+        tcp: tokio::net::TcpStream::connect(daemon.addr).await.unwrap(),
+        seen: seen.clone(),
+    };
+    let tls = tokio_rustls::TlsConnector::from(leaf.client(daemon.pin()))
+        .connect(ServerName::IpAddress(daemon.addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let node = Node::spawn(tls, "node-m", node_config());
+    assert_eq!(answered_calls(&mut daemon.events, 1).await, [6000]);
+    drop(node);
+
+    let wire = seen.lock().unwrap().clone();
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(header) = wire.get(at..at + 5) {
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        records.push(5 + len);
+        at += 5 + len;
+    }
+    // 1019 bytes of plaintext, its content type and the AEAD tag, and the header.
+    let largest = records.iter().copied().max().unwrap();
+    assert_eq!(largest, MAX_RECORD + 17, "{records:?}");
+    assert!(
+        records.len() > 6,
+        "the call crossed several records: {records:?}"
+    );
+}
+
+/// A client that offers no ALPN completes its handshake (rustls allows it over TCP),
+/// and is refused with `Error(Unauthorized)`: on the node plane and for pairing alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_alpn_is_refused() {
+    let daemon = Daemon::start(ListenerConfig::default()).await;
+    let leaf = daemon.ca.leaf("node-n", false);
+    let configs = [
+        leaf.client(daemon.pin()),
+        pairing_client_config(Some(daemon.pin())).unwrap(),
+    ];
+    for config in configs {
+        let mut config = (*config).clone();
+        config.alpn_protocols.clear();
+        let tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::IpAddress(daemon.addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+        let (codes, _) = read_until_end(&mut tls).await;
+        assert_eq!(codes, [ErrorCode::Unauthorized]);
+    }
+}
+
+/// A node whose certificate is refused learns why, even when it sends its first record
+/// right after its side of the handshake (TLS 1.3: the client finishes first, and hears
+/// of the refusal only afterwards). The daemon reads on after its alert instead of
+/// closing with those bytes unread, which would make the close a reset: a reset can
+/// destroy the alert before the node reads it (a stack that drops what it holds on a
+/// reset, an alert segment lost and never sent again), and a node that sees only a
+/// reset cannot tell it must stop retrying. So the node reads the alert, then the
+/// daemon's orderly close, never a reset; for a revoked certificate and for one from
+/// another CA alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_certificate_reads_the_alert_not_a_reset() {
+    let daemon = Daemon::start(ListenerConfig::default()).await;
+    let revoked = daemon.ca.leaf("node-x", false);
+    daemon.revocation.revoke_device("node-x");
+    let stranger = Ca::new("another CA").leaf("node-y", false);
+    let cases = [
+        (revoked, AlertDescription::CertificateRevoked),
+        (stranger, AlertDescription::UnknownCA),
+    ];
+    for (leaf, expected) in cases {
+        let connector = tokio_rustls::TlsConnector::from(leaf.client(daemon.pin()));
+        for attempt in 0..5 {
+            let tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let mut tls = connector
+                .connect(ServerName::IpAddress(daemon.addr.ip().into()), tcp)
+                .await
+                .unwrap();
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"tern/1"[..]));
+            // What a node sends right after its Finished: its first record. This one
+            // is larger than the daemon reads at once while it checks the certificate
+            // (rustls reads 4 KiB at a time), so some of it is surely still unread
+            // when the daemon refuses.
+            tls.write_all(&[0x5a; 16 * 1024]).await.unwrap();
+            tls.flush().await.unwrap();
+            // Time for the alert, and for whatever ends the connection, to arrive.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut buf = [0u8; 512];
+            let e = match tokio::time::timeout(common::WAIT, tls.read(&mut buf)).await {
+                Ok(Err(e)) => e,
+                other => panic!("attempt {attempt}: expected the alert, read {other:?}"),
+            };
+            assert_ne!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "attempt {attempt}: {e}"
+            );
+            assert_eq!(alert(&e), Some(expected), "attempt {attempt}: {e:?}");
+            // After the alert, the daemon's FIN: the connection was closed, not reset.
+            let (mut tcp, _) = tls.into_inner();
+            let end = tokio::time::timeout(common::WAIT, tcp.read(&mut buf)).await;
+            // A reset that follows the FIN (the answer to bytes reaching a socket already
+            // closed) does not show on the read, only as the socket's pending error.
+            let pending = tcp.take_error().unwrap();
+            assert!(
+                matches!(end, Ok(Ok(0))) && pending.is_none(),
+                "attempt {attempt}: after the {expected:?} alert, expected the daemon's \
+                 close, got {end:?}, then {pending:?}"
+            );
+        }
     }
 }

@@ -294,10 +294,10 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         // Only our own socket: a newer daemon may have replaced it.
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.ident {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.ident
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

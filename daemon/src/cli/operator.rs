@@ -126,10 +126,10 @@ fn node_json(n: &v1::Node) -> Value {
 }
 
 fn body_value(content_type: &str, body: &[u8]) -> Value {
-    if content_type.contains("json") {
-        if let Ok(v) = serde_json::from_slice::<Value>(body) {
-            return v;
-        }
+    if content_type.contains("json")
+        && let Ok(v) = serde_json::from_slice::<Value>(body)
+    {
+        return v;
     }
     match std::str::from_utf8(body) {
         Ok(s) => Value::String(s.to_owned()),

@@ -8,6 +8,9 @@
 //! - `system.health`: uptime, load, memory and disk figures read from the system;
 //! - `desktop.open_url`: opens an http(s) URL with the desktop's opener, only when the
 //!   [`UrlPolicy`] allows it, asking a local person through a [`Prompter`] if it says so.
+//!
+//! Their names, descriptors and the health answer are the node contract's
+//! (`node_contract`), which every kind of node shares.
 
 use std::fmt;
 use std::future::Future;
@@ -15,13 +18,12 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use node_contract::descriptors;
+use node_contract::health::{Disk, Health, LoadAverage, Memory};
 use protocol_core::session::{OwnedOutcome, OwnedPayload};
 use protocol_core::wire::{CapabilityDescriptor, MAX_CAPABILITIES, RejectCode, Stage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-
-/// The content type of every built-in capability's input and output.
-pub const JSON: &str = "application/json";
 
 /// Longest capability name accepted into a registry.
 pub const MAX_CAPABILITY_NAME: usize = 64;
@@ -103,8 +105,8 @@ impl Descriptor {
         Self {
             name: name.to_owned(),
             version: 1,
-            input: JSON.to_owned(),
-            output: JSON.to_owned(),
+            input: node_contract::JSON.to_owned(),
+            output: node_contract::JSON.to_owned(),
             description: description.to_owned(),
             needs_approval,
         }
@@ -118,6 +120,19 @@ impl Descriptor {
             input: &self.input,
             output: &self.output,
             needs_approval: self.needs_approval,
+        }
+    }
+}
+
+impl From<node_contract::Descriptor> for Descriptor {
+    fn from(d: node_contract::Descriptor) -> Self {
+        Self {
+            name: d.name.to_owned(),
+            version: d.version,
+            input: d.input.to_owned(),
+            output: d.output.to_owned(),
+            description: d.description.to_owned(),
+            needs_approval: d.needs_approval,
         }
     }
 }
@@ -351,7 +366,7 @@ pub struct Echo {
 impl Echo {
     pub fn new() -> Self {
         Self {
-            descriptor: Descriptor::json("echo", "answers with its JSON input unchanged", false),
+            descriptor: descriptors::ECHO.into(),
         }
     }
 }
@@ -377,38 +392,37 @@ impl Capability for Echo {
 
 // ----- system.health -----
 
-/// What `system.health` reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Health {
+/// What a Linux host reads for `system.health`: the figures, and the text the
+/// contract's [`Health`] borrows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostHealth {
     pub hostname: String,
     /// Seconds since boot.
     pub uptime_s: f64,
     pub load: LoadAverage,
     pub memory: Memory,
-    pub disk: Disk,
-}
-
-/// Run-queue load averages over 1, 5 and 15 minutes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LoadAverage {
-    pub one: f64,
-    pub five: f64,
-    pub fifteen: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Memory {
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-}
-
-/// The filesystem holding `path`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Disk {
-    pub path: PathBuf,
-    pub total_bytes: u64,
+    /// The filesystem reported on.
+    pub disk_path: String,
+    pub disk_total_bytes: u64,
     /// Available to unprivileged users.
-    pub available_bytes: u64,
+    pub disk_available_bytes: u64,
+}
+
+impl HostHealth {
+    /// The answer as the contract words it; the microcontroller figures stay out.
+    pub fn health(&self) -> Health<'_> {
+        Health {
+            hostname: Some(&self.hostname),
+            load: Some(self.load),
+            memory: Some(self.memory),
+            disk: Some(Disk {
+                path: &self.disk_path,
+                total_bytes: self.disk_total_bytes,
+                available_bytes: self.disk_available_bytes,
+            }),
+            ..Health::new(self.uptime_s)
+        }
+    }
 }
 
 /// `system.health`'s input: `{}` (the root filesystem) or `{"path": "/var"}`.
@@ -501,11 +515,11 @@ pub fn parse_meminfo(text: &str) -> Result<Memory, ParseError> {
 }
 
 /// Size and free space of the filesystem holding `path`.
-pub fn disk_usage(path: &Path) -> Result<Disk, CapabilityError> {
+pub fn disk_usage(path: &str) -> Result<Disk<'_>, CapabilityError> {
     let st = rustix::fs::statvfs(path)
-        .map_err(|e| CapabilityError::Failed(format!("statvfs {}: {e}", path.display())))?;
+        .map_err(|e| CapabilityError::Failed(format!("statvfs {path}: {e}")))?;
     Ok(Disk {
-        path: path.to_owned(),
+        path,
         total_bytes: st.f_blocks.saturating_mul(st.f_frsize),
         available_bytes: st.f_bavail.saturating_mul(st.f_frsize),
     })
@@ -520,18 +534,25 @@ pub fn hostname() -> String {
 }
 
 /// Reads every figure `system.health` reports, for the filesystem holding `path`.
-pub fn read_health(path: &Path) -> Result<Health, CapabilityError> {
+pub fn read_health(path: &Path) -> Result<HostHealth, CapabilityError> {
     let read = |file: &'static str| {
         std::fs::read_to_string(file)
             .map_err(|e| CapabilityError::Failed(format!("reading {file}: {e}")))
     };
     let failed = |e: ParseError| CapabilityError::Failed(e.to_string());
-    Ok(Health {
+    // The answer is JSON text: a path that is not UTF-8 has no place in it.
+    let path = path
+        .to_str()
+        .ok_or_else(|| CapabilityError::Failed(format!("{} is not UTF-8", path.display())))?;
+    let disk = disk_usage(path)?;
+    Ok(HostHealth {
         hostname: hostname(),
         uptime_s: parse_uptime(&read("/proc/uptime")?).map_err(failed)?,
         load: parse_loadavg(&read("/proc/loadavg")?).map_err(failed)?,
         memory: parse_meminfo(&read("/proc/meminfo")?).map_err(failed)?,
-        disk: disk_usage(path)?,
+        disk_path: path.to_owned(),
+        disk_total_bytes: disk.total_bytes,
+        disk_available_bytes: disk.available_bytes,
     })
 }
 
@@ -544,11 +565,7 @@ pub struct SystemHealth {
 impl SystemHealth {
     pub fn new() -> Self {
         Self {
-            descriptor: Descriptor::json(
-                "system.health",
-                "uptime, load averages, memory and disk figures of the host",
-                false,
-            ),
+            descriptor: descriptors::SYSTEM_HEALTH.into(),
         }
     }
 }
@@ -578,7 +595,7 @@ impl Capability for SystemHealth {
             let health = tokio::task::spawn_blocking(move || read_health(&path))
                 .await
                 .map_err(|e| CapabilityError::Failed(format!("health reader: {e}")))??;
-            to_json(&health)
+            to_json(&health.health())
         })
     }
 }
@@ -690,11 +707,10 @@ pub struct OpenUrl {
 impl OpenUrl {
     pub fn new(options: OpenUrlOptions) -> Self {
         Self {
-            descriptor: Descriptor::json(
-                "desktop.open_url",
-                "opens an http(s) URL in the desktop's browser, with local approval",
-                options.policy != UrlPolicy::Allow,
-            ),
+            descriptor: Descriptor {
+                needs_approval: options.policy != UrlPolicy::Allow,
+                ..descriptors::DESKTOP_OPEN_URL.into()
+            },
             options,
         }
     }

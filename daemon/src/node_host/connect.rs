@@ -16,6 +16,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use node_contract::names::HEALTH_EVENT;
+// The node's reconnection delays, shared with the microcontroller transport.
+pub use protocol_core::backoff::Backoff;
 use protocol_core::session::{CloseReason, Config, MemJournal, NodeSession, SetupError};
 use protocol_core::wire::{ErrorCode, GoodbyeReason, VersionRange};
 use rustls::AlertDescription;
@@ -28,9 +31,6 @@ use transport_tokio::{Driver, Ended, Journal, JournalStore, StoragePool};
 use super::capabilities::{Registry, read_health};
 use super::identity::{IdentityError, NodeIdentity};
 use super::runtime::{HostApp, HostSession, NodeHandle};
-
-/// The name of the periodic health event.
-pub const HEALTH_EVENT: &str = "health";
 
 /// A byte stream to the daemon, authenticated both ways.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -115,42 +115,6 @@ impl Dialer for TcpDialer {
             }
             Err(last)
         })
-    }
-}
-
-/// Reconnection delays: exponential, capped, with full jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The ceiling of the first delay.
-    pub initial: Duration,
-    /// The largest ceiling.
-    pub max: Duration,
-    /// A connection that lasted this long starts the sequence over.
-    pub reset_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// The ceiling before attempt `attempt` (0-based): `initial * 2^attempt`, capped.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-
-    /// The delay before attempt `attempt`: uniform in `0..=ceiling` ("full jitter", so
-    /// a fleet cut off at once does not come back at once), drawn from `random`.
-    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
-        let ceiling = u64::try_from(self.ceiling(attempt).as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(random % ceiling.saturating_add(1))
     }
 }
 
@@ -399,16 +363,17 @@ impl NodeHost {
                         if let Some(e) = app.take_close_reason().and_then(fatal_close) {
                             return Err(e);
                         }
-                        if started.elapsed() >= config.backoff.reset_after {
+                        if config.backoff.starts_over(millis(started.elapsed())) {
                             attempt = 0;
                         }
                         // A node that restarted finds its previous connection still
                         // holding the session until the daemon closes it: retry soon.
                         let taking_over = matches!(&how, transport_tokio::host::Closed::ByPeer { code, .. }
                             if *code == u64::from(transport_tokio::host::close_code(&ErrorCode::Overloaded)));
-                        let delay = config
-                            .backoff
-                            .delay(if taking_over { attempt.min(1) } else { attempt }, random());
+                        let delay = next_delay(
+                            config.backoff,
+                            if taking_over { attempt.min(1) } else { attempt },
+                        );
                         attempt = attempt.saturating_add(1);
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
@@ -420,7 +385,7 @@ impl NodeHost {
                 }
             }
             if dialers.is_empty() {
-                let delay = config.backoff.delay(attempt, random());
+                let delay = next_delay(config.backoff, attempt);
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -464,12 +429,12 @@ impl NodeHost {
                         }
                         Some(Ok(Ended::Closed | Ended::PeerClosed | Ended::Revoked)) | None => {}
                     }
-                    if started.elapsed() >= config.backoff.reset_after {
+                    if config.backoff.starts_over(millis(started.elapsed())) {
                         attempt = 0;
                     }
                 }
             }
-            let delay = config.backoff.delay(attempt, random());
+            let delay = next_delay(config.backoff, attempt);
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -506,9 +471,15 @@ async fn wait_true(flag: &mut watch::Receiver<bool>) {
     }
 }
 
-fn random() -> u64 {
+/// The delay before attempt `attempt`, jittered with the OS's randomness.
+fn next_delay(backoff: Backoff, attempt: u32) -> Duration {
     // Without OS randomness the delays lose their jitter, not their bound.
-    getrandom::u64().unwrap_or(0)
+    let random = getrandom::u64().unwrap_or(0);
+    Duration::from_millis(backoff.delay_ms(attempt, random))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Sends a `health` event every `every`.
@@ -522,7 +493,11 @@ async fn heartbeat(handle: NodeHandle, every: Duration, path: PathBuf) {
             continue;
         };
         // Waits while the session is full or disconnected: one heartbeat at a time.
-        if handle.send_event(HEALTH_EVENT, &health).await.is_err() {
+        if handle
+            .send_event(HEALTH_EVENT, &health.health())
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -1,57 +1,25 @@
-//! Certificate renewal over the node's authenticated session, without pairing again.
+//! Certificate renewal over the node's authenticated session, without pairing again:
+//! the node host's side of the exchange `node_contract::renewal` defines.
 //!
-//! Within its renewal window the node sends the event [`RENEW_EVENT`] carrying a CSR for
+//! Within its renewal window the node sends the event `tern.renew` carrying a CSR for
 //! its own key; the daemon (which knows the node from the session's certificate, not
 //! from anything in the event) issues a certificate for the same device and calls the
-//! node's [`INSTALL_CAPABILITY`] with it. The node checks it (its key, its device id,
-//! its CA, not expired) before keeping it, and its next connection presents it.
+//! node's `tern.certificate` capability with it. The node checks it (its key, its device
+//! id, its CA, not expired) before keeping it, and its next connection presents it.
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
+use node_contract::names::RENEW_EVENT;
+use node_contract::{Installed, RenewRequest, Renewed, descriptors, hex};
 use rustls::ClientConfig;
-use serde::{Deserialize, Serialize};
 
 use super::capabilities::{CallContext, CallFuture, Capability, CapabilityError, Descriptor};
 use super::identity::NodeIdentity;
 use super::runtime::NodeHandle;
 
-/// The event that asks for a renewed certificate.
-pub const RENEW_EVENT: &str = "tern.renew";
-/// The capability the daemon calls with the renewed certificate.
-pub const INSTALL_CAPABILITY: &str = "tern.certificate";
 /// How often a node host checks whether its certificate is due.
 pub const CHECK_EVERY: Duration = Duration::from_secs(3600);
-
-/// The [`RENEW_EVENT`]'s body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    /// The CSR's DER, hex.
-    pub csr: String,
-}
-
-/// The [`INSTALL_CAPABILITY`]'s input.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Renewed {
-    /// The certificate's DER, hex.
-    pub cert: String,
-}
-
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 /// The node plane's TLS configuration as of now: replaced when a renewed certificate is
 /// installed, read by every dial.
@@ -97,11 +65,7 @@ impl std::fmt::Debug for InstallCertificate {
 impl InstallCertificate {
     pub fn new(identity: Arc<Mutex<NodeIdentity>>, tls: TlsSource) -> Self {
         Self {
-            descriptor: Descriptor::json(
-                INSTALL_CAPABILITY,
-                "installs a certificate the daemon renewed for this node",
-                false,
-            ),
+            descriptor: descriptors::INSTALL_CERTIFICATE.into(),
             identity,
             tls,
         }
@@ -117,11 +81,13 @@ impl Capability for InstallCertificate {
         let identity = self.identity.clone();
         let tls = self.tls.clone();
         Box::pin(async move {
-            let renewed: Renewed = serde_json::from_slice(&input).map_err(|e| {
+            let renewed: Renewed<'_> = serde_json::from_slice(&input).map_err(|e| {
                 CapabilityError::BadInput(format!("not a renewed certificate: {e}"))
             })?;
-            let der = from_hex(&renewed.cert)
-                .ok_or_else(|| CapabilityError::BadInput("the certificate is not hex".into()))?;
+            let mut der = vec![0; hex::decoded_len(renewed.cert.len())];
+            renewed.cert_der(&mut der).map_err(|e| {
+                CapabilityError::BadInput(format!("the certificate is not hex: {e}"))
+            })?;
             let config = {
                 let mut id = identity.lock().unwrap_or_else(PoisonError::into_inner);
                 id.install_renewed(&der)
@@ -131,7 +97,7 @@ impl Capability for InstallCertificate {
             };
             tls.set(config);
             tracing::info!("renewed certificate installed");
-            Ok(serde_json::to_vec(&serde_json::json!({"installed": true})).unwrap_or_default())
+            Ok(serde_json::to_vec(&Installed { installed: true }).unwrap_or_default())
         })
     }
 }
@@ -144,7 +110,7 @@ pub fn due(identity: &NodeIdentity, now: SystemTime, window: Duration) -> bool {
 }
 
 /// Asks for a renewal whenever the certificate is due (at start, then every
-/// [`CHECK_EVERY`]); the answer arrives as a call of [`INSTALL_CAPABILITY`].
+/// [`CHECK_EVERY`]); the answer arrives as a call of `tern.certificate`.
 pub async fn renew_when_due(
     identity: Arc<Mutex<NodeIdentity>>,
     handle: NodeHandle,
@@ -161,23 +127,13 @@ pub async fn renew_when_due(
             id.csr_der()
         };
         let Ok(csr) = csr else { continue };
+        let mut text = vec![0; hex::encoded_len(csr.len())];
+        let Ok(request) = RenewRequest::new(&csr, &mut text) else {
+            continue;
+        };
         tracing::info!("certificate due for renewal: asking the daemon");
-        let request = RenewRequest { csr: to_hex(&csr) };
         if handle.send_event(RENEW_EVENT, &request).await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_round_trips_and_refuses_garbage() {
-        let bytes = [0u8, 1, 0xab, 0xff];
-        assert_eq!(from_hex(&to_hex(&bytes)), Some(bytes.to_vec()));
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("zz"), None);
     }
 }

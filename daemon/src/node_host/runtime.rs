@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use transport_tokio::Application;
 
-use super::capabilities::{CallContext, JSON, Registry, success};
+use super::capabilities::{CallContext, Registry, success};
 
 /// The session type the node host drives.
 pub type HostSession = NodeSession<Box<[u8]>>;
@@ -410,7 +410,7 @@ impl HostApp {
                 Pending::Event(e) => session.send_event(
                     &e.name,
                     Payload {
-                        content_type: JSON,
+                        content_type: node_contract::JSON,
                         data: &e.data,
                     },
                 ),

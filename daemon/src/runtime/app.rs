@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
+use node_contract::names::RENEW_EVENT;
 use protocol_core::session::{CallState, Instant, OwnedDaemonEvent, OwnedOutcome, SessionError};
 use protocol_core::wire::{GoodbyeReason, Payload};
 use transport_tokio::Application;
-
-use crate::node_host::renewal::RENEW_EVENT;
 
 use super::calls::CallStatus;
 use super::persist::{EventRow, NodeRow, Write, now_ms};
@@ -35,10 +34,10 @@ impl Application<NodeSessionState> for NodeApp {
             let mut state = self.runtime.lock();
             while let Some(event) = session.poll_event() {
                 let owned = OwnedDaemonEvent::from(event);
-                if let OwnedDaemonEvent::Event { name, payload, .. } = &owned {
-                    if name == RENEW_EVENT {
-                        renewals.push(payload.data.clone());
-                    }
+                if let OwnedDaemonEvent::Event { name, payload, .. } = &owned
+                    && name == RENEW_EVENT
+                {
+                    renewals.push(payload.data.clone());
                 }
                 self.apply(&mut state, owned, &mut writes);
             }

@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
+use node_contract::names::INSTALL_CERTIFICATE;
+use node_contract::{JSON, RenewRequest, Renewed, hex};
 use tracing::{info, warn};
 
 use super::Runtime;
 use super::calls::CallStatus;
 use super::persist::now_ms;
-use crate::node_host::renewal::{INSTALL_CAPABILITY, RenewRequest, Renewed, from_hex, to_hex};
 
 /// Renewals one node may ask for: one per ten minutes.
 pub const MIN_INTERVAL_MS: u64 = 10 * 60 * 1000;
@@ -46,9 +47,13 @@ impl Runtime {
             }
             *last = now;
         }
-        let csr = serde_json::from_slice::<RenewRequest>(&body)
+        let csr = serde_json::from_slice::<RenewRequest<'_>>(&body)
             .ok()
-            .and_then(|r| from_hex(&r.csr));
+            .and_then(|request| {
+                let mut der = vec![0; hex::decoded_len(request.csr.len())];
+                request.csr_der(&mut der).ok()?;
+                Some(der)
+            });
         let Some(csr) = csr else {
             warn!(%node, "malformed certificate renewal request");
             return;
@@ -60,15 +65,16 @@ impl Runtime {
                 return;
             }
         };
-        let input = serde_json::to_vec(&Renewed {
-            cert: to_hex(&cert),
-        })
-        .unwrap_or_default();
+        let mut text = vec![0; hex::encoded_len(cert.len())];
+        let input = Renewed::new(&cert, &mut text)
+            .ok()
+            .and_then(|renewed| serde_json::to_vec(&renewed).ok())
+            .unwrap_or_default();
         let placed = self.call(
             now,
             &node,
-            INSTALL_CAPABILITY,
-            "application/json",
+            INSTALL_CERTIFICATE,
+            JSON,
             input,
             INSTALL_TIMEOUT_MS,
         );

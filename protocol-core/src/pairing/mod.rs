@@ -16,8 +16,9 @@
 //! [`NodePairing`], the daemon role [`DaemonPairing`]; both follow the crate's sans-IO
 //! convention (`SANS_IO.md`): frames and timers go in through `handle_frame` and
 //! `handle_timeout`, frames come out of `poll_transmit`, events out of `poll_event`, the
-//! next deadline out of `poll_timeout`. `PAIRING.md` next to this crate's manifest
-//! specifies the protocol.
+//! next deadline out of `poll_timeout`. A node's driver pumps its run as a [`Watched`],
+//! which notes a listener that refuses the connection with a node-plane `Error` frame
+//! instead of pairing. `PAIRING.md` next to this crate's manifest specifies the protocol.
 
 mod approval;
 mod cert;
@@ -28,6 +29,7 @@ mod messages;
 mod node;
 mod seal;
 mod serde_instant;
+mod watched;
 
 pub use approval::{Approval, ApprovalError, ApprovalState};
 pub use cert::{certificate_fingerprint, certificate_spki, csr_spki};
@@ -48,6 +50,7 @@ pub use messages::{
 };
 pub use node::{NodeConfig, NodePairing, NodePairingEvent, Paired};
 pub use seal::{SealKeys, TAG_LEN};
+pub use watched::{Refusal, Watched};
 
 use serde::{Deserialize, Serialize};
 

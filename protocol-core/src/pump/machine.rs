@@ -20,7 +20,8 @@ pub enum Offer {
 
 /// A sans-IO state machine the [`Pump`](super::Pump) drives. Implemented by
 /// [`NodeSession`], [`DaemonSession`], [`NodePairing`] and [`DaemonPairing`]; a driver
-/// may wrap one to add what it must do around it (a pairing responder, say).
+/// may wrap one to add what it must do around it (a pairing responder, say, or a node's
+/// pairing run [`Watched`](crate::pairing::Watched) for the listener's refusal).
 ///
 /// The storage and journal methods have defaults for machines without either.
 pub trait Machine {

@@ -275,13 +275,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         I: Input + ?Sized,
     {
         self.settle_out();
-        if let Some(id) = self.awaiting {
-            if m.closed_batch() != Some(id) {
-                // Confirmed: what waited for it (a call, an ack, a refused frame) may go.
-                self.awaiting = None;
-                self.events_due = true;
-                self.held_tried = false;
-            }
+        if let Some(id) = self.awaiting
+            && m.closed_batch() != Some(id)
+        {
+            // Confirmed: what waited for it (a call, an ack, a refused frame) may go.
+            self.awaiting = None;
+            self.events_due = true;
+            self.held_tried = false;
         }
         loop {
             if self.events_due {
@@ -569,15 +569,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         if let Some(buf) = m.reclaim() {
             lender.put(Lend::Storage, buf);
         }
-        if self.decoder.as_ref().is_some_and(|d| d.buffered() == 0) {
-            if let Some(d) = self.decoder.take() {
-                lender.put(Lend::Frame, d.into_buffer());
-            }
+        if self.decoder.as_ref().is_some_and(|d| d.buffered() == 0)
+            && let Some(d) = self.decoder.take()
+        {
+            lender.put(Lend::Frame, d.into_buffer());
         }
-        if self.filled == self.written {
-            if let Some(tx) = self.tx.take() {
-                lender.put(Lend::Transmit, tx);
-            }
+        if self.filled == self.written
+            && let Some(tx) = self.tx.take()
+        {
+            lender.put(Lend::Transmit, tx);
         }
         self.events_due = true;
         self.held_tried = false;
@@ -593,12 +593,12 @@ enum Filled {
 
 fn lend_storage<M: Machine, L: Lender<Buf = M::Buf>>(m: &mut M, lender: &mut L) {
     let len = m.storage_len();
-    if len > 0 && !m.has_storage() {
-        if let Some(buf) = lender.take(Lend::Storage, len) {
-            if let Err(buf) = m.lend(buf) {
-                lender.put(Lend::Storage, buf);
-            }
-        }
+    if len > 0
+        && !m.has_storage()
+        && let Some(buf) = lender.take(Lend::Storage, len)
+        && let Err(buf) = m.lend(buf)
+    {
+        lender.put(Lend::Storage, buf);
     }
 }
 

@@ -1736,7 +1736,7 @@ impl World {
         let call_id = r.call_id;
         if r.progress_at.is_some_and(|p| p <= now) {
             r.progress_at = None;
-            let stage = if call_id % 3 == 0 {
+            let stage = if call_id.is_multiple_of(3) {
                 Stage::AwaitingApproval
             } else {
                 Stage::Running
@@ -1765,7 +1765,7 @@ impl World {
         } else {
             match call_id % 5 {
                 0 => Outcome::Failed { reason: "boom" },
-                1 if call_id % 3 == 0 => Outcome::Rejected {
+                1 if call_id.is_multiple_of(3) => Outcome::Rejected {
                     code: RejectCode::Denied,
                     reason: "no",
                 },

@@ -7,15 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol_core::frame::FrameError;
 use protocol_core::pairing::{
     CodeError, NodeConfig, NodePairing, NodePairingEvent, PAIRING_MAX_FRAME, PairingCode,
-    PairingError, PairingUri, TAG_LEN, decode_pairing,
+    PairingError, PairingUri, Refusal, TAG_LEN, Watched,
 };
-use protocol_core::pump::{Alloc, Machine, Offer, Pump, ReadBuf, Step};
-use protocol_core::time::Instant;
-use protocol_core::transmit::{Transmit, TransmitError};
-use protocol_core::wire::{ErrorCode, Message, decode_message};
+use protocol_core::pump::{Alloc, Pump, ReadBuf, Step};
+use protocol_core::wire::{ErrorCode, ErrorFrame};
 use rand_core::CryptoRng;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -174,6 +171,16 @@ impl PairError {
             PairError::Tls(e)
         } else {
             PairError::Unreachable(e)
+        }
+    }
+}
+
+/// A listener's `Error` frame instead of a pairing message, with its reason.
+impl Refusal for PairError {
+    fn from_frame(frame: &ErrorFrame<'_>) -> Self {
+        PairError::Refused {
+            code: frame.code,
+            reason: frame.reason.to_owned(),
         }
     }
 }
@@ -344,16 +351,15 @@ async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(
     run: NodePairing<'_, Vec<u8>>,
     mut stream: IO,
 ) -> Result<PairingBundle, PairError> {
+    let mut machine: Watched<'_, Vec<u8>, PairError> = Watched::new(run);
     let mut node = NodeRun {
-        run,
-        refused: None,
         awaited: false,
         result: None,
     };
     let (mut pump, mut rx) = (Pump::new(), ReadBuf::new(vec![0u8; READ_CHUNK]));
     loop {
-        match pump.poll(now(), &mut node, &mut Alloc, &mut rx) {
-            Step::Events(node) => node.events(options)?,
+        match pump.poll(now(), &mut machine, &mut Alloc, &mut rx) {
+            Step::Events(machine) => node.events(machine, options)?,
             // A pairing run keeps no journal.
             Step::Journal(_) => {}
             Step::Transmit(out) => write(&mut stream, out.bytes())
@@ -381,31 +387,31 @@ async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Err(e) => return Err(PairError::Io(e)),
                     },
-                    () = timer => node.run.handle_timeout(now()),
+                    () = timer => machine.run.handle_timeout(now()),
                 }
             }
         }
     }
 }
 
-/// The node's run as the pump drives it, and what the node learnt of it.
-struct NodeRun<'c> {
-    run: NodePairing<'c, Vec<u8>>,
-    /// A node-plane `Error` frame came instead of a pairing message: the listener
-    /// refused the connection.
-    refused: Option<PairError>,
+/// What the node learnt of its run.
+struct NodeRun {
     /// The daemon said an operator must decide (a timeout then is the operator's).
     awaited: bool,
     result: Option<Result<PairingBundle, PairError>>,
 }
 
-impl NodeRun<'_> {
-    /// The node's turn: the run's events, or the refusal that ends it.
-    fn events(&mut self, options: &PairOptions) -> Result<(), PairError> {
-        if let Some(refusal) = self.refused.take() {
+impl NodeRun {
+    /// The node's turn: the run's events, or the listener's refusal that ends it.
+    fn events(
+        &mut self,
+        machine: &mut Watched<'_, Vec<u8>, PairError>,
+        options: &PairOptions,
+    ) -> Result<(), PairError> {
+        if let Some(refusal) = machine.take_refused() {
             return Err(refusal);
         }
-        while let Some(event) = self.run.poll_event() {
+        while let Some(event) = machine.run.poll_event() {
             match event {
                 NodePairingEvent::AwaitingApproval => {
                     self.awaited = true;
@@ -427,52 +433,6 @@ impl NodeRun<'_> {
             }
         }
         Ok(())
-    }
-}
-
-impl Machine for NodeRun<'_> {
-    type Buf = Vec<u8>;
-
-    fn max_frame(&self) -> u32 {
-        self.run.max_frame()
-    }
-
-    fn transmit_len(&self) -> usize {
-        self.run.transmit_len()
-    }
-
-    fn offer_frame(&mut self, now: Instant, frame: &[u8]) -> Offer {
-        if decode_pairing(frame).is_err() {
-            if let Ok(Message::Error(e)) = decode_message(frame) {
-                self.refused = Some(PairError::Refused {
-                    code: e.code,
-                    reason: e.reason.to_owned(),
-                });
-                return Offer::Taken;
-            }
-        }
-        // A failure is the run's own state now; its event reports it.
-        self.run.offer_frame(now, frame)
-    }
-
-    fn handle_frame_error(&mut self, now: Instant, e: FrameError) {
-        self.run.handle_frame_error(now, e);
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.run.handle_timeout(now);
-    }
-
-    fn poll_transmit(
-        &mut self,
-        now: Instant,
-        buf: &mut [u8],
-    ) -> Result<Option<Transmit>, TransmitError> {
-        self.run.poll_transmit(now, buf)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.run.poll_timeout()
     }
 }
 

@@ -208,11 +208,11 @@ where
                     }
                 }
                 Step::Close(out) => {
-                    if let Some((quic, id)) = link.as_mut() {
-                        if stream::write(quic, *id, out) {
-                            let _ = quic.send_stream(*id).finish();
-                            self.finishing = Some(at + FINISH_GRACE);
-                        }
+                    if let Some((quic, id)) = link.as_mut()
+                        && stream::write(quic, *id, out)
+                    {
+                        let _ = quic.send_stream(*id).finish();
+                        self.finishing = Some(at + FINISH_GRACE);
                     }
                 }
                 Step::Wait(wait) => break wait,

@@ -704,19 +704,19 @@ where
                 _ => {}
             }
         }
-        if let Stage::Handshaking { reply, .. } = &mut conn.stage {
-            if let Some(reason) = &lost {
-                let why = if timed_out {
-                    HandshakeFailure::Timeout
-                } else {
-                    HandshakeFailure::Tls
-                };
-                stats::failed(TransportKind::Quic, why);
-                if let Some(reply) = reply.take() {
-                    let _ = reply.send(Err(describe(reason)));
-                }
-                conn.stage = Stage::Closing;
+        if let Stage::Handshaking { reply, .. } = &mut conn.stage
+            && let Some(reason) = &lost
+        {
+            let why = if timed_out {
+                HandshakeFailure::Timeout
+            } else {
+                HandshakeFailure::Tls
+            };
+            stats::failed(TransportKind::Quic, why);
+            if let Some(reply) = reply.take() {
+                let _ = reply.send(Err(describe(reason)));
             }
+            conn.stage = Stage::Closing;
         }
         if let Stage::Live(live) = &mut conn.stage {
             live.unread |= input;
@@ -1051,14 +1051,13 @@ where
     }
 
     fn command(&mut self, id: u64, command: CommandOf<S, H>) {
-        if let Some(&ch) = self.ids.get(&id) {
-            if let Some(conn) = self.conns.get_mut(&ch) {
-                if let Stage::Live(live) = &mut conn.stage {
-                    live.commands.push_back(command);
-                    mark(&mut self.dirty, ch, conn);
-                    return;
-                }
-            }
+        if let Some(&ch) = self.ids.get(&id)
+            && let Some(conn) = self.conns.get_mut(&ch)
+            && let Stage::Live(live) = &mut conn.stage
+        {
+            live.commands.push_back(command);
+            mark(&mut self.dirty, ch, conn);
+            return;
         }
         if let Some(live) = self.zombies.get_mut(&id) {
             // Gone, its session not back yet: its application still takes commands.

@@ -34,6 +34,25 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections over the cap being refused at once; beyond this they are dropped unread.
 const MAX_REFUSING: usize = 64;
 
+/// Largest TLS record the listener sends, header included (rustls `max_fragment_size`).
+///
+/// Microcontroller nodes (embedded-tls) hold one whole record in their read buffer and
+/// cannot make the daemon send smaller ones (rustls ignores the client's
+/// `max_fragment_length`), so the daemon keeps its records small: 1024 bytes, 1019 of
+/// plaintext. Not for QUIC, which has no TLS records (rustls bypasses its fragmenter
+/// there): the QUIC endpoint keeps the configuration it was given. embedded-tls also
+/// cannot reassemble a handshake message split across records, so the daemon's whole
+/// handshake flight (its certificate and the CA's name among it) must stay within one
+/// record; a certificate from the daemon's CA with a few names does.
+pub const MAX_RECORD: usize = 1024;
+
+/// The listener's copy of `tls`, with records capped at [`MAX_RECORD`].
+fn capped(tls: &ServerConfig) -> Arc<ServerConfig> {
+    let mut capped = tls.clone();
+    capped.max_fragment_size = Some(MAX_RECORD);
+    Arc::new(capped)
+}
+
 /// Limits of a [`Listener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -101,12 +120,16 @@ impl Listener {
     /// Binds `addr`. `tls` comes from [`server_config`](crate::tls::server_config) with
     /// the same `revocation`, which the listener checks once more before it hands a
     /// device's connection over.
+    ///
+    /// The listener serves its own copy of `tls` whose records are capped at
+    /// [`MAX_RECORD`] bytes (the caller's, shared with QUIC, is left as it is).
     pub async fn bind(
         addr: SocketAddr,
         tls: Arc<ServerConfig>,
         revocation: Arc<dyn Revocation>,
         config: ListenerConfig,
     ) -> io::Result<Self> {
+        let tls = capped(&tls);
         Ok(Self {
             tcp: TcpListener::bind(addr).await?,
             permits: Arc::new(Semaphore::new(config.max_connections)),
@@ -182,9 +205,15 @@ async fn admit(
 ) {
     let limit = shared.config.handshake_timeout;
     // A refused certificate ends here: rustls has sent the alert that says why.
-    let mut tls = match timeout(limit, shared.acceptor.accept(tcp)).await {
+    let mut tls = match timeout(limit, shared.acceptor.accept(tcp).into_fallible()).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(_)) => return stats::failed(TransportKind::Tcp, HandshakeFailure::Tls),
+        Ok(Err((_, mut tcp))) => {
+            stats::failed(TransportKind::Tcp, HandshakeFailure::Tls);
+            // The alert is written; a close with the peer's next bytes unread (a node
+            // sends its hello right after its Finished) would reset the connection and
+            // could destroy the alert before the peer reads it.
+            return close_after(&mut tcp, &[]).await;
+        }
         Err(_) => return stats::failed(TransportKind::Tcp, HandshakeFailure::Timeout),
     };
     let conn = tls.get_ref().1;

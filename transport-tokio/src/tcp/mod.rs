@@ -12,7 +12,7 @@ mod serve;
 pub use connector::Connector;
 pub use listener::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DeviceConnection, Listener, ListenerConfig,
-    PairingConnection, Routes,
+    MAX_RECORD, PairingConnection, Routes,
 };
 pub use pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 pub use refuse::{refuse, refuse_pairing};

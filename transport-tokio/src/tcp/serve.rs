@@ -89,15 +89,15 @@ where
     let mut session = opened.session;
     let mut app = opened.app;
     crate::stats::opened(peer.transport);
-    if let Some(bound) = session.bound_node() {
-        if bound != peer.device_id {
-            close_after(&mut io, &error_frame(ErrorCode::Unauthorized, "wrong node")).await;
-            let how = Closed::Lost {
-                reason: "session bound to another node than the certificate".into(),
-            };
-            sessions.closed(&peer, session, app, how.clone());
-            return how;
-        }
+    if let Some(bound) = session.bound_node()
+        && bound != peer.device_id
+    {
+        close_after(&mut io, &error_frame(ErrorCode::Unauthorized, "wrong node")).await;
+        let how = Closed::Lost {
+            reason: "session bound to another node than the certificate".into(),
+        };
+        sessions.closed(&peer, session, app, how.clone());
+        return how;
     }
     let journal = Journal {
         store: journal,

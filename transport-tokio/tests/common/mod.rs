@@ -440,10 +440,10 @@ pub async fn read_until_end<IO: AsyncRead + Unpin>(
             let mut input = &buf[..n];
             while !input.is_empty() {
                 let p = dec.decode(input).unwrap();
-                if let Some(frame) = p.frame {
-                    if let Ok(Message::Error(e)) = decode_message(frame) {
-                        codes.push(e.code);
-                    }
+                if let Some(frame) = p.frame
+                    && let Ok(Message::Error(e)) = decode_message(frame)
+                {
+                    codes.push(e.code);
                 }
                 input = &input[p.consumed..];
             }
