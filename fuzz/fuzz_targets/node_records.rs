@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use node_contract::{Renewed, SetLed};
-use transport_embedded::identity::RECORD_LEN;
+use transport_embedded::identity::{RECORD_LEN, seal};
 use transport_embedded::tls::Fingerprint;
 use transport_embedded::{Identity, NodeKey, validity};
 
@@ -45,8 +45,7 @@ fn sealed(at: usize, window: &[u8]) {
     let at = at.min(RECORD_LEN - 4);
     let n = window.len().min(RECORD_LEN - 4 - at);
     bytes[at..at + n].copy_from_slice(&window[..n]);
-    let crc = crc32(&bytes[..RECORD_LEN - 4]);
-    bytes[RECORD_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    seal(&mut bytes);
     record(&bytes);
 }
 
@@ -66,16 +65,4 @@ fn make_base() -> Identity {
         "10.42.0.1:4433",
     )
     .expect("a valid identity")
-}
-
-/// CRC-32 (IEEE), as the record is sealed.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
 }

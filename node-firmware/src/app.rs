@@ -12,7 +12,6 @@
 //! goodbye (`Restart`) and reconnects at once, resuming its session.
 
 use embassy_time::Instant as Clock;
-use heapless::String;
 use node_contract::names::{JSON, RENEW_EVENT};
 use node_contract::{Installed, RenewRequest, Renewed};
 use protocol_core::session::{NodeEvent, NodeSession, SessionError};
@@ -71,7 +70,7 @@ enum Answer {
     },
     Rejected {
         code: RejectCode,
-        reason: String<96>,
+        reason: &'static str,
     },
 }
 
@@ -135,7 +134,7 @@ impl<'a, B: Board, C: Console> FirmwareApp<'a, B, C> {
             Ok(len) => Answer::Success { len },
             Err(refusal) => Answer::Rejected {
                 code: refusal.code,
-                reason: String::try_from(refusal.reason).unwrap_or_default(),
+                reason: refusal.reason,
             },
         };
         self.waiting = Some((call_id, answer));

@@ -151,7 +151,6 @@ where
             settings.backoff,
         )
         .await;
-        drop(app);
         if let Some(renewed) = state.renewed.take() {
             if let Err(e) = save(store, &renewed).await {
                 // The current certificate is still valid; the next connection asks again.
