@@ -16,6 +16,7 @@
 //! revocation set, a journal, the application) comes in through values and small traits.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod clock;
 pub mod driver;
 pub mod host;

@@ -270,6 +270,12 @@ impl<S: Session, A: Application<S>> Conn<S, A> {
         self.stage = Stage::Closing;
     }
 
+    /// Refuses the peer as admission decided.
+    pub(crate) fn deny(&mut self, now: StdInstant, denied: &crate::admission::Denied) {
+        let r = &denied.refusal;
+        self.refuse(now, denied.failure, &r.code, &r.reason);
+    }
+
     pub(crate) fn close(&mut self, now: StdInstant, code: u32, reason: &str) {
         self.quic.close(
             now,

@@ -18,11 +18,11 @@ use quinn_proto::{Connection, StreamId};
 
 use super::conn::FINISH_GRACE;
 use super::stream::{self, Received};
+use crate::admission::pairing_limit::PairingStarts;
 use crate::clock::now;
 use crate::pairing::serve::AnsweredRun;
 use crate::pairing::{PairingResponder, RunBuffer};
 use crate::pool::PoolLender;
-use crate::tcp::pairing_limit::PairingStarts;
 use crate::tcp::refuse::abort_frame;
 
 /// One anonymous connection's pairing.

@@ -18,13 +18,16 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL, PairingStarts};
 use super::refuse::{close_after, error_frame, refuse, refuse_pairing};
+use crate::admission::pairing_limit::{
+    DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL, PairingStarts,
+};
+use crate::admission::{self, Denied};
 use crate::clock;
 use crate::driver::{Application, Driver, Ended};
 use crate::host::TransportKind;
 use crate::stats::{self, HandshakeFailure};
-use crate::tls::{ALPN, Fingerprint, PeerIdentity, Revocation, RevocationWatch, peer_identity};
+use crate::tls::{ALPN, Fingerprint, Revocation, RevocationWatch};
 
 /// Default cap on concurrent connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -221,20 +224,16 @@ async fn admit(
         stats::failed(TransportKind::Tcp, HandshakeFailure::Alpn);
         return refuse(tls, ErrorCode::Unauthorized, "ALPN tern/1 required").await;
     }
-    match peer_identity(conn) {
-        None => {
-            stats::failed(TransportKind::Tcp, HandshakeFailure::Identity);
-            refuse(tls, ErrorCode::Unauthorized, "certificate names no device").await;
+    let device = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|cert| admission::device(cert, Some(shared.revocation.as_ref())));
+    match device {
+        Some(Err(denied)) => {
+            stats::failed(TransportKind::Tcp, denied.failure);
+            refuse(tls, denied.refusal.code, &denied.refusal.reason).await;
         }
-        Some(PeerIdentity::Device {
-            device_id,
-            fingerprint,
-        }) => {
-            // Revoked between the verifier's check and now.
-            if shared.revocation.is_revoked(&fingerprint, &device_id) {
-                stats::failed(TransportKind::Tcp, HandshakeFailure::Revoked);
-                return refuse(tls, ErrorCode::Revoked, "revoked").await;
-            }
+        Some(Ok((device_id, fingerprint))) => {
             let conn = DeviceConnection {
                 stream: tls,
                 device_id,
@@ -250,7 +249,7 @@ async fn admit(
                 }
             }
         }
-        Some(PeerIdentity::Anonymous) => {
+        None => {
             let Some(pairing) = routes.pairing else {
                 return refuse(
                     tls,
@@ -363,12 +362,8 @@ impl DeviceConnection {
         A: Application<DaemonSession<Box<[u8]>>>,
     {
         let mut stream = self.stream;
-        if driver.session.node_id() != self.device_id {
-            close_after(
-                &mut stream,
-                &error_frame(ErrorCode::Unauthorized, "wrong node"),
-            )
-            .await;
+        if let Err(denied) = admission::bound_to(&*driver.session, &self.device_id) {
+            deny(&mut stream, &denied).await;
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the session belongs to another node than the certificate",
@@ -430,4 +425,13 @@ impl PairingConnection {
     pub async fn refuse(self, code: ErrorCode, reason: &str) {
         refuse(self.stream, code, reason).await;
     }
+}
+
+/// Tells a peer admission turned away why, with an `Error` frame.
+pub(super) async fn deny<IO>(io: &mut IO, denied: &Denied)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let r = &denied.refusal;
+    close_after(io, &error_frame(r.code.clone(), &r.reason)).await;
 }

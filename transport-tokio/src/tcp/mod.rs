@@ -5,15 +5,14 @@
 
 mod connector;
 mod listener;
-pub(crate) mod pairing_limit;
 pub(crate) mod refuse;
 mod serve;
 
+pub use crate::admission::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 pub use connector::Connector;
 pub use listener::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DeviceConnection, Listener, ListenerConfig,
     MAX_RECORD, PairingConnection, Routes,
 };
-pub use pairing_limit::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 pub use refuse::{refuse, refuse_pairing};
 pub use serve::{daemon_peer, serve};

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use protocol_core::session::{DaemonSession, Session};
-use protocol_core::wire::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -89,10 +88,8 @@ where
     let mut session = opened.session;
     let mut app = opened.app;
     crate::stats::opened(peer.transport);
-    if let Some(bound) = session.bound_node()
-        && bound != peer.device_id
-    {
-        close_after(&mut io, &error_frame(ErrorCode::Unauthorized, "wrong node")).await;
+    if let Err(denied) = crate::admission::bound_to(&session, &peer.device_id) {
+        super::listener::deny(&mut io, &denied).await;
         let how = Closed::Lost {
             reason: "session bound to another node than the certificate".into(),
         };
