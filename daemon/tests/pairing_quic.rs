@@ -89,6 +89,7 @@ impl Daemon {
             Arc::new(MemJournals::new()),
             pool,
             Some(responder.clone()),
+            None,
         )
         .unwrap();
         Self {

@@ -1049,3 +1049,33 @@ fn kill_9_loses_nothing_acknowledged() {
         acked
     );
 }
+
+/// The QUIC endpoint's keys are drawn once and read back at every start, so a restarted
+/// daemon resets the connections its nodes still hold instead of leaving them to time out.
+#[tokio::test]
+async fn the_endpoint_keys_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec!["127.0.0.1".to_owned()];
+    let first = {
+        let store = Store::open(&db(&dir)).unwrap();
+        daemon::serve::identity::load_or_create(&store, &names)
+            .await
+            .unwrap()
+            .endpoint_keys
+    };
+    let store = Store::open(&db(&dir)).unwrap();
+    let again = daemon::serve::identity::load_or_create(&store, &names)
+        .await
+        .unwrap()
+        .endpoint_keys;
+    assert_eq!(first, again);
+    assert_eq!(store.endpoint_keys().unwrap(), Some(first.clone()));
+    // Another daemon's store has keys of its own.
+    let other = tempfile::tempdir().unwrap();
+    let other = Store::open(&db(&other)).unwrap();
+    let theirs = daemon::serve::identity::load_or_create(&other, &names)
+        .await
+        .unwrap()
+        .endpoint_keys;
+    assert_ne!(first, theirs);
+}

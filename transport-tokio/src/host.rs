@@ -80,6 +80,35 @@ pub enum Closed {
     Revoked,
     /// The endpoint shut down.
     Shutdown,
+    /// TLS refused the handshake with `alert`: the peer sent it (`by_peer`: it refused
+    /// us), or our side raised it (we refused the peer's certificate, for one).
+    Tls {
+        alert: rustls::AlertDescription,
+        by_peer: bool,
+        reason: String,
+    },
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ByPeer { code, reason } => write!(f, "closed by the peer ({code}): {reason}"),
+            Self::Lost { reason } => f.write_str(reason),
+            Self::BySession => f.write_str("closed"),
+            Self::Revoked => f.write_str("revoked"),
+            Self::Shutdown => f.write_str("the endpoint shut down"),
+            Self::Tls {
+                alert,
+                by_peer: true,
+                ..
+            } => write!(f, "refused by the peer with TLS alert {alert:?}"),
+            Self::Tls {
+                alert,
+                by_peer: false,
+                reason,
+            } => write!(f, "refused the peer (TLS alert {alert:?}): {reason}"),
+        }
+    }
 }
 
 /// The application side of a transport: lends sessions to connections and takes them

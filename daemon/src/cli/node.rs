@@ -174,6 +174,21 @@ fn pair_exit(e: &PairError) -> Exit {
     Exit::new(code, format!("pairing failed: {e}"))
 }
 
+/// Longest wait for the daemon's pairing limit before trying again.
+const MAX_PAIRING_WAIT: Duration = Duration::from_secs(600);
+
+/// Waits out the daemon's pairing limit before the next try: a fleet pairing behind one
+/// address meets the limit without failing. The code's lifetime still bounds the tries
+/// (an expired code is final).
+async fn wait_out_limit(retry_after: Duration) {
+    let wait = retry_after.clamp(Duration::from_secs(1), MAX_PAIRING_WAIT);
+    eprintln!(
+        "the daemon limits pairing starts; trying again in {} s",
+        wait.as_secs()
+    );
+    tokio::time::sleep(wait).await;
+}
+
 /// Pairs the identity in `state_dir` if it is not paired yet.
 async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdentity, Exit> {
     let mut identity = NodeIdentity::load_or_create(&resolved.state_dir, None).map_err(|e| {
@@ -203,9 +218,14 @@ async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdenti
                 .daemon
                 .clone()
                 .unwrap_or_else(|| parsed.addr.to_owned());
-            let bundle = pair_uri(&options, uri, &csr, &mut rng)
-                .await
-                .map_err(|e| pair_exit(&e))?;
+            let bundle = loop {
+                match pair_uri(&options, uri, &csr, &mut rng).await {
+                    Err(PairError::RateLimited { retry_after }) => {
+                        wait_out_limit(retry_after).await
+                    }
+                    other => break other.map_err(|e| pair_exit(&e))?,
+                }
+            };
             (bundle, daemon)
         }
         (None, Some(code)) => {
@@ -220,9 +240,14 @@ async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdenti
                 .map_err(|e| Exit::new(exit::NOT_RUNNING, format!("cannot resolve {daemon}: {e}")))?
                 .next()
                 .ok_or_else(|| Exit::new(exit::NOT_RUNNING, format!("{daemon} has no address")))?;
-            let bundle = pair_with(&options, addr, &code, &csr, None, &mut rng)
-                .await
-                .map_err(|e| pair_exit(&e))?;
+            let bundle = loop {
+                match pair_with(&options, addr, &code, &csr, None, &mut rng).await {
+                    Err(PairError::RateLimited { retry_after }) => {
+                        wait_out_limit(retry_after).await
+                    }
+                    other => break other.map_err(|e| pair_exit(&e))?,
+                }
+            };
             (bundle, daemon)
         }
         (None, None) => {

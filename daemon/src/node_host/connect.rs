@@ -3,8 +3,8 @@
 //! One journaled `NodeSession` lives for the whole run (restored from the journal the
 //! store held at start) and is driven over one connection after another: dial (each
 //! [`Dialer`] in turn, QUIC first where one is configured, TCP + TLS where allowed), run
-//! the driver until the connection ends, wait an exponential backoff with full jitter,
-//! dial again and resume the same session. A refusal that will not heal (the node was
+//! the driver until the connection ends, wait an exponential backoff with full jitter
+//! (started over once a session came up), dial again and resume the same session. A refusal that will not heal (the node was
 //! revoked, its identity is refused, the daemon is not the pinned one, no common
 //! protocol version) ends the loop with a typed [`HostError`] instead.
 
@@ -177,19 +177,25 @@ impl From<IdentityError> for HostError {
 pub fn fatal_io(e: &io::Error) -> Option<HostError> {
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     match tls {
-        rustls::Error::AlertReceived(AlertDescription::CertificateRevoked) => {
-            Some(HostError::Revoked)
-        }
-        rustls::Error::AlertReceived(
-            a @ (AlertDescription::BadCertificate
-            | AlertDescription::UnknownCA
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::CertificateExpired
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::AccessDenied),
-        ) => Some(HostError::Unauthorized(format!("TLS alert {a:?}"))),
+        rustls::Error::AlertReceived(alert) => refused_by_daemon(*alert),
         // Our own verifier refused the daemon's certificate: not the pinned one.
         rustls::Error::InvalidCertificate(_) => Some(HostError::PinMismatch),
+        _ => None,
+    }
+}
+
+/// A TLS alert from the daemon that says it will keep refusing this node's certificate.
+pub(crate) fn refused_by_daemon(alert: AlertDescription) -> Option<HostError> {
+    match alert {
+        AlertDescription::CertificateRevoked => Some(HostError::Revoked),
+        AlertDescription::BadCertificate
+        | AlertDescription::UnknownCA
+        | AlertDescription::CertificateUnknown
+        | AlertDescription::CertificateExpired
+        | AlertDescription::UnsupportedCertificate
+        | AlertDescription::AccessDenied => {
+            Some(HostError::Unauthorized(format!("TLS alert {alert:?}")))
+        }
         _ => None,
     }
 }
@@ -363,7 +369,12 @@ impl NodeHost {
                         if let Some(e) = app.take_close_reason().and_then(fatal_close) {
                             return Err(e);
                         }
-                        if config.backoff.starts_over(millis(started.elapsed())) {
+                        // A session that came up says the daemon is back: start over,
+                        // or a node that was cut off for long waits its longest delay
+                        // after the daemon's next restart.
+                        if app.take_came_up()
+                            || config.backoff.starts_over(millis(started.elapsed()))
+                        {
                             attempt = 0;
                         }
                         // A node that restarted finds its previous connection still
@@ -429,7 +440,7 @@ impl NodeHost {
                         }
                         Some(Ok(Ended::Closed | Ended::PeerClosed | Ended::Revoked)) | None => {}
                     }
-                    if config.backoff.starts_over(millis(started.elapsed())) {
+                    if app.take_came_up() || config.backoff.starts_over(millis(started.elapsed())) {
                         attempt = 0;
                     }
                 }

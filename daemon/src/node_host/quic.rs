@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rustls::AlertDescription;
 use tokio::sync::{mpsc, watch};
 use transport_tokio::host::{Closed, Commands, Opened, Peer, Refusal, Sessions, close_code};
 use transport_tokio::quic::{ConnectError, QuicEndpoint, QuicHandle, QuicLimits};
@@ -193,8 +194,8 @@ async fn drive(
 ) -> Attempt {
     let conn = match handle.connect(addr, "tern", target.tls.get()).await {
         Ok(c) => c,
-        Err(ConnectError::Handshake(reason)) => {
-            return fatal_handshake(&reason).map_or(Attempt::NotConnected, Attempt::Fatal);
+        Err(ConnectError::Handshake(how)) => {
+            return fatal_handshake(&how).map_or(Attempt::NotConnected, Attempt::Fatal);
         }
         Err(ConnectError::EndpointGone) => return Attempt::NotConnected,
     };
@@ -227,22 +228,28 @@ async fn drive(
     }
 }
 
-/// A handshake failure that will not heal.
-fn fatal_handshake(reason: &str) -> Option<HostError> {
-    if reason.contains("error 44") || reason.contains("Revoked") {
-        return Some(HostError::Revoked);
+/// A handshake failure that will not heal, by the TLS alert and who raised it.
+fn fatal_handshake(how: &Closed) -> Option<HostError> {
+    match how {
+        Closed::Tls {
+            alert,
+            by_peer: true,
+            ..
+        } => super::connect::refused_by_daemon(*alert),
+        // Our verifier refused the daemon's certificate: not the pinned one.
+        Closed::Tls {
+            alert:
+                AlertDescription::BadCertificate
+                | AlertDescription::UnknownCA
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::CertificateExpired
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::DecryptError,
+            by_peer: false,
+            ..
+        } => Some(HostError::PinMismatch),
+        _ => None,
     }
-    if reason.contains("invalid peer certificate") {
-        return Some(HostError::PinMismatch);
-    }
-    if reason.contains("UnknownCA")
-        || reason.contains("BadCertificate")
-        || reason.contains("error 42")
-        || reason.contains("error 48")
-    {
-        return Some(HostError::Unauthorized(reason.to_owned()));
-    }
-    None
 }
 
 /// A close from the daemon that will not heal.
@@ -258,7 +265,7 @@ fn fatal_close_code(how: &Closed) -> Option<HostError> {
         }
         // Under TLS 1.3 the client's side of the handshake ends first: the daemon's
         // refusal of the node's certificate arrives as the connection's loss.
-        Closed::Lost { reason } => fatal_handshake(reason),
+        how @ Closed::Tls { .. } => fatal_handshake(how),
         _ => None,
     }
 }

@@ -211,6 +211,8 @@ pub struct HostApp {
     registered: bool,
     status: watch::Sender<LinkStatus>,
     last_close: Option<CloseReason>,
+    /// A session came up (hello exchange done) since the last look.
+    came_up: bool,
 }
 
 impl fmt::Debug for HostApp {
@@ -256,6 +258,7 @@ impl HostApp {
             registered: false,
             status,
             last_close: None,
+            came_up: false,
         };
         (app, rx, handle)
     }
@@ -263,6 +266,12 @@ impl HostApp {
     /// How the last connection ended, taken (`None` once read).
     pub fn take_close_reason(&mut self) -> Option<CloseReason> {
         self.last_close.take()
+    }
+
+    /// Whether a session came up (new or resumed) since the last call: the daemon
+    /// answered, so the next reconnection starts its backoff over.
+    pub fn take_came_up(&mut self) -> bool {
+        std::mem::take(&mut self.came_up)
     }
 
     /// Calls whose handlers run now.
@@ -275,6 +284,7 @@ impl HostApp {
             OwnedNodeEvent::Connected {
                 session, resumed, ..
             } => {
+                self.came_up = true;
                 if !resumed || !self.registered {
                     self.registered = true;
                     self.pending.push_back(Pending::Register);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use node_contract::names::RENEW_EVENT;
 use protocol_core::session::{CallState, Instant, OwnedDaemonEvent, OwnedOutcome, SessionError};
 use protocol_core::wire::{GoodbyeReason, Payload};
+use tracing::{info, warn};
 use transport_tokio::Application;
 
 use super::calls::CallStatus;
@@ -87,8 +88,12 @@ impl NodeApp {
         entry.info.last_seen_ms = now;
         match event {
             OwnedDaemonEvent::Connected {
-                session, platform, ..
+                session,
+                platform,
+                resumed,
+                version,
             } => {
+                info!(node = %self.node, resumed, version, "node session up");
                 entry.session_id = Some(session);
                 entry.info.online = true;
                 entry.info.platform = Some(platform);
@@ -125,9 +130,17 @@ impl NodeApp {
                 ..
             } => {
                 let Some(&id) = entry.in_session.get(&call_id) else {
+                    if CallStatus::from(call_state).is_final() {
+                        // The runtime ended the call first (its deadline passed while
+                        // the node was away): what the node did is only logged.
+                        warn!(node = %self.node, call = call_id, state = ?call_state, "answer arrived after the call had expired");
+                    }
                     return;
                 };
                 let status = CallStatus::from(call_state);
+                if status == CallStatus::TimedOut {
+                    info!(node = %self.node, call = id, "call timed out before the node answered");
+                }
                 if status.is_final() {
                     entry.in_session.remove(&call_id);
                     let (output, message) = match outcome {
@@ -152,10 +165,16 @@ impl NodeApp {
             OwnedDaemonEvent::Disconnected(_) => {
                 entry.info.online = false;
             }
-            OwnedDaemonEvent::SessionReset { .. }
-            | OwnedDaemonEvent::LateAnswer { .. }
-            | OwnedDaemonEvent::Gap { .. }
-            | OwnedDaemonEvent::JournalFailed => {}
+            OwnedDaemonEvent::LateAnswer { seq, answer } => {
+                warn!(node = %self.node, seq, ?answer, "answer arrived after the call's deadline");
+            }
+            OwnedDaemonEvent::SessionReset { .. } => {
+                warn!(node = %self.node, "node session reset: a new session replaces the one it had");
+            }
+            OwnedDaemonEvent::Gap { from, to } => {
+                warn!(node = %self.node, from, to, "node messages lost (its replay buffer overflowed)");
+            }
+            OwnedDaemonEvent::JournalFailed => {}
         }
     }
 

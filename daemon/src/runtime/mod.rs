@@ -24,6 +24,7 @@ use protocol_core::session::{Config, DaemonSession, JournalRead};
 use protocol_core::wire::ErrorCode;
 use protocol_core::wire::SessionId;
 use tokio::sync::{Notify, oneshot};
+use tracing::info;
 use transport_tokio::StoragePool;
 use transport_tokio::host::{Commands, TransportKind};
 
@@ -281,6 +282,7 @@ impl Runtime {
                 None,
                 "deadline passed".into(),
             ) {
+                info!(%node, call = id, capability = %row.capability, "call expired before the node answered");
                 if let Some(entry) = state.nodes.get_mut(&node) {
                     entry.queue.retain(|q| *q != id);
                     entry.in_session.retain(|_, d| *d != id);

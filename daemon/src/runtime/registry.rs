@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use protocol_core::session::DaemonSession;
 use protocol_core::wire::ErrorCode;
-use transport_tokio::host::{Closed, Commands, Opened, Peer, Refusal, Sessions};
+use tracing::info;
+use transport_tokio::host::{Closed, Commands, Opened, Peer, Refusal, Sessions, TransportKind};
 
 use super::app::{NodeApp, node_row};
 use super::persist::{Write, now_ms};
@@ -54,10 +55,8 @@ impl Sessions<NodeSessionState> for Registry {
                 .map_err(|e| Refusal::new(ErrorCode::Internal, format!("session: {e:?}")))?,
         };
         entry.connection = Some(commands);
-        let scheme = match peer.transport {
-            transport_tokio::host::TransportKind::Quic => "quic",
-            transport_tokio::host::TransportKind::Tcp => "tcp",
-        };
+        let scheme = scheme(peer.transport);
+        info!(node = %peer.device_id, transport = scheme, addr = %peer.addr, "node connected");
         entry.info.address = Some(format!("{scheme}://{}", peer.addr));
         entry.info.transport = Some(peer.transport);
         entry.info.last_seen_ms = now_ms();
@@ -71,7 +70,14 @@ impl Sessions<NodeSessionState> for Registry {
         })
     }
 
-    fn closed(&mut self, peer: &Peer, session: NodeSessionState, _: NodeApp, _: Closed) {
+    fn closed(&mut self, peer: &Peer, session: NodeSessionState, _: NodeApp, how: Closed) {
+        info!(
+            node = %peer.device_id,
+            transport = scheme(peer.transport),
+            addr = %peer.addr,
+            reason = %how,
+            "node disconnected"
+        );
         let row = {
             let mut state = self.runtime.lock();
             let Some(entry) = state.nodes.get_mut(&peer.device_id) else {
@@ -84,5 +90,13 @@ impl Sessions<NodeSessionState> for Registry {
             node_row(&entry.info)
         };
         self.runtime.store.submit(vec![Write::Node(row)]);
+    }
+}
+
+/// The scheme of a node's address, as operators read it.
+fn scheme(transport: TransportKind) -> &'static str {
+    match transport {
+        TransportKind::Quic => "quic",
+        TransportKind::Tcp => "tcp",
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use transport_tokio::quic::{ENDPOINT_KEY_LEN, EndpointKeys};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::ca::{CertificateAuthority, Fingerprint, IssuancePolicy, ServerIdentity};
@@ -18,6 +19,8 @@ use crate::store::{Store, Write};
 pub struct Identity {
     pub ca: Arc<CertificateAuthority>,
     pub server: ServerIdentity,
+    /// The QUIC endpoint's keys, the same across restarts.
+    pub endpoint_keys: EndpointKeys,
 }
 
 impl std::fmt::Debug for Identity {
@@ -142,11 +145,24 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
             s
         }
     };
+    let endpoint_keys = match store.endpoint_keys().map_err(|e| e.to_string())? {
+        Some(keys) => keys,
+        None => {
+            let mut reset = [0u8; ENDPOINT_KEY_LEN];
+            let mut token = [0u8; ENDPOINT_KEY_LEN];
+            getrandom::fill(&mut reset).map_err(|e| e.to_string())?;
+            getrandom::fill(&mut token).map_err(|e| e.to_string())?;
+            let keys = EndpointKeys::new(reset, token);
+            writes.push(Write::PutEndpointKeys(keys.clone()));
+            keys
+        }
+    };
     if !writes.is_empty() {
         store.write(writes).await.map_err(|e| e.to_string())?;
     }
     Ok(Identity {
         ca: Arc::new(ca),
         server,
+        endpoint_keys,
     })
 }

@@ -196,6 +196,7 @@ pub async fn run(
                 store_journal.clone(),
                 pool.clone(),
                 Some(responder),
+                Some(&identity.endpoint_keys),
             )
             .map_err(|e| err("QUIC")(e.to_string()))?;
             listening.push(format!("quic://{}", handle.local_addr()));

@@ -1,4 +1,5 @@
-//! The daemon's certificate authority and server identity: one row each.
+//! The daemon's certificate authority, server identity and QUIC endpoint keys: one row
+//! each.
 //!
 //! The CA's issuance policy is kept as JSON (a small serde struct that may grow fields);
 //! the server identity's fingerprint is not stored but recomputed from its DER, so the
@@ -7,6 +8,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
+use transport_tokio::quic::{ENDPOINT_KEY_LEN, EndpointKeys};
+
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 
 pub(crate) fn put_ca(conn: &Connection, ca: &StoredCa) -> Result<(), StoreError> {
@@ -81,4 +84,34 @@ pub(crate) fn server(conn: &Connection) -> Result<Option<ServerIdentity>, StoreE
     )
     .optional()
     .map_err(StoreError::db("read the server identity"))
+}
+
+pub(crate) fn put_endpoint_keys(conn: &Connection, keys: &EndpointKeys) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO endpoint_keys (id, reset_key, token_key) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET reset_key = excluded.reset_key,
+             token_key = excluded.token_key",
+    )
+    .and_then(|mut s| s.execute(params![&keys.reset()[..], &keys.token()[..]]))
+    .map_err(StoreError::db("store the endpoint keys"))?;
+    Ok(())
+}
+
+pub(crate) fn endpoint_keys(conn: &Connection) -> Result<Option<EndpointKeys>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT reset_key, token_key FROM endpoint_keys WHERE id = 1",
+            [],
+            |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()
+        .map_err(StoreError::db("read the endpoint keys"))?;
+    row.map(|(reset, token)| {
+        let key = |k: Vec<u8>| {
+            <[u8; ENDPOINT_KEY_LEN]>::try_from(k)
+                .map_err(|_| StoreError::Corrupt("endpoint key of the wrong length".into()))
+        };
+        Ok(EndpointKeys::new(key(reset)?, key(token)?))
+    })
+    .transpose()
 }

@@ -44,6 +44,7 @@ use protocol_core::session::MemJournal;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::oneshot;
 use transport_tokio::journal::{Batch, CommitFuture, JournalError, JournalStore};
+use transport_tokio::quic::EndpointKeys;
 
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
@@ -141,6 +142,7 @@ impl Default for StoreOptions {
 pub enum Write {
     PutCa(StoredCa),
     PutServerIdentity(ServerIdentity),
+    PutEndpointKeys(EndpointKeys),
     /// Insert or replace, by device id.
     PutDevice(DeviceRow),
     DeleteDevice(String),
@@ -194,6 +196,7 @@ fn apply(
     match w {
         Write::PutCa(ca) => identity::put_ca(conn, ca),
         Write::PutServerIdentity(id) => identity::put_server(conn, id),
+        Write::PutEndpointKeys(keys) => identity::put_endpoint_keys(conn, keys),
         Write::PutDevice(d) => devices::put(conn, d),
         Write::DeleteDevice(id) => devices::delete(conn, id),
         Write::PutRevocation(r) => revocations::put(conn, r),
@@ -379,6 +382,11 @@ impl Store {
 
     pub fn server_identity(&self) -> Result<Option<ServerIdentity>, StoreError> {
         self.read(identity::server)
+    }
+
+    /// The QUIC endpoint's stateless-reset and token keys.
+    pub fn endpoint_keys(&self) -> Result<Option<EndpointKeys>, StoreError> {
+        self.read(identity::endpoint_keys)
     }
 
     /// Paired devices, by device id.

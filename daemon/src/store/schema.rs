@@ -115,6 +115,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (key, slot)
     ) WITHOUT ROWID;
     ",
+    // 2: the QUIC endpoint's keys, kept so that a restarted daemon resets its nodes'
+    // dead connections instead of leaving them to time out.
+    r"
+    CREATE TABLE endpoint_keys (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        reset_key BLOB NOT NULL CHECK (length(reset_key) = 64),
+        token_key BLOB NOT NULL CHECK (length(token_key) = 64)
+    );
+    ",
 ];
 
 /// The schema version this binary writes.

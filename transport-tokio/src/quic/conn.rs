@@ -46,7 +46,7 @@ pub(crate) enum Stage<S: Session, A: Application<S>> {
         /// Refused once the handshake completes (over the cap), so the peer can read why.
         refuse: Option<Refusal>,
         /// A client connect waiting for the handshake.
-        reply: Option<oneshot::Sender<Result<u64, String>>>,
+        reply: Option<oneshot::Sender<Result<u64, Closed>>>,
     },
     Live(Box<Live<S, A>>),
     /// No client certificate: a pairing run, and nothing else.
@@ -294,8 +294,35 @@ pub(crate) fn closed_from(error: &quinn_proto::ConnectionError) -> Closed {
             reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
         E::LocallyClosed => Closed::BySession,
+        E::ConnectionClosed(close) => match tls_alert(close.error_code) {
+            Some(alert) => Closed::Tls {
+                alert,
+                by_peer: true,
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            None => Closed::Lost {
+                reason: error.to_string(),
+            },
+        },
+        E::TransportError(e) => match tls_alert(e.code) {
+            Some(alert) => Closed::Tls {
+                alert,
+                by_peer: false,
+                reason: e.reason.clone(),
+            },
+            None => Closed::Lost {
+                reason: error.to_string(),
+            },
+        },
         other => Closed::Lost {
             reason: other.to_string(),
         },
     }
+}
+
+/// The TLS alert a QUIC `CRYPTO_ERROR` carries (RFC 9001 §4.8: 0x100 + the alert).
+fn tls_alert(code: quinn_proto::TransportErrorCode) -> Option<rustls::AlertDescription> {
+    let code = u64::from(code);
+    let alert = u8::try_from(code.checked_sub(0x100)?).ok()?;
+    Some(rustls::AlertDescription::from(alert))
 }

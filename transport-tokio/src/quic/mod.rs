@@ -19,7 +19,7 @@ mod socket;
 mod stream;
 
 pub use config::{
-    DEFAULT_MAX_CONNECTIONS, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE, MAX_BIDI_STREAMS,
-    QuicLimits, QuicSetupError,
+    DEFAULT_MAX_CONNECTIONS, ENDPOINT_KEY_LEN, EndpointKeys, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
+    KEEP_ALIVE, MAX_BIDI_STREAMS, QuicLimits, QuicSetupError, RESET_INTERVAL,
 };
 pub use endpoint::{CommandOf, ConnectError, QuicEndpoint, QuicHandle, Started};

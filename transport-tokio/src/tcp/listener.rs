@@ -433,5 +433,5 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let r = &denied.refusal;
-    close_after(io, &error_frame(r.code.clone(), &r.reason)).await;
+    close_after(io, &error_frame(r.code, &r.reason)).await;
 }

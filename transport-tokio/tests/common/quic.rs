@@ -10,7 +10,7 @@ use rand_core::SeedableRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use transport_tokio::host::{Closed, Commands, Opened, Peer, Refusal, Sessions};
-use transport_tokio::quic::{ConnectError, QuicEndpoint, QuicHandle, QuicLimits};
+use transport_tokio::quic::{ConnectError, EndpointKeys, QuicEndpoint, QuicHandle, QuicLimits};
 use transport_tokio::tls::{Fingerprint, RevocationList, server_config};
 use transport_tokio::{MemJournals, StoragePool};
 
@@ -90,6 +90,9 @@ pub struct QuicDaemon {
     pub handle: QuicHandle<()>,
     pub registry: Registry,
     task: JoinHandle<()>,
+    tls: Arc<rustls::ServerConfig>,
+    limits: QuicLimits,
+    storage_len: usize,
 }
 
 impl Drop for QuicDaemon {
@@ -108,6 +111,40 @@ impl QuicDaemon {
     }
 
     pub fn start_setup(limits: QuicLimits, force_id: Option<&str>, setup: DaemonSetup) -> Self {
+        Self::start_keyed(limits, force_id, setup, None)
+    }
+
+    /// Dies at once (no goodbye, no close on the wire) and starts again on the same
+    /// address, with the same certificates and sessions, and the endpoint keys `keys`.
+    pub async fn crash_and_restart(&mut self, keys: Option<&EndpointKeys>) {
+        self.task.abort();
+        let (handle, task) = loop {
+            match QuicEndpoint::server_with_pairing(
+                self.addr,
+                self.tls.clone(),
+                self.revocation.clone(),
+                self.limits,
+                self.registry.clone(),
+                Arc::new(MemJournals::new()),
+                StoragePool::new(self.storage_len, 16),
+                None,
+                keys,
+            ) {
+                Ok(started) => break started,
+                // The aborted task lets go of the socket at its next poll.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        self.handle = handle;
+        self.task = task;
+    }
+
+    pub fn start_keyed(
+        limits: QuicLimits,
+        force_id: Option<&str>,
+        setup: DaemonSetup,
+        keys: Option<&EndpointKeys>,
+    ) -> Self {
         let config = setup.sessions;
         let ca = Ca::new("tern test CA");
         let server = ca.leaf("ternd", true);
@@ -132,14 +169,16 @@ impl QuicDaemon {
                 force_id: force_id.map(str::to_owned),
             })),
         };
-        let (handle, task) = QuicEndpoint::server(
+        let (handle, task) = QuicEndpoint::server_with_pairing(
             "127.0.0.1:0".parse().unwrap(),
-            tls,
+            tls.clone(),
             revocation.clone(),
             limits,
             registry.clone(),
             Arc::new(MemJournals::new()),
             StoragePool::new(config.storage_len(), 16),
+            None,
+            keys,
         )
         .unwrap();
         Self {
@@ -152,6 +191,9 @@ impl QuicDaemon {
             handle,
             registry,
             task,
+            tls,
+            limits,
+            storage_len: config.storage_len(),
         }
     }
 

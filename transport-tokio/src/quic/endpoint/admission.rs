@@ -143,7 +143,9 @@ where
                 };
                 conn.refuse(now, why, &r.code, &r.reason);
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(format!("refused: {}", r.reason)));
+                    let _ = reply.send(Err(Closed::Lost {
+                        reason: format!("refused: {}", r.reason),
+                    }));
                 }
                 return;
             }

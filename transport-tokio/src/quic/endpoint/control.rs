@@ -49,7 +49,9 @@ where
                 let config = match config::client(tls, &self.limits) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(Closed::Lost {
+                            reason: e.to_string(),
+                        }));
                         return;
                     }
                 };
@@ -77,7 +79,9 @@ where
                         self.conns.insert(ch, conn);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(Closed::Lost {
+                            reason: e.to_string(),
+                        }));
                     }
                 }
             }

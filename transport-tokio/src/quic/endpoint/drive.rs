@@ -76,7 +76,7 @@ where
             };
             stats::failed(TransportKind::Quic, why);
             if let Some(reply) = reply.take() {
-                let _ = reply.send(Err(describe(reason)));
+                let _ = reply.send(Err(reason.clone()));
             }
             conn.stage = Stage::Closing;
         }
@@ -145,14 +145,4 @@ fn accept_streams<S: Session, A: Application<S>>(conn: &mut Conn<S, A>) -> bool 
         }
     }
     taken
-}
-
-fn describe(how: &Closed) -> String {
-    match how {
-        Closed::ByPeer { code, reason } => format!("closed by the peer ({code}): {reason}"),
-        Closed::Lost { reason } => reason.clone(),
-        Closed::BySession => "closed".into(),
-        Closed::Revoked => "revoked".into(),
-        Closed::Shutdown => "the endpoint shut down".into(),
-    }
 }

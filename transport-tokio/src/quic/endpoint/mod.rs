@@ -23,15 +23,13 @@ use std::time::Instant as StdInstant;
 use bytes::BytesMut;
 use protocol_core::session::{BatchId, Session};
 use protocol_core::wire::ErrorCode;
-use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, VarInt,
-};
+use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, StreamEvent, VarInt};
 use quinn_udp::RecvMeta;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::config::{self, QuicLimits, QuicSetupError};
+use super::config::{self, EndpointKeys, QuicLimits, QuicSetupError};
 use super::conn::{Conn, Group, Live, ReadEnd, Stage, closed_from};
 use super::pairing::{NotPairing, PairingConn};
 use super::socket::Socket;
@@ -72,7 +70,7 @@ enum Control {
         addr: SocketAddr,
         server_name: String,
         tls: Arc<rustls::ClientConfig>,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, Closed>>,
     },
     Close {
         conn: u64,
@@ -115,7 +113,7 @@ impl<C> fmt::Debug for QuicHandle<C> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
     /// The handshake failed (the reason names the TLS or QUIC error, e.g. a pin mismatch).
-    Handshake(String),
+    Handshake(Closed),
     /// The endpoint has stopped.
     EndpointGone,
 }
@@ -216,13 +214,17 @@ impl QuicEndpoint {
         S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
-        Self::server_with_pairing(addr, tls, revocation, limits, sessions, journal, pool, None)
+        Self::server_with_pairing(
+            addr, tls, revocation, limits, sessions, journal, pool, None, None,
+        )
     }
 
     /// [`server`](Self::server), and a connection without a client certificate may run
     /// one pairing (and nothing else) on its first stream, answered by `pairing`; starts
     /// are limited per peer address as on TCP. Without `pairing` such a connection is
-    /// closed with `Unauthorized` and a reason.
+    /// closed with `Unauthorized` and a reason. A daemon passes the `keys` it keeps, so
+    /// that after a restart its nodes' dead connections are reset at their next packet;
+    /// without them the endpoint draws fresh ones.
     #[allow(clippy::too_many_arguments)]
     pub fn server_with_pairing<S, H>(
         addr: SocketAddr,
@@ -233,18 +235,14 @@ impl QuicEndpoint {
         journal: Arc<dyn JournalStore>,
         pool: StoragePool,
         pairing: Option<Arc<dyn PairingResponder>>,
+        keys: Option<&EndpointKeys>,
     ) -> Result<Started<CommandOf<S, H>>, QuicSetupError>
     where
         S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
-        let server = config::server(tls, &limits)?;
-        let endpoint = Endpoint::new(
-            Arc::new(EndpointConfig::default()),
-            Some(server),
-            true,
-            None,
-        );
+        let server = config::server(tls, &limits, keys)?;
+        let endpoint = Endpoint::new(config::endpoint(keys, &limits), Some(server), true, None);
         Self::start(
             addr,
             endpoint,
@@ -271,7 +269,7 @@ impl QuicEndpoint {
         S: Session<Buf = Box<[u8]>> + Bound + Send + 'static,
         H: Sessions<S>,
     {
-        let endpoint = Endpoint::new(Arc::new(EndpointConfig::default()), None, true, None);
+        let endpoint = Endpoint::new(config::endpoint(None, &limits), None, true, None);
         Self::start(
             addr, endpoint, false, None, None, limits, sessions, journal, pool,
         )
