@@ -7,6 +7,8 @@ use std::time::Duration;
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{IdleTimeout, TransportConfig, VarInt};
 
+use crate::tcp::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
+
 /// Time allowed for the handshake; the endpoint closes a connection still handshaking
 /// after it.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,11 @@ pub struct QuicLimits {
     /// window of a few frames keeps a fast sender busy without letting one connection
     /// pin much memory.
     pub stream_window: u32,
+    /// Pairing starts one peer address (an IPv6 /64) may make at once...
+    pub pairing_burst: u32,
+    /// ...then one per this long. A start over the limit is answered with a pairing
+    /// `Abort(RateLimited { retry_after_ms })` and the connection closed.
+    pub pairing_refill: Duration,
 }
 
 impl Default for QuicLimits {
@@ -44,6 +51,8 @@ impl Default for QuicLimits {
             keep_alive: KEEP_ALIVE,
             max_bidi_streams: MAX_BIDI_STREAMS,
             stream_window: 2 * 1024 * 1024,
+            pairing_burst: DEFAULT_PAIRING_BURST,
+            pairing_refill: DEFAULT_PAIRING_REFILL,
         }
     }
 }

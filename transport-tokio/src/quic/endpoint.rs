@@ -46,7 +46,6 @@ use crate::pairing::PairingResponder;
 use crate::pool::{PoolLender, StoragePool};
 use crate::stats::{self, HandshakeFailure};
 use crate::tcp::pairing_limit::PairingStarts;
-use crate::tcp::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 use crate::tls::{Fingerprint, Revocation, device_id_of};
 
 /// Datagrams one connection may put in one send call (one GSO batch).
@@ -330,7 +329,7 @@ impl QuicEndpoint {
                 d
             }),
             pairing,
-            starts: PairingStarts::new(DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL),
+            starts: PairingStarts::new(limits.pairing_burst, limits.pairing_refill),
         };
         let handle = QuicHandle {
             control: control_tx,
