@@ -113,6 +113,19 @@ async fn serve(state_dir: std::path::PathBuf, args: ServeArgs) -> Result<(), Exi
     if let Some(v) = args.max_connections {
         settings.max_connections = v;
     }
+    if let Some(v) = args.pairing_address_burst {
+        settings.pairing.address_burst = v;
+    }
+    if let Some(v) = args.pairing_address_refill {
+        settings.pairing.address_refill = v;
+    }
+    if let Some(v) = args.pairing_burst {
+        settings.pairing.starts_burst = v;
+    }
+    if let Some(v) = args.pairing_refill {
+        settings.pairing.starts_refill = v;
+    }
+    settings.pairing.check().map_err(Exit::usage)?;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -25,6 +25,11 @@ use spake2plus::rand_core::CryptoRng;
 
 use crate::ca::{CaError, CertificateAuthority, ClientCertificate, Fingerprint, check_device_id};
 
+/// Default daemon-wide pairing starts allowed at once...
+pub const DEFAULT_STARTS_BURST: u32 = 10;
+/// ...then one per this many milliseconds.
+pub const DEFAULT_STARTS_REFILL_MS: u64 = 6_000;
+
 /// Service settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairingSettings {
@@ -32,9 +37,14 @@ pub struct PairingSettings {
     pub lifetime: CodeLifetime,
     /// Whether codes need an operator's approval unless their creator says otherwise.
     pub require_approval: bool,
-    /// Pairing starts allowed at once...
+    /// Pairing starts the whole service admits at once, from every address together
+    /// (one token bucket, taken before the code id is looked up, so probes of unknown
+    /// ids count too; a refused start is answered `RateLimited { retry_after_ms }` and
+    /// counts against no code). The transports keep a separate per-address limit in
+    /// front of it. `ternd serve --pairing-burst`.
     pub starts_burst: u32,
-    /// ...then one per this many milliseconds.
+    /// ...then one more start per this many milliseconds, up to `starts_burst`
+    /// (`ternd serve --pairing-refill`).
     pub starts_refill_ms: u64,
     /// How long after a code's expiry an operator may still decide on its pairing.
     pub decision_ms: u64,
@@ -45,8 +55,8 @@ impl Default for PairingSettings {
         Self {
             lifetime: CodeLifetime::default(),
             require_approval: false,
-            starts_burst: 10,
-            starts_refill_ms: 6_000,
+            starts_burst: DEFAULT_STARTS_BURST,
+            starts_refill_ms: DEFAULT_STARTS_REFILL_MS,
             decision_ms: 10 * 60 * 1000,
         }
     }

@@ -72,14 +72,26 @@ struct Daemon {
     dir: PathBuf,
     port: u16,
     proc: Option<Proc>,
+    /// More `serve` arguments and environment.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[], &[])
+    }
+
+    fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut d = Self {
             dir: dir.to_owned(),
             port: free_port(),
             proc: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         d.restart();
         d
@@ -93,6 +105,8 @@ impl Daemon {
             .arg("--listen-tcp")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(["--public-names", "127.0.0.1", "--metrics", "127.0.0.1:0"])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TERN_STATE_DIR", &self.dir)
             .env(
                 "RUST_LOG",
@@ -575,4 +589,88 @@ fn a_node_renews_its_certificate_over_its_session() {
     online(&d, &id);
     let echo = d.json(&["call", &id, "echo", "--input", r#"{"renewed":true}"#]);
     assert_eq!(echo["output"], serde_json::json!({"renewed": true}));
+}
+
+/// One pairing run over TCP + TLS from the source address `from`.
+fn pair_from(
+    d: &Daemon,
+    from: [u8; 4],
+    uri: &str,
+) -> Result<String, transport_tokio::pairing::PairError> {
+    use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+    use spake2plus::rand_core::SeedableRng;
+    use transport_tokio::pairing::{PairOptions, pair_over};
+    use transport_tokio::tcp::Connector;
+    use transport_tokio::tls::{Fingerprint, pairing_client_config};
+
+    let uri = protocol_core::pairing::PairingUri::parse(uri).unwrap();
+    let pin = Fingerprint(uri.fingerprint);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], d.port));
+    let local = std::net::SocketAddr::from((from, 0));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connector = Connector::new(pairing_client_config(Some(pin)).unwrap());
+        let stream = connector.connect_from(local, addr).await.unwrap();
+        let mut rng = chacha20::ChaCha20Rng::from_seed([9; 32]);
+        pair_over(
+            &PairOptions::default(),
+            stream,
+            &uri.code,
+            &csr,
+            Some(pin),
+            &mut rng,
+        )
+        .await
+        .map(|bundle| bundle.device_id)
+    })
+}
+
+#[test]
+fn pairing_limits_given_to_serve_take_effect() {
+    use transport_tokio::pairing::PairError;
+    let dir = scratch();
+    // Per address from a flag, daemon-wide from the environment; both refill too slowly
+    // to matter during the test.
+    let d = Daemon::start_with(
+        &dir.path().join("daemon"),
+        &[
+            "--pairing-address-burst",
+            "2",
+            "--pairing-address-refill",
+            "1h",
+        ],
+        &[("TERN_PAIRING_BURST", "3"), ("TERN_PAIRING_REFILL", "1h")],
+    );
+    let uri = d.pair_uri(&[]);
+    let a = [127, 0, 0, 1];
+    let b = [127, 0, 0, 2];
+    assert!(pair_from(&d, a, &uri).is_ok());
+    // The defaults (5 per address, 10 daemon-wide) would let these through to the code.
+    assert!(matches!(
+        pair_from(&d, a, &uri),
+        Err(PairError::AlreadyUsed)
+    ));
+    assert!(matches!(
+        pair_from(&d, a, &uri),
+        Err(PairError::RateLimited { .. })
+    ));
+    // Another address has its own budget, but the daemon-wide one (3 starts) runs out:
+    // the address refusal above took nothing from it.
+    assert!(matches!(
+        pair_from(&d, b, &uri),
+        Err(PairError::AlreadyUsed)
+    ));
+    assert!(matches!(
+        pair_from(&d, b, &uri),
+        Err(PairError::RateLimited { .. })
+    ));
 }

@@ -116,6 +116,19 @@ pub struct ServeArgs {
     /// Cap on concurrent node connections per transport.
     #[arg(long, env = "TERN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Pairing starts one source address (an IPv6 /64) may make at once on each
+    /// listener (default 5)...
+    #[arg(long, env = "TERN_PAIRING_ADDRESS_BURST")]
+    pub pairing_address_burst: Option<u32>,
+    /// ...then one per this long (default 12s; 500ms, 12s, 1m, ...).
+    #[arg(long, env = "TERN_PAIRING_ADDRESS_REFILL", value_parser = parse_duration)]
+    pub pairing_address_refill: Option<Duration>,
+    /// Pairing starts the whole daemon accepts at once, from all addresses (default 10)...
+    #[arg(long, env = "TERN_PAIRING_BURST")]
+    pub pairing_burst: Option<u32>,
+    /// ...then one per this long (default 6s).
+    #[arg(long, env = "TERN_PAIRING_REFILL", value_parser = parse_duration)]
+    pub pairing_refill: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]

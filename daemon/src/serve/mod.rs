@@ -152,6 +152,9 @@ pub async fn run(
             )
             .map_err(|e| err("pairing TTL")(format!("{e:?}")))?,
             require_approval: settings.pairing.approval_required,
+            starts_burst: settings.pairing.starts_burst,
+            starts_refill_ms: u64::try_from(settings.pairing.starts_refill.as_millis())
+                .unwrap_or(u64::MAX),
             ..PairingSettings::default()
         },
         now(),
@@ -184,6 +187,8 @@ pub async fn run(
         Some(addr) => {
             let limits = QuicLimits {
                 max_connections: settings.max_connections,
+                pairing_burst: settings.pairing.address_burst,
+                pairing_refill: settings.pairing.address_refill,
                 ..QuicLimits::default()
             };
             let responder: Arc<dyn transport_tokio::pairing::PairingResponder> = pairing.clone();
@@ -214,6 +219,8 @@ pub async fn run(
             revocations.clone(),
             ListenerConfig {
                 max_connections: settings.max_connections,
+                pairing_burst: settings.pairing.address_burst,
+                pairing_refill: settings.pairing.address_refill,
                 ..ListenerConfig::default()
             },
         )

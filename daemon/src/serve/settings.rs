@@ -32,12 +32,38 @@ pub struct Settings {
     pub events_retention: Retention,
 }
 
-/// How codes are handed out.
+/// How codes are handed out, and how fast pairing runs may start.
+///
+/// Two token buckets limit pairing starts, both before a code is even looked up (so
+/// probing unknown code ids is limited too): one per source address (an IPv6 /64) on
+/// each listener, so one host cannot spend the whole daemon's budget, and one for the
+/// whole daemon, which bounds the rate of code guesses from everywhere at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairingPolicy {
     pub default_ttl: Duration,
     /// Every pairing waits for an operator's approval unless a code says otherwise.
     pub approval_required: bool,
+    /// Pairing starts one source address may make at once...
+    pub address_burst: u32,
+    /// ...then one per this long.
+    pub address_refill: Duration,
+    /// Pairing starts the whole daemon accepts at once...
+    pub starts_burst: u32,
+    /// ...then one per this long.
+    pub starts_refill: Duration,
+}
+
+impl PairingPolicy {
+    /// Refuses a bucket that would never admit a start (zero burst or refill).
+    pub fn check(&self) -> Result<(), String> {
+        if self.address_burst == 0 || self.starts_burst == 0 {
+            return Err("a pairing burst must be at least 1".into());
+        }
+        if self.address_refill.is_zero() || self.starts_refill.is_zero() {
+            return Err("a pairing refill interval must be at least 1 ms".into());
+        }
+        Ok(())
+    }
 }
 
 /// How long events are kept.
@@ -69,6 +95,10 @@ impl Settings {
             pairing: PairingPolicy {
                 default_ttl: Duration::from_secs(600),
                 approval_required: false,
+                address_burst: transport_tokio::tcp::DEFAULT_PAIRING_BURST,
+                address_refill: transport_tokio::tcp::DEFAULT_PAIRING_REFILL,
+                starts_burst: crate::pairing::DEFAULT_STARTS_BURST,
+                starts_refill: Duration::from_millis(crate::pairing::DEFAULT_STARTS_REFILL_MS),
             },
             events_retention: Retention::default(),
         }
@@ -109,6 +139,18 @@ impl Settings {
             }
             if let Some(a) = p.approval_required {
                 self.pairing.approval_required = a;
+            }
+            if let Some(n) = p.address_burst {
+                self.pairing.address_burst = n;
+            }
+            if let Some(ms) = p.address_refill_ms {
+                self.pairing.address_refill = Duration::from_millis(ms);
+            }
+            if let Some(n) = p.burst {
+                self.pairing.starts_burst = n;
+            }
+            if let Some(ms) = p.refill_ms {
+                self.pairing.starts_refill = Duration::from_millis(ms);
             }
         }
         if let Some(e) = file.events {
@@ -151,6 +193,10 @@ struct FileSettings {
 struct FilePairing {
     default_ttl_seconds: Option<u64>,
     approval_required: Option<bool>,
+    address_burst: Option<u32>,
+    address_refill_ms: Option<u64>,
+    burst: Option<u32>,
+    refill_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +239,19 @@ mod tests {
             Some("127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}")))
         );
         assert!(s.pairing.approval_required);
+        std::fs::write(
+            &path,
+            "[pairing]\naddress_burst = 50\naddress_refill_ms = 250\nburst = 20000\nrefill_ms = 1\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        s.apply_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.pairing.address_burst, 50);
+        assert_eq!(s.pairing.address_refill, Duration::from_millis(250));
+        assert_eq!(s.pairing.starts_burst, 20_000);
+        assert_eq!(s.pairing.starts_refill, Duration::from_millis(1));
+        assert_eq!(s.pairing.check(), Ok(()));
+        s.pairing.starts_burst = 0;
+        assert!(s.pairing.check().is_err());
         std::fs::write(&path, "listen = \"x\"\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(s.apply_file(&path).unwrap_err().contains("unknown field"));
     }

@@ -11,6 +11,8 @@ use quinn_proto::{
 };
 use ring::{hkdf, hmac};
 
+use crate::admission::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
+
 /// Time allowed for the handshake; the endpoint closes a connection still handshaking
 /// after it.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +45,11 @@ pub struct QuicLimits {
     pub stream_window: u32,
     /// Least time between two stateless resets sent.
     pub reset_interval: Duration,
+    /// Pairing starts one peer address (an IPv6 /64) may make at once...
+    pub pairing_burst: u32,
+    /// ...then one per this long. A start over the limit is answered with a pairing
+    /// `Abort(RateLimited { retry_after_ms })` and the connection closed.
+    pub pairing_refill: Duration,
 }
 
 impl Default for QuicLimits {
@@ -55,6 +62,8 @@ impl Default for QuicLimits {
             max_bidi_streams: MAX_BIDI_STREAMS,
             stream_window: 2 * 1024 * 1024,
             reset_interval: RESET_INTERVAL,
+            pairing_burst: DEFAULT_PAIRING_BURST,
+            pairing_refill: DEFAULT_PAIRING_REFILL,
         }
     }
 }

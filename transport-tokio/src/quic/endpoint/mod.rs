@@ -34,7 +34,6 @@ use super::conn::{Conn, Group, Live, ReadEnd, Stage, closed_from};
 use super::pairing::{NotPairing, PairingConn};
 use super::socket::Socket;
 use crate::admission::pairing_limit::PairingStarts;
-use crate::admission::{DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL};
 use crate::clock;
 use crate::driver::Application;
 use crate::host::{
@@ -319,7 +318,7 @@ impl QuicEndpoint {
             },
             pairing: PairingRuns::new(
                 pairing,
-                PairingStarts::new(DEFAULT_PAIRING_BURST, DEFAULT_PAIRING_REFILL),
+                PairingStarts::new(limits.pairing_burst, limits.pairing_refill),
             ),
             commit: Commits::new(),
             inbox: Inbox {
