@@ -674,3 +674,33 @@ fn pairing_limits_given_to_serve_take_effect() {
         Err(PairError::RateLimited { .. })
     ));
 }
+
+/// A node host whose pairing start meets the per-address limit waits the time the daemon
+/// named and tries again, instead of exiting.
+#[test]
+fn a_node_host_told_to_wait_pairs_once_the_limit_allows() {
+    let tmp = scratch();
+    let d = Daemon::start_with(
+        &tmp.path().join("daemon"),
+        &[
+            "--pairing-address-burst",
+            "1",
+            "--pairing-address-refill",
+            "2s",
+        ],
+        &[],
+    );
+    // Uses up 127.0.0.1's one start.
+    let first = d.pair_uri(&[]);
+    assert!(pair_from(&d, [127, 0, 0, 1], &first).is_ok());
+    let dir = tmp.path().join("node");
+    let uri = d.pair_uri(&[]);
+    let _n = node(&dir, Some(&uri), &[]);
+    let id = node_id(&dir);
+    online(&d, &id);
+    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("the daemon limits pairing starts"),
+        "the node host never met the limit: {log}"
+    );
+}
