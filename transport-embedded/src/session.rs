@@ -282,6 +282,8 @@ pub struct Node<'b> {
     device_id: String<MAX_DEVICE_ID_LEN>,
     write_limit: Duration,
     options: NodeOptions,
+    /// A session came up (hello exchange done) on the last connection.
+    came_up: bool,
 }
 
 impl core::fmt::Debug for Node<'_> {
@@ -330,6 +332,7 @@ impl<'b> Node<'b> {
             device_id,
             write_limit: Duration::from_millis(u64::from(config.idle_timeout_ms)),
             options,
+            came_up: false,
         })
     }
 
@@ -398,7 +401,14 @@ where
             Err(_) => Err(LinkError::HandshakeTimeout),
             Ok(Err(failure)) => Err(handshake_failure(failure)),
             Ok(Ok(_)) => {
-                let ended = connected(&mut node.pumped, &mut tls, app, node.write_limit).await;
+                let ended = connected(
+                    &mut node.pumped,
+                    &mut tls,
+                    app,
+                    node.write_limit,
+                    &mut node.came_up,
+                )
+                .await;
                 close_tls(tls).await;
                 ended
             }
@@ -409,9 +419,9 @@ where
 }
 
 /// Connection after connection, with an exponential backoff and full jitter (drawn from
-/// `rng`) between them, each resuming the same session, until the daemon refuses the
-/// node for good (`Err` with that refusal) or [`NodeApp::keep_running`] says no after a
-/// connection ended (`Ok(())`). Every attempt's outcome goes to
+/// `rng`, started over once a session came up) between them, each resuming the same
+/// session, until the daemon refuses the node for good (`Err` with that refusal) or
+/// [`NodeApp::keep_running`] says no after a connection ended (`Ok(())`). Every attempt's outcome goes to
 /// [`NodeApp::connection_ended`] first.
 pub async fn run_node<D, A, R>(
     node: &mut Node<'_>,
@@ -437,7 +447,10 @@ where
         if !app.keep_running() {
             return Ok(());
         }
-        if backoff.starts_over(started.elapsed().as_millis()) {
+        // A session that came up says the daemon is back: start over, or a node cut
+        // off for long would wait its longest delay after the daemon's next restart.
+        if core::mem::take(&mut node.came_up) || backoff.starts_over(started.elapsed().as_millis())
+        {
             attempt = 0;
         }
         let delay = backoff.delay_ms(attempt, rng.next_u64());
@@ -472,6 +485,7 @@ async fn connected<S, A>(
     tls: &mut TlsConnection<'_, S, Aes128GcmSha256>,
     app: &mut A,
     write_limit: Duration,
+    came_up: &mut bool,
 ) -> Result<Ended, LinkError>
 where
     S: Read + Write + Clone,
@@ -483,7 +497,10 @@ where
         session: &mut pumped.session,
         daemon: None,
     };
-    let mut turn = AppTurn { app };
+    let mut turn = AppTurn {
+        app,
+        came_up: false,
+    };
     let mut pump = Pump::new();
     watched.session.handle_connected(now());
     let end = drive::with_reader(
@@ -504,6 +521,7 @@ where
     }
     drive::settle(&mut pump, &mut watched, &mut turn, &mut pumped.lender);
     pump.release(&mut watched, &mut pumped.lender);
+    *came_up = turn.came_up;
     outcome(end, watched.daemon)
 }
 
@@ -533,10 +551,13 @@ fn outcome(end: DriveEnd, daemon: Option<PeerClose>) -> Result<Ended, LinkError>
 /// The application's turn at the pump's `Events` step.
 struct AppTurn<'a, A> {
     app: &'a mut A,
+    /// The session was up at one of the application's turns.
+    came_up: bool,
 }
 
 impl<A: NodeApp> Turn<Watched<'_, '_>> for AppTurn<'_, A> {
     fn events(&mut self, machine: &mut Watched<'_, '_>, now: Instant) {
+        self.came_up |= machine.session.is_connected();
         self.app.on_events(machine.session, now);
     }
 
