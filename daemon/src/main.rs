@@ -113,6 +113,9 @@ async fn serve(state_dir: std::path::PathBuf, args: ServeArgs) -> Result<(), Exi
     if let Some(v) = args.max_connections {
         settings.max_connections = v;
     }
+    if let Some(v) = args.handshake_timeout {
+        settings.handshake_timeout = v;
+    }
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Cap on concurrent node connections per transport.
     #[arg(long, env = "TERN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// How long a node connection may take to finish its TLS or QUIC handshake before it
+    /// is cut (default 10s), e.g. 500ms, 10s.
+    #[arg(long, env = "TERN_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -184,6 +184,7 @@ pub async fn run(
         Some(addr) => {
             let limits = QuicLimits {
                 max_connections: settings.max_connections,
+                handshake_timeout: settings.handshake_timeout,
                 ..QuicLimits::default()
             };
             let responder: Arc<dyn transport_tokio::pairing::PairingResponder> = pairing.clone();
@@ -213,6 +214,7 @@ pub async fn run(
             revocations.clone(),
             ListenerConfig {
                 max_connections: settings.max_connections,
+                handshake_timeout: settings.handshake_timeout,
                 ..ListenerConfig::default()
             },
         )
