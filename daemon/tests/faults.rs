@@ -214,21 +214,32 @@ fn slow_handshakes_are_cut_and_their_slots_freed() {
     let pin = pin(&d.pair_uri(&[]));
     let rt = runtime();
 
-    // The node holds one slot; these two take the rest.
-    let silent = TcpStream::connect(addr(&d)).unwrap();
-    let mut partial = TcpStream::connect(addr(&d)).unwrap();
-    // A TLS record header announcing a ClientHello, and its first bytes only.
-    partial
-        .write_all(&[
-            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-        ])
-        .unwrap();
+    // The node holds one slot; these two take the rest. The check that the cap is
+    // reached must see them before the timeout cuts them: on a machine too slow for
+    // that, the pair is opened again.
+    let (silent, partial) = (0..5)
+        .find_map(|_| {
+            let silent = TcpStream::connect(addr(&d)).unwrap();
+            let mut partial = TcpStream::connect(addr(&d)).unwrap();
+            // A TLS record header announcing a ClientHello, and its first bytes only.
+            partial
+                .write_all(&[
+                    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+                ])
+                .unwrap();
+            let opened = Instant::now();
+            let codes = rt.block_on(tcp_refusal(addr(&d), pin));
+            if codes == [ErrorCode::Overloaded] {
+                return Some((silent, partial));
+            }
+            assert!(
+                opened.elapsed() >= Duration::from_secs(8),
+                "a connection within the cap was refused or the cap was not enforced: {codes:?}"
+            );
+            None
+        })
+        .expect("the cap is seen reached before the handshake timeout");
     let cut_after = Instant::now();
-    assert_eq!(
-        rt.block_on(tcp_refusal(addr(&d), pin)),
-        [ErrorCode::Overloaded],
-        "the cap is reached (this check must run within the 8 s handshake timeout)"
-    );
 
     for (name, mut s) in [("silent", silent), ("partial", partial)] {
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -318,16 +329,28 @@ fn a_revoked_node_retrying_in_a_loop_is_refused_every_time() {
             serde_json::from_slice::<Value>(&out.stdout).unwrap()
         })
     };
-    let before = cpu_ms(pid);
-    let (tcp, quic) = rt.block_on(retry_loop(addr(&d), tls, Duration::from_secs(4)));
-    let spent = cpu_ms(pid) - before;
-    let attempts = tcp + quic;
-    eprintln!(
-        "revoked retries: {attempts} refused ({tcp} TCP, {quic} QUIC) in 4 s; daemon CPU \
-         {spent:.0} ms, {:.2} ms per refusal",
-        spent / attempts as f64
+    let span = Duration::from_secs(3);
+    let mut costs = Vec::new();
+    for quic in [false, true] {
+        let before = cpu_ms(pid);
+        let refused = rt.block_on(retry_loop(addr(&d), tls.clone(), quic, span));
+        let spent = cpu_ms(pid) - before;
+        let transport = if quic { "QUIC" } else { "TCP + TLS" };
+        eprintln!(
+            "revoked retries over {transport}: {refused} refused in {span:?}; daemon CPU \
+             {spent:.0} ms, {:.2} ms per refusal",
+            spent / f64::from(refused)
+        );
+        assert!(refused > 0);
+        costs.push(spent / f64::from(refused));
+    }
+    // CPU time, not wall-clock: a refusal costs about 2 ms in a debug build, so this
+    // bound only catches a refusal that has become expensive (a store write, a retry
+    // storm inside the daemon).
+    assert!(
+        costs.iter().all(|&ms| ms < 50.0),
+        "CPU per refusal (ms, TCP then QUIC): {costs:?}"
     );
-    assert!(tcp > 0 && quic > 0);
     assert_eq!(caller.join().unwrap()["state"], "succeeded");
     call_echo(&d, &good, "after-retries");
     assert_eq!(d.node_state(&revoked), "revoked");
@@ -341,42 +364,25 @@ fn revoked_tls(dir: &Path) -> Arc<rustls::ClientConfig> {
         .unwrap()
 }
 
-/// Reconnects as fast as refusals come back, alternating TCP and QUIC, for `span`;
-/// returns the refusals seen on each. Any attempt that is served fails the test.
+/// Reconnects as fast as refusals come back, over QUIC or TCP + TLS, for `span`;
+/// returns the refusals seen. Any attempt that is served fails the test.
 async fn retry_loop(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
+    quic: bool,
     span: Duration,
-) -> (u32, u32) {
+) -> u32 {
     let endpoint = quic_endpoint(tls.clone());
     let connector = Connector::new(tls);
-    let (mut tcp, mut quic) = (0, 0);
+    let mut refused = 0;
     let start = Instant::now();
     while start.elapsed() < span {
-        // TLS 1.3: the client may finish before the daemon has checked its certificate,
-        // so the refusal can come as the first read.
-        match connector.connect(addr).await {
-            Err(_) => {}
-            Ok(mut stream) => {
-                let mut got = Vec::new();
-                let ended = tokio::time::timeout(END, stream.read_to_end(&mut got))
-                    .await
-                    .expect("a revoked node's connection ends");
-                let codes = error_codes(&got);
-                assert!(
-                    ended.is_err() || codes.iter().all(|c| *c == ErrorCode::Revoked),
-                    "a revoked node was served: {codes:?}"
-                );
-            }
-        }
-        tcp += 1;
-        let connecting = endpoint.connect(addr, "localhost").unwrap();
-        match tokio::time::timeout(END, connecting)
-            .await
-            .expect("QUIC ends")
-        {
-            Err(_) => {}
-            Ok(conn) => {
+        if quic {
+            let connecting = endpoint.connect(addr, "localhost").unwrap();
+            if let Ok(conn) = tokio::time::timeout(END, connecting)
+                .await
+                .expect("QUIC ends")
+            {
                 let why = tokio::time::timeout(END, conn.closed())
                     .await
                     .expect("a revoked node's QUIC connection is closed");
@@ -385,9 +391,21 @@ async fn retry_loop(
                     "not refused: {why}"
                 );
             }
+        } else if let Ok(mut stream) = connector.connect(addr).await {
+            // TLS 1.3: the client may finish before the daemon has checked its
+            // certificate, so the refusal can come as the first read.
+            let mut got = Vec::new();
+            let ended = tokio::time::timeout(END, stream.read_to_end(&mut got))
+                .await
+                .expect("a revoked node's connection ends");
+            let codes = error_codes(&got);
+            assert!(
+                ended.is_err() || codes.iter().all(|c| *c == ErrorCode::Revoked),
+                "a revoked node was served: {codes:?}"
+            );
         }
-        quic += 1;
+        refused += 1;
     }
     endpoint.close(0u32.into(), b"");
-    (tcp, quic)
+    refused
 }
