@@ -126,6 +126,9 @@ async fn serve(state_dir: std::path::PathBuf, args: ServeArgs) -> Result<(), Exi
         settings.pairing.starts_refill = v;
     }
     settings.pairing.check().map_err(Exit::usage)?;
+    if let Some(v) = args.handshake_timeout {
+        settings.handshake_timeout = v;
+    }
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -1065,3 +1065,55 @@ async fn an_unread_stream_ends_lagged_without_stalling_the_connection() {
     }
     daemon.stop().await;
 }
+
+/// The server's pure checks sort frames as a connection answers them.
+#[test]
+fn screening_sorts_frames_without_a_connection() {
+    use daemon::api::v1::{request, response};
+    use daemon::api::{HelloAnswer, Screened, check_request, screen, screen_hello};
+
+    let frame = |id, kind| {
+        daemon::api::v1::Request {
+            id,
+            kind: Some(kind),
+        }
+        .encode_to_vec()
+    };
+    let hello = |version| {
+        request::Kind::Hello(daemon::api::v1::Hello {
+            contract_version: version,
+            software_version: "t".into(),
+        })
+    };
+    assert!(matches!(
+        screen_hello(&frame(1, hello(daemon::api::CONTRACT_VERSION)), "v"),
+        HelloAnswer::Serve(r) if matches!(r.kind, Some(response::Kind::Hello(_)))
+    ));
+    assert!(matches!(
+        screen_hello(&frame(1, hello(u32::MAX)), "v"),
+        HelloAnswer::Close(_)
+    ));
+    assert!(matches!(
+        screen_hello(&[0xFF; 3], "v"),
+        HelloAnswer::Close(_)
+    ));
+
+    assert!(matches!(screen(&[0xFF; 3]), Screened::Answer(_)));
+    let status = request::Kind::Status(daemon::api::v1::StatusRequest {});
+    assert!(matches!(screen(&frame(0, status.clone())), Screened::Answer(r) if r.id == 0));
+    assert!(matches!(screen(&frame(7, hello(1))), Screened::Answer(r) if r.id == 7));
+    let cancel = request::Kind::Cancel(daemon::api::v1::CancelRequest { target: 3 });
+    assert!(matches!(
+        screen(&frame(8, cancel)),
+        Screened::Cancel { target: 3 }
+    ));
+    let Screened::Run { id: 9, kind } = screen(&frame(9, status)) else {
+        panic!("a status request runs");
+    };
+    assert!(check_request(&kind).is_ok());
+    let show = request::Kind::ShowNode(daemon::api::v1::ShowNodeRequest {
+        id: "bad id!".into(),
+    });
+    let e = check_request(&show).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+}

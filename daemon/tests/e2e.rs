@@ -2,254 +2,17 @@
 //! Linux node hosts — driven the way a user drives them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use common::{
+    Daemon, TERND, assert_events_once, node, node_id, online, opened_counts, recording_node,
+    scratch, wait_until,
+};
 use serde_json::Value;
-
-const TERND: &str = env!("CARGO_BIN_EXE_ternd");
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A scratch directory, kept after the test when `TERN_E2E_KEEP` is set (the daemon's
-/// and nodes' logs are in it).
-fn scratch() -> tempfile::TempDir {
-    let mut dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("TERN_E2E_KEEP").is_some() {
-        eprintln!("keeping {}", dir.path().display());
-        dir.disable_cleanup(true);
-    }
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Kills the process (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn kill9(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-
-    /// The exit code once it exits by itself.
-    fn exit_code(&mut self) -> i32 {
-        wait_until("the process to exit", || {
-            self.0.try_wait().unwrap().map(|s| s.code().unwrap_or(-1))
-        })
-    }
-}
-
-struct Daemon {
-    dir: PathBuf,
-    port: u16,
-    proc: Option<Proc>,
-    /// More `serve` arguments and environment.
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[], &[])
-    }
-
-    fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut d = Self {
-            dir: dir.to_owned(),
-            port: free_port(),
-            proc: None,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        d.restart();
-        d
-    }
-
-    fn restart(&mut self) {
-        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let child = Command::new(TERND)
-            .args(["serve", "--listen-quic"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--listen-tcp")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["--public-names", "127.0.0.1", "--metrics", "127.0.0.1:0"])
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("TERN_STATE_DIR", &self.dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("TERN_E2E_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.proc = Some(Proc(child));
-        wait_until("the daemon to answer", || {
-            self.cli(&["status"]).status.success().then_some(())
-        });
-    }
-
-    fn kill9(&mut self) {
-        self.proc.take().unwrap().kill9();
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(TERND)
-            .args(args)
-            .env("TERN_STATE_DIR", &self.dir)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "ternd {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn pair_uri(&self, extra: &[&str]) -> String {
-        let mut args = vec!["pair", "code"];
-        args.extend_from_slice(extra);
-        self.json(&args)["uri"].as_str().unwrap().to_owned()
-    }
-
-    fn node_state(&self, id: &str) -> String {
-        self.json(&["node", "show", id])["state"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Every stored event (`ternd events --json`).
-    fn events(&self) -> Vec<Value> {
-        let out = self.cli(&["--json", "events"]);
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-/// A node host process with its own state directory.
-fn node(dir: &Path, pair: Option<&str>, extra: &[&str]) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.with_extension("log"))
-        .unwrap();
-    let mut cmd = Command::new(TERND);
-    cmd.args(["node", "run", "--node-state-dir"])
-        .arg(dir)
-        .args(["--health-every", "1"])
-        .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("TERN_E2E_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(uri) = pair {
-        cmd.args(["--uri", uri]);
-    }
-    Proc(cmd.spawn().unwrap())
-}
-
-/// The device id a node host paired as.
-fn node_id(dir: &Path) -> String {
-    wait_until("the node to pair", || {
-        let text = std::fs::read_to_string(dir.join("node.toml")).ok()?;
-        let v: toml::Value = toml::from_str(&text).ok()?;
-        v.get("paired")?;
-        v.get("device_id")?.as_str().map(str::to_owned)
-    })
-}
-
-fn online(d: &Daemon, id: &str) {
-    wait_until("the node to be online", || {
-        (d.node_state(id) == "online").then_some(())
-    });
-}
-
-/// A node host whose `desktop.open_url` records each URL it opens in `opened`.
-fn recording_node(dir: &Path, daemon: &Daemon, uri: Option<&str>, opened: &Path) -> Proc {
-    let config = dir.with_extension("toml");
-    std::fs::write(
-        &config,
-        format!(
-            "daemon = \"127.0.0.1:{}\"\nstate_dir = {:?}\nurl_policy = \"allow\"\nopener = [\"/bin/sh\", \"-c\", \"echo \\\"$1\\\" >> {}\", \"opener\"]\nheartbeat_secs = 1\n",
-            daemon.port,
-            dir.display().to_string(),
-            opened.display()
-        ),
-    )
-    .unwrap();
-    node(dir, uri, &["--config", config.to_str().unwrap()])
-}
-
-fn opened_counts(opened: &Path) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(opened).unwrap_or_default().lines() {
-        *counts.entry(line.to_owned()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Checks the daemon's events: seqs 1..=n in order, and no event stored twice (each
-/// health event carries the node's uptime at that second).
-fn assert_events_once(events: &[Value]) {
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    let mut sorted = seqs.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(seqs, sorted, "event seqs in order, each once");
-    let mut seen = std::collections::HashSet::new();
-    for e in events.iter().filter(|e| e["name"] == "health") {
-        let key = (e["node"].to_string(), e["body"]["uptime_s"].to_string());
-        assert!(seen.insert(key), "event stored twice: {e}");
-    }
-}
 
 #[test]
 fn pair_call_health_and_follow_events() {
@@ -340,32 +103,39 @@ fn kill_9_of_the_daemon_loses_nothing_and_runs_nothing_twice() {
     let callers = std::thread::spawn(move || {
         let mut children = Vec::new();
         for i in 0..20 {
-            children.push(
-                Command::new(TERND)
-                    .args([
-                        "call",
-                        &node,
-                        "desktop.open_url",
-                        "--timeout",
-                        "60s",
-                        "--input",
-                    ])
-                    .arg(format!(r#"{{"url":"https://example.com/{i}"}}"#))
-                    .env("TERN_STATE_DIR", &dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
+            let url = format!("https://example.com/{i}");
+            let child = Command::new(TERND)
+                .args([
+                    "call",
+                    &node,
+                    "desktop.open_url",
+                    "--timeout",
+                    "60s",
+                    "--input",
+                ])
+                .arg(format!(r#"{{"url":"{url}"}}"#))
+                .env("TERN_STATE_DIR", &dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            children.push((url, child));
             std::thread::sleep(Duration::from_millis(50));
         }
-        for mut c in children {
-            let _ = c.wait();
-        }
+        // The calls the operator was told succeeded.
+        children
+            .into_iter()
+            .filter_map(|(url, mut c)| c.wait().unwrap().success().then_some(url))
+            .collect::<Vec<_>>()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // What the daemon stored, and so acknowledged, before it dies.
+    let acknowledged = wait_until("events before the kill", || {
+        let events = d.events();
+        (events.len() >= 2).then_some(events)
+    });
+    std::thread::sleep(Duration::from_millis(300));
     d.kill9();
-    callers.join().unwrap();
+    let succeeded = callers.join().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     d.restart();
     online(&d, &id);
@@ -374,7 +144,14 @@ fn kill_9_of_the_daemon_loses_nothing_and_runs_nothing_twice() {
     wait_until("new events after the restart", || {
         (d.events().len() >= before + 2).then_some(())
     });
-    assert_events_once(&d.events());
+    let events = d.events();
+    assert_events_once(&events);
+    for e in &acknowledged {
+        assert!(
+            events.contains(e),
+            "an event stored before the kill is gone: {e}"
+        );
+    }
     // Every call ran at most once; calls after the restart run too.
     let after = d.json(&[
         "call",
@@ -385,11 +162,14 @@ fn kill_9_of_the_daemon_loses_nothing_and_runs_nothing_twice() {
     ]);
     assert_eq!(after["state"], "succeeded");
     let counts = opened_counts(&opened);
-    eprintln!("calls run: {counts:?}");
+    eprintln!("calls run: {counts:?}; reported succeeded: {succeeded:?}");
     assert!(
         counts.values().all(|&n| n == 1),
         "a call ran twice: {counts:?}"
     );
+    for url in &succeeded {
+        assert_eq!(counts.get(url), Some(&1), "{url} succeeded but did not run");
+    }
     assert_eq!(counts.get("https://example.com/after"), Some(&1));
 }
 
@@ -640,7 +420,7 @@ fn pairing_limits_given_to_serve_take_effect() {
     let dir = scratch();
     // Per address from a flag, daemon-wide from the environment; both refill too slowly
     // to matter during the test.
-    let d = Daemon::start_with(
+    let d = Daemon::start_with_env(
         &dir.path().join("daemon"),
         &[
             "--pairing-address-burst",
@@ -688,7 +468,6 @@ fn a_node_host_told_to_wait_pairs_once_the_limit_allows() {
             "--pairing-address-refill",
             "2s",
         ],
-        &[],
     );
     // Uses up 127.0.0.1's one start.
     let first = d.pair_uri(&[]);

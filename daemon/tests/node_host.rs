@@ -1329,3 +1329,34 @@ async fn events_wait_for_room_instead_of_being_dropped() {
     handle.shutdown();
     ended(task).await.unwrap();
 }
+
+/// Each built-in capability's input is read and checked apart from what it does.
+#[test]
+fn capability_inputs_are_checked_without_acting() {
+    use daemon::node_host::capabilities::{echo_input, health_input, open_url_input};
+    use daemon::node_host::renewal::renewed_certificate;
+
+    assert!(echo_input(br#"{"a":[1,2]}"#).is_ok());
+    assert!(echo_input(b"{not json").is_err());
+    assert_eq!(health_input(b"{}").unwrap(), Path::new("/"));
+    assert_eq!(health_input(b"null").unwrap(), Path::new("/"));
+    assert_eq!(
+        health_input(br#"{"path":"/var"}"#).unwrap(),
+        Path::new("/var")
+    );
+    assert!(health_input(br#"{"path":"var"}"#).is_err());
+    assert!(health_input(br#"{"other":1}"#).is_err());
+    assert_eq!(
+        open_url_input(br#"{"url":"https://example.com/a"}"#)
+            .unwrap()
+            .as_str(),
+        "https://example.com/a"
+    );
+    assert!(open_url_input(br#"{"url":"file:///etc/passwd"}"#).is_err());
+    assert!(open_url_input(br#"{"link":"https://example.com"}"#).is_err());
+    assert_eq!(
+        renewed_certificate(br#"{"cert":"3003020100"}"#).unwrap(),
+        [0x30, 0x03, 0x02, 0x01, 0x00]
+    );
+    assert!(renewed_certificate(br#"{"cert":"zz"}"#).is_err());
+}

@@ -663,3 +663,94 @@ async fn a_restarted_daemon_with_new_keys_leaves_dead_connections_to_time_out() 
         "ended otherwise: {reason}"
     );
 }
+
+/// The TCP storm over QUIC: malformed, unknown, untimely and oversize frames on the
+/// stream of authenticated connections each end their connection with one typed error
+/// frame (then a close saying the session ended), while a connected node keeps being
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_bad_frames_closes_each_connection_with_a_typed_error() {
+    use protocol_core::wire::{Ack, encode_message};
+
+    let mut daemon = QuicDaemon::start(QuicLimits::default());
+    let good = daemon.ca.leaf("node-good", false);
+    let node = QuicNode::connect(
+        daemon.addr,
+        good.client(daemon.pin()),
+        "node-good",
+        node_config(),
+    )
+    .await
+    .unwrap();
+    daemon.expect(registered("node-good")).await;
+
+    let framed = |payload: &[u8]| {
+        let mut f = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut ack = [0u8; 64];
+    let n = encode_message(&Message::Ack(Ack { received: 1 }), u32::MAX, &mut ack).unwrap();
+    let max = DEFAULT_MAX_FRAME;
+    let storm: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        ("garbage", framed(&[0xA5; 64]), ErrorCode::Malformed),
+        ("empty frame", framed(&[]), ErrorCode::Malformed),
+        (
+            "unknown tag",
+            framed(&[0x7F, 1, 2, 3]),
+            ErrorCode::UnknownMessage { tag: 0x7F },
+        ),
+        (
+            "ack before hello",
+            ack[..n].to_vec(),
+            ErrorCode::UnexpectedMessage,
+        ),
+        (
+            "oversize prefix",
+            (max + 1).to_be_bytes().to_vec(),
+            ErrorCode::FrameTooLarge { len: max + 1, max },
+        ),
+        (
+            "u32::MAX prefix",
+            u32::MAX.to_be_bytes().to_vec(),
+            ErrorCode::FrameTooLarge { len: u32::MAX, max },
+        ),
+    ];
+    let bad = daemon.ca.leaf("node-bad", false);
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for (what, bytes, expected) in storm.clone() {
+            let tls = bad.client(daemon.pin());
+            let addr = daemon.addr;
+            tasks.push(tokio::spawn(async move {
+                let conn = raw_client(addr, tls).await.unwrap();
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&bytes).await.unwrap();
+                assert_eq!(
+                    error_frames(&mut recv).await,
+                    [expected],
+                    "round {round}: {what}"
+                );
+                // The error frame carries the detail; the close says the session ended.
+                let (code, _) = closed_with(&conn).await;
+                assert_eq!(
+                    code,
+                    u64::from(transport_tokio::host::CLOSE_SESSION_ENDED),
+                    "round {round}: {what}"
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        node.send(NodeCommand::SendEvent("between-storms")).await;
+        daemon
+            .expect(|(id, ev)| match ev {
+                OwnedDaemonEvent::Event { name, .. } if id == "node-good" => {
+                    (name == "between-storms").then_some(())
+                }
+                _ => None,
+            })
+            .await;
+    }
+}

@@ -784,3 +784,89 @@ async fn a_refused_client_certificate_reads_the_alert_not_a_reset() {
         }
     }
 }
+
+/// A storm of malformed, unknown, untimely and oversize frames from authenticated
+/// connections: each connection is told why with one typed error and closed, and a node
+/// connected before the storm is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_bad_frames_closes_each_connection_with_a_typed_error() {
+    use protocol_core::wire::{Ack, Message, encode_message};
+
+    let mut daemon = Daemon::start(ListenerConfig::default()).await;
+    let good = daemon.ca.leaf("node-good", false);
+    let node = Node::spawn(
+        Connector::new(good.client(daemon.pin()))
+            .connect(daemon.addr)
+            .await
+            .unwrap(),
+        "node-good",
+        node_config(),
+    );
+    daemon
+        .expect(|(_, ev)| matches!(ev, OwnedDaemonEvent::Register { .. }).then_some(()))
+        .await;
+
+    let framed = |payload: &[u8]| {
+        let mut f = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut ack = [0u8; 64];
+    let n = encode_message(&Message::Ack(Ack { received: 1 }), u32::MAX, &mut ack).unwrap();
+    let max = protocol_core::frame::DEFAULT_MAX_FRAME;
+    let storm: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        ("garbage", framed(&[0xA5; 64]), ErrorCode::Malformed),
+        ("empty frame", framed(&[]), ErrorCode::Malformed),
+        (
+            "unknown tag",
+            framed(&[0x7F, 1, 2, 3]),
+            ErrorCode::UnknownMessage { tag: 0x7F },
+        ),
+        (
+            "ack before hello",
+            ack[..n].to_vec(),
+            ErrorCode::UnexpectedMessage,
+        ),
+        (
+            "oversize prefix",
+            (max + 1).to_be_bytes().to_vec(),
+            ErrorCode::FrameTooLarge { len: max + 1, max },
+        ),
+        (
+            "u32::MAX prefix",
+            u32::MAX.to_be_bytes().to_vec(),
+            ErrorCode::FrameTooLarge { len: u32::MAX, max },
+        ),
+    ];
+    let bad = daemon.ca.leaf("node-bad", false);
+    let connector = Connector::new(bad.client(daemon.pin()));
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for (what, bytes, expected) in storm.clone() {
+            let connector = connector.clone();
+            let addr = daemon.addr;
+            tasks.push(tokio::spawn(async move {
+                let mut raw = connector.connect(addr).await.unwrap();
+                raw.write_all(&bytes).await.unwrap();
+                raw.flush().await.unwrap();
+                let (codes, _end) = read_until_end(&mut raw).await;
+                assert_eq!(codes, [expected], "round {round}: {what}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        node.commands
+            .send(NodeCommand::SendEvent("between-storms"))
+            .await
+            .unwrap();
+        daemon
+            .expect(|(id, ev)| match ev {
+                OwnedDaemonEvent::Event { name, .. } if id == "node-good" => {
+                    (name == "between-storms").then_some(())
+                }
+                _ => None,
+            })
+            .await;
+    }
+}

@@ -13,7 +13,7 @@ use super::v1::{Request, Response};
 
 /// Why no frame was read.
 #[derive(Debug)]
-pub(crate) enum ReadError {
+pub enum ReadError {
     /// The peer closed the stream between two frames.
     Closed,
     /// The prefix announced more than the limit; the stream is out of step.
@@ -22,8 +22,8 @@ pub(crate) enum ReadError {
     Io(io::Error),
 }
 
-/// Reads one frame of at most `max` payload bytes.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads one frame of at most `max` payload bytes, as both ends of the operator socket do.
+pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: u32,
 ) -> Result<Vec<u8>, ReadError> {

@@ -16,10 +16,13 @@ mod validate;
 use std::fmt;
 
 pub use client::{ApiClient, ClientConfig, ClientError, EventStream};
-pub use framing::{decode_request, decode_response};
+pub use framing::{ReadError, decode_request, decode_response, read_frame};
 pub use proto::{CONTRACT_VERSION, v1};
-pub use server::{ApiServer, BindError, EventSink, OperatorApi, ServerConfig, SinkError};
-pub use validate::{MAX_CALL_TIMEOUT_MS, MAX_NAME_LEN, MAX_REASON_LEN};
+pub use server::{
+    ApiServer, BindError, EventSink, HelloAnswer, OperatorApi, Screened, ServerConfig, SinkError,
+    screen, screen_hello,
+};
+pub use validate::{MAX_CALL_TIMEOUT_MS, MAX_NAME_LEN, MAX_REASON_LEN, check_request};
 
 use v1::ErrorCode;
 

@@ -30,7 +30,9 @@ use super::v1::{
     PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
     Response, RevokeRequest, Revoked, ShowNodeRequest, Status, request, response,
 };
-use super::{ApiError, CONTRACT_VERSION, MAX_FRAME, SOFTWARE_VERSION, decode_request, validate};
+use super::{
+    ApiError, CONTRACT_VERSION, MAX_FRAME, SOFTWARE_VERSION, check_request, decode_request,
+};
 
 /// What the daemon does for each request. The server has validated every argument (ids,
 /// names, ranges: see the `.proto` file) before a method is called.
@@ -487,39 +489,12 @@ impl<H: OperatorApi> Connection<H> {
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let req = decode_request(&first).map_err(|e| Some(malformed(first.len(), &e)))?;
-        match req.kind {
-            Some(request::Kind::Hello(hello)) if hello.contract_version == CONTRACT_VERSION => {
-                let hello = v1::Hello {
-                    contract_version: CONTRACT_VERSION,
-                    software_version: self.config.software_version.clone(),
-                };
-                self.send(&Response {
-                    id: req.id,
-                    kind: Some(response::Kind::Hello(hello)),
-                })
-                .await;
+        match screen_hello(&first, &self.config.software_version) {
+            HelloAnswer::Serve(hello) => {
+                self.send(&hello).await;
                 Ok(())
             }
-            Some(request::Kind::Hello(hello)) => {
-                let mut error = ApiError::new(
-                    ErrorCode::ContractMismatch,
-                    format!(
-                        "client speaks operator contract version {}, daemon speaks version {}",
-                        hello.contract_version, CONTRACT_VERSION
-                    ),
-                )
-                .to_proto();
-                error.daemon_contract_version = CONTRACT_VERSION;
-                Err(Some(Response {
-                    id: req.id,
-                    kind: Some(response::Kind::Error(error)),
-                }))
-            }
-            _ => Err(Some(error_response(
-                req.id,
-                &ApiError::failed_precondition("the first request must be a Hello"),
-            ))),
+            HelloAnswer::Close(error) => Err(Some(error)),
         }
     }
 
@@ -549,36 +524,17 @@ impl<H: OperatorApi> Connection<H> {
     }
 
     async fn dispatch(&mut self, frame: &[u8]) {
-        let req = match decode_request(frame) {
-            Ok(req) => req,
-            Err(e) => return self.send(&malformed(frame.len(), &e)).await,
-        };
-        let id = req.id;
-        if id == 0 {
-            let error = ApiError::invalid_argument("request id 0 is reserved");
-            return self.send(&error_response(0, &error)).await;
-        }
-        let Some(kind) = req.kind else {
-            let error = ApiError::new(
-                ErrorCode::Unimplemented,
-                "unknown request kind (a newer client?)",
-            );
-            return self.send(&error_response(id, &error)).await;
-        };
-        match kind {
-            request::Kind::Hello(_) => {
-                let error = ApiError::failed_precondition("Hello was already exchanged");
-                return self.send(&error_response(id, &error)).await;
-            }
-            request::Kind::Cancel(cancel) => {
+        let (id, kind) = match screen(frame) {
+            Screened::Answer(response) => return self.send(&response).await,
+            Screened::Cancel { target } => {
                 // Answered when the task's end is seen, so the request ends exactly once.
-                if let Some(task) = self.by_request.get(&cancel.target) {
+                if let Some(task) = self.by_request.get(&target) {
                     task.abort();
                 }
                 return;
             }
-            _ => {}
-        }
+            Screened::Run { id, kind } => (id, kind),
+        };
         if self.by_request.contains_key(&id) {
             // Answering on `id` would end the request already using it.
             let error = ApiError::invalid_argument(format!("request id {id} is already in flight"));
@@ -594,7 +550,7 @@ impl<H: OperatorApi> Connection<H> {
             );
             return self.send(&error_response(id, &error)).await;
         }
-        if let Err(error) = validate::check(&kind) {
+        if let Err(error) = check_request(&kind) {
             return self.send(&error_response(id, &error)).await;
         }
         let handler = self.handler.clone();
@@ -638,6 +594,96 @@ impl<H: OperatorApi> Connection<H> {
             // A closed writer means the client is gone; the reader will notice too.
             let _ = self.out.send(frame).await;
         }
+    }
+}
+
+/// The daemon's answer to a connection's first frame.
+#[derive(Debug)]
+pub enum HelloAnswer {
+    /// The daemon's `Hello`; requests are served next.
+    Serve(Response),
+    /// The error the connection closes with.
+    Close(Response),
+}
+
+/// Answers a connection's first frame, decided from the frame alone.
+pub fn screen_hello(frame: &[u8], software_version: &str) -> HelloAnswer {
+    let req = match decode_request(frame) {
+        Ok(req) => req,
+        Err(e) => return HelloAnswer::Close(malformed(frame.len(), &e)),
+    };
+    match req.kind {
+        Some(request::Kind::Hello(hello)) if hello.contract_version == CONTRACT_VERSION => {
+            HelloAnswer::Serve(Response {
+                id: req.id,
+                kind: Some(response::Kind::Hello(v1::Hello {
+                    contract_version: CONTRACT_VERSION,
+                    software_version: software_version.to_owned(),
+                })),
+            })
+        }
+        Some(request::Kind::Hello(hello)) => {
+            let mut error = ApiError::new(
+                ErrorCode::ContractMismatch,
+                format!(
+                    "client speaks operator contract version {}, daemon speaks version {}",
+                    hello.contract_version, CONTRACT_VERSION
+                ),
+            )
+            .to_proto();
+            error.daemon_contract_version = CONTRACT_VERSION;
+            HelloAnswer::Close(Response {
+                id: req.id,
+                kind: Some(response::Kind::Error(error)),
+            })
+        }
+        _ => HelloAnswer::Close(error_response(
+            req.id,
+            &ApiError::failed_precondition("the first request must be a Hello"),
+        )),
+    }
+}
+
+/// What the server makes of one frame after the `Hello`, before it looks at the
+/// connection's requests in flight or validates arguments ([`check_request`]).
+#[derive(Debug)]
+pub enum Screened {
+    /// Answered at once; nothing runs.
+    Answer(Response),
+    /// Cancels the request `target`, if it is in flight.
+    Cancel { target: u64 },
+    /// A request for the handler, once its id is free and its arguments pass.
+    Run { id: u64, kind: request::Kind },
+}
+
+/// Decodes one frame as the server does and sorts it: malformed frames, the reserved id
+/// 0, unknown kinds and a second `Hello` are answered without running anything.
+pub fn screen(frame: &[u8]) -> Screened {
+    let req = match decode_request(frame) {
+        Ok(req) => req,
+        Err(e) => return Screened::Answer(malformed(frame.len(), &e)),
+    };
+    let id = req.id;
+    if id == 0 {
+        let error = ApiError::invalid_argument("request id 0 is reserved");
+        return Screened::Answer(error_response(0, &error));
+    }
+    match req.kind {
+        None => {
+            let error = ApiError::new(
+                ErrorCode::Unimplemented,
+                "unknown request kind (a newer client?)",
+            );
+            Screened::Answer(error_response(id, &error))
+        }
+        Some(request::Kind::Hello(_)) => {
+            let error = ApiError::failed_precondition("Hello was already exchanged");
+            Screened::Answer(error_response(id, &error))
+        }
+        Some(request::Kind::Cancel(cancel)) => Screened::Cancel {
+            target: cancel.target,
+        },
+        Some(kind) => Screened::Run { id, kind },
     }
 }
 

@@ -18,8 +18,9 @@ pub const MAX_REASON_LEN: usize = 512;
 /// person's approval).
 pub const MAX_CALL_TIMEOUT_MS: u32 = 24 * 60 * 60 * 1000;
 
-/// Checks the arguments of a request other than `Hello` and `Cancel`.
-pub(crate) fn check(kind: &Kind) -> Result<(), ApiError> {
+/// Checks the arguments of a request other than `Hello` and `Cancel`, as the server
+/// does before a handler sees it. Pure: it looks at the request only.
+pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
     match kind {
         Kind::Hello(_)
         | Kind::Cancel(_)

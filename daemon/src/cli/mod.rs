@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// ...then one per this long (default 6s).
     #[arg(long, env = "TERN_PAIRING_REFILL", value_parser = parse_duration)]
     pub pairing_refill: Option<Duration>,
+    /// How long a node connection may take to finish its TLS or QUIC handshake before it
+    /// is cut (default 10s), e.g. 500ms, 10s.
+    #[arg(long, env = "TERN_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]

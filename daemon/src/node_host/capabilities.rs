@@ -357,6 +357,11 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>, CapabilityError> {
 
 // ----- echo -----
 
+/// Checks `echo`'s input: any JSON value.
+pub fn echo_input(input: &[u8]) -> Result<(), CapabilityError> {
+    parse_json::<serde::de::IgnoredAny>(input).map(drop)
+}
+
 /// `echo`: answers with its input, which must be JSON.
 #[derive(Debug)]
 pub struct Echo {
@@ -384,7 +389,7 @@ impl Capability for Echo {
 
     fn call(&self, input: Vec<u8>, _: CallContext) -> CallFuture {
         Box::pin(async move {
-            parse_json::<serde::de::IgnoredAny>(&input)?;
+            echo_input(&input)?;
             Ok(input)
         })
     }
@@ -430,6 +435,20 @@ impl HostHealth {
 #[serde(deny_unknown_fields)]
 struct HealthInput {
     path: Option<PathBuf>,
+}
+
+/// Reads `system.health`'s input: the filesystem to report on, absolute (`/` when the
+/// input is `null`, `{}` or names no path).
+pub fn health_input(input: &[u8]) -> Result<PathBuf, CapabilityError> {
+    let args: Option<HealthInput> = parse_json(input)?;
+    let path = args.and_then(|a| a.path).unwrap_or_else(|| "/".into());
+    if !path.is_absolute() {
+        return Err(CapabilityError::BadInput(format!(
+            "path must be absolute: {}",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// A system file that does not read as expected.
@@ -583,14 +602,7 @@ impl Capability for SystemHealth {
 
     fn call(&self, input: Vec<u8>, _: CallContext) -> CallFuture {
         Box::pin(async move {
-            let args: Option<HealthInput> = parse_json(&input)?;
-            let path = args.and_then(|a| a.path).unwrap_or_else(|| "/".into());
-            if !path.is_absolute() {
-                return Err(CapabilityError::BadInput(format!(
-                    "path must be absolute: {}",
-                    path.display()
-                )));
-            }
+            let path = health_input(&input)?;
             // statvfs can block for long on a network filesystem: off the runtime.
             let health = tokio::task::spawn_blocking(move || read_health(&path))
                 .await
@@ -697,6 +709,13 @@ pub fn check_url(raw: &str) -> Result<url::Url, CapabilityError> {
     Ok(url)
 }
 
+/// Reads `desktop.open_url`'s input (`{"url": "..."}`) and checks the URL
+/// ([`check_url`]); nothing is opened.
+pub fn open_url_input(input: &[u8]) -> Result<url::Url, CapabilityError> {
+    let args: OpenUrlInput = parse_json(input)?;
+    check_url(&args.url)
+}
+
 /// `desktop.open_url`: opens an http(s) URL on the desktop, with local approval.
 #[derive(Debug)]
 pub struct OpenUrl {
@@ -725,8 +744,7 @@ impl Capability for OpenUrl {
         let options = self.options.clone();
         let name = self.descriptor.name.clone();
         Box::pin(async move {
-            let args: OpenUrlInput = parse_json(&input)?;
-            let url = check_url(&args.url)?;
+            let url = open_url_input(&input)?;
             match options.policy {
                 UrlPolicy::Deny => return Err(CapabilityError::NeedsApproval),
                 UrlPolicy::Allow => {}

@@ -81,13 +81,7 @@ impl Capability for InstallCertificate {
         let identity = self.identity.clone();
         let tls = self.tls.clone();
         Box::pin(async move {
-            let renewed: Renewed<'_> = serde_json::from_slice(&input).map_err(|e| {
-                CapabilityError::BadInput(format!("not a renewed certificate: {e}"))
-            })?;
-            let mut der = vec![0; hex::decoded_len(renewed.cert.len())];
-            renewed.cert_der(&mut der).map_err(|e| {
-                CapabilityError::BadInput(format!("the certificate is not hex: {e}"))
-            })?;
+            let der = renewed_certificate(&input)?;
             let config = {
                 let mut id = identity.lock().unwrap_or_else(PoisonError::into_inner);
                 id.install_renewed(&der)
@@ -100,6 +94,20 @@ impl Capability for InstallCertificate {
             Ok(serde_json::to_vec(&Installed { installed: true }).unwrap_or_default())
         })
     }
+}
+
+/// Reads `tern.certificate`'s input: the renewed certificate's DER, from its hex. The
+/// identity checks it before keeping it.
+pub fn renewed_certificate(input: &[u8]) -> Result<Vec<u8>, CapabilityError> {
+    let renewed: Renewed<'_> = serde_json::from_slice(input)
+        .map_err(|e| CapabilityError::BadInput(format!("not a renewed certificate: {e}")))?;
+    let mut der = vec![0; hex::decoded_len(renewed.cert.len())];
+    let n = renewed
+        .cert_der(&mut der)
+        .map_err(|e| CapabilityError::BadInput(format!("the certificate is not hex: {e}")))?
+        .len();
+    der.truncate(n);
+    Ok(der)
 }
 
 /// Whether the certificate ends within `window` of `now`.

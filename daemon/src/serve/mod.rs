@@ -189,6 +189,7 @@ pub async fn run(
                 max_connections: settings.max_connections,
                 pairing_burst: settings.pairing.address_burst,
                 pairing_refill: settings.pairing.address_refill,
+                handshake_timeout: settings.handshake_timeout,
                 ..QuicLimits::default()
             };
             let responder: Arc<dyn transport_tokio::pairing::PairingResponder> = pairing.clone();
@@ -221,6 +222,7 @@ pub async fn run(
                 max_connections: settings.max_connections,
                 pairing_burst: settings.pairing.address_burst,
                 pairing_refill: settings.pairing.address_refill,
+                handshake_timeout: settings.handshake_timeout,
                 ..ListenerConfig::default()
             },
         )

@@ -28,6 +28,9 @@ pub struct Settings {
     /// Prometheus metrics on this address (off unless set).
     pub metrics: Option<SocketAddr>,
     pub max_connections: usize,
+    /// How long a node connection may take to finish its handshake, on both transports;
+    /// one that takes longer is cut and its slot freed.
+    pub handshake_timeout: Duration,
     pub pairing: PairingPolicy,
     pub events_retention: Retention,
 }
@@ -92,6 +95,7 @@ impl Settings {
             public_names: vec!["localhost".into(), "127.0.0.1".into()],
             metrics: None,
             max_connections: transport_tokio::quic::DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: transport_tokio::tcp::DEFAULT_HANDSHAKE_TIMEOUT,
             pairing: PairingPolicy {
                 default_ttl: Duration::from_secs(600),
                 approval_required: false,
@@ -132,6 +136,9 @@ impl Settings {
         }
         if let Some(v) = file.max_connections {
             self.max_connections = v;
+        }
+        if let Some(ms) = file.handshake_timeout_ms {
+            self.handshake_timeout = Duration::from_millis(ms);
         }
         if let Some(p) = file.pairing {
             if let Some(s) = p.default_ttl_seconds {
@@ -184,6 +191,7 @@ struct FileSettings {
     public_names: Option<Vec<String>>,
     metrics: Option<String>,
     max_connections: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
     pairing: Option<FilePairing>,
     events: Option<FileEvents>,
 }
