@@ -223,7 +223,6 @@ pub async fn run(
                 pairing_burst: settings.pairing.address_burst,
                 pairing_refill: settings.pairing.address_refill,
                 handshake_timeout: settings.handshake_timeout,
-                ..ListenerConfig::default()
             },
         )
         .await
