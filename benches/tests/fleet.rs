@@ -30,8 +30,9 @@ fn quick(transport: Transport) {
         ternd: Some(ternd_binary()),
         ..Options::quick(transport)
     };
-    let report = runtime().unwrap().block_on(run(&options)).unwrap();
+    let report = runtime().unwrap().block_on(run(&options));
     eprintln!("{}", report.table());
+    assert_eq!(report.error, None);
     assert_eq!(report.held, options.nodes);
     assert_eq!(report.calls.failed, 0);
     assert_eq!(report.events_stored, options.nodes * options.events as usize);

@@ -78,14 +78,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&options)) {
-        Ok(report) => {
-            println!("{}", report.table());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fleet: {e}");
-            ExitCode::FAILURE
-        }
+    let report = rt.block_on(run(&options));
+    println!("{}", report.table());
+    if report.error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -95,10 +95,12 @@ impl Options {
 }
 
 /// Call latencies at the set rate.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Calls {
     pub issued: usize,
     pub failed: usize,
+    /// The most frequent reason among the failed calls.
+    pub failure: Option<(String, usize)>,
     pub p50: Duration,
     pub p99: Duration,
     pub p999: Duration,
@@ -129,6 +131,8 @@ pub struct Report {
     pub back_after_kill: Duration,
     pub back_after_start: Duration,
     pub gave_up: usize,
+    /// The phase that failed, if one did (the figures after it are missing).
+    pub error: Option<String>,
 }
 
 impl Report {
@@ -240,6 +244,12 @@ impl Report {
         for (k, v, g) in rows {
             out.push_str(&format!("| {k} | {v} | {g} |\n"));
         }
+        if let Some((why, count)) = &self.calls.failure {
+            out.push_str(&format!("\nmost failed calls ({count}): {why}\n"));
+        }
+        if let Some(e) = &self.error {
+            out.push_str(&format!("\nstopped early: {e}\n"));
+        }
         out
     }
 }
@@ -267,28 +277,35 @@ async fn wait_for(
     }
 }
 
+/// Nodes online in the daemon's view. From `status`, not `list_nodes`: the node list
+/// is one answer on the operator socket and stops fitting its frame at a few thousand
+/// nodes.
 async fn online(api: &ApiClient) -> Result<usize, BenchError> {
-    let list = api
-        .list_nodes()
+    let status = api
+        .status()
         .await
-        .map_err(BenchError::context("listing nodes"))?;
-    Ok(list
-        .nodes
-        .iter()
-        .filter(|n| n.state == v1::NodeState::Online as i32)
-        .count())
+        .map_err(BenchError::context("daemon status"))?;
+    Ok(status.nodes.map_or(0, |c| c.online as usize))
 }
 
-/// Runs the whole thing; the state directory is removed afterwards.
-pub async fn run(options: &Options) -> Result<Report, BenchError> {
-    let n = options.nodes;
+/// Runs the whole thing; the state directory is removed afterwards. A phase that fails
+/// ends the run; what was measured before it stays in the report, with `error` set.
+pub async fn run(options: &Options) -> Report {
     let mut report = Report {
         transport: Some(options.transport),
-        nodes: n,
+        nodes: options.nodes,
         call_rate: options.call_rate,
         events_per_node: options.events,
         ..Report::default()
     };
+    if let Err(e) = phases(options, &mut report).await {
+        report.error = Some(e.to_string());
+    }
+    report
+}
+
+async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError> {
+    let n = options.nodes;
     let exe = ternd::locate(options.ternd.as_deref())?;
     let state = tempfile::Builder::new().prefix("fleet-").tempdir()?;
     let settings = DaemonSettings {
@@ -426,7 +443,7 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
 
     fleet.shutdown().await;
     drop(daemon);
-    Ok(report)
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -441,7 +458,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 /// from its request to its answer on the operator socket.
 async fn calls(api: &ApiClient, n: usize, options: &Options) -> Result<Calls, BenchError> {
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let failed = Arc::new(Mutex::new(0usize));
+    let failed = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
     let mut rng = chacha20::ChaCha20Rng::seed_from_u64(7);
     let total = (f64::from(options.call_rate) * options.call_time.as_secs_f64()) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(
@@ -473,17 +490,31 @@ async fn calls(api: &ApiClient, n: usize, options: &Options) -> Result<Calls, Be
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(took);
                 }
-                _ => *failed.lock().unwrap_or_else(PoisonError::into_inner) += 1,
+                other => {
+                    let why = match other {
+                        Ok(res) if res.state == v1::CallState::Succeeded as i32 => {
+                            "succeeded with another output".to_owned()
+                        }
+                        Ok(res) => format!("state {} ({})", res.state, res.message),
+                        Err(e) => e.to_string(),
+                    };
+                    *failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .entry(why)
+                        .or_default() += 1;
+                }
             }
         });
     }
     while tasks.join_next().await.is_some() {}
     let mut s = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
     s.sort_unstable();
-    let failed = *failed.lock().unwrap_or_else(PoisonError::into_inner);
+    let failed = std::mem::take(&mut *failed.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(Calls {
         issued: total,
-        failed,
+        failed: failed.values().sum(),
+        failure: failed.into_iter().max_by_key(|(_, n)| *n),
         p50: percentile(&s, 0.50),
         p99: percentile(&s, 0.99),
         p999: percentile(&s, 0.999),
@@ -496,31 +527,45 @@ async fn count_events(
     n: usize,
     per_node: u64,
 ) -> Result<(usize, usize, usize), BenchError> {
-    let mut stream = api
-        .events(EventsRequest {
-            node: None,
-            from_seq: 0,
-            follow: false,
-        })
-        .await
-        .map_err(BenchError::context("events"))?;
     let mut seen = HashSet::new();
     let (mut stored, mut dup) = (0usize, 0usize);
-    while let Some(e) = stream.next().await {
-        let e = e.map_err(BenchError::context("events"))?;
-        if e.name != node::EVENT_NAME {
-            continue;
+    let mut from_seq = 0;
+    // A stream that falls behind is cancelled by the client; resume where it stopped.
+    'resume: loop {
+        let mut stream = api
+            .events(EventsRequest {
+                node: None,
+                from_seq,
+                follow: false,
+            })
+            .await
+            .map_err(BenchError::context("events"))?;
+        while let Some(e) = stream.next().await {
+            let e = match e {
+                Ok(e) => e,
+                Err(daemon::api::ClientError::Lagged { next_seq }) => {
+                    from_seq = next_seq;
+                    continue 'resume;
+                }
+                Err(e) => return Err(BenchError(format!("events: {e}"))),
+            };
+            if e.name != node::EVENT_NAME {
+                continue;
+            }
+            stored += 1;
+            let seq = std::str::from_utf8(&e.body)
+                .ok()
+                .and_then(|b| b.strip_prefix("{\"seq\":"))
+                .and_then(|b| b.strip_suffix('}'))
+                .and_then(|b| b.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    BenchError(format!("an event body the nodes never send: {e:?}"))
+                })?;
+            if !seen.insert((e.node, seq)) {
+                dup += 1;
+            }
         }
-        stored += 1;
-        let seq = std::str::from_utf8(&e.body)
-            .ok()
-            .and_then(|b| b.strip_prefix("{\"seq\":"))
-            .and_then(|b| b.strip_suffix('}'))
-            .and_then(|b| b.parse::<u64>().ok())
-            .ok_or_else(|| BenchError(format!("an event body the nodes never send: {e:?}")))?;
-        if !seen.insert((e.node, seq)) {
-            dup += 1;
-        }
+        break;
     }
     let expected = n * per_node as usize;
     Ok((stored, expected.saturating_sub(seen.len()), dup))
