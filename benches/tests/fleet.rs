@@ -35,7 +35,10 @@ fn quick(transport: Transport) {
     assert_eq!(report.error, None);
     assert_eq!(report.held, options.nodes);
     assert_eq!(report.calls.failed, 0);
-    assert_eq!(report.events_stored, options.nodes * options.events as usize);
+    assert_eq!(
+        report.events_stored,
+        options.nodes * options.events as usize
+    );
     assert_eq!(report.events_lost, 0);
     assert_eq!(report.events_duplicated, 0);
     assert_eq!(report.gave_up, 0);

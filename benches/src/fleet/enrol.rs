@@ -170,8 +170,8 @@ async fn pair_one(
     let uri = PairingUri::parse(uri).map_err(|e| BenchError(format!("pairing URI: {e:?}")))?;
     let pin = Fingerprint(uri.fingerprint);
     // The node's key and CSR, generated on the node as the node host does.
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(BenchError::context("node key"))?;
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(BenchError::context("node key"))?;
     let csr = CertificateParams::default()
         .serialize_request(&key)
         .map_err(BenchError::context("CSR"))?

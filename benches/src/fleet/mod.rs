@@ -126,6 +126,14 @@ pub struct Report {
     pub events_stored: usize,
     pub events_lost: usize,
     pub events_duplicated: usize,
+    /// A few of the lost events, as (node, seq).
+    pub events_missing: Vec<(String, u64)>,
+    /// Connections opened again while the events were sent (none if nothing dropped).
+    pub reconnects_during_events: usize,
+    /// Sessions the daemon could not resume over the whole run, and the node messages
+    /// they declared lost.
+    pub session_resets: usize,
+    pub reset_unacked: usize,
     /// From the kill until every node was online again, and from the restarted daemon
     /// answering until then.
     pub back_after_kill: Duration,
@@ -196,7 +204,10 @@ impl Report {
                 "≥ 1,000 /s",
             ),
             (
-                format!("call latency p50 / p99 / p999 at {} calls/s", self.call_rate),
+                format!(
+                    "call latency p50 / p99 / p999 at {} calls/s",
+                    self.call_rate
+                ),
                 format!(
                     "{} / {} / {} ({} calls, {} failed)",
                     ms(self.calls.p50),
@@ -221,8 +232,16 @@ impl Report {
             (
                 "events lost / duplicated (counted after the restart)".into(),
                 format!(
-                    "{} / {} ({} stored)",
-                    self.events_lost, self.events_duplicated, self.events_stored
+                    "{} / {} ({} stored; {} reconnects while sending{})",
+                    self.events_lost,
+                    self.events_duplicated,
+                    self.events_stored,
+                    self.reconnects_during_events,
+                    if self.events_missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; missing {:?}", self.events_missing)
+                    }
                 ),
                 "0 / 0",
             ),
@@ -236,6 +255,11 @@ impl Report {
                 "≤ 30 s",
             ),
             ("nodes that gave up".into(), self.gave_up.to_string(), "0"),
+            (
+                "sessions the daemon could not resume (node messages they dropped)".into(),
+                format!("{} ({})", self.session_resets, self.reset_unacked),
+                "0",
+            ),
         ];
         let mut out = format!(
             "fleet: {} nodes over {transport}\n\n| measure | value | goal |\n|---|---|---|\n",
@@ -307,7 +331,12 @@ pub async fn run(options: &Options) -> Report {
 async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError> {
     let n = options.nodes;
     let exe = ternd::locate(options.ternd.as_deref())?;
-    let state = tempfile::Builder::new().prefix("fleet-").tempdir()?;
+    let mut state = tempfile::Builder::new().prefix("fleet-").tempdir()?;
+    // The daemon's log and store, for a look after the run.
+    if std::env::var_os("FLEET_KEEP").is_some() {
+        state.disable_cleanup(true);
+        log(&format!("keeping {}", state.path().display()));
+    }
     let settings = DaemonSettings {
         exe,
         state_dir: state.path().to_owned(),
@@ -334,14 +363,7 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
         report.sources
     ));
     let started = Instant::now();
-    let enrolled = enrol::enrol(
-        &api,
-        options.transport,
-        daemon.addr(),
-        n,
-        report.sources,
-    )
-    .await?;
+    let enrolled = enrol::enrol(&api, options.transport, daemon.addr(), n, report.sources).await?;
     report.enrol_time = started.elapsed();
 
     // Every node connects at once.
@@ -393,6 +415,7 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
 
     // Events.
     log("events");
+    let opens_before = fleet.stats.opens.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let reached = fleet.broadcast(NodeCommand::Send(options.events)).await;
     if reached < n {
@@ -414,6 +437,11 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
     )
     .await
     .map(|_| started.elapsed())?;
+    report.reconnects_during_events = fleet
+        .stats
+        .opens
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(opens_before);
 
     // kill -9 and restart.
     log("kill -9");
@@ -432,13 +460,22 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
     report.back_after_kill = killed.elapsed();
     report.back_after_start = answered.elapsed();
     report.gave_up = n.saturating_sub(fleet.connected());
+    report.session_resets = fleet
+        .stats
+        .resets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    report.reset_unacked = fleet
+        .stats
+        .reset_unacked
+        .load(std::sync::atomic::Ordering::Relaxed);
     back?;
 
     // What the store holds.
     log("counting events");
-    let (stored, lost, dup) = count_events(&api, n, options.events).await?;
+    let (stored, missing, dup) = count_events(&api, n, options.events).await?;
     report.events_stored = stored;
-    report.events_lost = lost;
+    report.events_lost = missing.len();
+    report.events_missing = missing.into_iter().take(10).collect();
     report.events_duplicated = dup;
 
     fleet.shutdown().await;
@@ -521,12 +558,13 @@ async fn calls(api: &ApiClient, n: usize, options: &Options) -> Result<Calls, Be
     })
 }
 
-/// Reads every stored event; returns (numbered events stored, lost, duplicated).
+/// Reads every stored event; returns (numbered events stored, the missing ones as
+/// (node, seq), duplicates).
 async fn count_events(
     api: &ApiClient,
     n: usize,
     per_node: u64,
-) -> Result<(usize, usize, usize), BenchError> {
+) -> Result<(usize, Vec<(String, u64)>, usize), BenchError> {
     let mut seen = HashSet::new();
     let (mut stored, mut dup) = (0usize, 0usize);
     let mut from_seq = 0;
@@ -558,15 +596,16 @@ async fn count_events(
                 .and_then(|b| b.strip_prefix("{\"seq\":"))
                 .and_then(|b| b.strip_suffix('}'))
                 .and_then(|b| b.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    BenchError(format!("an event body the nodes never send: {e:?}"))
-                })?;
+                .ok_or_else(|| BenchError(format!("an event body the nodes never send: {e:?}")))?;
             if !seen.insert((e.node, seq)) {
                 dup += 1;
             }
         }
         break;
     }
-    let expected = n * per_node as usize;
-    Ok((stored, expected.saturating_sub(seen.len()), dup))
+    let missing = (0..n)
+        .flat_map(|i| (0..per_node).map(move |seq| (enrol::device_id(i), seq)))
+        .filter(|k| !seen.contains(k))
+        .collect();
+    Ok((stored, missing, dup))
 }

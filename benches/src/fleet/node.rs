@@ -79,10 +79,16 @@ pub enum NodeCommand {
 pub struct FleetStats {
     /// Connections carrying a session now.
     pub connected: AtomicUsize,
+    /// Connections that took a session, ever.
+    pub opens: AtomicUsize,
     /// Nodes whose events are all acknowledged.
     pub settled: AtomicUsize,
     /// Connection attempts that failed.
     pub failed_dials: AtomicUsize,
+    /// Sessions the daemon lost (a reconnect it could not resume), and the node's
+    /// messages those resets declared undeliverable.
+    pub resets: AtomicUsize,
+    pub reset_unacked: AtomicUsize,
     failure: Mutex<Option<String>>,
 }
 
@@ -160,6 +166,16 @@ impl Application<NSession> for NodeApp {
                 NodeEvent::Call { call, .. } => {
                     self.answers.push((call.call_id, call.input.data.to_vec()));
                 }
+                NodeEvent::SessionReset { unacked, .. } => {
+                    self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                    if let Some((from, to)) = unacked {
+                        let lost = to.saturating_sub(from).saturating_add(1);
+                        self.stats.reset_unacked.fetch_add(
+                            usize::try_from(lost).unwrap_or(usize::MAX),
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
                 _ => {}
             }
         }
@@ -217,6 +233,7 @@ impl Sessions<NSession> for Lend {
         })?;
         *lock(&app.link) = Some(commands);
         app.stats.connected.fetch_add(1, Ordering::Relaxed);
+        app.stats.opens.fetch_add(1, Ordering::Relaxed);
         let _ = self.opened.send(());
         let journal_key = app.key.clone();
         Ok(Opened {

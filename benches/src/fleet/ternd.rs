@@ -133,7 +133,11 @@ impl Ternd {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(BenchError(format!(
                     "ternd exited at start ({status}); see {}",
                     self.settings.state_dir.join("ternd.log").display()
