@@ -15,7 +15,7 @@ use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use transport_tokio::pairing::{PairOptions, pair_over};
+use transport_tokio::pairing::{PairError, PairOptions, pair_over};
 use transport_tokio::tcp::Connector;
 use transport_tokio::tls::{Fingerprint, client_config, pairing_client_config};
 
@@ -28,6 +28,8 @@ pub const WAVE: usize = 1_000;
 const PAIRINGS_IN_FLIGHT: usize = 64;
 /// Code requests in flight at once on the operator socket.
 const MINTS_IN_FLIGHT: usize = 16;
+/// Pairing runs per node before its failure ends the enrolment.
+const PAIRING_ATTEMPTS: u32 = 3;
 /// A code outlives its wave by far.
 const CODE_TTL_SECONDS: u32 = 600;
 /// Most source addresses used: the daemon's per-address table holds 4,096.
@@ -70,16 +72,18 @@ pub fn device_id(i: usize) -> String {
 }
 
 /// Pairs `n` nodes with the daemon at `addr` over `transport`, `WAVE` codes at a time;
-/// node `i` pairs from `source(i % sources)`.
+/// node `i` pairs from `source(i % sources)`. Also returns how many pairing runs were
+/// retried after a network failure.
 pub async fn enrol(
     api: &ApiClient,
     transport: Transport,
     addr: SocketAddr,
     n: usize,
     sources: usize,
-) -> Result<Vec<Enrolled>, BenchError> {
+) -> Result<(Vec<Enrolled>, usize), BenchError> {
     let mut all = Vec::with_capacity(n);
     let slots = Arc::new(Semaphore::new(PAIRINGS_IN_FLIGHT));
+    let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for start in (0..n).step_by(WAVE) {
         let end = (start + WAVE).min(n);
         let uris = mint(api, start..end).await?;
@@ -103,13 +107,27 @@ pub async fn enrol(
                 }
                 Transport::Tcp => Opener::Tcp(src),
             };
-            let slots = slots.clone();
+            let (slots, retries) = (slots.clone(), retries.clone());
             runs.spawn(async move {
                 let _slot = slots
                     .acquire()
                     .await
                     .map_err(BenchError::context("slots"))?;
-                pair_one(i, &uri, addr, src, stream).await
+                // A real node retries pairing after a network failure, with the same
+                // code (a run that never proved the code does not use it up).
+                let mut attempt = 1;
+                loop {
+                    match pair_one(i, &uri, addr, src, &stream).await {
+                        Err(Failure::Transient(e)) if attempt < PAIRING_ATTEMPTS => {
+                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            crate::fleet::log(&format!("retrying: {e}"));
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                        Err(Failure::Transient(e) | Failure::Fatal(e)) => return Err(e),
+                        Ok(enrolled) => return Ok(enrolled),
+                    }
+                }
             });
         }
         while let Some(r) = runs.join_next().await {
@@ -120,7 +138,7 @@ pub async fn enrol(
         }
     }
     all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-    Ok(all)
+    Ok((all, retries.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// Mints codes for nodes `range` on the operator socket.
@@ -160,13 +178,25 @@ enum Opener {
     Tcp(Ipv4Addr),
 }
 
+/// Why one pairing run failed: worth another run, or not.
+enum Failure {
+    Transient(BenchError),
+    Fatal(BenchError),
+}
+
+impl From<BenchError> for Failure {
+    fn from(e: BenchError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
 async fn pair_one(
     i: usize,
     uri: &str,
     addr: SocketAddr,
     src: Ipv4Addr,
-    opener: Opener,
-) -> Result<Enrolled, BenchError> {
+    opener: &Opener,
+) -> Result<Enrolled, Failure> {
     let uri = PairingUri::parse(uri).map_err(|e| BenchError(format!("pairing URI: {e:?}")))?;
     let pin = Fingerprint(uri.fingerprint);
     // The node's key and CSR, generated on the node as the node host does.
@@ -183,9 +213,11 @@ async fn pair_one(
     let bundle = match opener {
         Opener::Tcp(src) => {
             let stream = Connector::new(tls)
-                .connect_from(SocketAddr::from((src, 0)), addr)
+                .connect_from(SocketAddr::from((*src, 0)), addr)
                 .await
-                .map_err(BenchError::context("pairing connect (TCP)"))?;
+                .map_err(|e| {
+                    Failure::Transient(BenchError(format!("pairing connect (TCP): {e}")))
+                })?;
             pair_over(&options, stream, &uri.code, &csr, Some(pin), &mut rng).await
         }
         Opener::Quic(ep) => {
@@ -199,11 +231,13 @@ async fn pair_one(
                 )
                 .map_err(BenchError::context("pairing connect (QUIC)"))?
                 .await
-                .map_err(BenchError::context("pairing handshake (QUIC)"))?;
+                .map_err(|e| {
+                    Failure::Transient(BenchError(format!("pairing handshake (QUIC): {e}")))
+                })?;
             let (send, recv) = conn
                 .open_bi()
                 .await
-                .map_err(BenchError::context("pairing stream"))?;
+                .map_err(|e| Failure::Transient(BenchError(format!("pairing stream: {e}"))))?;
             let r = pair_over(
                 &options,
                 tokio::io::join(recv, send),
@@ -217,7 +251,16 @@ async fn pair_one(
             r
         }
     }
-    .map_err(|e| BenchError(format!("pairing node {i} from {src}: {e}")))?;
+    .map_err(|e| {
+        let why = BenchError(format!("pairing node {i} from {src}: {e}"));
+        match e {
+            PairError::ConnectionClosed
+            | PairError::Io(_)
+            | PairError::Unreachable(_)
+            | PairError::TimedOut => Failure::Transient(why),
+            _ => Failure::Fatal(why),
+        }
+    })?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let tls = client_config(
         bundle.server_fingerprint,

@@ -114,6 +114,8 @@ pub struct Report {
     pub held: usize,
     pub sources: usize,
     pub enrol_time: Duration,
+    /// Pairing runs retried after a network failure.
+    pub pairing_retries: usize,
     pub rss_baseline_kib: u64,
     pub rss_held_kib: u64,
     pub idle_cpu_percent: f64,
@@ -170,10 +172,11 @@ impl Report {
             (
                 "enrolment (pairing over the transport)".into(),
                 format!(
-                    "{} ({:.0} nodes/s, {} source addresses)",
+                    "{} ({:.0} nodes/s, {} source addresses, {} runs retried)",
                     s(self.enrol_time),
                     self.nodes as f64 / self.enrol_time.as_secs_f64().max(1e-9),
-                    self.sources
+                    self.sources,
+                    self.pairing_retries
                 ),
                 "",
             ),
@@ -278,7 +281,7 @@ impl Report {
     }
 }
 
-fn log(what: &str) {
+pub(crate) fn log(what: &str) {
     eprintln!("[fleet] {what}");
 }
 
@@ -363,8 +366,10 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
         report.sources
     ));
     let started = Instant::now();
-    let enrolled = enrol::enrol(&api, options.transport, daemon.addr(), n, report.sources).await?;
+    let (enrolled, retries) =
+        enrol::enrol(&api, options.transport, daemon.addr(), n, report.sources).await?;
     report.enrol_time = started.elapsed();
+    report.pairing_retries = retries;
 
     // Every node connects at once.
     log("connecting");
