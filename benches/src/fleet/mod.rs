@@ -136,6 +136,11 @@ pub struct Report {
     /// they declared lost.
     pub session_resets: usize,
     pub reset_unacked: usize,
+    /// The most frequent reason the nodes' sessions gave for a disconnect while the
+    /// events were sent, and its count.
+    pub events_disconnect: Option<(String, usize)>,
+    /// Numbered events in the store before the kill (the final count is after it).
+    pub events_before_kill: usize,
     /// From the kill until every node was online again, and from the restarted daemon
     /// answering until then.
     pub back_after_kill: Duration,
@@ -270,6 +275,15 @@ impl Report {
         );
         for (k, v, g) in rows {
             out.push_str(&format!("| {k} | {v} | {g} |\n"));
+        }
+        out.push_str(&format!(
+            "\nnumbered events stored before the kill: {}\n",
+            self.events_before_kill
+        ));
+        if let Some((why, count)) = &self.events_disconnect {
+            out.push_str(&format!(
+                "most frequent disconnect while sending events ({count}): {why}\n"
+            ));
         }
         if let Some((why, count)) = &self.calls.failure {
             out.push_str(&format!("\nmost failed calls ({count}): {why}\n"));
@@ -416,7 +430,16 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
 
     // Calls at a set rate to random nodes.
     log("calls");
-    report.calls = calls(&api, n, options).await?;
+    let mut clients = Vec::with_capacity(CALL_CONNECTIONS);
+    for _ in 0..CALL_CONNECTIONS {
+        clients.push(
+            ApiClient::connect(daemon.socket())
+                .await
+                .map_err(BenchError::context("operator socket"))?,
+        );
+    }
+    report.calls = calls(&clients, n, options).await?;
+    drop(clients);
 
     // Events.
     log("events");
@@ -447,6 +470,17 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
         .opens
         .load(std::sync::atomic::Ordering::Relaxed)
         .saturating_sub(opens_before);
+
+    report.events_disconnect = fleet
+        .stats
+        .disconnects
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(why, n)| (why.clone(), *n));
+    log("counting events before the kill");
+    report.events_before_kill = count_events(&api, n, options.events).await?.0;
 
     // kill -9 and restart.
     log("kill -9");
@@ -496,9 +530,13 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i]
 }
 
-/// Issues `call_rate` calls per second for `call_time` to random nodes, each timed
-/// from its request to its answer on the operator socket.
-async fn calls(api: &ApiClient, n: usize, options: &Options) -> Result<Calls, BenchError> {
+/// Operator connections the calls are spread over: the daemon lets one connection have
+/// 64 requests in flight, which a latency spike at 1,000 calls/s exceeds.
+const CALL_CONNECTIONS: usize = 8;
+
+/// Issues `call_rate` calls per second for `call_time` to random nodes over `clients`
+/// in turn, each timed from its request to its answer on the operator socket.
+async fn calls(clients: &[ApiClient], n: usize, options: &Options) -> Result<Calls, BenchError> {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let failed = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
     let mut rng = chacha20::ChaCha20Rng::seed_from_u64(7);
@@ -511,7 +549,8 @@ async fn calls(api: &ApiClient, n: usize, options: &Options) -> Result<Calls, Be
     for k in 0..total {
         tick.tick().await;
         let node = enrol::device_id(rng.next_u64() as usize % n);
-        let (api, samples, failed) = (api.clone(), samples.clone(), failed.clone());
+        let api = clients[k % clients.len()].clone();
+        let (samples, failed) = (samples.clone(), failed.clone());
         tasks.spawn(async move {
             let input = format!("{{\"k\":{k}}}").into_bytes();
             let sent = Instant::now();

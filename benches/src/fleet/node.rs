@@ -89,6 +89,8 @@ pub struct FleetStats {
     /// messages those resets declared undeliverable.
     pub resets: AtomicUsize,
     pub reset_unacked: AtomicUsize,
+    /// Why the nodes' connections ended, as their sessions saw it, and how often.
+    pub disconnects: Mutex<std::collections::HashMap<String, usize>>,
     failure: Mutex<Option<String>>,
 }
 
@@ -165,6 +167,11 @@ impl Application<NSession> for NodeApp {
                 NodeEvent::Connected { resumed: false, .. } => register = true,
                 NodeEvent::Call { call, .. } => {
                     self.answers.push((call.call_id, call.input.data.to_vec()));
+                }
+                NodeEvent::Disconnected(reason) => {
+                    *lock(&self.stats.disconnects)
+                        .entry(format!("{reason:?}"))
+                        .or_default() += 1;
                 }
                 NodeEvent::SessionReset { unacked, .. } => {
                     self.stats.resets.fetch_add(1, Ordering::Relaxed);
