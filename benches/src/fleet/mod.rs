@@ -136,8 +136,8 @@ pub struct Report {
     /// they declared lost.
     pub session_resets: usize,
     pub reset_unacked: usize,
-    /// The most frequent reason the nodes' sessions gave for a disconnect while the
-    /// events were sent, and its count.
+    /// The most frequent reason the nodes' sessions gave for a disconnect from the
+    /// start of the run until the kill, and its count.
     pub events_disconnect: Option<(String, usize)>,
     /// Numbered events in the store before the kill (the final count is after it).
     pub events_before_kill: usize,
@@ -282,7 +282,7 @@ impl Report {
         ));
         if let Some((why, count)) = &self.events_disconnect {
             out.push_str(&format!(
-                "most frequent disconnect while sending events ({count}): {why}\n"
+                "most frequent disconnect before the kill ({count}): {why}\n"
             ));
         }
         if let Some((why, count)) = &self.calls.failure {
