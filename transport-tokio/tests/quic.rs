@@ -619,11 +619,9 @@ fn keys(byte: u8) -> EndpointKeys {
     EndpointKeys::new([byte; 64], [byte ^ 0xff; 64])
 }
 
-/// With its keys kept, a daemon that was killed and started again answers a node's next
-/// packet on the dead connection with a stateless reset the node trusts: the node knows
-/// at once, instead of at its idle timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_daemon_with_its_keys_resets_dead_connections() {
+/// How a connected client's connection ends when its daemon, started with keys 1, is
+/// killed without a word and started again with `restarted_with`.
+async fn end_after_restart(restarted_with: EndpointKeys) -> quinn::ConnectionError {
     let mut daemon = QuicDaemon::start_keyed(
         QuicLimits::default(),
         None,
@@ -632,10 +630,18 @@ async fn a_restarted_daemon_with_its_keys_resets_dead_connections() {
     );
     let leaf = daemon.ca.leaf("node-a", false);
     let conn = keepalive_client(&daemon, leaf.client(daemon.pin())).await;
-    daemon.crash_and_restart(Some(&keys(1))).await;
-    let reason = tokio::time::timeout(common::WAIT, conn.closed())
+    daemon.crash_and_restart(Some(&restarted_with)).await;
+    tokio::time::timeout(common::WAIT, conn.closed())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// With its keys kept, a daemon that was killed and started again answers a node's next
+/// packet on the dead connection with a stateless reset the node trusts: the node knows
+/// at once, instead of at its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_with_its_keys_resets_dead_connections() {
+    let reason = end_after_restart(keys(1)).await;
     assert!(
         matches!(reason, quinn::ConnectionError::Reset),
         "ended otherwise: {reason}"
@@ -646,18 +652,7 @@ async fn a_restarted_daemon_with_its_keys_resets_dead_connections() {
 /// ends at its idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_with_new_keys_leaves_dead_connections_to_time_out() {
-    let mut daemon = QuicDaemon::start_keyed(
-        QuicLimits::default(),
-        None,
-        Default::default(),
-        Some(&keys(1)),
-    );
-    let leaf = daemon.ca.leaf("node-a", false);
-    let conn = keepalive_client(&daemon, leaf.client(daemon.pin())).await;
-    daemon.crash_and_restart(Some(&keys(2))).await;
-    let reason = tokio::time::timeout(common::WAIT, conn.closed())
-        .await
-        .unwrap();
+    let reason = end_after_restart(keys(2)).await;
     assert!(
         matches!(reason, quinn::ConnectionError::TimedOut),
         "ended otherwise: {reason}"
