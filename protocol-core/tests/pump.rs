@@ -43,6 +43,25 @@ impl Input for Pipe {
     }
 }
 
+/// Allocates every buffer, and notes the length of each frame buffer asked for.
+#[derive(Default)]
+struct Noting {
+    frames: Vec<usize>,
+}
+
+impl Lender for Noting {
+    type Buf = Vec<u8>;
+    fn take(&mut self, what: Lend, len: usize) -> Option<Vec<u8>> {
+        if what == Lend::Frame {
+            self.frames.push(len);
+        }
+        Alloc.take(what, len)
+    }
+    fn put(&mut self, what: Lend, buf: Vec<u8>) {
+        Alloc.put(what, buf);
+    }
+}
+
 /// How one side's transport and store behave.
 #[derive(Debug, Clone, Copy)]
 struct Faults {
@@ -65,6 +84,7 @@ struct Side<S> {
     blocked: bool,
     faults: Faults,
     closed: bool,
+    lender: Noting,
 }
 
 impl<S: Session<Buf = Vec<u8>>> Side<S> {
@@ -79,6 +99,7 @@ impl<S: Session<Buf = Vec<u8>>> Side<S> {
             blocked: false,
             faults,
             closed: false,
+            lender: Noting::default(),
         }
     }
 
@@ -89,7 +110,7 @@ impl<S: Session<Buf = Vec<u8>>> Side<S> {
         for _ in 0..10_000 {
             match self
                 .pump
-                .poll(at(now), &mut self.s, &mut Alloc, &mut self.input)
+                .poll(at(now), &mut self.s, &mut self.lender, &mut self.input)
             {
                 Step::Events(s) => app(s),
                 Step::Journal(b) => {
@@ -463,5 +484,14 @@ proptest! {
         prop_assert_eq!(finals, want);
         prop_assert!(!w.node.closed && !w.daemon.closed);
         prop_assert!(w.node.s.is_connected() && w.daemon.s.is_connected());
+        // Frame buffers are as long as the frames they hold, never the limit: every
+        // frame here is shorter than it.
+        let longest = events.iter().chain(&calls).max().copied().unwrap_or(0);
+        for side in [&w.node.lender.frames, &w.daemon.lender.frames] {
+            for len in side {
+                prop_assert!(*len < cfg().max_frame as usize, "asked for {}", len);
+                prop_assert!(*len < longest + 256, "asked for {} (longest payload {})", len, longest);
+            }
+        }
     }
 }
