@@ -47,13 +47,16 @@ impl Input for Pipe {
 #[derive(Default)]
 struct Noting {
     frames: Vec<usize>,
+    transmits: Vec<usize>,
 }
 
 impl Lender for Noting {
     type Buf = Vec<u8>;
     fn take(&mut self, what: Lend, len: usize) -> Option<Vec<u8>> {
-        if what == Lend::Frame {
-            self.frames.push(len);
+        match what {
+            Lend::Frame => self.frames.push(len),
+            Lend::Transmit => self.transmits.push(len),
+            Lend::Storage => {}
         }
         Alloc.take(what, len)
     }
@@ -197,7 +200,10 @@ fn cfg() -> Config {
 
 impl World {
     fn new(node: Faults, daemon: Faults) -> Self {
-        let c = cfg();
+        Self::with_config(cfg(), node, daemon)
+    }
+
+    fn with_config(c: Config, node: Faults, daemon: Faults) -> Self {
         let n = NodeSession::new(c, "n1", "test", None).expect("node");
         let d = DaemonSession::new(c, "n1", &mut SimRng::new(3)).expect("daemon");
         World {
@@ -397,6 +403,43 @@ fn a_quiet_connection_holds_no_buffer() {
     assert!(d.is_connected() && node.is_connected());
     assert_eq!(lender.0, vec![], "the daemon's side holds nothing");
     assert_eq!(nl.0, vec![], "the node's side holds nothing");
+}
+
+/// Transmit buffers hold a batch of small frames, or one large frame, not the largest
+/// frame allowed; frames larger than the batch still go out, whatever the cutting.
+#[test]
+fn transmit_buffers_fit_what_they_carry() {
+    let mut c = Config::server(1 << 20);
+    c.ack_timeout_ms = 600_000;
+    c.idle_timeout_ms = 600_000;
+    assert!(c.transmit_len() > 256 * 1024);
+    for (chunk, write_max) in [(usize::MAX, 0), (1_000, 7_000)] {
+        let node = Faults {
+            write_max,
+            commit_delay: 0,
+        };
+        let daemon = Faults {
+            write_max: 0,
+            commit_delay: 0,
+        };
+        let mut w = World::with_config(c, node, daemon);
+        let mut now = 0;
+        w.connect(now);
+        let sent = vec![
+            vec![1; 100],
+            vec![2; 200 * 1024],
+            vec![3; 10],
+            vec![4; 70 * 1024],
+        ];
+        w.to_send.extend(sent.iter().cloned());
+        w.settle(&mut now, chunk);
+        assert_eq!(w.got_events, sent);
+        let node_tx = &w.node.lender.transmits;
+        assert!(node_tx.iter().any(|n| *n > 200 * 1024), "{node_tx:?}");
+        assert!(node_tx.iter().all(|n| *n < 210 * 1024), "{node_tx:?}");
+        let daemon_tx = &w.daemon.lender.transmits;
+        assert!(daemon_tx.iter().all(|n| *n <= 64 * 1024), "{daemon_tx:?}");
+    }
 }
 
 /// Polls until the pump waits, committing at once; `input` is what arrived, `out`

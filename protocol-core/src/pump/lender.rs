@@ -12,8 +12,8 @@ pub enum Lend {
     /// frame's declared payload length (checked against the machine's `max_frame`
     /// before it is asked for), held while that frame is partly received or refused.
     Frame,
-    /// Frames waiting to be written: the machine's `transmit_len()` bytes, held while
-    /// frames wait.
+    /// Frames waiting to be written: a batch of up to 64 KiB, or one frame's length if
+    /// longer (at most the machine's `transmit_len()`), held while frames wait.
     Transmit,
 }
 

@@ -559,14 +559,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
             };
         }
         if self.tx.is_none() {
-            self.tx = lender.take(Lend::Transmit, m.transmit_len());
+            self.tx = lender.take(Lend::Transmit, m.transmit_len().min(TRANSMIT_BATCH));
         }
-        let Some(tx) = self.tx.as_mut() else {
-            return Filled::Nothing;
-        };
-        let tx = tx.as_mut();
         let mut filled = 0;
+        let mut grown = false;
         loop {
+            let Some(tx) = self.tx.as_mut() else {
+                break;
+            };
+            let tx = tx.as_mut();
+            let room = tx.len();
             match m.poll_transmit(now, &mut tx[filled..]) {
                 Ok(Some(Transmit::Frame(n))) => {
                     filled += n;
@@ -576,6 +578,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
                 Ok(Some(Transmit::Close)) => {
                     self.closing = true;
                     break;
+                }
+                // A frame longer than the batch: a buffer of its own length (never more
+                // than `transmit_len`, which holds any frame).
+                Err(TransmitError::BufferTooSmall { needed })
+                    if filled == 0 && !grown && needed > room && needed <= m.transmit_len() =>
+                {
+                    grown = true;
+                    if let Some(old) = self.tx.take() {
+                        lender.put(Lend::Transmit, old);
+                    }
+                    self.tx = lender.take(Lend::Transmit, needed);
                 }
                 // Full: these go first, the next frame after them.
                 Ok(None) | Err(TransmitError::BufferTooSmall { .. }) => break,
@@ -617,6 +630,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         self.starved = false;
     }
 }
+
+/// Bytes of frames batched into one transmit buffer (a frame longer than this gets a
+/// buffer of its own length): a connection sending acknowledgements and small messages
+/// borrows a small buffer, not one for the largest frame.
+const TRANSMIT_BATCH: usize = 64 * 1024;
 
 enum Filled {
     Nothing,
