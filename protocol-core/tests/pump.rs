@@ -30,9 +30,9 @@ fn at(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
-/// Bytes in flight towards one side.
+/// Bytes in flight towards one side; `keep`: a split frame may wait in it.
 #[derive(Default)]
-struct Pipe(VecDeque<u8>);
+struct Pipe(VecDeque<u8>, bool);
 
 impl Input for Pipe {
     fn bytes(&self) -> &[u8] {
@@ -41,6 +41,19 @@ impl Input for Pipe {
     fn consume(&mut self, n: usize) {
         self.0.drain(..n);
     }
+    fn available(&self) -> usize {
+        self.0.len()
+    }
+    fn peek(&self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.0.len());
+        for (d, b) in dst.iter_mut().zip(self.0.iter()) {
+            *d = *b;
+        }
+        n
+    }
+    fn keeps_split_frames(&self) -> bool {
+        self.1
+    }
 }
 
 /// Allocates every buffer, and notes the length of each frame buffer asked for.
@@ -48,19 +61,28 @@ impl Input for Pipe {
 struct Noting {
     frames: Vec<usize>,
     transmits: Vec<usize>,
+    /// Frame buffers lent now, and waits that found one lent.
+    frames_out: usize,
+    held_at_wait: usize,
 }
 
 impl Lender for Noting {
     type Buf = Vec<u8>;
     fn take(&mut self, what: Lend, len: usize) -> Option<Vec<u8>> {
         match what {
-            Lend::Frame => self.frames.push(len),
+            Lend::Frame => {
+                self.frames.push(len);
+                self.frames_out += 1;
+            }
             Lend::Transmit => self.transmits.push(len),
             Lend::Storage => {}
         }
         Alloc.take(what, len)
     }
     fn put(&mut self, what: Lend, buf: Vec<u8>) {
+        if what == Lend::Frame {
+            self.frames_out -= 1;
+        }
         Alloc.put(what, buf);
     }
 }
@@ -139,6 +161,10 @@ impl<S: Session<Buf = Vec<u8>>> Side<S> {
                         w.write_blocked, self.blocked,
                         "the pump knows it is blocked"
                     );
+                    // A frame the session refused is kept in a buffer; others are not.
+                    if self.lender.frames_out > 0 && !w.held {
+                        self.lender.held_at_wait += 1;
+                    }
                     self.closed |= self.pump.is_closed();
                     return busy;
                 }
@@ -499,6 +525,7 @@ proptest! {
         events in proptest::collection::vec(1usize..3_500, 0..12),
         calls in proptest::collection::vec(1usize..3_000, 0..6),
         chunk in 1usize..5_000,
+        keep in any::<bool>(),
         node_write in 0usize..3_000,
         daemon_write in 0usize..3_000,
         node_delay in 0u32..4,
@@ -508,6 +535,8 @@ proptest! {
             Faults { write_max: node_write, commit_delay: node_delay },
             Faults { write_max: daemon_write, commit_delay: daemon_delay },
         );
+        w.node.input.1 = keep;
+        w.daemon.input.1 = keep;
         let mut now = 0;
         w.connect(now);
         let sent: Vec<Vec<u8>> = events
@@ -527,6 +556,11 @@ proptest! {
         prop_assert_eq!(finals, want);
         prop_assert!(!w.node.closed && !w.daemon.closed);
         prop_assert!(w.node.s.is_connected() && w.daemon.s.is_connected());
+        if keep {
+            // The input kept every split frame until it was whole: assembled at once, so
+            // the frame buffer went back in the same poll.
+            prop_assert_eq!(w.node.lender.held_at_wait + w.daemon.lender.held_at_wait, 0);
+        }
         // Frame buffers are as long as the frames they hold, never the limit: every
         // frame here is shorter than it.
         let longest = events.iter().chain(&calls).max().copied().unwrap_or(0);

@@ -461,6 +461,22 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
             let dec = self
                 .decoder
                 .get_or_insert_with(|| FrameDecoder::without_buffer(m.max_frame()));
+            if !self.held && dec.buffered() == 0 && input.keeps_split_frames() {
+                // A frame that has not come whole stays in the input: many connections
+                // each in the middle of a frame then hold no frame buffer each.
+                let max = dec.max_frame();
+                if let Ok(None) = crate::frame::whole_frame(input.bytes(), max) {
+                    let mut prefix = [0; crate::frame::HEADER_LEN];
+                    if input.peek(&mut prefix) < prefix.len() {
+                        return Fed::Nothing;
+                    }
+                    let len = u32::from_be_bytes(prefix);
+                    // An oversize length goes on to the decoder, which fails it.
+                    if len <= max && input.available() < prefix.len() + len as usize {
+                        return Fed::Nothing;
+                    }
+                }
+            }
             if let Some(len) = dec.needs_buffer() {
                 // The prefix is read and within the limit: a buffer of this frame's
                 // length, not of the largest one allowed.
@@ -563,10 +579,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         }
         let mut filled = 0;
         let mut grown = false;
-        loop {
-            let Some(tx) = self.tx.as_mut() else {
-                break;
-            };
+        while let Some(tx) = self.tx.as_mut() {
             let tx = tx.as_mut();
             let room = tx.len();
             match m.poll_transmit(now, &mut tx[filled..]) {

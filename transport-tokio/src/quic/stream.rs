@@ -12,15 +12,41 @@ use quinn_proto::{Connection, ReadError, StreamId};
 #[derive(Debug, Default)]
 pub(crate) struct Received {
     chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    len: usize,
+    /// A frame split across chunks waits here until it has come whole (see
+    /// [`Input::keeps_split_frames`]): every byte of the stream is read into here as it
+    /// comes, so the stream's flow control never holds the rest of a frame back. Off
+    /// once the peer finished: what is left will not grow.
+    keeps_split_frames: bool,
 }
 
 impl Received {
+    /// Chunks in which a split frame waits until it has come whole.
+    pub(crate) fn keeping_split_frames() -> Self {
+        Self {
+            keeps_split_frames: true,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
 
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
+        self.len = 0;
+    }
+
+    /// No more will come: what is left is taken as it is.
+    pub(crate) fn ended(&mut self) {
+        self.keeps_split_frames = false;
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
     }
 }
 
@@ -33,10 +59,33 @@ impl Input for Received {
         if let Some(front) = self.chunks.front_mut() {
             if n < front.len() {
                 front.advance(n);
+                self.len -= n;
             } else {
+                self.len -= front.len();
                 self.chunks.pop_front();
             }
         }
+    }
+
+    fn available(&self) -> usize {
+        self.len
+    }
+
+    fn peek(&self, dst: &mut [u8]) -> usize {
+        let mut n = 0;
+        for chunk in &self.chunks {
+            let take = chunk.len().min(dst.len() - n);
+            dst[n..n + take].copy_from_slice(&chunk[..take]);
+            n += take;
+            if n == dst.len() {
+                break;
+            }
+        }
+        n
+    }
+
+    fn keeps_split_frames(&self) -> bool {
+        self.keeps_split_frames
     }
 }
 
@@ -51,7 +100,7 @@ pub(crate) fn read_into(quic: &mut Connection, id: StreamId, into: &mut Received
         match chunks.next(usize::MAX) {
             // An empty chunk would read as no input while more follows.
             Ok(Some(chunk)) if chunk.bytes.is_empty() => {}
-            Ok(Some(chunk)) => into.chunks.push_back(chunk.bytes),
+            Ok(Some(chunk)) => into.push(chunk.bytes),
             Ok(None) => break true,
             Err(ReadError::Blocked) => break false,
             Err(_) => break true,
