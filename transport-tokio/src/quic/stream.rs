@@ -85,9 +85,18 @@ impl Input for Received {
     }
 
     fn keeps_split_frames(&self) -> bool {
+        // Each chunk keeps its whole datagram (or received batch) alive: a peer sending a
+        // frame a few bytes per datagram would pin far more than the frame. Past a few
+        // such chunks the frame is assembled as it comes instead, which frees them.
         self.keeps_split_frames
+            && (self.chunks.len() <= FEW_CHUNKS || self.len >= self.chunks.len() * MIN_KEPT_CHUNK)
     }
 }
+
+/// Chunks kept whatever their size.
+const FEW_CHUNKS: usize = 16;
+/// Past that, the average chunk size below which a split frame is no longer kept.
+const MIN_KEPT_CHUNK: usize = 256;
 
 /// Moves everything the stream holds now into `into`; true when the peer finished or
 /// reset its side, or the stream is gone.
@@ -122,4 +131,31 @@ pub(crate) fn write(quic: &mut Connection, id: StreamId, out: Out<'_>) -> bool {
         return false;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_chunks_are_not_kept_for_long() {
+        let mut r = Received::keeping_split_frames();
+        for _ in 0..FEW_CHUNKS {
+            r.push(Bytes::from_static(&[0]));
+        }
+        assert!(r.keeps_split_frames());
+        r.push(Bytes::from_static(&[0]));
+        assert!(!r.keeps_split_frames());
+        r.push(Bytes::from(vec![0; 100 * MIN_KEPT_CHUNK]));
+        assert!(r.keeps_split_frames());
+        assert_eq!(r.available(), FEW_CHUNKS + 1 + 100 * MIN_KEPT_CHUNK);
+        let mut head = [9; 20];
+        assert_eq!(r.peek(&mut head), 20);
+        assert_eq!(head, [0; 20]);
+        r.consume(1);
+        assert_eq!(r.available(), FEW_CHUNKS + 100 * MIN_KEPT_CHUNK);
+        r.ended();
+        assert!(!r.keeps_split_frames());
+        assert!(!Received::default().keeps_split_frames());
+    }
 }
