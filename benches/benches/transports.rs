@@ -16,7 +16,9 @@
 //!
 //! `cargo bench -p benches --bench transports` ends with one table of ratios and the
 //! goals. Without `--bench` (as `cargo test --benches` runs it) it makes a short smoke
-//! run of every step.
+//! run of every step. Idle memory is measured twice per transport: after the nodes only
+//! connected (no frames: what an idle connection costs) and after each sent a burst of
+//! 64 KiB frames (what the burst leaves behind). `-- --memory-only` measures only that.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +79,10 @@ const IDLE_GOAL_KIB: f64 = 64.0;
 struct Measured {
     rtt: Latency,
     bulk_mb_s: f64,
+    /// After a burst of frames.
     idle: IdleMemory,
+    /// Without one.
+    quiet: IdleMemory,
 }
 
 fn main() {
@@ -119,6 +124,10 @@ fn run(plan: &Plan) -> Result<([Measured; 3], u64), BenchError> {
         leaves.len(),
         started.elapsed()
     );
+    if std::env::args().any(|a| a == "--memory-only") {
+        idle_memory(&rt, &identity, &leaves, plan)?;
+        std::process::exit(0);
+    }
     let links = rt.block_on(links(&identity, &leaves[0], plan))?;
     for (t, (rtt, bulk)) in Transport::ALL.iter().zip(&links) {
         println!(
@@ -129,24 +138,64 @@ fn run(plan: &Plan) -> Result<([Measured; 3], u64), BenchError> {
             bulk
         );
     }
-    let mut idles = Vec::new();
-    for t in Transport::ALL {
-        let m = memory::measure(&rt, t, &identity, &leaves, plan.frames_per_node, plan.idle)?;
-        println!(
-            "transports: {:<12} daemon RSS {} KiB -> {} KiB with {} idle nodes",
-            t.name(),
-            m.before_kib,
-            m.after_kib,
-            m.nodes
-        );
-        idles.push(m);
-    }
+    let (idles, quiets) = idle_memory(&rt, &identity, &leaves, plan)?;
     let results = [0, 1, 2].map(|i| Measured {
         rtt: links[i].0,
         bulk_mb_s: links[i].1,
         idle: idles[i],
+        quiet: quiets[i],
     });
     Ok((results, open_files))
+}
+
+/// The daemon's resident memory per idle node for every transport: (after a burst of
+/// `frames_per_node` frames, without one).
+fn idle_memory(
+    rt: &tokio::runtime::Runtime,
+    identity: &DaemonIdentity,
+    leaves: &[Leaf],
+    plan: &Plan,
+) -> Result<(Vec<IdleMemory>, Vec<IdleMemory>), BenchError> {
+    // `TERN_BENCH_TRANSPORTS=quic-driver,...`: only these (the others read as NaN).
+    let only = std::env::var("TERN_BENCH_TRANSPORTS").ok();
+    let (mut idles, mut quiets) = (Vec::new(), Vec::new());
+    for t in Transport::ALL {
+        let skip = only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|n| n == t.name()));
+        for (frames, into) in [(plan.frames_per_node, &mut idles), (0, &mut quiets)] {
+            let measured = if skip {
+                Err(BenchError("not asked for".into()))
+            } else {
+                memory::measure(rt, t, identity, leaves, frames, plan.idle)
+            };
+            let m = match measured {
+                Ok(m) => m,
+                // One transport's failure leaves the others' figures standing.
+                Err(e) => {
+                    println!(
+                        "transports: {:<12} idle memory after {frames} frames: {e}",
+                        t.name()
+                    );
+                    IdleMemory {
+                        nodes: 0,
+                        before_kib: 0,
+                        after_kib: 0,
+                    }
+                }
+            };
+            println!(
+                "transports: {:<12} daemon RSS {} KiB -> {} KiB with {} idle nodes after {frames} frames each: {:.1} KiB per node",
+                t.name(),
+                m.before_kib,
+                m.after_kib,
+                m.nodes,
+                m.per_node_kib()
+            );
+            into.push(m);
+        }
+    }
+    Ok((idles, quiets))
 }
 
 /// One transport's connection(s) between a daemon and one node, kept up for the whole
@@ -401,6 +450,9 @@ fn report(plan: &Plan, r: &[Measured; 3], open_files: u64) {
         t / q
     );
     lower_better("daemon RSS per idle node (KiB)", &|m| m.idle.per_node_kib());
+    lower_better("  the same without a burst (KiB)", &|m| {
+        m.quiet.per_node_kib()
+    });
 
     println!("\nGoals:");
     let goal = |what: &str, value: f64, met: bool| {

@@ -30,9 +30,9 @@ fn at(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
-/// Bytes in flight towards one side.
+/// Bytes in flight towards one side; `keep`: a split frame may wait in it.
 #[derive(Default)]
-struct Pipe(VecDeque<u8>);
+struct Pipe(VecDeque<u8>, bool);
 
 impl Input for Pipe {
     fn bytes(&self) -> &[u8] {
@@ -40,6 +40,50 @@ impl Input for Pipe {
     }
     fn consume(&mut self, n: usize) {
         self.0.drain(..n);
+    }
+    fn available(&self) -> usize {
+        self.0.len()
+    }
+    fn peek(&self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.0.len());
+        for (d, b) in dst.iter_mut().zip(self.0.iter()) {
+            *d = *b;
+        }
+        n
+    }
+    fn keeps_split_frames(&self) -> bool {
+        self.1
+    }
+}
+
+/// Allocates every buffer, and notes the length of each frame buffer asked for.
+#[derive(Default)]
+struct Noting {
+    frames: Vec<usize>,
+    transmits: Vec<usize>,
+    /// Frame buffers lent now, and waits that found one lent.
+    frames_out: usize,
+    held_at_wait: usize,
+}
+
+impl Lender for Noting {
+    type Buf = Vec<u8>;
+    fn take(&mut self, what: Lend, len: usize) -> Option<Vec<u8>> {
+        match what {
+            Lend::Frame => {
+                self.frames.push(len);
+                self.frames_out += 1;
+            }
+            Lend::Transmit => self.transmits.push(len),
+            Lend::Storage => {}
+        }
+        Alloc.take(what, len)
+    }
+    fn put(&mut self, what: Lend, buf: Vec<u8>) {
+        if what == Lend::Frame {
+            self.frames_out -= 1;
+        }
+        Alloc.put(what, buf);
     }
 }
 
@@ -65,6 +109,7 @@ struct Side<S> {
     blocked: bool,
     faults: Faults,
     closed: bool,
+    lender: Noting,
 }
 
 impl<S: Session<Buf = Vec<u8>>> Side<S> {
@@ -79,6 +124,7 @@ impl<S: Session<Buf = Vec<u8>>> Side<S> {
             blocked: false,
             faults,
             closed: false,
+            lender: Noting::default(),
         }
     }
 
@@ -89,7 +135,7 @@ impl<S: Session<Buf = Vec<u8>>> Side<S> {
         for _ in 0..10_000 {
             match self
                 .pump
-                .poll(at(now), &mut self.s, &mut Alloc, &mut self.input)
+                .poll(at(now), &mut self.s, &mut self.lender, &mut self.input)
             {
                 Step::Events(s) => app(s),
                 Step::Journal(b) => {
@@ -115,6 +161,10 @@ impl<S: Session<Buf = Vec<u8>>> Side<S> {
                         w.write_blocked, self.blocked,
                         "the pump knows it is blocked"
                     );
+                    // A frame the session refused is kept in a buffer; others are not.
+                    if self.lender.frames_out > 0 && !w.held {
+                        self.lender.held_at_wait += 1;
+                    }
                     self.closed |= self.pump.is_closed();
                     return busy;
                 }
@@ -176,7 +226,10 @@ fn cfg() -> Config {
 
 impl World {
     fn new(node: Faults, daemon: Faults) -> Self {
-        let c = cfg();
+        Self::with_config(cfg(), node, daemon)
+    }
+
+    fn with_config(c: Config, node: Faults, daemon: Faults) -> Self {
         let n = NodeSession::new(c, "n1", "test", None).expect("node");
         let d = DaemonSession::new(c, "n1", &mut SimRng::new(3)).expect("daemon");
         World {
@@ -378,6 +431,43 @@ fn a_quiet_connection_holds_no_buffer() {
     assert_eq!(nl.0, vec![], "the node's side holds nothing");
 }
 
+/// Transmit buffers hold a batch of small frames, or one large frame, not the largest
+/// frame allowed; frames larger than the batch still go out, whatever the cutting.
+#[test]
+fn transmit_buffers_fit_what_they_carry() {
+    let mut c = Config::server(1 << 20);
+    c.ack_timeout_ms = 600_000;
+    c.idle_timeout_ms = 600_000;
+    assert!(c.transmit_len() > 256 * 1024);
+    for (chunk, write_max) in [(usize::MAX, 0), (1_000, 7_000)] {
+        let node = Faults {
+            write_max,
+            commit_delay: 0,
+        };
+        let daemon = Faults {
+            write_max: 0,
+            commit_delay: 0,
+        };
+        let mut w = World::with_config(c, node, daemon);
+        let mut now = 0;
+        w.connect(now);
+        let sent = vec![
+            vec![1; 100],
+            vec![2; 200 * 1024],
+            vec![3; 10],
+            vec![4; 70 * 1024],
+        ];
+        w.to_send.extend(sent.iter().cloned());
+        w.settle(&mut now, chunk);
+        assert_eq!(w.got_events, sent);
+        let node_tx = &w.node.lender.transmits;
+        assert!(node_tx.iter().any(|n| *n > 200 * 1024), "{node_tx:?}");
+        assert!(node_tx.iter().all(|n| *n < 210 * 1024), "{node_tx:?}");
+        let daemon_tx = &w.daemon.lender.transmits;
+        assert!(daemon_tx.iter().all(|n| *n <= 64 * 1024), "{daemon_tx:?}");
+    }
+}
+
 /// Polls until the pump waits, committing at once; `input` is what arrived, `out`
 /// where frames go.
 fn until_wait<S: Session<Buf = Vec<u8>>>(
@@ -435,6 +525,7 @@ proptest! {
         events in proptest::collection::vec(1usize..3_500, 0..12),
         calls in proptest::collection::vec(1usize..3_000, 0..6),
         chunk in 1usize..5_000,
+        keep in any::<bool>(),
         node_write in 0usize..3_000,
         daemon_write in 0usize..3_000,
         node_delay in 0u32..4,
@@ -444,6 +535,8 @@ proptest! {
             Faults { write_max: node_write, commit_delay: node_delay },
             Faults { write_max: daemon_write, commit_delay: daemon_delay },
         );
+        w.node.input.1 = keep;
+        w.daemon.input.1 = keep;
         let mut now = 0;
         w.connect(now);
         let sent: Vec<Vec<u8>> = events
@@ -463,5 +556,19 @@ proptest! {
         prop_assert_eq!(finals, want);
         prop_assert!(!w.node.closed && !w.daemon.closed);
         prop_assert!(w.node.s.is_connected() && w.daemon.s.is_connected());
+        if keep {
+            // The input kept every split frame until it was whole: assembled at once, so
+            // the frame buffer went back in the same poll.
+            prop_assert_eq!(w.node.lender.held_at_wait + w.daemon.lender.held_at_wait, 0);
+        }
+        // Frame buffers are as long as the frames they hold, never the limit: every
+        // frame here is shorter than it.
+        let longest = events.iter().chain(&calls).max().copied().unwrap_or(0);
+        for side in [&w.node.lender.frames, &w.daemon.lender.frames] {
+            for len in side {
+                prop_assert!(*len < cfg().max_frame as usize, "asked for {}", len);
+                prop_assert!(*len < longest + 256, "asked for {} (longest payload {})", len, longest);
+            }
+        }
     }
 }

@@ -36,6 +36,13 @@ impl StoragePool {
         }
     }
 
+    /// A pool of buffers of `len` bytes that keeps at most `idle_bytes` of returned
+    /// buffers for reuse (at least one buffer): what a burst leaves behind is bounded in
+    /// bytes whatever the sessions' storage size.
+    pub fn with_idle_bytes(len: usize, idle_bytes: usize) -> Self {
+        Self::new(len, (idle_bytes / len.max(1)).max(1))
+    }
+
     /// Bytes of each buffer.
     pub fn buffer_len(&self) -> usize {
         self.inner.len
@@ -84,37 +91,90 @@ impl fmt::Debug for StoragePool {
 }
 
 /// Frame-sized buffers (assembly of a split frame, a batch of frames to write), shared
-/// by every connection of the process and held only while in use.
-#[derive(Default)]
+/// by every connection of the process and held only while in use. Lengths are rounded up
+/// to size classes (eight per power of two, so at most an eighth is wasted) and the
+/// buffers kept for reuse are bounded in bytes: frames of every length a peer may declare
+/// neither grow one list per length nor keep a burst's worth of memory.
 pub(crate) struct Buffers {
-    pools: Mutex<HashMap<usize, StoragePool>>,
+    budget: usize,
+    free: Mutex<Free>,
 }
 
-/// Buffers of one size kept for reuse.
-const MAX_IDLE_FRAME_BUFFERS: usize = 64;
+#[derive(Default)]
+struct Free {
+    by_class: HashMap<usize, Vec<Box<[u8]>>>,
+    bytes: usize,
+}
+
+/// Bytes of frame buffers the process keeps for reuse: a few connections' worth of the
+/// largest frames, enough for the buffers of a busy connection to go back and forth.
+const IDLE_FRAME_BYTES: usize = 8 << 20;
+/// The smallest size class: below a page, rounding costs nothing that matters.
+const MIN_CLASS: usize = 4096;
+
+/// The size class `len` is rounded up to.
+fn size_class(len: usize) -> usize {
+    if len <= MIN_CLASS {
+        return MIN_CLASS;
+    }
+    let octave = 1usize << (usize::BITS - 1 - len.leading_zeros());
+    let step = octave / 8;
+    len.div_ceil(step).saturating_mul(step)
+}
 
 impl Buffers {
-    fn pool(&self, len: usize) -> StoragePool {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        pools
-            .entry(len)
-            .or_insert_with(|| StoragePool::new(len, MAX_IDLE_FRAME_BUFFERS))
-            .clone()
+    pub(crate) fn with_budget(budget: usize) -> Self {
+        Self {
+            budget,
+            free: Mutex::new(Free::default()),
+        }
     }
 
+    fn free(&self) -> std::sync::MutexGuard<'_, Free> {
+        // A panic while holding the lock cannot leave the lists inconsistent.
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A buffer of at least `len` bytes (its size class).
     pub(crate) fn take(&self, len: usize) -> Box<[u8]> {
-        self.pool(len).take()
+        let class = size_class(len);
+        let reused = {
+            let mut free = self.free();
+            let buf = free.by_class.get_mut(&class).and_then(Vec::pop);
+            if buf.is_some() {
+                free.bytes -= class;
+            }
+            buf
+        };
+        reused.unwrap_or_else(|| vec![0; class].into_boxed_slice())
     }
 
+    /// Keeps `buf` for reuse if it is of a size class and the budget has room; frees it
+    /// otherwise.
     pub(crate) fn put(&self, buf: Box<[u8]>) {
-        self.pool(buf.len()).put(buf);
+        let len = buf.len();
+        if size_class(len) != len {
+            return;
+        }
+        let mut free = self.free();
+        if free.bytes + len > self.budget {
+            return;
+        }
+        free.bytes += len;
+        free.by_class.entry(len).or_default().push(buf);
+    }
+
+    /// Bytes kept for reuse.
+    #[cfg(test)]
+    fn idle_bytes(&self) -> usize {
+        self.free().bytes
     }
 }
 
 /// The process's frame buffers.
 pub(crate) fn frame_buffers() -> &'static Buffers {
     static BUFFERS: OnceLock<Buffers> = OnceLock::new();
-    BUFFERS.get_or_init(Buffers::default)
+    BUFFERS.get_or_init(|| Buffers::with_budget(IDLE_FRAME_BYTES))
 }
 
 /// The pump's buffers on a server: session storage from a [`StoragePool`], frame
@@ -189,7 +249,52 @@ mod tests {
         assert!(
             lender
                 .take(Lend::Frame, 100)
-                .is_some_and(|b| b.len() == 100)
+                .is_some_and(|b| b.len() >= 100)
         );
+    }
+
+    #[test]
+    fn size_classes_round_up_by_at_most_an_eighth() {
+        assert_eq!(size_class(0), MIN_CLASS);
+        assert_eq!(size_class(MIN_CLASS), MIN_CLASS);
+        assert_eq!(size_class(MIN_CLASS + 1), MIN_CLASS + 512);
+        assert_eq!(size_class(64 << 10), 64 << 10);
+        assert_eq!(size_class((512 << 10) + 4), 576 << 10);
+        for len in (1..2_000_000).step_by(997) {
+            let class = size_class(len);
+            assert!(
+                class >= len && size_class(class) == class,
+                "{len} -> {class}"
+            );
+            assert!(class <= MIN_CLASS.max(len + len / 8), "{len} -> {class}");
+        }
+        assert_eq!(size_class(usize::MAX), usize::MAX, "saturates");
+    }
+
+    #[test]
+    fn frame_buffers_kept_are_bounded_in_bytes() {
+        let buffers = Buffers::with_budget(3 * MIN_CLASS);
+        let taken: Vec<_> = (0..5).map(|_| buffers.take(10)).collect();
+        assert!(taken.iter().all(|b| b.len() == MIN_CLASS));
+        taken.into_iter().for_each(|b| buffers.put(b));
+        assert_eq!(buffers.idle_bytes(), 3 * MIN_CLASS);
+        // Reused from its class; a length of no class is not kept.
+        let again = buffers.take(MIN_CLASS - 1);
+        assert_eq!(buffers.idle_bytes(), 2 * MIN_CLASS);
+        buffers.put(vec![0; 5000].into_boxed_slice());
+        assert_eq!(buffers.idle_bytes(), 2 * MIN_CLASS);
+        buffers.put(again);
+        let big = buffers.take(3 * MIN_CLASS);
+        buffers.put(big);
+        assert_eq!(buffers.idle_bytes(), 3 * MIN_CLASS, "over budget: freed");
+    }
+
+    #[test]
+    fn storage_kept_is_bounded_in_bytes() {
+        let pool = StoragePool::with_idle_bytes(100, 250);
+        let bufs: Vec<_> = (0..4).map(|_| pool.take()).collect();
+        bufs.into_iter().for_each(|b| pool.put(b));
+        assert_eq!(pool.idle(), 2);
+        assert_eq!(StoragePool::with_idle_bytes(100, 10).idle(), 0);
     }
 }

@@ -25,6 +25,8 @@ use super::{BULK_PAYLOAD, BenchError, Transport};
 
 /// Set (to a transport's name) in the environment of the child that runs the daemon.
 pub const ROLE_ENV: &str = "TERN_BENCH_DAEMON";
+/// Set to a program (a heap profiler) that runs the daemon's process: `$WRAP <exe>`.
+pub const WRAP_ENV: &str = "TERN_BENCH_DAEMON_WRAP";
 /// Client endpoints the QUIC nodes share (each node has its own connection).
 pub const NODE_ENDPOINTS: usize = 4;
 /// Connections set up at once by the quinn baseline's nodes.
@@ -144,9 +146,12 @@ pub struct IdleMemory {
 }
 
 impl IdleMemory {
-    /// RSS growth per idle node, KiB.
+    /// RSS growth per idle node, KiB (NaN without nodes: nothing was measured).
     pub fn per_node_kib(&self) -> f64 {
-        self.after_kib.saturating_sub(self.before_kib) as f64 / self.nodes.max(1) as f64
+        if self.nodes == 0 {
+            return f64::NAN;
+        }
+        self.after_kib.saturating_sub(self.before_kib) as f64 / self.nodes as f64
     }
 }
 
@@ -162,7 +167,16 @@ pub fn measure(
     idle: Duration,
 ) -> Result<IdleMemory, BenchError> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    // A profiler to run the daemon under (`heaptrack`, say): the program, then the exe.
+    let mut command = match std::env::var_os(WRAP_ENV) {
+        Some(wrap) => {
+            let mut c = Command::new(wrap);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .env(ROLE_ENV, transport.name())
         .envs(identity.to_env())
         .stdin(Stdio::piped())
@@ -191,12 +205,19 @@ struct Link {
 }
 
 impl Link {
+    /// The daemon's next line: one that starts with `addr ` or `status ` (a profiler
+    /// running it may write lines of its own).
     fn line(&mut self) -> Result<String, BenchError> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            return Err(BenchError("the daemon process ended early".into()));
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line)? == 0 {
+                return Err(BenchError("the daemon process ended early".into()));
+            }
+            let line = line.trim();
+            if line.starts_with("addr ") || line.starts_with("status ") {
+                return Ok(line.to_owned());
+            }
         }
-        Ok(line.trim().to_owned())
     }
 
     /// (live connections, RSS KiB) of the daemon now.

@@ -51,8 +51,10 @@ fn err(what: &str) -> impl FnOnce(String) -> ServeError + '_ {
 
 /// Replay buffer per node session: events and calls waiting for an acknowledgement.
 const REPLAY_BYTES: usize = 256 * 1024;
-/// Session storage buffers kept for reuse.
-const POOL_IDLE: usize = 256;
+/// Bytes of session storage kept for reuse after a burst (about 40 sessions' worth):
+/// enough that sessions waking together rarely allocate, little enough that what a
+/// burst leaves behind does not stay resident.
+const POOL_IDLE_BYTES: usize = 32 << 20;
 
 /// The session configuration of every node on this daemon.
 pub fn session_config() -> Config {
@@ -125,7 +127,7 @@ pub async fn run(
 
     let store_journal: Arc<dyn JournalStore> = store.clone();
     let config = session_config();
-    let pool = StoragePool::new(config.storage_len(), POOL_IDLE);
+    let pool = StoragePool::with_idle_bytes(config.storage_len(), POOL_IDLE_BYTES);
     let runtime = Runtime::new(
         config,
         Arc::new(store_adapter::RuntimeWrites::new(

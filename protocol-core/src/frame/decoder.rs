@@ -2,8 +2,11 @@
 //!
 //! Input arrives in chunks of any size. A frame that lies whole inside the chunk is
 //! handed out as a slice of that chunk (no copy); only a frame split across chunks is
-//! assembled in the decoder's buffer, which the caller provides and which must hold the
-//! largest frame the decoder accepts.
+//! assembled in the decoder's buffer. The buffer is either given up front, holding the
+//! largest frame the decoder accepts ([`FrameDecoder::new`]), or given per frame once
+//! its length prefix is read and checked ([`FrameDecoder::without_buffer`],
+//! [`FrameDecoder::needs_buffer`], [`FrameDecoder::provide`]): a connection then holds
+//! only as much as the frame it is receiving declares.
 
 use super::{FrameError, HEADER_LEN};
 
@@ -53,7 +56,8 @@ const START: State = State::Header {
 
 /// Incremental decoder of length-prefixed frames with a fixed limit.
 pub struct FrameDecoder<B> {
-    buf: B,
+    /// Where split frames are assembled; `None` until one needs it when lent per frame.
+    buf: Option<B>,
     max: u32,
     state: State,
     last: Last,
@@ -72,6 +76,7 @@ impl<B> core::fmt::Debug for FrameDecoder<B> {
             .field("max", &self.max)
             .field("buffered", &buffered)
             .field("failed", &failed)
+            .field("lent", &self.buf.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -88,11 +93,66 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
             });
         }
         Ok(Self {
-            buf,
+            buf: Some(buf),
             max,
             state: START,
             last: Last::None,
         })
+    }
+
+    /// A decoder that accepts frames of at most `max` payload bytes and holds no buffer:
+    /// whole frames in the input need none; a split frame stops `decode` once its
+    /// length prefix is read and checked, until [`provide`](Self::provide) gives a
+    /// buffer of the length [`needs_buffer`](Self::needs_buffer) names.
+    pub const fn without_buffer(max: u32) -> Self {
+        Self {
+            buf: None,
+            max,
+            state: START,
+            last: Last::None,
+        }
+    }
+
+    /// The buffer length the current frame needs before `decode` can go on: `Some`
+    /// while a split frame's body is due and the decoder holds no buffer that long.
+    /// The length was checked against the limit when the prefix was read.
+    pub fn needs_buffer(&self) -> Option<usize> {
+        match self.state {
+            State::Body { len, have: 0 } if self.room() < len => Some(len),
+            _ => None,
+        }
+    }
+
+    /// Gives the decoder a buffer to assemble frames in. Refused (handed back) while
+    /// the decoder holds bytes in its current buffer, which would be lost.
+    pub fn provide(&mut self, buf: B) -> Result<(), B> {
+        if self.holds_bytes() {
+            return Err(buf);
+        }
+        self.buf = Some(buf);
+        Ok(())
+    }
+
+    /// Takes the buffer back, for a pool, while it holds nothing (`None` otherwise, or
+    /// if there is none). The decoder goes on; a later split frame asks for another.
+    pub fn take_buffer(&mut self) -> Option<B> {
+        if self.holds_bytes() {
+            return None;
+        }
+        self.buf.take()
+    }
+
+    /// The current buffer holds bytes of a frame (being assembled or put back).
+    fn holds_bytes(&self) -> bool {
+        match self.state {
+            State::Body { have, .. } => have > 0,
+            State::Held { .. } => true,
+            State::Header { .. } | State::Failed => false,
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.as_ref().len())
     }
 
     /// The largest payload this decoder accepts.
@@ -110,9 +170,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         }
     }
 
-    /// The buffer back, for a pool, once the decoder is no longer needed (between
-    /// frames, `buffered() == 0`, nothing is lost by dropping the decoder).
-    pub fn into_buffer(self) -> B {
+    /// The buffer back (if it holds one), for a pool, once the decoder is no longer
+    /// needed (between frames, `buffered() == 0`, nothing is lost by dropping it).
+    pub fn into_buffer(self) -> Option<B> {
         self.buf
     }
 
@@ -125,20 +185,38 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
     /// cannot take it yet: the next `decode` returns it again, and the call's whole
     /// `consumed` counts as taken. `input` is the input of that call: a frame lent out of
     /// it is copied into the buffer (where an assembled frame already lies), so the bytes
-    /// after it can be looked at meanwhile. Without a frame returned last, does nothing.
-    pub fn unread(&mut self, input: &[u8]) {
-        let len = match core::mem::replace(&mut self.last, Last::None) {
-            Last::None => return,
+    /// after it can be looked at meanwhile; that needs a buffer at least as long as the
+    /// frame ([`provide`](Self::provide) one first). False if the frame could not be
+    /// kept (no such buffer, or `input` is not that call's): then nothing changed, and
+    /// the frame is still at the front of `input`. Without a frame returned last, does
+    /// nothing and returns true.
+    pub fn unread(&mut self, input: &[u8]) -> bool {
+        let len = match self.last {
+            Last::None => return true,
             Last::Buffer(len) => len,
             Last::Input(n) => {
                 let Some(frame) = input.get(HEADER_LEN..n) else {
-                    return;
+                    return false;
                 };
-                self.buf.as_mut()[..frame.len()].copy_from_slice(frame);
+                if !frame.is_empty() {
+                    let buf = self.buf.as_mut().map(AsMut::as_mut);
+                    let Some(dst) = buf.and_then(|b| b.get_mut(..frame.len())) else {
+                        return false;
+                    };
+                    dst.copy_from_slice(frame);
+                }
                 frame.len()
             }
         };
+        self.last = Last::None;
         self.state = State::Held { len };
+        true
+    }
+
+    /// Room in the buffer for a frame of `len` bytes (for [`unread`](Self::unread) of a
+    /// frame lent out of the input).
+    pub fn has_room(&self, len: usize) -> bool {
+        self.room() >= len
     }
 
     /// Takes bytes from `input` until one frame is complete or the input is used up.
@@ -155,7 +233,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
                     self.last = Last::Buffer(len);
                     return Ok(Progress {
                         consumed: 0,
-                        frame: Some(&self.buf.as_ref()[..len]),
+                        frame: Some(&lent(&self.buf)[..len]),
                     });
                 }
                 State::Header { mut header, have } => {
@@ -191,8 +269,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
                 }
                 State::Body { len, have } => {
                     let rest = &input[consumed..];
+                    // A body not yet started in a buffer too short for it: wait for one
+                    // (`needs_buffer`); the prefix stays taken.
+                    let buf: &mut [u8] = match self.buf.as_mut().map(AsMut::as_mut) {
+                        Some(b) if b.len() >= len => b,
+                        _ if len == 0 => &mut [],
+                        _ => {
+                            return Ok(Progress {
+                                consumed,
+                                frame: None,
+                            });
+                        }
+                    };
                     let take = (len - have).min(rest.len());
-                    self.buf.as_mut()[have..have + take].copy_from_slice(&rest[..take]);
+                    buf[have..have + take].copy_from_slice(&rest[..take]);
                     consumed += take;
                     let have = have + take;
                     if have < len {
@@ -206,7 +296,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
                     self.last = Last::Buffer(len);
                     return Ok(Progress {
                         consumed,
-                        frame: Some(&self.buf.as_ref()[..len]),
+                        frame: Some(&lent(&self.buf)[..len]),
                     });
                 }
             }
@@ -236,6 +326,12 @@ pub fn whole_frame(input: &[u8], max: u32) -> Result<Option<(&[u8], usize)>, Fra
     Ok(input.get(HEADER_LEN..end).map(|frame| (frame, end)))
 }
 
+/// The buffer's bytes; empty without one (a frame is only ever returned from a buffer
+/// that held it).
+fn lent<B: AsRef<[u8]>>(buf: &Option<B>) -> &[u8] {
+    buf.as_ref().map_or(&[], AsRef::as_ref)
+}
+
 fn be_u32(bytes: &[u8]) -> u32 {
     let mut b = [0; HEADER_LEN];
     b.copy_from_slice(bytes);
@@ -255,7 +351,7 @@ mod tests {
         let text = std::format!("{dec:?}");
         assert_eq!(
             text,
-            "FrameDecoder { max: 4096, buffered: 6, failed: false, .. }"
+            "FrameDecoder { max: 4096, buffered: 6, failed: false, lent: true, .. }"
         );
     }
 
@@ -350,6 +446,131 @@ mod tests {
             whole_frame(&out[..n], 4),
             Err(FrameError::TooLarge { len: 5, max: 4 })
         );
+    }
+
+    /// Feeds `chunks` to a decoder without a buffer, giving it one of exactly the length
+    /// it asks for; returns the frames and the lengths asked for.
+    fn lazily(chunks: &[&[u8]], max: u32) -> Result<(Vec<Vec<u8>>, Vec<usize>), FrameError> {
+        let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(max);
+        let (mut frames, mut asked) = (Vec::new(), Vec::new());
+        for chunk in chunks {
+            let mut rest = *chunk;
+            loop {
+                if let Some(len) = dec.needs_buffer() {
+                    assert!(
+                        len <= max as usize,
+                        "a length is checked before it is asked for"
+                    );
+                    asked.push(len);
+                    let _ = dec.take_buffer();
+                    assert!(dec.provide(std::vec![0; len]).is_ok());
+                    assert_eq!(dec.needs_buffer(), None);
+                }
+                let p = dec.decode(rest)?;
+                rest = &rest[p.consumed..];
+                if let Some(f) = p.frame {
+                    frames.push(f.to_vec());
+                } else if rest.is_empty() && dec.needs_buffer().is_none() {
+                    break;
+                }
+                // Between frames the buffer may go back.
+                if dec.buffered() == 0 {
+                    let _ = dec.take_buffer();
+                }
+            }
+        }
+        Ok((frames, asked))
+    }
+
+    #[test]
+    fn split_frames_ask_for_their_own_length_at_every_cut() {
+        let max = 64;
+        let mut stream = Vec::new();
+        let bodies: [&[u8]; 4] = [b"", b"a", &[7; 40], &[9; 64]];
+        for b in bodies {
+            let mut out = [0u8; 68];
+            let n = encode_frame(b, max, &mut out).unwrap();
+            stream.extend_from_slice(&out[..n]);
+        }
+        let want: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+        for i in 0..=stream.len() {
+            for j in i..=stream.len() {
+                let chunks = [&stream[..i], &stream[i..j], &stream[j..]];
+                let (frames, asked) = lazily(&chunks, max).unwrap();
+                assert_eq!(frames, want, "cut at {i} and {j}");
+                for len in &asked {
+                    assert!([1, 40, 64].contains(len), "asked for {len}");
+                }
+            }
+        }
+        // Whole in one chunk: lent out of it, no buffer asked for.
+        assert_eq!(lazily(&[&stream], max).unwrap(), (want, std::vec![]));
+    }
+
+    #[test]
+    fn a_length_above_the_limit_fails_before_a_buffer_is_asked_for() {
+        let max = 16;
+        let at_max = 16u32.to_be_bytes();
+        let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(max);
+        assert_eq!(dec.decode(&at_max).unwrap().consumed, HEADER_LEN);
+        assert_eq!(dec.needs_buffer(), Some(16));
+        let over = 17u32.to_be_bytes();
+        for cut in 0..=HEADER_LEN {
+            let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(max);
+            let first = dec.decode(&over[..cut]).map(|p| p.consumed);
+            let err = if cut == HEADER_LEN {
+                first
+            } else {
+                assert_eq!(first, Ok(cut));
+                dec.decode(&over[cut..]).map(|p| p.consumed)
+            };
+            assert_eq!(err, Err(FrameError::TooLarge { len: 17, max }));
+            assert_eq!(dec.needs_buffer(), None);
+            assert!(dec.is_failed());
+        }
+        let huge = u32::MAX.to_be_bytes();
+        let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(max);
+        assert!(dec.decode(&huge).is_err());
+        assert_eq!(dec.needs_buffer(), None);
+    }
+
+    #[test]
+    fn a_buffer_holding_bytes_is_kept() {
+        let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(64);
+        dec.decode(&[0, 0, 0, 3, 1]).unwrap();
+        assert_eq!(dec.needs_buffer(), Some(3));
+        assert!(dec.provide(std::vec![0; 2]).is_ok());
+        assert_eq!(dec.needs_buffer(), Some(3), "too short");
+        assert_eq!(dec.take_buffer().map(|b| b.len()), Some(2));
+        assert!(dec.provide(std::vec![0; 3]).is_ok());
+        assert_eq!(dec.decode(&[1]).unwrap().consumed, 1);
+        assert!(dec.take_buffer().is_none(), "a frame is half assembled");
+        assert!(dec.provide(std::vec![0; 8]).is_err());
+        assert_eq!(dec.decode(&[2, 3]).unwrap().frame, Some(&[1, 2, 3][..]));
+        dec.unread(&[]);
+        assert!(dec.take_buffer().is_none(), "a frame is held");
+        assert_eq!(dec.decode(&[]).unwrap().frame, Some(&[1, 2, 3][..]));
+        assert_eq!(dec.take_buffer().map(|b| b.len()), Some(3));
+    }
+
+    #[test]
+    fn a_frame_from_the_input_is_kept_only_with_room() {
+        let input = [0, 0, 0, 2, 5, 6, 0];
+        let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(64);
+        assert_eq!(dec.decode(&input).unwrap().frame, Some(&[5, 6][..]));
+        assert!(!dec.has_room(2));
+        assert!(!dec.unread(&input), "no buffer");
+        assert_eq!(dec.buffered(), 0);
+        assert!(dec.provide(std::vec![0; 2]).is_ok());
+        assert!(dec.unread(&input));
+        let p = dec.decode(&input[6..]).unwrap();
+        assert_eq!((p.consumed, p.frame), (0, Some(&[5, 6][..])));
+        // An empty frame needs no room.
+        let empty = [0, 0, 0, 0];
+        let mut dec = FrameDecoder::<Vec<u8>>::without_buffer(64);
+        assert_eq!(dec.decode(&empty).unwrap().frame, Some(&[][..]));
+        assert!(dec.unread(&empty));
+        assert_eq!(dec.decode(&[]).unwrap().frame, Some(&[][..]));
     }
 
     #[test]

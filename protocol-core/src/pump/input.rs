@@ -8,6 +8,29 @@ pub trait Input {
     fn bytes(&self) -> &[u8];
     /// The first `n` bytes of [`bytes`](Self::bytes) were taken.
     fn consume(&mut self, n: usize);
+
+    /// Bytes not yet taken in every part, [`bytes`](Self::bytes) first.
+    fn available(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Copies the first bytes not yet taken, across parts, into `dst`; returns how many.
+    fn peek(&self, dst: &mut [u8]) -> usize {
+        let front = self.bytes();
+        let n = front.len().min(dst.len());
+        dst[..n].copy_from_slice(&front[..n]);
+        n
+    }
+
+    /// True when bytes left untaken stay, and the transport keeps appending after them
+    /// up to at least a whole frame: the pump then leaves a frame split across parts
+    /// here until it has come whole and assembles it at once, instead of borrowing a
+    /// frame buffer for as long as the frame takes to arrive. False (the default) for
+    /// an input of bounded room, such as a [`ReadBuf`] smaller than a frame, and once
+    /// no more will come.
+    fn keeps_split_frames(&self) -> bool {
+        false
+    }
 }
 
 impl Input for &[u8] {

@@ -8,11 +8,12 @@ pub enum Lend {
     /// A session's storage (replay buffer and inbox): `Config::storage_len()` bytes,
     /// held while the session holds data.
     Storage,
-    /// Assembly of a frame split across reads: the machine's `max_frame` bytes, held
-    /// while a frame is partly received.
+    /// Assembly of a frame split across reads, or a refused frame kept aside: the
+    /// frame's declared payload length (checked against the machine's `max_frame`
+    /// before it is asked for), held while that frame is partly received or refused.
     Frame,
-    /// Frames waiting to be written: the machine's `transmit_len()` bytes, held while
-    /// frames wait.
+    /// Frames waiting to be written: a batch of up to 64 KiB, or one frame's length if
+    /// longer (at most the machine's `transmit_len()`), held while frames wait.
     Transmit,
 }
 

@@ -34,7 +34,7 @@ pub use lender::Alloc;
 pub use lender::{Lend, Lender, Slots};
 pub use machine::{Machine, Offer};
 
-use crate::frame::FrameDecoder;
+use crate::frame::{FrameDecoder, FrameError};
 use crate::session::{BatchId, JournalOp, Transmit, TransmitError};
 use crate::time::Instant;
 
@@ -364,8 +364,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         M: Machine<Buf = B>,
         L: Lender<Buf = B>,
     {
-        if let Some(d) = self.decoder.take() {
-            lender.put(Lend::Frame, d.into_buffer());
+        if let Some(buf) = self.decoder.take().and_then(FrameDecoder::into_buffer) {
+            lender.put(Lend::Frame, buf);
         }
         if let Some(tx) = self.tx.take() {
             lender.put(Lend::Transmit, tx);
@@ -458,23 +458,57 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
             if input.bytes().is_empty() && !self.held {
                 return Fed::Nothing;
             }
-            if self.decoder.is_none() {
-                let max = m.max_frame();
-                let Some(buf) = lender.take(Lend::Frame, max as usize) else {
-                    return Fed::Starved;
-                };
-                match FrameDecoder::new(buf, max) {
-                    Ok(d) => self.decoder = Some(d),
-                    Err(e) => {
-                        m.handle_frame_error(now, e);
-                        self.failed = true;
-                        return Fed::Taken;
+            let dec = self
+                .decoder
+                .get_or_insert_with(|| FrameDecoder::without_buffer(m.max_frame()));
+            if !self.held && dec.buffered() == 0 && input.keeps_split_frames() {
+                // A frame that has not come whole stays in the input: many connections
+                // each in the middle of a frame then hold no frame buffer each.
+                let max = dec.max_frame();
+                if let Ok(None) = crate::frame::whole_frame(input.bytes(), max) {
+                    let mut prefix = [0; crate::frame::HEADER_LEN];
+                    if input.peek(&mut prefix) < prefix.len() {
+                        return Fed::Nothing;
+                    }
+                    let len = u32::from_be_bytes(prefix);
+                    // An oversize length goes on to the decoder, which fails it.
+                    if len <= max && input.available() < prefix.len() + len as usize {
+                        return Fed::Nothing;
                     }
                 }
             }
-            let Some(dec) = self.decoder.as_mut() else {
-                return Fed::Starved;
-            };
+            if let Some(len) = dec.needs_buffer() {
+                // The prefix is read and within the limit: a buffer of this frame's
+                // length, not of the largest one allowed.
+                if let Some(old) = dec.take_buffer() {
+                    lender.put(Lend::Frame, old);
+                }
+                let Some(buf) = lender.take(Lend::Frame, len) else {
+                    return Fed::Starved;
+                };
+                if let Err(buf) = dec.provide(buf) {
+                    lender.put(Lend::Frame, buf);
+                    return Fed::Starved;
+                }
+                if dec.needs_buffer().is_some() {
+                    // The lender broke its word: the frame cannot be assembled.
+                    let available = dec.take_buffer().map_or(0, |b| {
+                        let n = b.as_ref().len();
+                        lender.put(Lend::Frame, b);
+                        n
+                    });
+                    m.handle_frame_error(
+                        now,
+                        FrameError::BufferTooSmall {
+                            needed: len,
+                            available,
+                        },
+                    );
+                    self.failed = true;
+                    drop_all(input);
+                    return Fed::Taken;
+                }
+            }
             let (consumed, offered) = match dec.decode(input.bytes()) {
                 Err(e) => {
                     m.handle_frame_error(now, e);
@@ -491,7 +525,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
                 },
             };
             match offered {
-                None if consumed == 0 => return Fed::Nothing,
+                None if consumed == 0 && dec.needs_buffer().is_none() => return Fed::Nothing,
                 None => input.consume(consumed),
                 Some((Offer::Taken, len)) => {
                     input.consume(consumed);
@@ -499,9 +533,24 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
                     self.counts.bytes_in += len as u64;
                     return Fed::Taken;
                 }
-                Some((Offer::Later, _)) => {
-                    // Kept in the decoder, so what follows it can be looked at.
-                    dec.unread(input.bytes());
+                Some((Offer::Later, len)) => {
+                    // Kept in the decoder, so what follows it can be looked at. A frame
+                    // lent out of the input needs a buffer of its length for that.
+                    if !dec.has_room(len) {
+                        if let Some(old) = dec.take_buffer() {
+                            lender.put(Lend::Frame, old);
+                        }
+                        let Some(buf) = lender.take(Lend::Frame, len) else {
+                            // Left in the input, untaken: offered again later.
+                            return Fed::Starved;
+                        };
+                        if let Err(buf) = dec.provide(buf) {
+                            lender.put(Lend::Frame, buf);
+                        }
+                    }
+                    if !dec.unread(input.bytes()) {
+                        return Fed::Starved;
+                    }
                     input.consume(consumed);
                     return Fed::Later;
                 }
@@ -526,14 +575,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
             };
         }
         if self.tx.is_none() {
-            self.tx = lender.take(Lend::Transmit, m.transmit_len());
+            self.tx = lender.take(Lend::Transmit, m.transmit_len().min(TRANSMIT_BATCH));
         }
-        let Some(tx) = self.tx.as_mut() else {
-            return Filled::Nothing;
-        };
-        let tx = tx.as_mut();
         let mut filled = 0;
-        loop {
+        let mut grown = false;
+        while let Some(tx) = self.tx.as_mut() {
+            let tx = tx.as_mut();
+            let room = tx.len();
             match m.poll_transmit(now, &mut tx[filled..]) {
                 Ok(Some(Transmit::Frame(n))) => {
                     filled += n;
@@ -543,6 +591,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
                 Ok(Some(Transmit::Close)) => {
                     self.closing = true;
                     break;
+                }
+                // A frame longer than the batch: a buffer of its own length (never more
+                // than `transmit_len`, which holds any frame).
+                Err(TransmitError::BufferTooSmall { needed })
+                    if filled == 0 && !grown && needed > room && needed <= m.transmit_len() =>
+                {
+                    grown = true;
+                    if let Some(old) = self.tx.take() {
+                        lender.put(Lend::Transmit, old);
+                    }
+                    self.tx = lender.take(Lend::Transmit, needed);
                 }
                 // Full: these go first, the next frame after them.
                 Ok(None) | Err(TransmitError::BufferTooSmall { .. }) => break,
@@ -569,10 +628,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         if let Some(buf) = m.reclaim() {
             lender.put(Lend::Storage, buf);
         }
-        if self.decoder.as_ref().is_some_and(|d| d.buffered() == 0)
-            && let Some(d) = self.decoder.take()
-        {
-            lender.put(Lend::Frame, d.into_buffer());
+        // Also while a split frame's body is still due and none of it has come: a peer
+        // that sends a prefix and stalls pins no buffer.
+        if let Some(buf) = self.decoder.as_mut().and_then(FrameDecoder::take_buffer) {
+            lender.put(Lend::Frame, buf);
         }
         if self.filled == self.written
             && let Some(tx) = self.tx.take()
@@ -584,6 +643,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Pump<B> {
         self.starved = false;
     }
 }
+
+/// Bytes of frames batched into one transmit buffer (a frame longer than this gets a
+/// buffer of its own length): a connection sending acknowledgements and small messages
+/// borrows a small buffer, not one for the largest frame.
+const TRANSMIT_BATCH: usize = 64 * 1024;
 
 enum Filled {
     Nothing,

@@ -116,7 +116,7 @@ where
             journal_key: opened.journal_key,
             stream: None,
             pump: Pump::new(),
-            received: Received::default(),
+            received: Received::keeping_split_frames(),
             unread: false,
             reading: true,
             held: false,
@@ -148,6 +148,9 @@ where
             if self.unread && self.reading {
                 self.unread = false;
                 self.peer_finished |= stream::read_into(quic, stream, &mut self.received);
+                if self.peer_finished {
+                    self.received.ended();
+                }
             }
             let wait = self.run(id, Some((&mut *quic, stream)), at, lender, group);
             self.reading = wait.read;
