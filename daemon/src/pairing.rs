@@ -10,7 +10,7 @@
 //! stored: only its SPAKE2+ registration record, from which the code can only be
 //! recovered by guessing, so records are kept as secret as keys.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -135,7 +135,16 @@ pub struct PairingService {
     server_fingerprint: Fingerprint,
     settings: PairingSettings,
     records: HashMap<u16, PairingRecord>,
+    /// Codes whose record changed (or went) since the store last took them.
+    changed: BTreeSet<u16>,
     starts: TokenBucket,
+}
+
+/// What the store must do to match the service: records to write, code ids to delete.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PairingChanges {
+    pub put: Vec<PairingRecord>,
+    pub deleted: Vec<u16>,
 }
 
 impl fmt::Debug for PairingService {
@@ -162,6 +171,7 @@ impl PairingService {
             server_fingerprint,
             settings,
             records: HashMap::new(),
+            changed: BTreeSet::new(),
             starts,
         })
     }
@@ -199,6 +209,7 @@ impl PairingService {
         let window = CodeWindow::new(now, lifetime);
         let required = require_approval.unwrap_or(self.settings.require_approval);
         let deadline = window.expires.plus_ms(self.settings.decision_ms);
+        self.changed.insert(id);
         self.records.insert(
             id,
             PairingRecord {
@@ -253,7 +264,28 @@ impl PairingService {
         self.records.get(&code_id)
     }
 
-    /// Every record, for the store.
+    /// The records changed or dropped since the last call, for the store: writing
+    /// each change, not every record, keeps a pairing's cost flat however many codes
+    /// are outstanding.
+    pub fn take_changes(&mut self) -> PairingChanges {
+        let mut changes = PairingChanges::default();
+        for id in std::mem::take(&mut self.changed) {
+            match self.records.get(&id) {
+                Some(r) => changes.put.push(r.clone()),
+                None => changes.deleted.push(id),
+            }
+        }
+        changes
+    }
+
+    /// A record about to change, marked for the store.
+    fn touch(&mut self, code_id: u16) -> Option<&mut PairingRecord> {
+        let r = self.records.get_mut(&code_id)?;
+        self.changed.insert(code_id);
+        Some(r)
+    }
+
+    /// Every record, sorted by code id.
     pub fn records(&self) -> Vec<PairingRecord> {
         let mut all: Vec<_> = self.records.values().cloned().collect();
         all.sort_by_key(|r| r.code_id);
@@ -279,7 +311,7 @@ impl PairingService {
         if conn.csr().is_none() {
             return;
         }
-        let Some(r) = conn.code_id().and_then(|id| self.records.get_mut(&id)) else {
+        let Some(r) = conn.code_id().and_then(|id| self.touch(id)) else {
             return;
         };
         if r.awaiting_decision {
@@ -290,20 +322,24 @@ impl PairingService {
 
     /// Drops records that can no longer lead anywhere.
     pub fn purge(&mut self, now: Instant) {
-        self.records.retain(|_, r| {
+        let changed = &mut self.changed;
+        self.records.retain(|id, r| {
             let state = r.approval.tick(now);
             let finished = matches!(
                 state,
                 ApprovalState::Completed | ApprovalState::Rejected | ApprovalState::Expired
             );
             let dead = !r.window.used && r.window.is_closed(now);
-            !(finished || dead)
+            let keep = !(finished || dead);
+            if !keep {
+                changed.insert(*id);
+            }
+            keep
         });
     }
 
     fn record_mut(&mut self, code_id: u16) -> Result<&mut PairingRecord, ServiceError> {
-        self.records
-            .get_mut(&code_id)
+        self.touch(code_id)
             .ok_or(ServiceError::UnknownCode(code_id))
     }
 
@@ -311,10 +347,7 @@ impl PairingService {
     /// code's window, which counts the attempt.
     fn admit(&mut self, now: Instant, code_id: u16) -> Result<RecordBytes, PairingError> {
         self.starts.try_take(now)?;
-        let r = self
-            .records
-            .get_mut(&code_id)
-            .ok_or(PairingError::UnknownCode)?;
+        let r = self.touch(code_id).ok_or(PairingError::UnknownCode)?;
         match r.approval.tick(now) {
             ApprovalState::Rejected => return Err(PairingError::RejectedByOperator),
             ApprovalState::Expired => return Err(PairingError::ApprovalExpired),
@@ -362,7 +395,7 @@ impl PairingService {
                     }
                 }
                 ConnEvent::CsrReceived(code_id) => {
-                    let refused = match self.records.get_mut(&code_id) {
+                    let refused = match self.touch(code_id) {
                         Some(r) => {
                             // The run proved the code: its attempt was not a failure,
                             // but only the first such run gets a certificate.
@@ -387,7 +420,7 @@ impl PairingService {
                 ConnEvent::Failed(e) => {
                     // A run may end on the deadline of its code's approval: let the
                     // record show it.
-                    if let Some(r) = conn.code_id().and_then(|id| self.records.get_mut(&id)) {
+                    if let Some(r) = conn.code_id().and_then(|id| self.touch(id)) {
                         r.approval.tick(now);
                     }
                     return Some(ServiceEvent::Failed(e));
@@ -409,7 +442,7 @@ impl PairingService {
     {
         conn.csr()?;
         let code_id = conn.code_id()?;
-        let r = self.records.get_mut(&code_id)?;
+        let r = self.touch(code_id)?;
         if !r.awaiting_decision || r.approval.tick(now) == ApprovalState::Pending {
             return None;
         }
@@ -435,7 +468,9 @@ impl PairingService {
         if conn.is_finished() {
             return None;
         }
+        // Fields apart: the CA is read while the record changes.
         let r = self.records.get_mut(&code_id)?;
+        self.changed.insert(code_id);
         match r.approval.tick(now) {
             ApprovalState::Pending => {
                 r.awaiting_decision = true;

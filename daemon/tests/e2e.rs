@@ -81,6 +81,21 @@ fn pair_call_health_and_follow_events() {
         got.iter()
             .all(|e| e["node"] == id.as_str() && e["name"] == "health")
     );
+    // `--from SEQ` starts at that seq, as a reader resuming after the last one it read
+    // asks (an exclusive bound there skipped one event per resume).
+    let second = got[1]["seq"].as_u64().unwrap();
+    let out = d.cli(&[
+        "--json",
+        "events",
+        "--node",
+        &id,
+        "--from",
+        &second.to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let first_line = String::from_utf8(out.stdout).unwrap();
+    let first: Value = serde_json::from_str(first_line.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"].as_u64(), Some(second), "{first_line}");
 
     // An unknown capability is the node's refusal, with its own exit code.
     let bad = d.cli(&["call", &id, "no.such.thing"]);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chacha20::ChaCha20Rng;
 use daemon::ca::{CertificateAuthority, IssuancePolicy, ServerIdentity};
-use daemon::pairing::{PairingRecord, PairingService, PairingSettings, ServiceEvent};
+use daemon::pairing::{
+    PairingChanges, PairingRecord, PairingService, PairingSettings, ServiceEvent,
+};
 use protocol_core::frame::FrameDecoder;
 use protocol_core::pairing::{
     ApprovalState, Challenge, Confirm, DaemonConfig, DaemonPairing, MAX_FAILED_ATTEMPTS,
@@ -851,4 +853,41 @@ fn a_decision_after_the_runs_deadline_issues_nothing() {
     let out = run(&mut w, &mut node, &mut conn, &mut pass);
     assert_eq!(failed(&out.node), Some(PairingError::ApprovalExpired));
     assert!(out.daemon_closed);
+}
+
+#[test]
+fn the_store_is_given_only_what_changed_and_what_went() {
+    let mut w = World::new(PairingSettings::default());
+    let first = w.code("node-a");
+    let _ = w.service.take_changes();
+    let second = w.code("node-b");
+    let changes = w.service.take_changes();
+    assert_eq!(
+        changes.put.iter().map(|r| r.code_id).collect::<Vec<_>>(),
+        vec![second.id()],
+        "minting a code writes that code's record, not every record"
+    );
+    assert!(changes.deleted.is_empty());
+    assert_eq!(w.service.take_changes(), PairingChanges::default());
+
+    // A full run changes its own code's record only.
+    let outcome = attempt(&mut w, &first, &mut pass);
+    assert!(outcome.daemon.contains(&ServiceEvent::Completed));
+    let changes = w.service.take_changes();
+    assert_eq!(
+        changes.put.iter().map(|r| r.code_id).collect::<Vec<_>>(),
+        vec![first.id()]
+    );
+    assert!(changes.put[0].issued.is_some());
+
+    // Records that can lead nowhere (a used code, an expired one) are deleted from the
+    // store when they are dropped, not kept forever.
+    w.advance(10 * 60 * 1000);
+    let _third = w.code("node-c");
+    let mut changes = w.service.take_changes();
+    changes.deleted.sort_unstable();
+    let mut gone = vec![first.id(), second.id()];
+    gone.sort_unstable();
+    assert_eq!(changes.deleted, gone);
+    assert_eq!(changes.put.len(), 1);
 }

@@ -144,6 +144,10 @@ pub struct Report {
     /// From the kill until every node was online again, and from the restarted daemon
     /// answering until then.
     pub back_after_kill: Duration,
+    /// After the kill: how the nodes' connections ended (most frequent first) and the
+    /// dial attempts that failed until every node was back.
+    pub restart_ends: Vec<(String, usize)>,
+    pub restart_failed_dials: usize,
     pub back_after_start: Duration,
     pub gave_up: usize,
     /// The phase that failed, if one did (the figures after it are missing).
@@ -283,6 +287,18 @@ impl Report {
         if let Some((why, count)) = &self.events_disconnect {
             out.push_str(&format!(
                 "most frequent disconnect before the kill ({count}): {why}\n"
+            ));
+        }
+        if !self.restart_ends.is_empty() || self.restart_failed_dials > 0 {
+            let ends: Vec<String> = self
+                .restart_ends
+                .iter()
+                .map(|(why, n)| format!("{n} × {why}"))
+                .collect();
+            out.push_str(&format!(
+                "after the kill: connections ended by {}; {} dial attempts failed\n",
+                ends.join(", "),
+                self.restart_failed_dials
             ));
         }
         if let Some((why, count)) = &self.calls.failure {
@@ -485,6 +501,11 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
     // kill -9 and restart.
     log("kill -9");
     drop(api);
+    lock_ends(&fleet).clear();
+    let failed_before_kill = fleet
+        .stats
+        .failed_dials
+        .load(std::sync::atomic::Ordering::Relaxed);
     let killed = Instant::now();
     daemon.kill9()?;
     let api = daemon.restart().await?;
@@ -499,6 +520,14 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
     report.back_after_kill = killed.elapsed();
     report.back_after_start = answered.elapsed();
     report.gave_up = n.saturating_sub(fleet.connected());
+    report.restart_failed_dials = fleet
+        .stats
+        .failed_dials
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(failed_before_kill);
+    let mut ends: Vec<(String, usize)> = lock_ends(&fleet).drain().collect();
+    ends.sort_by(|a, b| b.1.cmp(&a.1));
+    report.restart_ends = ends.into_iter().take(3).collect();
     report.session_resets = fleet
         .stats
         .resets
@@ -652,4 +681,12 @@ async fn count_events(
         .filter(|k| !seen.contains(k))
         .collect();
     Ok((stored, missing, dup))
+}
+
+fn lock_ends(fleet: &Fleet) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+    fleet
+        .stats
+        .ends
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }

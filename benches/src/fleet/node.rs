@@ -91,6 +91,8 @@ pub struct FleetStats {
     pub reset_unacked: AtomicUsize,
     /// Why the nodes' connections ended, as their sessions saw it, and how often.
     pub disconnects: Mutex<std::collections::HashMap<String, usize>>,
+    /// How the nodes' connections ended, as their drivers saw it, and how often.
+    pub ends: Mutex<std::collections::HashMap<String, usize>>,
     failure: Mutex<Option<String>>,
 }
 
@@ -465,9 +467,10 @@ impl NodeRun {
             node = match dialed {
                 Ok(()) => {
                     // The session comes back when the connection ends.
-                    let Some((session, app, _how)) = self.back.recv().await else {
+                    let Some((session, app, how)) = self.back.recv().await else {
                         return;
                     };
+                    *lock(&self.stats.ends).entry(how.to_string()).or_default() += 1;
                     attempt = 0;
                     (session, app)
                 }

@@ -76,7 +76,7 @@ pub enum Command {
     Events {
         #[arg(long)]
         node: Option<String>,
-        /// Start after this event seq.
+        /// Start at this event seq (0: from the oldest kept).
         #[arg(long, default_value_t = 0)]
         from: u64,
         #[arg(long, short)]

@@ -26,7 +26,7 @@ use transport_tokio::tcp::{Listener, ListenerConfig, Routes};
 use transport_tokio::{JournalStore, StoragePool};
 
 use crate::api::ApiServer;
-use crate::pairing::{PairingService, PairingSettings, ServiceEvent};
+use crate::pairing::{PairingChanges, PairingService, PairingSettings, ServiceEvent};
 use crate::pairing_responder::ServiceResponder;
 use crate::runtime::{NodeInfo, Registry, Runtime};
 use crate::store::{DeviceRow, Store, StoreOptions, Write};
@@ -320,6 +320,14 @@ pub async fn run(
     served.map_err(|e| err("operator API")(e.to_string()))
 }
 
+/// The store writes that bring it up to the pairing service's changes.
+fn pairing_writes(changes: PairingChanges) -> impl Iterator<Item = Write> {
+    let PairingChanges { put, deleted } = changes;
+    put.into_iter()
+        .map(Write::PutPairing)
+        .chain(deleted.into_iter().map(Write::DeletePairing))
+}
+
 fn on_pairing_report(
     store: &Store,
     runtime: &Runtime,
@@ -346,11 +354,11 @@ fn on_pairing_report(
             capabilities: Vec::new(),
         });
     }
-    let records = service
+    let changes = service
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .records();
-    writes.extend(records.into_iter().map(Write::PutPairing));
+        .take_changes();
+    writes.extend(pairing_writes(changes));
     // Queued ahead of anything later; the run's answer is already on its way.
     drop(store.write(writes));
 }

@@ -18,7 +18,6 @@ use crate::api::{ApiError, EventSink, OperatorApi};
 use crate::pairing::{PairingRecord, ServiceError};
 use crate::runtime::persist::now_ms;
 use crate::runtime::{CallStatus, DispatchError, NodeInfo};
-use crate::store::Write;
 
 /// Events read from the store at a time.
 const EVENT_PAGE: usize = 256;
@@ -42,16 +41,16 @@ impl Operator {
         Ok(ChaCha20Rng::from_seed(seed))
     }
 
-    /// Stores every pairing record as the service holds it now.
+    /// Stores the pairing records changed since the last write.
     async fn persist_pairing(&self) -> Result<(), ApiError> {
-        let records = self
+        let changes = self
             .shared
             .pairing
             .service()
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .records();
-        let writes = records.into_iter().map(Write::PutPairing).collect();
+            .take_changes();
+        let writes = super::pairing_writes(changes).collect();
         self.shared
             .store
             .write(writes)
@@ -336,7 +335,8 @@ impl OperatorApi for Operator {
     }
 
     async fn events(&self, req: EventsRequest, mut sink: EventSink) -> Result<(), ApiError> {
-        let mut after = req.from_seq;
+        // `from_seq` is the first seq wanted; the store reads the seqs after a bound.
+        let mut after = req.from_seq.saturating_sub(1);
         let notify = self.shared.runtime.events_stored.clone();
         loop {
             let stored = notify.notified();

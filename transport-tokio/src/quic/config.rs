@@ -24,10 +24,12 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 pub const MAX_BIDI_STREAMS: u32 = 32;
 /// Default cap on concurrent connections of a server endpoint.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Least time between two stateless resets. quinn-proto's default (20 ms) would take a
-/// restarted daemon 200 s to reset 10,000 nodes' dead connections; a reset is always
-/// smaller than the packet that caused it, so it cannot amplify and a loop dies out.
-pub const RESET_INTERVAL: Duration = Duration::from_micros(50);
+/// Least time between two stateless resets: none. quinn-proto's default (20 ms) would
+/// take a restarted daemon 200 s to reset 10,000 nodes' dead connections, and any
+/// interval drops all but the first of a received batch (they share one `now`), leaving
+/// those nodes to their idle timeout. A reset is always smaller than the packet that
+/// caused it, so it cannot amplify, and a loop dies out.
+pub const RESET_INTERVAL: Duration = Duration::ZERO;
 
 /// Limits of a QUIC endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,6 +66,15 @@ where
                 _ => {}
             }
         }
+        // Closed on our side (a session's goodbye whose deadline passed): quinn reports
+        // no loss for a close of ours, and draining can last many backed-off PTOs when
+        // the peer went silent. The session is done with this connection now.
+        if lost.is_none()
+            && conn.quic.is_closed()
+            && matches!(conn.stage, Stage::Live(_) | Stage::Pairing(_))
+        {
+            lost = Some(Closed::BySession);
+        }
         if let Stage::Handshaking { reply, .. } = &mut conn.stage
             && let Some(reason) = &lost
         {

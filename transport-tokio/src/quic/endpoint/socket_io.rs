@@ -60,9 +60,13 @@ where
             };
             drop(slices);
             for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
-                let data = &buf[..m.len];
+                // One allocation and copy per received batch, not per datagram: the
+                // datagrams are views of it, decrypted in place, and the stream data
+                // quinn hands over are views too.
+                let mut data = BytesMut::from(&buf[..m.len]);
                 let stride = m.stride.max(1);
-                for datagram in data.chunks(stride) {
+                while !data.is_empty() {
+                    let datagram = data.split_to(stride.min(data.len()));
                     self.datagram(now, m, datagram);
                 }
             }
@@ -73,19 +77,14 @@ where
         true
     }
 
-    pub(super) fn datagram(&mut self, now: StdInstant, meta: &RecvMeta, datagram: &[u8]) {
+    pub(super) fn datagram(&mut self, now: StdInstant, meta: &RecvMeta, datagram: BytesMut) {
         let ecn = meta
             .ecn
             .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
         let mut buf = Vec::new();
-        let event = self.endpoint.handle(
-            now,
-            meta.addr,
-            meta.dst_ip,
-            ecn,
-            BytesMut::from(datagram),
-            &mut buf,
-        );
+        let event = self
+            .endpoint
+            .handle(now, meta.addr, meta.dst_ip, ecn, datagram, &mut buf);
         match event {
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 if let Some(conn) = self.conns.get_mut(&ch) {
