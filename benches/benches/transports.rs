@@ -19,6 +19,8 @@
 //! run of every step. Idle memory is measured twice per transport: after the nodes only
 //! connected (no frames: what an idle connection costs) and after each sent a burst of
 //! 64 KiB frames (what the burst leaves behind). `-- --memory-only` measures only that.
+//! Every transport runs on the allocator `ternd` ships with (jemalloc, purging freed
+//! pages after a second: `.cargo/config.toml`), so the figures are what is held.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,9 @@ use benches::transports::sessions::{Daemon, DaemonCommand, Fleet, NodeCommand, R
 use benches::transports::stats::{Latency, throughput};
 use benches::transports::{BULK_PAYLOAD, BenchError, RTT_PAYLOAD, Transport};
 use tokio::sync::oneshot;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// What one run measures.
 struct Plan {

@@ -10,7 +10,7 @@ use daemon::cli::{Cli, Command, NodeCommand, PairCommand, ServeArgs};
 use daemon::serve::settings::{CONFIG_NAME, Settings, default_state_dir, parse_listen};
 
 // glibc's malloc kept the peak of a handshake burst resident (an idle fleet of 3,000
-// measured 160 KiB per node, 40 of them live); jemalloc, configured in
+// measured 267 KiB per node, 40 of them live); jemalloc, configured in
 // `.cargo/config.toml` to purge freed pages after a second, returns to what is held.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
