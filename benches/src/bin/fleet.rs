@@ -14,6 +14,11 @@ use std::time::Duration;
 use benches::fleet::{Options, Transport, run};
 use benches::transports::memory::{raise_open_files, runtime};
 
+// The nodes' side on the daemon's allocator: the generator shares the machine with the
+// daemon, and glibc spent a seventh of its time clearing fresh pages.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage: fleet [--quick] [--nodes N] [--transport quic|tcp] [--call-rate R] \
 [--call-secs S] [--idle-secs S] [--events K] [--dials D] [--ternd PATH]";
 
