@@ -526,7 +526,7 @@ async fn phases(options: &Options, report: &mut Report) -> Result<(), BenchError
         .load(std::sync::atomic::Ordering::Relaxed)
         .saturating_sub(failed_before_kill);
     let mut ends: Vec<(String, usize)> = lock_ends(&fleet).drain().collect();
-    ends.sort_by(|a, b| b.1.cmp(&a.1));
+    ends.sort_by_key(|e| std::cmp::Reverse(e.1));
     report.restart_ends = ends.into_iter().take(3).collect();
     report.session_resets = fleet
         .stats
