@@ -547,10 +547,68 @@ fn a_clock_stepping_back_does_not_stretch_a_call() {
     assert_eq!(timeouts, vec![1_000]);
 }
 
+/// A transport that loses every packet may never say so (a QUIC connection whose
+/// daemon restarted and whose probes all vanished): an unanswered ping ends the
+/// connection after the ack timeout, not at the idle timeout.
 #[test]
-fn keep_alive_then_idle_timeout_close_the_connection() {
+fn an_unanswered_ping_ends_the_connection_after_the_ack_timeout() {
     let mut node = node_with(cfg());
     let mut daemon = daemon_with(cfg());
+    connect(&mut node, &mut daemon, 0);
+    node.take_events();
+    let t = node.s.poll_timeout().expect("a deadline");
+    assert_eq!(t, Instant::from_millis(5_000));
+    node.s.handle_timeout(t);
+    let n = node.drain(t.as_millis());
+    assert!(matches!(decoded(&n.frames)[..], [Message::Ping(_)]));
+    assert_eq!(node.s.poll_timeout(), Some(Instant::from_millis(10_000)));
+    node.s.handle_timeout(Instant::from_millis(9_999));
+    assert!(!node.drain(9_999).closed);
+    node.s.handle_timeout(Instant::from_millis(10_000));
+    let n = node.drain(10_000);
+    assert!(n.closed);
+    assert_eq!(
+        n.events,
+        vec![OwnedNodeEvent::Disconnected(CloseReason::AckTimeout)]
+    );
+}
+
+/// Anything from the peer answers a ping: the connection stays, and the next ping
+/// starts its own wait.
+#[test]
+fn an_answered_ping_keeps_the_connection() {
+    let mut node = node_with(cfg());
+    let mut daemon = daemon_with(cfg());
+    connect(&mut node, &mut daemon, 0);
+    node.s.handle_timeout(Instant::from_millis(5_000));
+    let n = node.drain(5_000);
+    daemon.feed(5_001, &n.frames);
+    let d = daemon.drain(5_001);
+    assert!(
+        decoded(&d.frames)
+            .iter()
+            .any(|m| matches!(m, Message::Pong(_)))
+    );
+    node.feed(5_002, &d.frames);
+    node.drain(5_002);
+    // Five seconds after the node last sent: the connection stays, the next ping goes
+    // and waits on its own.
+    node.s.handle_timeout(Instant::from_millis(10_000));
+    let n = node.drain(10_000);
+    assert!(!n.closed, "the pong answered the ping");
+    assert!(matches!(decoded(&n.frames)[..], [Message::Ping(_)]));
+    assert_eq!(node.s.poll_timeout(), Some(Instant::from_millis(15_000)));
+    node.s.handle_timeout(Instant::from_millis(15_000));
+    assert!(node.drain(15_000).closed, "the second ping went unanswered");
+}
+
+#[test]
+fn keep_alive_then_idle_timeout_close_the_connection() {
+    // Pings left unanswered longer than the idle timeout: the idle timeout ends it.
+    let mut c = cfg();
+    c.ack_timeout_ms = 60_000;
+    let mut node = node_with(c);
+    let mut daemon = daemon_with(c);
     connect(&mut node, &mut daemon, 0);
     // The daemon goes silent: the node pings at the keep-alive interval...
     let t = node.s.poll_timeout().expect("a deadline");

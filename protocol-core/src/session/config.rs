@@ -39,8 +39,9 @@ pub struct Config {
     pub ack_delay_ms: u32,
     /// Acknowledge at once when this many delivered messages are unacknowledged.
     pub ack_every: u32,
-    /// Close the connection when data sent on it stays unacknowledged this long: the
-    /// connection is stuck, and a new one resumes where the peer stands.
+    /// Close the connection when data sent on it stays unacknowledged this long, or
+    /// when nothing at all comes back this long after a keep-alive ping: the connection
+    /// is stuck (or its peer gone), and a new one resumes where the peer stands.
     pub ack_timeout_ms: u32,
     /// Bytes of the replay buffer (unacknowledged outgoing messages).
     pub replay_bytes: usize,

@@ -20,7 +20,7 @@ pub enum CloseReason {
     PeerError(ErrorCode),
     /// The hello exchange did not finish in time.
     HandshakeTimeout,
-    /// Data sent stayed unacknowledged too long.
+    /// Data sent stayed unacknowledged, or a keep-alive ping unanswered, too long.
     AckTimeout,
     /// The transport went away.
     TransportClosed,

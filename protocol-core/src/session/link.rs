@@ -66,6 +66,10 @@ pub(crate) struct Conn {
     ack_due: Option<Instant>,
     /// Since when data sent on this connection waits for an acknowledgement.
     unacked_since: Option<Instant>,
+    /// When the oldest ping that nothing has answered yet went out: a peer that stays
+    /// silent after it for `ack_timeout_ms` is gone (a transport whose packets vanish
+    /// may never say so; only the idle timeout would, much later).
+    ping_since: Option<Instant>,
     farewell: Option<Farewell>,
     /// A farewell went out; `Transmit::Close` comes next.
     close_next: bool,
@@ -93,6 +97,7 @@ impl Conn {
             ack_sent: 0,
             ack_due: None,
             unacked_since: None,
+            ping_since: None,
             farewell: None,
             close_next: false,
         }
@@ -811,6 +816,9 @@ impl Link {
             let nonce = self.conn.pings.wrapping_add(1);
             let r = self.emit_control(now, &Message::Ping(Ping { nonce }), limit, buf)?;
             self.conn.pings = nonce;
+            if r.is_some() && !self.ping_unanswered() {
+                self.conn.ping_since = Some(now);
+            }
             return Ok(r);
         }
         Ok(None)
@@ -906,12 +914,27 @@ impl Link {
             State::Up
                 if self.conn.unacked_since.is_some_and(|since| {
                     now >= since.plus_ms(u64::from(self.config.ack_timeout_ms))
-                }) =>
+                }) || self.ping_deadline().is_some_and(|at| now >= at) =>
             {
                 self.close(Farewell::Nothing, CloseReason::AckTimeout);
             }
             _ => {}
         }
+    }
+
+    /// A ping went out and nothing came back since.
+    fn ping_unanswered(&self) -> bool {
+        self.conn
+            .ping_since
+            .is_some_and(|sent| self.conn.last_recv < sent)
+    }
+
+    /// When an unanswered ping means the peer is gone.
+    fn ping_deadline(&self) -> Option<Instant> {
+        self.ping_unanswered()
+            .then(|| self.conn.ping_since)
+            .flatten()
+            .map(|sent| sent.plus_ms(u64::from(self.config.ack_timeout_ms)))
     }
 
     /// When a ping is due; none once the clock has run out (a deadline that saturates
@@ -949,6 +972,7 @@ impl Link {
                         .unacked_since
                         .map(|t| t.plus_ms(u64::from(self.config.ack_timeout_ms))),
                 );
+                at.add(self.ping_deadline());
             }
             State::Down => {}
         }
