@@ -932,7 +932,7 @@ impl Link {
     /// When an unanswered ping means the peer is gone.
     fn ping_deadline(&self) -> Option<Instant> {
         self.ping_unanswered()
-            .then(|| self.conn.ping_since)
+            .then_some(self.conn.ping_since)
             .flatten()
             .map(|sent| sent.plus_ms(u64::from(self.config.ack_timeout_ms)))
     }
