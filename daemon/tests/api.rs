@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use daemon::api::v1::{
-    self, CallRequest, CallResult, CallState, ErrorCode, Event, EventsRequest, Node, NodeList,
-    NodeState, PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord,
+    self, CallRequest, CallResult, CallState, ErrorCode, Event, EventsRequest, ListNodesRequest,
+    Node, NodeList, NodeState, PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord,
     PairRejectRequest, PairState, Request, Response, RevokeRequest, Revoked, ShowNodeRequest,
     Status, request, response,
 };
@@ -135,11 +135,20 @@ impl OperatorApi for TestApi {
         Ok(record(req.code_id, PairState::Rejected))
     }
 
-    async fn list_nodes(&self) -> Result<NodeList, ApiError> {
+    /// Pages of one node when the request pages, so a listing takes several requests.
+    async fn list_nodes(&self, req: ListNodesRequest) -> Result<NodeList, ApiError> {
         self.handled.fetch_add(1, Ordering::SeqCst);
-        Ok(NodeList {
-            nodes: vec![node("sensor-1"), node("sensor-2")],
-        })
+        let mut nodes: Vec<Node> = ["sensor-1", "sensor-2"]
+            .into_iter()
+            .filter(|id| *id > req.after.as_str())
+            .map(node)
+            .collect();
+        let mut next_after = String::new();
+        if req.limit.is_some() && nodes.len() > 1 {
+            nodes.truncate(1);
+            next_after = nodes[0].id.clone();
+        }
+        Ok(NodeList { nodes, next_after })
     }
 
     async fn show_node(&self, req: ShowNodeRequest) -> Result<Node, ApiError> {
@@ -369,8 +378,22 @@ async fn every_request_round_trips() {
         (43, PairState::Rejected)
     );
 
+    let before = daemon.api.handled.load(Ordering::SeqCst);
     let nodes = client.list_nodes().await.unwrap();
     assert_eq!(nodes.nodes, vec![node("sensor-1"), node("sensor-2")]);
+    assert_eq!(nodes.next_after, "");
+    // One request a page.
+    assert_eq!(daemon.api.handled.load(Ordering::SeqCst) - before, 2);
+    let page = client.list_nodes_page("", 7).await.unwrap();
+    assert_eq!(
+        (page.nodes, page.next_after.as_str()),
+        (vec![node("sensor-1")], "sensor-1")
+    );
+    let page = client.list_nodes_page("sensor-1", 7).await.unwrap();
+    assert_eq!(
+        (page.nodes, page.next_after.as_str()),
+        (vec![node("sensor-2")], "")
+    );
     let shown = client.show_node("sensor-2").await.unwrap();
     assert_eq!(shown, node("sensor-2"));
     assert_eq!(
@@ -523,6 +546,9 @@ async fn bad_arguments_never_reach_the_handler() {
     }
     let err = client.show_node("x".repeat(65)).await.unwrap_err();
     assert_eq!(err.server_code(), Some(ErrorCode::InvalidArgument));
+    let err = client.list_nodes_page("x".repeat(65), 0).await.unwrap_err();
+    assert_eq!(err.server_code(), Some(ErrorCode::InvalidArgument));
+    assert!(err.to_string().contains("after"), "{err}");
     let err = client.revoke("sensor-1", "a\nb").await.unwrap_err();
     assert_eq!(err.server_code(), Some(ErrorCode::InvalidArgument));
     let err = client
@@ -550,6 +576,10 @@ async fn bad_arguments_never_reach_the_handler() {
         .await
         .unwrap();
     client.pair_approve(9_999).await.unwrap();
+    client
+        .list_nodes_page("x".repeat(64), u32::MAX)
+        .await
+        .unwrap();
     daemon.stop().await;
 }
 

@@ -498,3 +498,168 @@ fn a_node_host_told_to_wait_pairs_once_the_limit_allows() {
         "the node host never met the limit: {log}"
     );
 }
+
+/// A daemon holding more nodes than fit in one frame lists them all, once each and by
+/// id, in pages: to the CLI, to the client's `list_nodes`, and page by page.
+#[test]
+fn nodes_are_listed_in_pages_past_the_frame_limit() {
+    use daemon::api::v1::{self, ErrorCode, Request, Response, request, response};
+    use daemon::api::{
+        ApiClient, CONTRACT_VERSION, DEFAULT_NODE_PAGE, MAX_FRAME, MAX_NODE_PAGE, NODE_PAGE_BYTES,
+        SOCKET_NAME, decode_response,
+    };
+    use daemon::store::{CapabilityRow, NodeRow, Store, StoreOptions, Write};
+    use prost::Message as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SMALL: usize = 1600;
+    let row = |id: String, caps: Vec<CapabilityRow>| NodeRow {
+        id,
+        first_seen_ms: 1_700_000_000_000,
+        last_seen_ms: 1_700_000_000_000,
+        state: "offline".into(),
+        platform: Some("linux-x86_64".into()),
+        address: Some("tcp://10.0.0.1:51000".into()),
+        capabilities: caps,
+    };
+    let cap = |name: String, version| CapabilityRow {
+        name,
+        version,
+        input: "application/json".into(),
+        output: "application/cbor".into(),
+        needs_approval: false,
+    };
+    // Three nodes near the largest capability list a session frame carries, so a page
+    // is cut by its bytes before its count; then many ordinary ones.
+    let mut rows: Vec<NodeRow> = (0..3)
+        .map(|i| {
+            let caps = (0..32)
+                .map(|k| cap(format!("big.{k:02}.{}", "x".repeat(12_000)), k))
+                .collect();
+            row(format!("big-{i}"), caps)
+        })
+        .collect();
+    rows.extend((0..SMALL).map(|i| {
+        let caps = (0..8)
+            .map(|k| cap(format!("telemetry.channel-{k:02}.temperature-celsius"), k))
+            .collect();
+        row(format!("node-{i:05}"), caps)
+    }));
+    let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+
+    let tmp = scratch();
+    let dir = tmp.path().join("daemon");
+    {
+        let store = Store::open_in(&dir, StoreOptions::default()).unwrap();
+        store
+            .write_blocking(rows.into_iter().map(Write::PutNode).collect())
+            .unwrap();
+    }
+    let d = Daemon::start(&dir);
+
+    // The CLI, as a user runs it.
+    let listed = d.json(&["nodes"]);
+    let listed = listed.as_array().unwrap();
+    let cli_ids: Vec<&str> = listed.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(cli_ids, ids, "every node once, by id");
+    assert_eq!(listed[0]["capabilities"].as_array().unwrap().len(), 32);
+    assert_eq!(listed[3]["capabilities"].as_array().unwrap().len(), 8);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = ApiClient::connect(&dir.join(SOCKET_NAME)).await.unwrap();
+        let all = client.list_nodes().await.unwrap();
+        let client_ids: Vec<&str> = all.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(client_ids, ids);
+        assert_eq!(all.next_after, "");
+        // The old single answer would not fit in a frame, even without the big nodes.
+        let small = v1::NodeList {
+            nodes: all.nodes[3..].to_vec(),
+            next_after: String::new(),
+        };
+        assert!(
+            small.encoded_len() > MAX_FRAME as usize,
+            "{}",
+            small.encoded_len()
+        );
+
+        // Page by page with the default limit: the big nodes cut the first pages short.
+        let mut pages = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = client.list_nodes_page(after.as_str(), 0).await.unwrap();
+            assert!(page.encoded_len() <= NODE_PAGE_BYTES + 100);
+            assert!(page.nodes.len() <= DEFAULT_NODE_PAGE as usize);
+            pages.push(page.nodes.len());
+            if page.next_after.is_empty() {
+                break;
+            }
+            assert_eq!(page.next_after, page.nodes.last().unwrap().id);
+            after = page.next_after;
+        }
+        assert_eq!(pages, [2, 500, 500, 500, 101]);
+
+        // A limit above the cap is capped.
+        let page = client.list_nodes_page("big-2", u32::MAX).await.unwrap();
+        assert_eq!(page.nodes.len(), MAX_NODE_PAGE as usize);
+        assert_eq!(page.nodes[0].id, "node-00000");
+        assert_eq!(page.next_after, format!("node-{:05}", MAX_NODE_PAGE - 1));
+        // After the last node: an empty last page.
+        for after in [ids.last().unwrap().as_str(), "zzz"] {
+            let page = client.list_nodes_page(after, 7).await.unwrap();
+            assert_eq!((page.nodes.len(), page.next_after.as_str()), (0, ""));
+        }
+
+        // A client from before paging sends no limit: it gets every node in one answer
+        // when they fit, an error rather than a part of them when they do not.
+        let mut raw = tokio::net::UnixStream::connect(dir.join(SOCKET_NAME))
+            .await
+            .unwrap();
+        let mut exchange = async |id: u64, kind: request::Kind| {
+            let body = Request {
+                id,
+                kind: Some(kind),
+            }
+            .encode_to_vec();
+            raw.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes())
+                .await
+                .unwrap();
+            raw.write_all(&body).await.unwrap();
+            let len = raw.read_u32().await.unwrap();
+            let mut body = vec![0; len as usize];
+            raw.read_exact(&mut body).await.unwrap();
+            let response: Response = decode_response(&body).unwrap();
+            assert_eq!(response.id, id);
+            response.kind.unwrap()
+        };
+        let hello = request::Kind::Hello(v1::Hello {
+            contract_version: CONTRACT_VERSION,
+            software_version: "0.0.1".into(),
+        });
+        assert!(matches!(exchange(1, hello).await, response::Kind::Hello(_)));
+        let legacy = |after: &str| {
+            request::Kind::ListNodes(v1::ListNodesRequest {
+                after: after.into(),
+                limit: None,
+            })
+        };
+        match exchange(2, legacy("")).await {
+            response::Kind::Error(e) => {
+                assert_eq!(e.code(), ErrorCode::FailedPrecondition, "{e:?}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        match exchange(3, legacy("node-01500")).await {
+            response::Kind::Nodes(list) => {
+                assert_eq!(list.nodes[0].id, "node-01501");
+                assert_eq!(list.nodes.len(), SMALL - 1501);
+                assert_eq!(list.next_after, "");
+            }
+            other => panic!("expected the nodes, got {other:?}"),
+        }
+    });
+}

@@ -364,7 +364,11 @@ fn operator_api() -> Corpus {
     add(
         "nodes",
         vec![
-            K::ListNodes(v1::ListNodesRequest {}),
+            K::ListNodes(v1::ListNodesRequest::default()),
+            K::ListNodes(v1::ListNodesRequest {
+                after: node.clone(),
+                limit: Some(u32::MAX),
+            }),
             K::ShowNode(v1::ShowNodeRequest { id: node.clone() }),
         ],
     );

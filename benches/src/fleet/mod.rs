@@ -334,9 +334,8 @@ async fn wait_for(
     }
 }
 
-/// Nodes online in the daemon's view. From `status`, not `list_nodes`: the node list
-/// is one answer on the operator socket and stops fitting its frame at a few thousand
-/// nodes.
+/// Nodes online in the daemon's view. From `status`, not `list_nodes`: one small
+/// answer, where the node list takes a request per page of nodes.
 async fn online(api: &ApiClient) -> Result<usize, BenchError> {
     let status = api
         .status()

@@ -402,9 +402,42 @@ impl ApiClient {
         }
     }
 
+    /// Every node, by id: the daemon's pages, one after the other. The answer's
+    /// `next_after` is empty.
     pub async fn list_nodes(&self) -> Result<NodeList, ClientError> {
+        let mut all = NodeList::default();
+        let mut after = String::new();
+        loop {
+            let page = self.list_nodes_page(after.as_str(), 0).await?;
+            all.nodes.extend(page.nodes);
+            if page.next_after.is_empty() {
+                return Ok(all);
+            }
+            // Pages move forward by id, so the listing ends; a daemon that goes back
+            // would have it run forever.
+            if page.next_after <= after {
+                return Err(ClientError::Protocol(format!(
+                    "the node list went back from {after:?} to {:?}",
+                    page.next_after
+                )));
+            }
+            after = page.next_after;
+        }
+    }
+
+    /// One page of the nodes: at most `limit` of them (0 for the daemon's default, capped
+    /// by the daemon) whose ids sort after `after` (empty for the first page). The next
+    /// page starts after the answer's `next_after`, empty when this was the last page.
+    pub async fn list_nodes_page(
+        &self,
+        after: impl Into<String>,
+        limit: u32,
+    ) -> Result<NodeList, ClientError> {
         let timeout = self.config.request_timeout;
-        let kind = request::Kind::ListNodes(v1::ListNodesRequest {});
+        let kind = request::Kind::ListNodes(v1::ListNodesRequest {
+            after: after.into(),
+            limit: Some(limit),
+        });
         match self.unary(kind, timeout).await? {
             response::Kind::Nodes(n) => Ok(n),
             other => Err(unexpected("NodeList", &other)),

@@ -29,6 +29,20 @@ use v1::ErrorCode;
 /// Largest frame payload either side sends or accepts: 1 MiB.
 pub const MAX_FRAME: u32 = 1024 * 1024;
 
+/// Nodes in a `ListNodes` page when the request's `limit` is 0.
+pub const DEFAULT_NODE_PAGE: u32 = 500;
+
+/// Most nodes in a `ListNodes` page; a larger `limit` is taken as this.
+pub const MAX_NODE_PAGE: u32 = 1000;
+
+/// Most bytes the nodes of one `ListNodes` page take in its frame: the rest of
+/// [`MAX_FRAME`] is headroom for the `Response` around them (request id, lengths) and
+/// `next_after` (a node id), under 100 bytes. A page holds fewer nodes than asked when
+/// the next one would pass this. One node always fits: its capabilities came in one
+/// `Register` message of at most the session's frame limit (512 KiB), and the rest of it
+/// is ids, an address and a fingerprint.
+pub const NODE_PAGE_BYTES: usize = MAX_FRAME as usize - 1024;
+
 /// The file name of the socket inside the daemon's state directory.
 pub const SOCKET_NAME: &str = "operator.sock";
 

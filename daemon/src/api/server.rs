@@ -26,9 +26,10 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use super::framing::{ReadError, encode_frame, read_frame};
 use super::v1::{
-    self, CallRequest, CallResult, ErrorCode, Event, EventsRequest, Node, NodeList,
-    PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
-    Response, RevokeRequest, Revoked, ShowNodeRequest, Status, request, response,
+    self, CallRequest, CallResult, ErrorCode, Event, EventsRequest, ListNodesRequest, Node,
+    NodeList, PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord,
+    PairRejectRequest, Response, RevokeRequest, Revoked, ShowNodeRequest, Status, request,
+    response,
 };
 use super::{
     ApiError, CONTRACT_VERSION, MAX_FRAME, SOFTWARE_VERSION, check_request, decode_request,
@@ -58,7 +59,11 @@ pub trait OperatorApi: Send + Sync + 'static {
         req: PairRejectRequest,
     ) -> impl Future<Output = Result<PairRecord, ApiError>> + Send;
 
-    fn list_nodes(&self) -> impl Future<Output = Result<NodeList, ApiError>> + Send;
+    /// One page of the nodes, by id (see `ListNodesRequest` in the `.proto` file).
+    fn list_nodes(
+        &self,
+        req: ListNodesRequest,
+    ) -> impl Future<Output = Result<NodeList, ApiError>> + Send;
 
     fn show_node(
         &self,
@@ -702,7 +707,7 @@ async fn run_request<H: OperatorApi>(
         Rq::PairList(_) => handler.pair_list().await.map(Rs::PairList),
         Rq::PairApprove(req) => handler.pair_approve(req).await.map(Rs::PairRecord),
         Rq::PairReject(req) => handler.pair_reject(req).await.map(Rs::PairRecord),
-        Rq::ListNodes(_) => handler.list_nodes().await.map(Rs::Nodes),
+        Rq::ListNodes(req) => handler.list_nodes(req).await.map(Rs::Nodes),
         Rq::ShowNode(req) => handler.show_node(req).await.map(Rs::Node),
         Rq::Call(req) => handler.call(req).await.map(Rs::CallResult),
         Rq::Revoke(req) => handler.revoke(req).await.map(Rs::Revoked),

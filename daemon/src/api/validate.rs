@@ -22,11 +22,17 @@ pub const MAX_CALL_TIMEOUT_MS: u32 = 24 * 60 * 60 * 1000;
 /// does before a handler sees it. Pure: it looks at the request only.
 pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
     match kind {
-        Kind::Hello(_)
-        | Kind::Cancel(_)
-        | Kind::Status(_)
-        | Kind::PairList(_)
-        | Kind::ListNodes(_) => Ok(()),
+        Kind::Hello(_) | Kind::Cancel(_) | Kind::Status(_) | Kind::PairList(_) => Ok(()),
+        // Any id the daemon lists comes back as `after`: only its length is checked.
+        Kind::ListNodes(req) => {
+            if req.after.len() > MAX_DEVICE_ID_LEN {
+                return Err(ApiError::invalid_argument(format!(
+                    "after must be a node id of at most {MAX_DEVICE_ID_LEN} bytes (got {:?})",
+                    truncate(&req.after)
+                )));
+            }
+            Ok(())
+        }
         Kind::PairCode(req) => {
             if req.ttl_seconds != 0 {
                 let ms = u64::from(req.ttl_seconds) * 1000;

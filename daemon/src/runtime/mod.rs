@@ -229,6 +229,25 @@ impl Runtime {
         nodes
     }
 
+    /// At most `limit` nodes whose ids sort after `after` (every node when it is empty),
+    /// sorted by id, and whether more follow them.
+    pub fn nodes_after(&self, after: &str, limit: usize) -> (Vec<NodeInfo>, bool) {
+        let state = self.lock();
+        let mut page: Vec<&NodeInfo> = state
+            .nodes
+            .values()
+            .map(|e| &e.info)
+            .filter(|info| info.id.as_str() > after)
+            .collect();
+        let more = page.len() > limit;
+        if more {
+            page.select_nth_unstable_by(limit, |a, b| a.id.cmp(&b.id));
+            page.truncate(limit);
+        }
+        page.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        (page.into_iter().cloned().collect(), more)
+    }
+
     pub fn node(&self, id: &str) -> Option<NodeInfo> {
         self.lock().nodes.get(id).map(|e| e.info.clone())
     }

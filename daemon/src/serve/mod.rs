@@ -57,7 +57,7 @@ const REPLAY_BYTES: usize = 256 * 1024;
 const POOL_IDLE_BYTES: usize = 32 << 20;
 
 /// The session configuration of every node on this daemon.
-pub fn session_config() -> Config {
+pub const fn session_config() -> Config {
     Config::server(REPLAY_BYTES)
 }
 

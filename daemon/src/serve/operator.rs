@@ -10,11 +10,13 @@ use rand_core::{Rng, SeedableRng};
 
 use super::Shared;
 use crate::api::v1::{
-    self, CallRequest, CallResult, Event, EventsRequest, Node, NodeList, PairApproveRequest,
-    PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest, RevokeRequest, Revoked,
-    ShowNodeRequest, Status,
+    self, CallRequest, CallResult, Event, EventsRequest, ListNodesRequest, Node, NodeList,
+    PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
+    RevokeRequest, Revoked, ShowNodeRequest, Status,
 };
-use crate::api::{ApiError, EventSink, OperatorApi};
+use crate::api::{
+    ApiError, DEFAULT_NODE_PAGE, EventSink, MAX_NODE_PAGE, NODE_PAGE_BYTES, OperatorApi,
+};
 use crate::pairing::{PairingRecord, ServiceError};
 use crate::runtime::persist::now_ms;
 use crate::runtime::{CallStatus, DispatchError, NodeInfo};
@@ -23,6 +25,15 @@ use crate::runtime::{CallStatus, DispatchError, NodeInfo};
 const EVENT_PAGE: usize = 256;
 /// A follower re-reads the store at least this often.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Most bytes a `Node` adds to the `Register` message its capabilities came in: per
+/// capability a few keys and a length (at most 16 bytes each, 32 capabilities), then
+/// its id, state, times, address and fingerprint (under 300 bytes).
+const NODE_OVER_REGISTER: usize = 16 * protocol_core::wire::MAX_CAPABILITIES + 300;
+
+// A node always fits in a page on its own, so paging never stalls on one.
+const _: () =
+    assert!(super::session_config().max_frame as usize + NODE_OVER_REGISTER <= NODE_PAGE_BYTES);
 
 /// Answers the operator.
 #[derive(Debug)]
@@ -264,16 +275,41 @@ impl OperatorApi for Operator {
         self.record(id)
     }
 
-    async fn list_nodes(&self) -> Result<NodeList, ApiError> {
-        Ok(NodeList {
-            nodes: self
-                .shared
-                .runtime
-                .nodes()
-                .iter()
-                .map(|n| self.node_proto(n))
-                .collect(),
-        })
+    async fn list_nodes(&self, req: ListNodesRequest) -> Result<NodeList, ApiError> {
+        let limit = match req.limit {
+            // A client from before paging: everything, or an error it can show.
+            None => usize::MAX,
+            Some(0) => DEFAULT_NODE_PAGE as usize,
+            Some(n) => n.min(MAX_NODE_PAGE) as usize,
+        };
+        let (infos, mut more) = self.shared.runtime.nodes_after(&req.after, limit);
+        let mut nodes = Vec::with_capacity(infos.len());
+        let mut bytes = 0;
+        for info in &infos {
+            let node = self.node_proto(info);
+            // As a `NodeList` field: its key and length, then the node.
+            let len = prost::encoding::message::encoded_len(1, &node);
+            if !nodes.is_empty() && bytes + len > NODE_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += len;
+            nodes.push(node);
+        }
+        if !more {
+            return Ok(NodeList {
+                nodes,
+                next_after: String::new(),
+            });
+        }
+        if req.limit.is_none() {
+            return Err(ApiError::failed_precondition(
+                "the nodes do not fit in one answer; list them with a client that pages \
+                 (`limit` set)",
+            ));
+        }
+        let next_after = nodes.last().map(|n| n.id.clone()).unwrap_or_default();
+        Ok(NodeList { nodes, next_after })
     }
 
     async fn show_node(&self, req: ShowNodeRequest) -> Result<Node, ApiError> {
