@@ -127,10 +127,13 @@ pub fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
     ids.extend(keys.iter().cloned());
     ids.sort();
     ids.dedup();
+    // By id, so a start with many nodes is not a scan per node.
+    let rows: std::collections::HashMap<&str, _> =
+        nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     let mut max_call = 0u64;
     let mut lost = Vec::new();
     for id in &ids {
-        let row = nodes.iter().find(|n| &n.id == id);
+        let row = rows.get(id.as_str()).copied();
         let info = NodeInfo {
             id: id.clone(),
             online: false,
