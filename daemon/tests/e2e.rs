@@ -663,3 +663,34 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
         }
     });
 }
+
+/// The store's word for a node follows it: `online` while connected, `offline` once its
+/// connection ended (it used to say `online` for every write, the disconnect's too).
+#[test]
+fn the_store_records_a_node_offline_once_it_disconnects() {
+    let tmp = scratch();
+    let d = Daemon::start(&tmp.path().join("daemon"));
+    let dir = tmp.path().join("node");
+    let uri = d.pair_uri(&[]);
+    let n = node(&dir, Some(&uri), &[]);
+    let id = node_id(&dir);
+    online(&d, &id);
+    let db = d.dir.join("tern.db");
+    let stored = |id: &str| -> Option<String> {
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        c.query_row("SELECT state FROM nodes WHERE id = ?1", [id], |r| r.get(0))
+            .ok()
+    };
+    wait_until("the node stored online", || {
+        (stored(&id).as_deref() == Some("online")).then_some(())
+    });
+    n.kill9();
+    wait_until("the node offline to the operator", || {
+        (d.node_state(&id) == "offline").then_some(())
+    });
+    wait_until("the node stored offline", || {
+        (stored(&id).as_deref() == Some("offline")).then_some(())
+    });
+}

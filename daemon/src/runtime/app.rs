@@ -244,6 +244,7 @@ impl NodeApp {
 pub(crate) fn node_row(info: &super::NodeInfo) -> NodeRow {
     NodeRow {
         id: info.id.clone(),
+        online: info.online,
         last_seen_ms: info.last_seen_ms,
         platform: info.platform.clone(),
         address: info.address.clone(),

@@ -13,6 +13,8 @@ use super::{CallStatus, Capability};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRow {
     pub id: String,
+    /// Connected when written.
+    pub online: bool,
     pub last_seen_ms: u64,
     pub platform: Option<String>,
     pub address: Option<String>,

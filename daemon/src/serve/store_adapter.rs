@@ -28,12 +28,12 @@ impl std::fmt::Debug for RuntimeWrites {
     }
 }
 
-fn node_row(n: &persist::NodeRow, online: bool) -> store::NodeRow {
+fn node_row(n: &persist::NodeRow) -> store::NodeRow {
     store::NodeRow {
         id: n.id.clone(),
         first_seen_ms: n.last_seen_ms,
         last_seen_ms: n.last_seen_ms,
-        state: if online { "online" } else { "offline" }.into(),
+        state: if n.online { "online" } else { "offline" }.into(),
         platform: n.platform.clone(),
         address: n.address.clone(),
         capabilities: n
@@ -77,7 +77,7 @@ impl RuntimeStore for RuntimeWrites {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             match w {
-                persist::Write::Node(n) => out.push(Write::PutNode(node_row(&n, true))),
+                persist::Write::Node(n) => out.push(Write::PutNode(node_row(&n))),
                 persist::Write::Call(c) => {
                     if c.status.is_final() {
                         self.metrics.call_finished(c.status.as_str());
