@@ -259,6 +259,28 @@ impl<S: Session, A: Application<S>> Stage<S, A> {
 }
 
 impl<S: Session, A: Application<S>> Conn<S, A> {
+    /// A connection whose handshake has just begun: a server's (`refuse` when it is
+    /// over the cap) or a client's (`reply` waits for the handshake).
+    pub(crate) fn handshaking(
+        quic: Connection,
+        stage: Stage<S, A>,
+        over_cap: bool,
+        deadline: StdInstant,
+    ) -> Self {
+        Conn {
+            id: crate::host::next_connection_id(),
+            quic,
+            stage,
+            counted: !over_cap,
+            over_cap,
+            handshake_deadline: Some(deadline),
+            armed: None,
+            generation: 0,
+            queued: false,
+            dirty: false,
+        }
+    }
+
     /// Refuses the connection before it carries anything: counted, closed with the
     /// error's code and a reason the peer reads.
     pub(crate) fn refuse(

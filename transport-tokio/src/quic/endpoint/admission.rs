@@ -42,23 +42,13 @@ where
                 } else {
                     self.admission.open.fetch_add(1, Ordering::Relaxed);
                 }
-                let id = next_connection_id();
-                let conn = Conn {
-                    id,
-                    quic,
-                    stage: Stage::Handshaking {
-                        refuse,
-                        reply: None,
-                    },
-                    counted: !over,
-                    over_cap: over,
-                    handshake_deadline: Some(now + self.limits.handshake_timeout),
-                    armed: None,
-                    generation: 0,
-                    queued: false,
-                    dirty: false,
+                let stage = Stage::Handshaking {
+                    refuse,
+                    reply: None,
                 };
-                self.ids.insert(id, ch);
+                let deadline = now + self.limits.handshake_timeout;
+                let conn = Conn::handshaking(quic, stage, over, deadline);
+                self.ids.insert(conn.id, ch);
                 self.conns.insert(ch, conn);
                 if let Some(conn) = self.conns.get_mut(&ch) {
                     mark(&mut self.dirty, ch, conn);

@@ -57,23 +57,14 @@ where
                 };
                 match self.endpoint.connect(now, config, addr, &server_name) {
                     Ok((ch, quic)) => {
-                        let id = next_connection_id();
                         self.admission.open.fetch_add(1, Ordering::Relaxed);
-                        let mut conn = Conn {
-                            id,
-                            quic,
-                            stage: Stage::Handshaking {
-                                refuse: None,
-                                reply: Some(reply),
-                            },
-                            counted: true,
-                            over_cap: false,
-                            handshake_deadline: Some(now + self.limits.handshake_timeout),
-                            armed: None,
-                            generation: 0,
-                            queued: false,
-                            dirty: false,
+                        let stage = Stage::Handshaking {
+                            refuse: None,
+                            reply: Some(reply),
                         };
+                        let deadline = now + self.limits.handshake_timeout;
+                        let mut conn = Conn::handshaking(quic, stage, false, deadline);
+                        let id = conn.id;
                         self.ids.insert(id, ch);
                         mark(&mut self.dirty, ch, &mut conn);
                         self.conns.insert(ch, conn);

@@ -38,7 +38,7 @@ use crate::clock;
 use crate::driver::Application;
 use crate::host::{
     Bound, CLOSE_SESSION_ENDED, Closed, Commands, Peer, Refusal, Route, Sessions, TransportKind,
-    close_code, next_connection_id,
+    close_code,
 };
 use crate::journal::{JournalError, JournalStore};
 use crate::pairing::PairingResponder;
