@@ -101,6 +101,12 @@ async fn serve(state_dir: std::path::PathBuf, args: ServeArgs) -> Result<(), Exi
     if let Some(file) = file {
         settings.apply_file(&file).map_err(Exit::usage)?;
     }
+    if let Some(v) = &args.store {
+        settings.store = Some(daemon::store::StoreLocation::parse(v).map_err(Exit::usage)?);
+    }
+    if let Some(v) = args.daemon_id.clone() {
+        settings.daemon_id = Some(v);
+    }
     if let Some(v) = &args.listen_quic {
         settings.listen_quic = parse_listen(v).map_err(Exit::usage)?;
     }

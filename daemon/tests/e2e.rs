@@ -508,7 +508,7 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
         ApiClient, CONTRACT_VERSION, DEFAULT_NODE_PAGE, MAX_FRAME, MAX_NODE_PAGE, NODE_PAGE_BYTES,
         SOCKET_NAME, decode_response,
     };
-    use daemon::store::{CapabilityRow, NodeRow, Store, StoreOptions, Write};
+    use daemon::store::{CapabilityRow, NodeRow, SqliteStore, StoreOptions, Write};
     use prost::Message as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -551,7 +551,7 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
     let tmp = scratch();
     let dir = tmp.path().join("daemon");
     {
-        let store = Store::open_in(&dir, StoreOptions::default()).unwrap();
+        let store = SqliteStore::open_in(&dir, StoreOptions::default()).unwrap();
         store
             .write_blocking(rows.into_iter().map(Write::PutNode).collect())
             .unwrap();

@@ -97,6 +97,13 @@ pub struct ServeArgs {
     /// A TOML settings file (default: ternd.toml in the state directory, if present).
     #[arg(long, env = "TERN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Where the state is kept: a postgres://USER:PASSWORD@HOST/DB URL shares it with
+    /// other daemons; without one, SQLite in the state directory.
+    #[arg(long, env = "TERN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// This daemon's name among those sharing one store (default: host name and port).
+    #[arg(long, env = "TERN_DAEMON_ID")]
+    pub daemon_id: Option<String>,
     /// QUIC listen address (UDP), or "off".
     #[arg(long, env = "TERN_LISTEN_QUIC")]
     pub listen_quic: Option<String>,

@@ -26,7 +26,7 @@ use crate::node_host::service::{
     InstallOptions, NodeConfigFile, ServiceAction, install, systemctl,
 };
 use crate::node_host::{Dialer, HostError, NodeHost, NodeHostConfig, NodeIdentity, TcpDialer};
-use crate::store::Store;
+use crate::store::SqliteStore;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -299,7 +299,7 @@ async fn run_host(args: RunArgs) -> Result<(), Exit> {
     let resolved = resolve(&args)?;
     let identity = ensure_paired(&args, &resolved).await?;
     let store = Arc::new(
-        Store::open(&resolved.state_dir.join(NODE_DATABASE))
+        SqliteStore::open(&resolved.state_dir.join(NODE_DATABASE))
             .map_err(|e| Exit::failure(format!("node journal: {e}")))?,
     );
     let mut config = NodeHostConfig::new(identity.device_id());

@@ -113,7 +113,7 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
     let mut rng = ChaCha20Rng::from_seed(seed);
     let now = now_ms();
     let mut writes = Vec::new();
-    let ca = match store.ca().map_err(|e| e.to_string())? {
+    let ca = match store.ca().await.map_err(|e| e.to_string())? {
         Some(stored) => CertificateAuthority::from_stored(&stored).map_err(|e| e.to_string())?,
         None => {
             let ca =
@@ -125,7 +125,7 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
     };
     let mut wanted: Vec<String> = names.to_vec();
     wanted.sort();
-    let server = match store.server_identity().map_err(|e| e.to_string())? {
+    let server = match store.server_identity().await.map_err(|e| e.to_string())? {
         Some(s)
             if {
                 let mut have = names_of(&s.cert_der);
@@ -145,7 +145,7 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
             s
         }
     };
-    let endpoint_keys = match store.endpoint_keys().map_err(|e| e.to_string())? {
+    let endpoint_keys = match store.endpoint_keys().await.map_err(|e| e.to_string())? {
         Some(keys) => keys,
         None => {
             let mut reset = [0u8; ENDPOINT_KEY_LEN];

@@ -108,11 +108,12 @@ pub async fn run(
         },
         ..StoreOptions::default()
     };
-    let store = Arc::new(
-        Store::open_with(&settings.database_path(), options)
-            .map_err(|e| err("opening the store")(e.to_string()))?,
-    );
-    let identity = identity::load_or_create(&store, &settings.public_names)
+    let location = settings.store_location();
+    let store = crate::store::open(&location, options)
+        .await
+        .map_err(|e| err("opening the store")(format!("{}: {e}", location.redacted())))?;
+    info!(store = %location.redacted(), "store open");
+    let identity = identity::load_or_create(&*store, &settings.public_names)
         .await
         .map_err(err("the CA and server identity"))?;
     info!(
@@ -121,8 +122,11 @@ pub async fn run(
         "identity ready"
     );
 
-    let revocations =
-        Arc::new(revocations::LiveRevocations::load(&store).map_err(err("revocations"))?);
+    let revocations = Arc::new(
+        revocations::LiveRevocations::load(&*store)
+            .await
+            .map_err(err("revocations"))?,
+    );
     let metrics = Arc::new(metrics::Metrics::new());
 
     let store_journal: Arc<dyn JournalStore> = store.clone();
@@ -137,7 +141,9 @@ pub async fn run(
         pool.clone(),
         seed().map_err(err("seeding"))?,
     );
-    store_adapter::restore(&store, &runtime).map_err(err("restoring nodes"))?;
+    store_adapter::restore(&*store, &runtime)
+        .await
+        .map_err(err("restoring nodes"))?;
     runtime.set_renewer(Arc::new(CaRenewer {
         ca: identity.ca.clone(),
         store: store.clone(),
@@ -165,6 +171,7 @@ pub async fn run(
     service.restore(
         store
             .pairing_records()
+            .await
             .map_err(|e| err("pairing records")(e.to_string()))?,
     );
     let service = Arc::new(Mutex::new(service));
@@ -175,7 +182,7 @@ pub async fn run(
                 let store = store.clone();
                 let runtime = runtime.clone();
                 let service = service.clone();
-                move |report| on_pairing_report(&store, &runtime, &service, report.event)
+                move |report| on_pairing_report(&*store, &runtime, &service, report.event)
             }),
     );
 
@@ -378,19 +385,13 @@ impl crate::runtime::Renewer for CaRenewer {
             .ca
             .issue_client(csr_der, device_id, now_ms, &mut rng)
             .map_err(|e| e.to_string())?;
-        let paired_at_ms = self
-            .store
-            .device(device_id)
-            .ok()
-            .flatten()
-            .map_or(now_ms, |d| d.paired_at_ms);
         info!(device = %device_id, "certificate renewed");
         // Recorded before the node has it: the next `node show` names the new one.
-        drop(self.store.write(vec![Write::PutDevice(DeviceRow {
+        drop(self.store.write(vec![Write::RenewDevice(DeviceRow {
             device_id: device_id.to_owned(),
             fingerprint: cert.fingerprint,
             cert_der: cert.der.clone(),
-            paired_at_ms,
+            paired_at_ms: now_ms,
             name: None,
         })]));
         Ok(cert.der)

@@ -70,8 +70,8 @@ impl Operator {
             .map_err(|e| ApiError::internal(format!("storing the pairing: {e}")))
     }
 
-    fn node_proto(&self, info: &NodeInfo) -> Node {
-        let device = self.shared.store.device(&info.id).ok().flatten();
+    async fn node_proto(&self, info: &NodeInfo) -> Node {
+        let device = self.shared.store.device(&info.id).await.ok().flatten();
         let revoked = self.shared.revocations.is_device_revoked(&info.id);
         let state = if revoked {
             v1::NodeState::Revoked
@@ -286,7 +286,7 @@ impl OperatorApi for Operator {
         let mut nodes = Vec::with_capacity(infos.len());
         let mut bytes = 0;
         for info in &infos {
-            let node = self.node_proto(info);
+            let node = self.node_proto(info).await;
             // As a `NodeList` field: its key and length, then the node.
             let len = prost::encoding::message::encoded_len(1, &node);
             if !nodes.is_empty() && bytes + len > NODE_PAGE_BYTES {
@@ -318,7 +318,7 @@ impl OperatorApi for Operator {
             .runtime
             .node(&req.id)
             .ok_or_else(|| ApiError::not_found(format!("unknown node {:?}", req.id)))?;
-        Ok(self.node_proto(&info))
+        Ok(self.node_proto(&info).await)
     }
 
     async fn call(&self, req: CallRequest) -> Result<CallResult, ApiError> {
@@ -380,6 +380,7 @@ impl OperatorApi for Operator {
                 .shared
                 .store
                 .events_after(after, req.node.as_deref(), EVENT_PAGE)
+                .await
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             let full = rows.len() == EVENT_PAGE;
             for row in rows {
@@ -419,7 +420,7 @@ impl OperatorApi for Operator {
         };
         self.shared
             .revocations
-            .revoke_device(&self.shared.store, &req.node, now, &reason)
+            .revoke_device(&*self.shared.store, &req.node, now, &reason)
             .await
             .map_err(ApiError::internal)?;
         // The transports close its connections on the revocation notice; this covers a

@@ -17,8 +17,8 @@ pub struct LiveRevocations {
 
 impl LiveRevocations {
     /// The set as the store holds it.
-    pub fn load(store: &Store) -> Result<Self, String> {
-        let records = store.revocations().map_err(|e| e.to_string())?;
+    pub async fn load(store: &Store) -> Result<Self, String> {
+        let records = store.revocations().await.map_err(|e| e.to_string())?;
         Ok(Self {
             set: RevocationSet::from_records(records),
             changes: watch::Sender::new(0),

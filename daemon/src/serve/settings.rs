@@ -33,6 +33,11 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub pairing: PairingPolicy,
     pub events_retention: Retention,
+    /// Where the state is kept: `None`, SQLite in the state directory.
+    pub store: Option<crate::store::StoreLocation>,
+    /// This daemon's name among several sharing one store (default: host name and
+    /// listen port); it is recorded as the owner of the sessions it holds.
+    pub daemon_id: Option<String>,
 }
 
 /// How codes are handed out, and how fast pairing runs may start.
@@ -105,6 +110,8 @@ impl Settings {
                 starts_refill: Duration::from_millis(crate::pairing::DEFAULT_STARTS_REFILL_MS),
             },
             events_retention: Retention::default(),
+            store: None,
+            daemon_id: None,
         }
     }
 
@@ -116,12 +123,25 @@ impl Settings {
         self.state_dir.join(DATABASE_NAME)
     }
 
+    /// The store this daemon opens.
+    pub fn store_location(&self) -> crate::store::StoreLocation {
+        self.store
+            .clone()
+            .unwrap_or_else(|| crate::store::StoreLocation::Sqlite(self.state_dir.clone()))
+    }
+
     /// Applies a TOML settings file over these.
     pub fn apply_file(&mut self, path: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let file: FileSettings =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(v) = file.store {
+            self.store = Some(crate::store::StoreLocation::parse(&v)?);
+        }
+        if let Some(v) = file.daemon_id {
+            self.daemon_id = Some(v);
+        }
         if let Some(v) = file.listen_quic {
             self.listen_quic = parse_listen(&v)?;
         }
@@ -186,6 +206,8 @@ pub fn parse_listen(v: &str) -> Result<Option<SocketAddr>, String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
+    store: Option<String>,
+    daemon_id: Option<String>,
     listen_quic: Option<String>,
     listen_tcp: Option<String>,
     public_names: Option<Vec<String>>,

@@ -113,12 +113,13 @@ impl RuntimeStore for RuntimeWrites {
 
 /// Restores every known node: its session from its journal, what it registered, and
 /// the calls it was running; queued calls that never reached a session end `Lost`.
-pub fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
+pub async fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
     let now = now_ms();
-    let nodes = store.nodes().map_err(|e| e.to_string())?;
-    let devices = store.devices().map_err(|e| e.to_string())?;
+    let nodes = store.nodes().await.map_err(|e| e.to_string())?;
+    let devices = store.devices().await.map_err(|e| e.to_string())?;
     let keys: std::collections::HashSet<String> = store
         .journal_keys()
+        .await
         .map_err(|e| e.to_string())?
         .into_iter()
         .collect();
@@ -155,12 +156,12 @@ pub fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
             }),
         };
         if keys.contains(id) {
-            let journal = store.load_journal(id).map_err(|e| e.to_string())?;
+            let journal = store.load_journal(id).await.map_err(|e| e.to_string())?;
             runtime.restore_node(info, &journal)?;
         } else {
             runtime.know_node(info);
         }
-        for call in store.calls_for(id).map_err(|e| e.to_string())? {
+        for call in store.calls_for(id).await.map_err(|e| e.to_string())? {
             max_call = max_call.max(call.id);
             let status = CallStatus::parse(&call.state).unwrap_or(CallStatus::Lost);
             if status.is_final() {

@@ -2,33 +2,14 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::StoreError;
-use super::schema::{enc, get_u64};
-use crate::ca::{Fingerprint, check_device_id};
-
-/// A paired device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRow {
-    pub device_id: String,
-    /// SHA-256 of `cert_der`.
-    pub fingerprint: Fingerprint,
-    /// The client certificate issued to it (the latest, after a renewal).
-    pub cert_der: Vec<u8>,
-    /// Unix milliseconds.
-    pub paired_at_ms: u64,
-    /// An operator's label.
-    pub name: Option<String>,
-}
+use super::get_u64;
+use crate::ca::Fingerprint;
+use crate::store::StoreError;
+use crate::store::encode::{check_device, enc};
+use crate::store::rows::DeviceRow;
 
 pub(crate) fn put(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
-    check_device_id(&d.device_id)
-        .map_err(|_| StoreError::Invalid(format!("invalid device id {:?}", d.device_id)))?;
-    if Fingerprint::of(&d.cert_der) != d.fingerprint {
-        return Err(StoreError::Invalid(format!(
-            "device {}: fingerprint does not match the certificate",
-            d.device_id
-        )));
-    }
+    check_device(d)?;
     conn.prepare_cached(
         "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -46,6 +27,27 @@ pub(crate) fn put(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
         ])
     })
     .map_err(StoreError::db("store a device"))?;
+    Ok(())
+}
+
+pub(crate) fn renew(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
+    check_device(d)?;
+    conn.prepare_cached(
+        "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
+             cert_der = excluded.cert_der",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            d.device_id,
+            d.fingerprint.0,
+            d.cert_der,
+            enc(d.paired_at_ms),
+            d.name
+        ])
+    })
+    .map_err(StoreError::db("renew a device"))?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::StoreError;
+use crate::store::StoreError;
 use transport_tokio::quic::{ENDPOINT_KEY_LEN, EndpointKeys};
 
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};

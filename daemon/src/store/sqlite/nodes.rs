@@ -4,54 +4,15 @@
 //! read whole, never queried by field.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-use super::schema::{enc, get_u64};
-
-/// One capability as a node announced it (the protocol's capability descriptor, owned).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CapabilityRow {
-    /// Dotted name, e.g. `system.health`.
-    pub name: String,
-    pub version: u32,
-    /// Content type the capability takes.
-    pub input: String,
-    /// Content type it answers with.
-    pub output: String,
-    /// A local person approves each call before it runs.
-    pub needs_approval: bool,
-}
-
-/// A node as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRow {
-    pub id: String,
-    /// Unix milliseconds; a later put never moves it forward.
-    pub first_seen_ms: u64,
-    /// Unix milliseconds.
-    pub last_seen_ms: u64,
-    /// The daemon's word for where the node stands (e.g. `online`, `offline`).
-    pub state: String,
-    pub platform: Option<String>,
-    pub address: Option<String>,
-    pub capabilities: Vec<CapabilityRow>,
-}
-
-pub(crate) fn check_id(id: &str) -> Result<(), StoreError> {
-    if id.is_empty() || id.len() > 255 {
-        return Err(StoreError::Invalid(format!(
-            "node id must be 1 to 255 bytes, got {}",
-            id.len()
-        )));
-    }
-    Ok(())
-}
+use super::get_u64;
+use crate::store::StoreError;
+use crate::store::encode::{capabilities_from, capabilities_json, check_id, enc};
+use crate::store::rows::NodeRow;
 
 pub(crate) fn put(conn: &Connection, n: &NodeRow) -> Result<(), StoreError> {
     check_id(&n.id)?;
-    let caps = serde_json::to_string(&n.capabilities)
-        .map_err(|e| StoreError::Invalid(format!("capabilities do not encode: {e}")))?;
+    let caps = capabilities_json(&n.capabilities)?;
     conn.prepare_cached(
         "INSERT INTO nodes (id, first_seen, last_seen, state, platform, address, capabilities)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -109,8 +70,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<(NodeRow, String)> {
 }
 
 fn finish((mut node, caps): (NodeRow, String)) -> Result<NodeRow, StoreError> {
-    node.capabilities = serde_json::from_str(&caps)
-        .map_err(|e| StoreError::Corrupt(format!("capabilities of node {}: {e}", node.id)))?;
+    node.capabilities = capabilities_from(&node.id, &caps)?;
     Ok(node)
 }
 

@@ -18,35 +18,8 @@ use protocol_core::session::{
     CALL_WINDOW, CallRecord, JournalMeta, MemJournal, OwnedJournalOp, SeenCall,
 };
 
-use super::StoreError;
-use super::schema::{dec, enc};
-
-/// Longest journal key (a node id on the daemon, `self` on a node host).
-pub const MAX_JOURNAL_KEY_LEN: usize = 255;
-
-fn check_key(key: &str) -> Result<(), StoreError> {
-    if key.is_empty() || key.len() > MAX_JOURNAL_KEY_LEN {
-        return Err(StoreError::Invalid(format!(
-            "journal key must be 1 to {MAX_JOURNAL_KEY_LEN} bytes, got {}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-fn blob<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(v)
-        .map_err(|e| StoreError::Invalid(format!("{what} does not encode: {e}")))
-}
-
-fn unblob<'a, T: serde::Deserialize<'a>>(
-    what: &str,
-    key: &str,
-    bytes: &'a [u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("journal {key:?}: stored {what}: {e}")))
-}
+use crate::store::StoreError;
+use crate::store::encode::{blob, check_key, dec, enc, unblob};
 
 /// Applies one session's batch, in order.
 pub(crate) fn apply(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {

@@ -5,12 +5,12 @@
 
 use rusqlite::{Connection, params};
 
-use super::StoreError;
 use crate::pairing::PairingRecord;
+use crate::store::StoreError;
+use crate::store::encode::{pairing_from, pairing_json};
 
 pub(crate) fn put(conn: &Connection, p: &PairingRecord) -> Result<(), StoreError> {
-    let json = serde_json::to_string(p)
-        .map_err(|e| StoreError::Invalid(format!("pairing record does not encode: {e}")))?;
+    let json = pairing_json(p)?;
     conn.prepare_cached(
         "INSERT INTO pairings (code_id, record) VALUES (?1, ?2)
          ON CONFLICT (code_id) DO UPDATE SET record = excluded.record",
@@ -33,16 +33,6 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<PairingRecord>, StoreError> 
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(StoreError::db("list pairings"))?;
     rows.into_iter()
-        .map(|(code_id, json)| {
-            let rec: PairingRecord = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("pairing {code_id:04}: {e}")))?;
-            if rec.code_id != code_id {
-                return Err(StoreError::Corrupt(format!(
-                    "pairing row {code_id:04} holds code id {:04}",
-                    rec.code_id
-                )));
-            }
-            Ok(rec)
-        })
+        .map(|(code_id, json)| pairing_from(code_id, &json))
         .collect()
 }

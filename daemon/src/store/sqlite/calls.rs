@@ -2,49 +2,10 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::StoreError;
-use super::nodes::check_id;
-use super::schema::{enc, get_u64};
-
-/// Bytes with their declared content type.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Payload {
-    pub content_type: String,
-    pub bytes: Vec<u8>,
-}
-
-/// A call as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallRow {
-    /// Daemon-wide call id.
-    pub id: u64,
-    pub node: String,
-    pub capability: String,
-    pub input: Payload,
-    /// The caller's word for where the call stands (e.g. `queued`, `succeeded`).
-    pub state: String,
-    /// The result, once there is one.
-    pub output: Option<Payload>,
-    /// Why the call failed, when it did.
-    pub error: Option<String>,
-    /// Unix milliseconds.
-    pub created_ms: u64,
-    pub updated_ms: u64,
-    pub deadline_ms: u64,
-    /// The call's id in the node's session, once it went into it.
-    pub session_call: Option<u64>,
-}
-
-/// A change of a stored call; `None` fields keep what is stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallUpdate {
-    pub id: u64,
-    pub state: String,
-    pub updated_ms: u64,
-    pub output: Option<Payload>,
-    pub error: Option<String>,
-    pub session_call: Option<u64>,
-}
+use super::get_u64;
+use crate::store::StoreError;
+use crate::store::encode::{check_id, dec, enc};
+use crate::store::rows::{CallRow, CallUpdate, Payload};
 
 pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
     check_id(&c.node)?;
@@ -139,7 +100,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
         created_ms: get_u64(r, 9)?,
         updated_ms: get_u64(r, 10)?,
         deadline_ms: get_u64(r, 11)?,
-        session_call: r.get::<_, Option<i64>>(12)?.map(super::schema::dec),
+        session_call: r.get::<_, Option<i64>>(12)?.map(dec),
     })
 }
 

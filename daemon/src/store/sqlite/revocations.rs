@@ -2,20 +2,13 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::StoreError;
-use super::schema::{enc, get_u64};
-use crate::ca::Fingerprint;
+use super::get_u64;
 use crate::revocation::{RevocationRecord, Revoked};
-
-fn key(what: &Revoked) -> (&'static str, String) {
-    match what {
-        Revoked::Certificate(fp) => ("certificate", fp.to_hex()),
-        Revoked::Device(id) => ("device", id.clone()),
-    }
-}
+use crate::store::StoreError;
+use crate::store::encode::{enc, revoked_from, revoked_key};
 
 pub(crate) fn put(conn: &Connection, r: &RevocationRecord) -> Result<(), StoreError> {
-    let (kind, subject) = key(&r.what);
+    let (kind, subject) = revoked_key(&r.what);
     conn.prepare_cached(
         "INSERT INTO revocations (kind, subject, revoked_at, reason) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at,
@@ -27,7 +20,7 @@ pub(crate) fn put(conn: &Connection, r: &RevocationRecord) -> Result<(), StoreEr
 }
 
 pub(crate) fn delete(conn: &Connection, what: &Revoked) -> Result<(), StoreError> {
-    let (kind, subject) = key(what);
+    let (kind, subject) = revoked_key(what);
     conn.prepare_cached("DELETE FROM revocations WHERE kind = ?1 AND subject = ?2")
         .and_then(|mut s| s.execute(params![kind, subject]))
         .map_err(StoreError::db("delete a revocation"))?;
@@ -48,15 +41,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<RevocationRecord>, StoreErro
         .map_err(StoreError::db("list revocations"))?;
     rows.into_iter()
         .map(|(kind, subject, revoked_at_ms, reason)| {
-            let what = match kind.as_str() {
-                "certificate" => {
-                    Revoked::Certificate(Fingerprint::from_hex(&subject).ok_or_else(|| {
-                        StoreError::Corrupt(format!("revoked fingerprint {subject:?}"))
-                    })?)
-                }
-                "device" => Revoked::Device(subject),
-                other => return Err(StoreError::Corrupt(format!("revocation kind {other:?}"))),
-            };
+            let what = revoked_from(&kind, subject)?;
             Ok(RevocationRecord {
                 what,
                 revoked_at_ms,

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::StoreError;
+use crate::store::StoreError;
+use crate::store::encode::dec;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
 pub(crate) const MIGRATIONS: &[&str] = &[
@@ -124,6 +125,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         token_key BLOB NOT NULL CHECK (length(token_key) = 64)
     );
     ",
+    // 3: who owns each node's session, and since which epoch (the same fencing as on
+    // a shared PostgreSQL, so both engines pass one conformance suite).
+    r"
+    CREATE TABLE owners (
+        node TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        since INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this binary writes.
@@ -174,16 +185,6 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .map_err(StoreError::db("write schema version"))?;
         tx.commit().map_err(StoreError::db("commit migration"))?;
     }
-}
-
-/// A `u64` as the order-preserving `i64` stored in its place.
-pub(crate) const fn enc(v: u64) -> i64 {
-    (v ^ (1 << 63)) as i64
-}
-
-/// The `u64` an [`enc`]oded column holds.
-pub(crate) const fn dec(v: i64) -> u64 {
-    (v as u64) ^ (1 << 63)
 }
 
 /// A `u64` read from an [`enc`]oded column.

@@ -7,52 +7,10 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::StoreError;
-use super::nodes::check_id;
-use super::schema::{enc, get_u64};
-
-/// Where an event stood in the node's stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EventOrigin {
-    /// The node's session id.
-    pub session: [u8; 16],
-    /// The event's seq in that session's node->daemon stream.
-    pub stream_seq: u64,
-}
-
-/// An event to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    pub node: String,
-    pub name: String,
-    pub content_type: String,
-    pub body: Vec<u8>,
-    /// Unix milliseconds.
-    pub at_ms: u64,
-    pub origin: Option<EventOrigin>,
-}
-
-/// A stored event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRow {
-    /// Global, increasing, never reused.
-    pub seq: u64,
-    pub node: String,
-    pub name: String,
-    pub content_type: String,
-    pub body: Vec<u8>,
-    pub at_ms: u64,
-    pub origin: Option<EventOrigin>,
-}
-
-/// How many events, and how old, are kept. `None` keeps without limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetentionPolicy {
-    /// Keep at most this many of the newest events (by seq).
-    pub max_events: Option<u64>,
-    /// Drop events whose timestamp is more than this many milliseconds before `now`.
-    pub max_age_ms: Option<u64>,
-}
+use super::get_u64;
+use crate::store::StoreError;
+use crate::store::encode::{check_id, dec, enc};
+use crate::store::rows::{EventOrigin, EventRow, NewEvent, RetentionPolicy};
 
 /// Appends an event; `None` when its origin is already stored.
 pub(crate) fn append(conn: &Connection, e: &NewEvent) -> Result<Option<u64>, StoreError> {
@@ -125,7 +83,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     ) {
         (Some(session), Some(seq)) => Some(EventOrigin {
             session,
-            stream_seq: super::schema::dec(seq),
+            stream_seq: dec(seq),
         }),
         _ => None,
     };

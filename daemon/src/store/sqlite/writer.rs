@@ -14,8 +14,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::events::RetentionPolicy;
-use super::{Receipt, StoreError, Write};
+use crate::store::{Receipt, RetentionPolicy, StoreError, Write};
 
 /// One submission: applied all or nothing, answered once.
 pub(crate) struct Job {

@@ -1,0 +1,124 @@
+//! How values are checked and encoded before any engine stores them, so SQLite and
+//! PostgreSQL refuse the same writes and read back the same values.
+//!
+//! Both engines store integers as signed 64-bit; protocol numbers (seqs, call ids,
+//! timestamps) are `u64` up to `u64::MAX`. [`enc`] maps a `u64` to the `i64` with the
+//! top bit flipped, which is lossless *and* order-preserving, so `ORDER BY` and range
+//! deletes (`Trim`, retention) stay correct for values at and above 2^63.
+
+use super::StoreError;
+use super::rows::CapabilityRow;
+use crate::ca::Fingerprint;
+use crate::pairing::PairingRecord;
+use crate::revocation::Revoked;
+
+/// Longest node id the store accepts.
+pub const MAX_NODE_ID_LEN: usize = 255;
+
+pub(crate) fn check_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() || id.len() > MAX_NODE_ID_LEN {
+        return Err(StoreError::Invalid(format!(
+            "node id must be 1 to {MAX_NODE_ID_LEN} bytes, got {}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Longest journal key (a node id on the daemon, `self` on a node host).
+pub const MAX_JOURNAL_KEY_LEN: usize = 255;
+
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_JOURNAL_KEY_LEN {
+        return Err(StoreError::Invalid(format!(
+            "journal key must be 1 to {MAX_JOURNAL_KEY_LEN} bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn blob<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v)
+        .map_err(|e| StoreError::Invalid(format!("{what} does not encode: {e}")))
+}
+
+pub(crate) fn unblob<'a, T: serde::Deserialize<'a>>(
+    what: &str,
+    key: &str,
+    bytes: &'a [u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("journal {key:?}: stored {what}: {e}")))
+}
+
+/// A `u64` as the order-preserving `i64` stored in its place.
+pub(crate) const fn enc(v: u64) -> i64 {
+    (v ^ (1 << 63)) as i64
+}
+
+/// The `u64` an [`enc`]oded column holds.
+pub(crate) const fn dec(v: i64) -> u64 {
+    (v as u64) ^ (1 << 63)
+}
+
+/// A device row's id is valid and its fingerprint is its certificate's.
+pub(crate) fn check_device(d: &super::DeviceRow) -> Result<(), StoreError> {
+    crate::ca::check_device_id(&d.device_id)
+        .map_err(|_| StoreError::Invalid(format!("invalid device id {:?}", d.device_id)))?;
+    if Fingerprint::of(&d.cert_der) != d.fingerprint {
+        return Err(StoreError::Invalid(format!(
+            "device {}: fingerprint does not match the certificate",
+            d.device_id
+        )));
+    }
+    Ok(())
+}
+
+/// A revocation's key: its kind and what it names.
+pub(crate) fn revoked_key(what: &Revoked) -> (&'static str, String) {
+    match what {
+        Revoked::Certificate(fp) => ("certificate", fp.to_hex()),
+        Revoked::Device(id) => ("device", id.clone()),
+    }
+}
+
+/// What a stored revocation key names.
+pub(crate) fn revoked_from(kind: &str, subject: String) -> Result<Revoked, StoreError> {
+    match kind {
+        "certificate" => Fingerprint::from_hex(&subject)
+            .map(Revoked::Certificate)
+            .ok_or_else(|| StoreError::Corrupt(format!("revoked fingerprint {subject:?}"))),
+        "device" => Ok(Revoked::Device(subject)),
+        other => Err(StoreError::Corrupt(format!("revocation kind {other:?}"))),
+    }
+}
+
+/// A node's capability list as stored: JSON, replaced and read whole.
+pub(crate) fn capabilities_json(caps: &[CapabilityRow]) -> Result<String, StoreError> {
+    serde_json::to_string(caps)
+        .map_err(|e| StoreError::Invalid(format!("capabilities do not encode: {e}")))
+}
+
+pub(crate) fn capabilities_from(node: &str, json: &str) -> Result<Vec<CapabilityRow>, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("capabilities of node {node}: {e}")))
+}
+
+/// A pairing record as stored: JSON under its code id.
+pub(crate) fn pairing_json(p: &PairingRecord) -> Result<String, StoreError> {
+    serde_json::to_string(p)
+        .map_err(|e| StoreError::Invalid(format!("pairing record does not encode: {e}")))
+}
+
+pub(crate) fn pairing_from(code_id: u16, json: &str) -> Result<PairingRecord, StoreError> {
+    let rec: PairingRecord = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("pairing {code_id:04}: {e}")))?;
+    if rec.code_id != code_id {
+        return Err(StoreError::Corrupt(format!(
+            "pairing row {code_id:04} holds code id {:04}",
+            rec.code_id
+        )));
+    }
+    Ok(rec)
+}

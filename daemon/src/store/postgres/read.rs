@@ -1,0 +1,401 @@
+//! Reads: short, indexed queries on a pooled connection; a journal is read in one
+//! repeatable-read snapshot so its tables agree with each other.
+
+use deadpool_postgres::Object;
+use protocol_core::session::{
+    CALL_WINDOW, CallRecord, JournalMeta, MemJournal, OwnedJournalOp, SeenCall,
+};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use transport_tokio::quic::{ENDPOINT_KEY_LEN, EndpointKeys};
+
+use super::pg;
+use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
+use crate::pairing::PairingRecord;
+use crate::revocation::RevocationRecord;
+use crate::store::encode::{capabilities_from, dec, enc, pairing_from, revoked_from, unblob};
+use crate::store::{CallRow, DeviceRow, EventOrigin, EventRow, NodeRow, Payload, StoreError};
+
+async fn rows(
+    c: &Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg(what))?;
+    c.query(&stmt, params).await.map_err(pg(what))
+}
+
+fn u(r: &Row, i: usize) -> u64 {
+    dec(r.get::<_, i64>(i))
+}
+
+pub(crate) async fn ca(c: &Object) -> Result<Option<StoredCa>, StoreError> {
+    let found = rows(
+        c,
+        "SELECT cert_pem, key_pem, policy FROM ca WHERE id = 1",
+        &[],
+        "read the CA",
+    )
+    .await?;
+    found
+        .first()
+        .map(|r| {
+            let policy: String = r.get(2);
+            let policy = serde_json::from_str(&policy)
+                .map_err(|e| StoreError::Corrupt(format!("stored CA policy: {e}")))?;
+            Ok(StoredCa {
+                cert_pem: r.get(0),
+                key_pem: r.get(1),
+                policy,
+            })
+        })
+        .transpose()
+}
+
+pub(crate) async fn server(c: &Object) -> Result<Option<ServerIdentity>, StoreError> {
+    let found = rows(
+        c,
+        "SELECT cert_der, cert_pem, key_pem FROM server_identity WHERE id = 1",
+        &[],
+        "read the server identity",
+    )
+    .await?;
+    Ok(found.first().map(|r| {
+        let cert_der: Vec<u8> = r.get(0);
+        ServerIdentity {
+            fingerprint: Fingerprint::of(&cert_der),
+            cert_der,
+            cert_pem: r.get(1),
+            key_pem: r.get(2),
+        }
+    }))
+}
+
+pub(crate) async fn endpoint_keys(c: &Object) -> Result<Option<EndpointKeys>, StoreError> {
+    let found = rows(
+        c,
+        "SELECT reset_key, token_key FROM endpoint_keys WHERE id = 1",
+        &[],
+        "read the endpoint keys",
+    )
+    .await?;
+    found
+        .first()
+        .map(|r| {
+            let key = |k: Vec<u8>| {
+                <[u8; ENDPOINT_KEY_LEN]>::try_from(k)
+                    .map_err(|_| StoreError::Corrupt("endpoint key of the wrong length".into()))
+            };
+            Ok(EndpointKeys::new(key(r.get(0))?, key(r.get(1))?))
+        })
+        .transpose()
+}
+
+/// Which devices.
+pub(crate) enum DeviceKey<'a> {
+    All,
+    Id(&'a str),
+    Fingerprint(&'a Fingerprint),
+}
+
+pub(crate) async fn devices(c: &Object, key: DeviceKey<'_>) -> Result<Vec<DeviceRow>, StoreError> {
+    const COLS: &str = "SELECT device_id, fingerprint, cert_der, paired_at, name FROM devices";
+    let found = match key {
+        DeviceKey::All => {
+            rows(
+                c,
+                &format!("{COLS} ORDER BY device_id"),
+                &[],
+                "list devices",
+            )
+            .await?
+        }
+        DeviceKey::Id(id) => {
+            rows(
+                c,
+                &format!("{COLS} WHERE device_id = $1"),
+                &[&id],
+                "read a device",
+            )
+            .await?
+        }
+        DeviceKey::Fingerprint(fp) => {
+            let fp = fp.0.to_vec();
+            rows(
+                c,
+                &format!("{COLS} WHERE fingerprint = $1"),
+                &[&fp],
+                "read a device",
+            )
+            .await?
+        }
+    };
+    found
+        .iter()
+        .map(|r| {
+            let fp: Vec<u8> = r.get(1);
+            Ok(DeviceRow {
+                device_id: r.get(0),
+                fingerprint: Fingerprint(
+                    fp.try_into()
+                        .map_err(|_| StoreError::Corrupt("device fingerprint length".into()))?,
+                ),
+                cert_der: r.get(2),
+                paired_at_ms: u(r, 3),
+                name: r.get(4),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn revocations(c: &Object) -> Result<Vec<RevocationRecord>, StoreError> {
+    let found = rows(
+        c,
+        "SELECT kind, subject, revoked_at, reason FROM revocations
+         ORDER BY revoked_at, kind, subject",
+        &[],
+        "list revocations",
+    )
+    .await?;
+    found
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(0);
+            Ok(RevocationRecord {
+                what: revoked_from(&kind, r.get(1))?,
+                revoked_at_ms: u(r, 2),
+                reason: r.get(3),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn pairings(c: &Object) -> Result<Vec<PairingRecord>, StoreError> {
+    let found = rows(
+        c,
+        "SELECT code_id, record FROM pairings ORDER BY code_id",
+        &[],
+        "list pairings",
+    )
+    .await?;
+    found
+        .iter()
+        .map(|r| {
+            let code_id: i32 = r.get(0);
+            let code_id = u16::try_from(code_id)
+                .map_err(|_| StoreError::Corrupt(format!("pairing code id {code_id}")))?;
+            pairing_from(code_id, r.get(1))
+        })
+        .collect()
+}
+
+pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<NodeRow>, StoreError> {
+    const COLS: &str =
+        "SELECT id, first_seen, last_seen, state, platform, address, capabilities FROM nodes";
+    let found = match id {
+        Some(id) => rows(c, &format!("{COLS} WHERE id = $1"), &[&id], "read a node").await?,
+        None => rows(c, &format!("{COLS} ORDER BY id"), &[], "list nodes").await?,
+    };
+    found
+        .iter()
+        .map(|r| {
+            let id: String = r.get(0);
+            let caps: &str = r.get(6);
+            Ok(NodeRow {
+                capabilities: capabilities_from(&id, caps)?,
+                id,
+                first_seen_ms: u(r, 1),
+                last_seen_ms: u(r, 2),
+                state: r.get(3),
+                platform: r.get(4),
+                address: r.get(5),
+            })
+        })
+        .collect()
+}
+
+/// Which calls.
+pub(crate) enum CallKey<'a> {
+    Id(u64),
+    Node(&'a str),
+}
+
+pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, StoreError> {
+    const COLS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
+        output, error, created, updated, deadline, session_call FROM calls";
+    let found = match key {
+        CallKey::Id(id) => {
+            rows(
+                c,
+                &format!("{COLS} WHERE id = $1"),
+                &[&enc(id)],
+                "read a call",
+            )
+            .await?
+        }
+        CallKey::Node(node) => {
+            rows(
+                c,
+                &format!("{COLS} WHERE node = $1 ORDER BY id"),
+                &[&node],
+                "list calls",
+            )
+            .await?
+        }
+    };
+    Ok(found
+        .iter()
+        .map(|r| {
+            let output = match (
+                r.get::<_, Option<String>>(6),
+                r.get::<_, Option<Vec<u8>>>(7),
+            ) {
+                (Some(content_type), Some(bytes)) => Some(Payload {
+                    content_type,
+                    bytes,
+                }),
+                _ => None,
+            };
+            CallRow {
+                id: u(r, 0),
+                node: r.get(1),
+                capability: r.get(2),
+                input: Payload {
+                    content_type: r.get(3),
+                    bytes: r.get(4),
+                },
+                state: r.get(5),
+                output,
+                error: r.get(8),
+                created_ms: u(r, 9),
+                updated_ms: u(r, 10),
+                deadline_ms: u(r, 11),
+                session_call: r.get::<_, Option<i64>>(12).map(dec),
+            }
+        })
+        .collect())
+}
+
+pub(crate) async fn events_after(
+    c: &Object,
+    after: u64,
+    node: Option<&str>,
+    limit: usize,
+) -> Result<Vec<EventRow>, StoreError> {
+    const COLS: &str = "SELECT seq, node, name, content_type, body, at, origin_session,
+        origin_seq FROM events";
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let found = match node {
+        Some(node) => {
+            rows(
+                c,
+                &format!("{COLS} WHERE node = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+                &[&node, &after, &limit],
+                "read events",
+            )
+            .await?
+        }
+        None => {
+            rows(
+                c,
+                &format!("{COLS} WHERE seq > $1 ORDER BY seq LIMIT $2"),
+                &[&after, &limit],
+                "read events",
+            )
+            .await?
+        }
+    };
+    found
+        .iter()
+        .map(|r| {
+            let origin = match (r.get::<_, Option<Vec<u8>>>(6), r.get::<_, Option<i64>>(7)) {
+                (Some(session), Some(seq)) => Some(EventOrigin {
+                    session: session
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("event origin session length".into()))?,
+                    stream_seq: dec(seq),
+                }),
+                _ => None,
+            };
+            let seq: i64 = r.get(0);
+            Ok(EventRow {
+                seq: u64::try_from(seq).unwrap_or(0),
+                node: r.get(1),
+                name: r.get(2),
+                content_type: r.get(3),
+                body: r.get(4),
+                at_ms: u(r, 5),
+                origin,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn journal(c: &mut Object, key: &str) -> Result<MemJournal, StoreError> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg("begin a journal read"))?;
+    let q = |sql: &'static str| {
+        let tx = &tx;
+        async move { tx.query(sql, &[&key]).await }
+    };
+    let (metas, messages, calls, seen) = futures_util::future::join4(
+        q("SELECT meta FROM journal_meta WHERE key = $1"),
+        q("SELECT seq, body FROM journal_messages WHERE key = $1 ORDER BY seq"),
+        q("SELECT id, record FROM journal_calls WHERE key = $1 ORDER BY id"),
+        q("SELECT slot, call FROM journal_seen WHERE key = $1 ORDER BY slot"),
+    )
+    .await;
+    let mut journal = MemJournal::new();
+    for r in metas.map_err(pg("read journal positions"))? {
+        let meta: JournalMeta = unblob("meta", key, r.get::<_, &[u8]>(0))?;
+        journal.apply_owned(&OwnedJournalOp::Meta(meta));
+    }
+    for r in messages.map_err(pg("read journal messages"))? {
+        journal.apply_owned(&OwnedJournalOp::Append {
+            seq: u(&r, 0),
+            body: r.get(1),
+        });
+    }
+    for r in calls.map_err(pg("read journaled calls"))? {
+        let id = u(&r, 0);
+        let rec: CallRecord = unblob("call", key, r.get::<_, &[u8]>(1))?;
+        if rec.id != id {
+            return Err(StoreError::Corrupt(format!(
+                "journal {key:?}: call row {id} holds call {}",
+                rec.id
+            )));
+        }
+        journal.apply_owned(&OwnedJournalOp::PutCall(rec));
+    }
+    for r in seen.map_err(pg("read the call window"))? {
+        let slot: i32 = r.get(0);
+        let slot = u8::try_from(slot)
+            .ok()
+            .filter(|s| usize::from(*s) < CALL_WINDOW)
+            .ok_or_else(|| StoreError::Corrupt(format!("journal {key:?}: window slot {slot}")))?;
+        let call: SeenCall = unblob("call-window entry", key, r.get::<_, &[u8]>(1))?;
+        journal.apply_owned(&OwnedJournalOp::PutSeen { slot, call });
+    }
+    tx.commit().await.map_err(pg("end a journal read"))?;
+    Ok(journal)
+}
+
+pub(crate) async fn journal_keys(c: &Object) -> Result<Vec<String>, StoreError> {
+    Ok(rows(
+        c,
+        "SELECT key FROM journals ORDER BY key",
+        &[],
+        "list journals",
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}

@@ -1,0 +1,942 @@
+//! The checks every store engine passes, each run against SQLite and PostgreSQL (see
+//! `main.rs`): records, group commit, refusals, events, journals against the in-memory
+//! reference, extreme numbers, ownership fencing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant as WallInstant;
+
+use chacha20::ChaCha20Rng;
+use daemon::ca::{CertificateAuthority, Fingerprint, IssuancePolicy};
+use daemon::pairing::{PairingService, PairingSettings};
+use daemon::revocation::{RevocationRecord, Revoked};
+use daemon::store::{
+    CallRow, CallUpdate, CapabilityRow, DeviceRow, EventOrigin, NewEvent, NodeRow, Payload,
+    RetentionPolicy, StoreError, StoreOptions, Write,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use protocol_core::session::{
+    CallRecord, CallState, Config, DaemonSession, JournalMeta, JournalRead, MemJournal,
+    OwnedJournalOp, SeenCall, Slot,
+};
+use protocol_core::time::Instant;
+use protocol_core::wire::Payload as SessionPayload;
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use spake2plus::rand_core::SeedableRng;
+use transport_tokio::journal::{Batch, JournalStore, MemJournals};
+
+use crate::WriteNow;
+use crate::engine::Engine;
+
+pub const NOW: u64 = 1_800_000_000_000;
+
+pub fn event(node: &str, n: u64, at_ms: u64) -> NewEvent {
+    NewEvent {
+        node: node.into(),
+        name: "tick".into(),
+        content_type: "application/octet-stream".into(),
+        body: n.to_le_bytes().to_vec(),
+        at_ms,
+        origin: None,
+    }
+}
+
+pub fn node(id: &str, seen: u64) -> NodeRow {
+    NodeRow {
+        id: id.into(),
+        first_seen_ms: seen,
+        last_seen_ms: seen,
+        state: "online".into(),
+        platform: Some("linux".into()),
+        address: None,
+        capabilities: vec![CapabilityRow {
+            name: "system.health".into(),
+            version: 1,
+            input: "application/json".into(),
+            output: "application/json".into(),
+            needs_approval: false,
+        }],
+    }
+}
+
+fn call(id: u64, node: &str) -> CallRow {
+    CallRow {
+        id,
+        node: node.into(),
+        capability: "system.health".into(),
+        input: Payload {
+            content_type: "application/json".into(),
+            bytes: b"{}".to_vec(),
+        },
+        state: "queued".into(),
+        output: None,
+        error: None,
+        created_ms: NOW,
+        updated_ms: NOW,
+        deadline_ms: u64::MAX,
+        session_call: None,
+    }
+}
+
+pub fn meta(last_sent: u64) -> JournalMeta {
+    JournalMeta {
+        session: Some([9; 16]),
+        established: true,
+        last_sent,
+        acked: 0,
+        received: u64::MAX,
+        next_call_id: u64::MAX,
+        id_state: [u64::MAX, 1],
+    }
+}
+
+pub fn journal_batch(key: &str, ops: Vec<OwnedJournalOp>) -> Batch {
+    Batch {
+        key: key.into(),
+        ops,
+    }
+}
+
+pub async fn identity_devices_revocations_and_pairings_persist(e: &Engine) {
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let ca =
+        CertificateAuthority::create("tern CA", NOW, IssuancePolicy::default(), &mut rng).unwrap();
+    let server = ca
+        .issue_server(&["ternd.test".into()], NOW, &mut rng)
+        .unwrap();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let client = ca.issue_client(csr.der(), "node-1", NOW, &mut rng).unwrap();
+    let device = DeviceRow {
+        device_id: "node-1".into(),
+        fingerprint: client.fingerprint,
+        cert_der: client.der.clone(),
+        paired_at_ms: NOW,
+        name: Some("kitchen".into()),
+    };
+    let ca = Arc::new(ca);
+    let mut pairing = PairingService::new(
+        ca.clone(),
+        server.fingerprint,
+        PairingSettings::default(),
+        Instant::from_millis(NOW),
+    )
+    .unwrap();
+    pairing
+        .create_code(
+            Instant::from_millis(NOW),
+            "node-2",
+            None,
+            Some(true),
+            &mut rng,
+        )
+        .unwrap();
+    pairing
+        .create_code(Instant::from_millis(NOW), "node-3", None, None, &mut rng)
+        .unwrap();
+    let records = pairing.records();
+    assert_eq!(records.len(), 2);
+    let revoked_cert = RevocationRecord {
+        what: Revoked::Certificate(Fingerprint([0xab; 32])),
+        revoked_at_ms: NOW,
+        reason: "lost".into(),
+    };
+    let revoked_device = RevocationRecord {
+        what: Revoked::Device("node-9".into()),
+        revoked_at_ms: NOW + 1,
+        reason: "stolen".into(),
+    };
+
+    {
+        let store = e.open().await;
+        assert_eq!(store.ca().await.unwrap(), None);
+        assert!(store.server_identity().await.unwrap().is_none());
+        let mut writes = vec![
+            Write::PutCa(ca.to_stored()),
+            Write::PutServerIdentity(server.clone()),
+            Write::PutDevice(device.clone()),
+            Write::PutRevocation(revoked_cert.clone()),
+            Write::PutRevocation(revoked_device.clone()),
+        ];
+        writes.extend(records.iter().cloned().map(Write::PutPairing));
+        store.write_now(writes).unwrap();
+
+        // A device whose fingerprint is not its certificate's is refused, whole.
+        let mut forged = device.clone();
+        forged.device_id = "node-2".into();
+        forged.fingerprint = Fingerprint([1; 32]);
+        let err = store
+            .write_now(vec![
+                Write::DeletePairing(records[0].code_id),
+                Write::PutDevice(forged),
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert_eq!(store.pairing_records().await.unwrap().len(), 2);
+    }
+
+    let store = e.open().await;
+    let stored = store.ca().await.unwrap().unwrap();
+    assert_eq!(stored, ca.to_stored());
+    let reloaded = CertificateAuthority::from_stored(&stored).unwrap();
+    assert_eq!(reloaded.fingerprint(), ca.fingerprint());
+    let back = store.server_identity().await.unwrap().unwrap();
+    assert!(back == server, "server identity differs after reopening");
+    assert_eq!(store.devices().await.unwrap(), vec![device.clone()]);
+    assert_eq!(store.device("node-1").await.unwrap(), Some(device.clone()));
+    assert_eq!(
+        store
+            .device_by_fingerprint(&client.fingerprint)
+            .await
+            .unwrap(),
+        Some(device.clone())
+    );
+    assert_eq!(store.device("node-2").await.unwrap(), None);
+    assert_eq!(
+        store.revocations().await.unwrap(),
+        vec![revoked_cert.clone(), revoked_device.clone()]
+    );
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| r.code_id);
+    assert_eq!(store.pairing_records().await.unwrap(), sorted);
+
+    // The records rebuild the live services.
+    let set = daemon::revocation::RevocationSet::from_records(store.revocations().await.unwrap());
+    assert!(set.is_revoked(&Fingerprint([0xab; 32]), "node-1"));
+    assert!(set.is_revoked(&client.fingerprint, "node-9"));
+
+    store
+        .write_now(vec![
+            Write::DeleteRevocation(Revoked::Device("node-9".into())),
+            Write::DeletePairing(sorted[0].code_id),
+            Write::DeleteDevice("node-1".into()),
+        ])
+        .unwrap();
+    assert_eq!(store.revocations().await.unwrap(), vec![revoked_cert]);
+    assert_eq!(store.pairing_records().await.unwrap(), sorted[1..].to_vec());
+    assert!(store.devices().await.unwrap().is_empty());
+}
+
+pub async fn nodes_and_calls(e: &Engine) {
+    let store = e.open().await;
+    store
+        .write_now(vec![
+            Write::PutNode(node("n1", NOW)),
+            Write::PutNode(node("n2", NOW + 5)),
+        ])
+        .unwrap();
+    // A later put keeps the first sighting; touches never move last_seen back.
+    store
+        .write_now(vec![
+            Write::PutNode(node("n1", NOW + 100)),
+            Write::TouchNode {
+                id: "n1".into(),
+                last_seen_ms: NOW + 500,
+            },
+            Write::TouchNode {
+                id: "n1".into(),
+                last_seen_ms: NOW + 200,
+            },
+        ])
+        .unwrap();
+    let n1 = store.node("n1").await.unwrap().unwrap();
+    assert_eq!((n1.first_seen_ms, n1.last_seen_ms), (NOW, NOW + 500));
+    assert_eq!(n1.capabilities, node("n1", 0).capabilities);
+    assert_eq!(
+        store
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+    let err = store
+        .write_now(vec![Write::TouchNode {
+            id: "ghost".into(),
+            last_seen_ms: NOW,
+        }])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::NotFound {
+            what: "node",
+            key: "ghost".into()
+        }
+    );
+
+    // Ids at both ends of u64 keep their value and their order.
+    let ids = [
+        0,
+        1,
+        1 << 62,
+        (1 << 63) - 1,
+        1 << 63,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    store
+        .write_now(
+            ids.iter()
+                .rev()
+                .map(|&id| Write::PutCall(call(id, "n1")))
+                .collect(),
+        )
+        .unwrap();
+    store
+        .write_now(vec![Write::PutCall(call(7, "n2"))])
+        .unwrap();
+    let listed: Vec<u64> = store
+        .calls_for("n1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(
+        store.call(u64::MAX).await.unwrap(),
+        Some(call(u64::MAX, "n1"))
+    );
+
+    let output = Payload {
+        content_type: "application/json".into(),
+        bytes: br#"{"ok":true}"#.to_vec(),
+    };
+    store
+        .write_now(vec![Write::UpdateCall(CallUpdate {
+            id: u64::MAX,
+            state: "dispatched".into(),
+            updated_ms: NOW + 1,
+            output: None,
+            error: None,
+            session_call: Some(u64::MAX),
+        })])
+        .unwrap();
+    store
+        .write_now(vec![Write::UpdateCall(CallUpdate {
+            id: u64::MAX,
+            state: "succeeded".into(),
+            updated_ms: NOW + 2,
+            output: Some(output.clone()),
+            error: None,
+            session_call: None,
+        })])
+        .unwrap();
+    let done = store.call(u64::MAX).await.unwrap().unwrap();
+    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.output, Some(output));
+    assert_eq!(
+        done.session_call,
+        Some(u64::MAX),
+        "kept from the earlier update"
+    );
+    assert_eq!((done.created_ms, done.updated_ms), (NOW, NOW + 2));
+    assert_eq!(done.deadline_ms, u64::MAX);
+
+    let err = store
+        .write_now(vec![Write::UpdateCall(CallUpdate {
+            id: 12345,
+            state: "failed".into(),
+            updated_ms: NOW,
+            output: None,
+            error: Some("boom".into()),
+            session_call: None,
+        })])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { what: "call", .. }));
+    drop(store);
+
+    let store = e.open().await;
+    assert_eq!(store.calls_for("n1").await.unwrap().len(), ids.len());
+    assert_eq!(store.calls_for("n2").await.unwrap(), vec![call(7, "n2")]);
+    assert_eq!(store.node("n1").await.unwrap(), Some(n1));
+}
+
+pub async fn refused_submission_fails_alone_and_is_not_half_applied(e: &Engine) {
+    let store = e.open().await;
+    // Queued together, so they share a group commit (or several: either way the
+    // refused one must leave no trace and the others must land).
+    let good1 = store.write(vec![Write::AppendEvent(event("a", 1, NOW))]);
+    let bad = store.write(vec![
+        Write::PutNode(node("half", NOW)),
+        Write::AppendEvent(event("half", 2, NOW)),
+        Write::TouchNode {
+            id: "nobody".into(),
+            last_seen_ms: NOW,
+        },
+    ]);
+    let good2 = store.write(vec![Write::PutNode(node("b", NOW))]);
+    assert!(good1.await.is_ok());
+    assert!(matches!(bad.await, Err(StoreError::NotFound { .. })));
+    assert!(good2.await.is_ok());
+    assert_eq!(store.node("half").await.unwrap(), None);
+    assert!(
+        store
+            .events_after(0, Some("half"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.events_after(0, Some("a"), 10).await.unwrap().len(), 1);
+    assert!(store.node("b").await.unwrap().is_some());
+    assert_eq!(store.failed_groups(), 0);
+}
+
+pub async fn concurrent_writes_share_commits(e: &Engine) {
+    const N: u64 = 400;
+    let store = e.open().await;
+
+    // One write after another: one commit each.
+    let start = WallInstant::now();
+    for i in 0..50 {
+        store
+            .write(vec![Write::AppendEvent(event("serial", i, NOW))])
+            .await
+            .unwrap();
+    }
+    let serial = start.elapsed();
+    assert_eq!(store.commits(), 50);
+
+    // Many tasks and threads at once: far fewer commits than writes.
+    let before = store.commits();
+    let start = WallInstant::now();
+    let mut tasks = Vec::new();
+    // Released together, so the tasks submit while the writer is busy.
+    let barrier = Arc::new(tokio::sync::Barrier::new(N as usize));
+    for i in 0..N {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .write(vec![Write::AppendEvent(event("task", i, NOW))])
+                .await
+        }));
+    }
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    store
+                        .write_now(vec![Write::AppendEvent(event("thread", t * 100 + i, NOW))])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let receipt = t.await.unwrap().unwrap();
+        assert_eq!(receipt.events.len(), 1);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let grouped = start.elapsed();
+    let commits = store.commits() - before;
+    let writes = N + 100;
+    println!(
+        "group commit: {writes} concurrent writes in {commits} commits ({:.0} writes/s); \
+         serial: 50 writes in 50 commits ({:.0} writes/s)",
+        writes as f64 / grouped.as_secs_f64(),
+        50.0 / serial.as_secs_f64()
+    );
+    assert!(
+        commits * 4 <= writes,
+        "{commits} commits for {writes} writes"
+    );
+    let stored = store.events_after(0, None, 10_000).await.unwrap();
+    assert_eq!(stored.len() as u64, 50 + writes);
+    let seqs: BTreeSet<u64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), stored.len(), "every event has its own seq");
+}
+
+pub async fn events_are_filtered_deduplicated_and_never_renumbered(e: &Engine) {
+    let store = e.open().await;
+    let origin = |n| {
+        Some(EventOrigin {
+            session: [5; 16],
+            stream_seq: n,
+        })
+    };
+    let mut writes = Vec::new();
+    for i in 0..10u64 {
+        let mut e = event(if i % 2 == 0 { "even" } else { "odd" }, i, NOW + i);
+        e.origin = origin(u64::MAX - i);
+        writes.push(Write::AppendEvent(e));
+    }
+    let first = store.write_now(writes.clone()).unwrap();
+    assert!(first.events.iter().all(Option::is_some));
+    // The same origins replayed after a crash are stored once.
+    let again = store.write_now(writes).unwrap();
+    assert_eq!(again.events, vec![None; 10]);
+
+    let all = store.events_after(0, None, 100).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[3].origin, origin(u64::MAX - 3));
+    let odd = store.events_after(0, Some("odd"), 100).await.unwrap();
+    assert_eq!(odd.len(), 5);
+    assert!(odd.iter().all(|e| e.node == "odd"));
+    let page = store.events_after(all[2].seq, None, 3).await.unwrap();
+    assert_eq!(page, all[3..6].to_vec());
+    let last = all[9].seq;
+    drop(store);
+
+    // Pruning everything then reopening never hands a seq out twice.
+    let options = StoreOptions {
+        retention: RetentionPolicy {
+            max_events: Some(0),
+            max_age_ms: None,
+        },
+        ..StoreOptions::default()
+    };
+    let store = e.open_with(options.clone()).await;
+    let r = store
+        .write_now(vec![Write::PruneEvents { now_ms: NOW }])
+        .unwrap();
+    assert_eq!(r.pruned, 10);
+    drop(store);
+    let store = e.open_with(options).await;
+    let r = store
+        .write_now(vec![Write::AppendEvent(event("odd", 99, NOW))])
+        .unwrap();
+    assert!(r.events[0].unwrap() > last);
+}
+
+pub async fn extreme_seqs_and_ids_round_trip_and_trim_in_order(e: &Engine) {
+    let store = e.open().await;
+    let seqs = [0, 1, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX];
+    let mut ops: Vec<OwnedJournalOp> = seqs
+        .iter()
+        .map(|&seq| OwnedJournalOp::Append {
+            seq,
+            body: seq.to_be_bytes().to_vec(),
+        })
+        .collect();
+    let rec = CallRecord {
+        id: u64::MAX,
+        seq: u64::MAX,
+        deadline: Instant::from_millis(u64::MAX),
+        timeout_ms: u32::MAX,
+        state: CallState::Dispatched,
+        unreported: false,
+        cancel_requested: false,
+    };
+    ops.push(OwnedJournalOp::PutCall(rec));
+    ops.push(OwnedJournalOp::Meta(meta(u64::MAX)));
+    store
+        .write_now(vec![Write::Journal(journal_batch("k", ops))])
+        .unwrap();
+    let j = store.load_journal("k").await.unwrap();
+    let mut got = Vec::new();
+    j.messages(&mut |seq, body| got.push((seq, body.to_vec())))
+        .unwrap();
+    assert_eq!(
+        got,
+        seqs.iter()
+            .map(|s| (*s, s.to_be_bytes().to_vec()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(j.stored_meta(), Some(meta(u64::MAX)));
+    let mut calls = Vec::new();
+    j.calls(&mut |c| calls.push(*c)).unwrap();
+    assert_eq!(calls, vec![rec]);
+
+    // A trim above 2^63 drops everything below it, in u64 order.
+    store
+        .write_now(vec![Write::Journal(journal_batch(
+            "k",
+            vec![OwnedJournalOp::Trim { through: 1 << 63 }],
+        ))])
+        .unwrap();
+    let mut left = Vec::new();
+    store
+        .load_journal("k")
+        .await
+        .unwrap()
+        .messages(&mut |seq, _| left.push(seq))
+        .unwrap();
+    assert_eq!(left, [u64::MAX - 1, u64::MAX]);
+
+    store
+        .write_now(vec![Write::DropJournal("k".into())])
+        .unwrap();
+    assert!(store.journal_keys().await.unwrap().is_empty());
+    assert_eq!(store.load_journal("k").await.unwrap(), MemJournal::new());
+    let err = store
+        .write_now(vec![Write::Journal(journal_batch("", vec![]))])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)));
+}
+
+pub async fn a_daemon_session_restores_from_its_stored_journal(e: &Engine) {
+    let config = Config::server(64 * 1024);
+    let mut rng = ChaCha20Rng::from_seed([1; 32]);
+    let t0 = Instant::from_millis(NOW);
+    let input = SessionPayload {
+        content_type: "application/json",
+        data: b"{}",
+    };
+    let mut session: DaemonSession<Vec<u8>> =
+        DaemonSession::new(config, "node-1", &mut rng).unwrap();
+    session.lend(vec![0; config.storage_len()]).unwrap();
+    let first = session.call(t0, "system.health", input, 5_000).unwrap();
+    let mut ops = Vec::new();
+    while let Some(op) = session.poll_journal() {
+        ops.push(OwnedJournalOp::from(&op));
+    }
+    assert!(!ops.is_empty());
+    let batch = session.closed_batch().unwrap();
+    let store: Arc<dyn JournalStore> = e.open().await;
+    store
+        .commit(vec![journal_batch("node-1", ops)])
+        .await
+        .unwrap();
+    session.handle_journal_committed(t0, batch).unwrap();
+    drop(store);
+
+    // A restarted daemon: the call is still open and its id is never handed out again.
+    let store = e.open().await;
+    assert_eq!(store.journal_keys().await.unwrap(), ["node-1"]);
+    let journal = store.load_journal("node-1").await.unwrap();
+    assert_eq!((journal.call_count(), journal.message_count()), (1, 1));
+    let mut restored: DaemonSession<Vec<u8>> = DaemonSession::restore(
+        config,
+        "node-1",
+        Some(vec![0; config.storage_len()]),
+        &journal,
+        &mut rng,
+    )
+    .unwrap();
+    let second = restored.call(t0, "system.health", input, 5_000).unwrap();
+    assert!(second > first, "call id {second} reused after {first}");
+}
+
+pub async fn the_endpoint_keys_outlive_a_restart(e: &Engine) {
+    let names = vec!["127.0.0.1".to_owned()];
+    let first = {
+        let store = e.open().await;
+        daemon::serve::identity::load_or_create(&*store, &names)
+            .await
+            .unwrap()
+            .endpoint_keys
+    };
+    let store = e.open().await;
+    let again = daemon::serve::identity::load_or_create(&*store, &names)
+        .await
+        .unwrap()
+        .endpoint_keys;
+    assert_eq!(first, again);
+    assert_eq!(store.endpoint_keys().await.unwrap(), Some(first.clone()));
+    // Another deployment's store has keys of its own.
+    e.clear().await;
+    let other = e.open().await;
+    let theirs = daemon::serve::identity::load_or_create(&*other, &names)
+        .await
+        .unwrap()
+        .endpoint_keys;
+    assert_ne!(first, theirs);
+}
+
+fn wide_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..12,
+        1 => Just(u64::MAX),
+        1 => Just(u64::MAX - 1),
+        1 => Just(1u64 << 63),
+        1 => Just((1u64 << 63) - 1),
+        1 => Just(1u64 << 62),
+        1 => any::<u64>(),
+    ]
+}
+
+fn call_record() -> impl Strategy<Value = CallRecord> {
+    (
+        wide_u64(),
+        wide_u64(),
+        wide_u64(),
+        any::<u32>(),
+        0u8..4,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(id, seq, deadline, timeout_ms, state, unreported)| CallRecord {
+                id,
+                seq,
+                deadline: Instant::from_millis(deadline),
+                timeout_ms,
+                state: [
+                    CallState::Queued,
+                    CallState::Dispatched,
+                    CallState::Succeeded,
+                    CallState::Lost,
+                ][usize::from(state)],
+                unreported,
+                cancel_requested: !unreported,
+            },
+        )
+}
+
+fn seen_call() -> impl Strategy<Value = SeenCall> {
+    (wide_u64(), wide_u64(), any::<bool>(), any::<u64>()).prop_map(|(id, at, done, age)| SeenCall {
+        id,
+        slot: if done {
+            Slot::Done { result_seq: at }
+        } else {
+            Slot::Active {
+                stage: None,
+                deadline: Instant::from_millis(at),
+            }
+        },
+        age,
+    })
+}
+
+fn journal_meta() -> impl Strategy<Value = JournalMeta> {
+    (
+        proptest::option::of(any::<[u8; 16]>()),
+        any::<bool>(),
+        wide_u64(),
+        wide_u64(),
+        wide_u64(),
+        wide_u64(),
+        any::<[u64; 2]>(),
+    )
+        .prop_map(
+            |(session, established, last_sent, acked, received, next_call_id, id_state)| {
+                JournalMeta {
+                    session,
+                    established,
+                    last_sent,
+                    acked,
+                    received,
+                    next_call_id,
+                    id_state,
+                }
+            },
+        )
+}
+
+fn journal_op() -> impl Strategy<Value = OwnedJournalOp> {
+    prop_oneof![
+        1 => Just(OwnedJournalOp::Clear),
+        2 => wide_u64().prop_map(|through| OwnedJournalOp::Trim { through }),
+        6 => (wide_u64(), proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(seq, body)| OwnedJournalOp::Append { seq, body }),
+        3 => call_record().prop_map(OwnedJournalOp::PutCall),
+        2 => wide_u64().prop_map(OwnedJournalOp::RemoveCall),
+        3 => (0u8..40, seen_call()).prop_map(|(slot, call)| OwnedJournalOp::PutSeen { slot, call }),
+        2 => journal_meta().prop_map(OwnedJournalOp::Meta),
+    ]
+}
+
+const KEYS: [&str; 3] = ["node-a", "node-b", "self"];
+
+fn commits() -> impl Strategy<Value = Vec<Vec<(usize, Vec<OwnedJournalOp>)>>> {
+    let batch = (
+        0..KEYS.len(),
+        proptest::collection::vec(journal_op(), 0..12),
+    );
+    proptest::collection::vec(proptest::collection::vec(batch, 1..4), 1..8)
+}
+
+/// Every field a session restores from, read through `JournalRead`.
+fn restored(j: &impl JournalRead) -> String {
+    let mut out = format!("{:?}\n", j.meta().unwrap());
+    j.messages(&mut |seq, body| out.push_str(&format!("m {seq} {body:?}\n")))
+        .unwrap();
+    j.calls(&mut |c| out.push_str(&format!("c {c:?}\n")))
+        .unwrap();
+    j.seen(&mut |slot, s| out.push_str(&format!("s {slot} {s:?}\n")))
+        .unwrap();
+    out
+}
+
+/// Draws `cases` values from `strategy` (no shrinking: a failure prints its case).
+fn draws<S: Strategy>(strategy: S, cases: u32) -> Vec<S::Value> {
+    use proptest::strategy::ValueTree;
+    let mut runner = TestRunner::new(ProptestConfig::default());
+    (0..cases)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect()
+}
+
+/// Whatever is appended and pruned, exactly the events the policy allows remain.
+pub async fn retention_keeps_exactly_what_the_policy_allows(e: &Engine) {
+    let strategy = (
+        proptest::collection::vec(0u64..10_000, 0..60),
+        proptest::option::of(0u64..70),
+        proptest::option::of(0u64..12_000),
+    );
+    for (ages, max_events, max_age_ms) in draws(strategy, 24) {
+        e.clear().await;
+        let policy = RetentionPolicy {
+            max_events,
+            max_age_ms,
+        };
+        let options = StoreOptions {
+            retention: policy,
+            ..StoreOptions::default()
+        };
+        let store = e.open_with(options).await;
+        let now = NOW + 10_000;
+        let writes = ages
+            .iter()
+            .enumerate()
+            .map(|(i, age)| Write::AppendEvent(event("n", i as u64, now - age)))
+            .collect();
+        let receipt = store.write(writes).await.unwrap();
+        let seqs: Vec<u64> = receipt.events.iter().map(|s| s.unwrap()).collect();
+        let r = store
+            .write(vec![Write::PruneEvents { now_ms: now }])
+            .await
+            .unwrap();
+
+        // The most the policy allows: of the events not too old, the newest `max_events`.
+        let keep: BTreeSet<u64> = (0..ages.len())
+            .rev()
+            .filter(|&i| max_age_ms.is_none_or(|a| ages[i] <= a))
+            .take(max_events.map_or(usize::MAX, |m| m as usize))
+            .map(|i| seqs[i])
+            .collect();
+        let left: BTreeSet<u64> = store
+            .events_after(0, None, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let case = format!("{ages:?} {max_events:?} {max_age_ms:?}");
+        assert_eq!(left, keep, "{case}");
+        assert_eq!(r.pruned as usize, ages.len() - keep.len(), "{case}");
+    }
+}
+
+/// Random op sequences give the same journals in the store as in `MemJournal`, before
+/// and after reopening the store.
+pub async fn journals_match_the_in_memory_reference(e: &Engine) {
+    for commits in draws(commits(), 40) {
+        e.clear().await;
+        let reference = MemJournals::new();
+        let mut used = BTreeSet::new();
+        {
+            let store = e.open().await;
+            for (n, commit) in commits.iter().enumerate() {
+                let batches: Vec<Batch> = commit
+                    .iter()
+                    .map(|(k, ops)| journal_batch(KEYS[*k], ops.clone()))
+                    .collect();
+                used.extend(commit.iter().map(|(k, _)| KEYS[*k].to_owned()));
+                // Alternate the two ways in: the journal trait and plain writes.
+                if n % 2 == 0 {
+                    store.commit(batches.clone()).await.unwrap();
+                } else {
+                    store
+                        .write(batches.iter().cloned().map(Write::Journal).collect())
+                        .await
+                        .unwrap();
+                }
+                reference.commit(batches).await.unwrap();
+            }
+        }
+        for pass in 0..2 {
+            let store = e.open().await;
+            let keys: BTreeSet<String> = store.journal_keys().await.unwrap().into_iter().collect();
+            assert_eq!(keys, used, "pass {pass}");
+            for key in KEYS {
+                let stored = store.load_journal(key).await.unwrap();
+                let expected = reference.journal(key);
+                assert_eq!(
+                    restored(&stored),
+                    restored(&expected),
+                    "key {key} pass {pass}: {commits:?}"
+                );
+                assert_eq!(stored, expected);
+            }
+        }
+    }
+}
+
+/// A claim raises the epoch; a fence with an older epoch or another owner refuses its
+/// whole submission, and the submission before the claim committed.
+pub async fn ownership_fences_a_former_owner(e: &Engine) {
+    let store = e.open().await;
+    let claim = |owner: &str| Write::ClaimSession {
+        node: "n1".into(),
+        owner: owner.into(),
+        epoch: 0,
+        at_ms: NOW,
+    };
+    let fence = |owner: &str, epoch| Write::Fence {
+        node: "n1".into(),
+        owner: owner.into(),
+        epoch,
+    };
+    let a = store.write(vec![claim("daemon-a")]).await.unwrap().epochs;
+    assert_eq!(a, [1]);
+    // Daemon A writes for the session it owns.
+    store
+        .write(vec![
+            fence("daemon-a", 1),
+            Write::Journal(journal_batch("n1", vec![OwnedJournalOp::Meta(meta(1))])),
+        ])
+        .await
+        .unwrap();
+    // Daemon B takes the node over.
+    let b = store.write(vec![claim("daemon-b")]).await.unwrap().epochs;
+    assert_eq!(b, [2]);
+    // A's next write is refused whole: nothing of it lands.
+    let err = store
+        .write(vec![
+            fence("daemon-a", 1),
+            Write::Journal(journal_batch("n1", vec![OwnedJournalOp::Meta(meta(7))])),
+            Write::AppendEvent(event("n1", 7, NOW)),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Fenced {
+            node: "n1".into(),
+            epoch: 1
+        }
+    );
+    assert_eq!(
+        store.load_journal("n1").await.unwrap().stored_meta(),
+        Some(meta(1))
+    );
+    assert!(store.events_after(0, None, 10).await.unwrap().is_empty());
+    // The right owner at the wrong epoch is refused too; B at its epoch is not.
+    assert!(store.write(vec![fence("daemon-b", 1)]).await.is_err());
+    store.write(vec![fence("daemon-b", 2)]).await.unwrap();
+    // A claim may ask for at least an epoch (a daemon that remembers a higher one).
+    let c = store
+        .write(vec![Write::ClaimSession {
+            node: "n1".into(),
+            owner: "daemon-a".into(),
+            epoch: 10,
+            at_ms: NOW,
+        }])
+        .await
+        .unwrap()
+        .epochs;
+    assert_eq!(c, [10]);
+    // Another node's ownership is its own.
+    let other = store
+        .write(vec![Write::ClaimSession {
+            node: "n2".into(),
+            owner: "daemon-b".into(),
+            epoch: 0,
+            at_ms: NOW,
+        }])
+        .await
+        .unwrap()
+        .epochs;
+    assert_eq!(other, [1]);
+}
