@@ -87,6 +87,23 @@ impl RevocationSet {
         })
     }
 
+    /// Adds what `records` hold that the set lacks; returns the devices newly revoked.
+    pub fn absorb(&self, records: Vec<RevocationRecord>) -> (bool, Vec<String>) {
+        let mut any = false;
+        let mut devices = Vec::new();
+        for record in records {
+            let device = match &record.what {
+                Revoked::Device(id) => Some(id.clone()),
+                Revoked::Certificate(_) => None,
+            };
+            if self.insert(record) {
+                any = true;
+                devices.extend(device);
+            }
+        }
+        (any, devices)
+    }
+
     /// Lifts a device's revocation (certificate revocations stay: re-pair instead).
     pub fn reinstate_device(&self, device_id: &str) -> bool {
         let mut sets = self.write();

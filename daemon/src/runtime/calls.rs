@@ -129,8 +129,7 @@ impl Calls {
         input: Vec<u8>,
         timeout_ms: u64,
     ) -> (u64, oneshot::Receiver<CallOutcome>, CallRow) {
-        self.next = self.next.saturating_add(1);
-        let id = self.next;
+        let id = self.next_id();
         let row = CallRow {
             id,
             node: node.to_owned(),
@@ -160,7 +159,6 @@ impl Calls {
     /// Takes back a call restored from the store (no one waits for it any more; its
     /// outcome is still recorded).
     pub(crate) fn adopt(&mut self, row: CallRow) {
-        self.next = self.next.max(row.id);
         self.open.insert(
             row.id,
             CallEntry {
@@ -168,6 +166,17 @@ impl Calls {
                 waiters: Vec::new(),
             },
         );
+    }
+
+    /// Drops call `id` without an outcome: its waiters see the channel close.
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
+
+    /// Takes the next call id.
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.next = self.next.saturating_add(1);
+        self.next
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&CallRow> {

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod calls;
+pub mod ownership;
 pub mod persist;
 pub mod registry;
 pub mod renewal;
@@ -117,6 +118,7 @@ pub struct Runtime {
     /// Woken when events were stored (followers re-read the store).
     pub events_stored: Arc<Notify>,
     pub(crate) renewer: std::sync::OnceLock<Arc<dyn renewal::Renewer>>,
+    pub(crate) ownership: std::sync::OnceLock<Arc<dyn ownership::Ownership>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -172,6 +174,7 @@ impl Runtime {
             pool,
             events_stored: Arc::new(Notify::new()),
             renewer: std::sync::OnceLock::new(),
+            ownership: std::sync::OnceLock::new(),
         })
     }
 

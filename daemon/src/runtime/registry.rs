@@ -32,6 +32,14 @@ impl Sessions<NodeSessionState> for Registry {
         peer: &Peer,
         commands: Commands<RuntimeCommand>,
     ) -> Result<Opened<NodeSessionState, NodeApp>, Refusal> {
+        // On a shared store the session may be another daemon's: claim it first.
+        self.runtime.take_over(&peer.device_id).map_err(|e| {
+            tracing::warn!(node = %peer.device_id, error = %e, "taking the session over failed");
+            Refusal::new(
+                ErrorCode::Overloaded,
+                "the daemon cannot take the session now; retry",
+            )
+        })?;
         let mut state = self.runtime.lock();
         let state = &mut *state;
         let entry = state

@@ -106,8 +106,21 @@ fn names_of(der: &[u8]) -> Vec<String> {
 }
 
 /// Loads the identity from the store, creating what is missing; a server certificate
-/// whose names differ from `names`, or that nears expiry, is issued again.
+/// whose names differ from `names`, or that nears expiry, is issued again. Daemons that
+/// start together on one shared store keep the identity the first of them stored: what
+/// is created is written only where nothing is, then read back.
 pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity, String> {
+    if let Some(identity) = load_or_create_once(store, names).await? {
+        return Ok(identity);
+    }
+    // Another daemon stored its identity first: use that one.
+    load_or_create_once(store, names)
+        .await?
+        .ok_or_else(|| "the stored identity changed twice while starting".to_owned())
+}
+
+/// The identity, or `None` when what this call created lost to another daemon's.
+async fn load_or_create_once(store: &Store, names: &[String]) -> Result<Option<Identity>, String> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| e.to_string())?;
     let mut rng = ChaCha20Rng::from_seed(seed);
@@ -119,13 +132,15 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
             let ca =
                 CertificateAuthority::create("Tern CA", now, IssuancePolicy::default(), &mut rng)
                     .map_err(|e| e.to_string())?;
-            writes.push(Write::PutCa(ca.to_stored()));
+            writes.push(Write::CreateCa(ca.to_stored()));
             ca
         }
     };
     let mut wanted: Vec<String> = names.to_vec();
     wanted.sort();
-    let server = match store.server_identity().await.map_err(|e| e.to_string())? {
+    let stored_server = store.server_identity().await.map_err(|e| e.to_string())?;
+    let had_server = stored_server.is_some();
+    let server = match stored_server {
         Some(s)
             if {
                 let mut have = names_of(&s.cert_der);
@@ -141,7 +156,11 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
             let s = ca
                 .issue_server(names, now, &mut rng)
                 .map_err(|e| e.to_string())?;
-            writes.push(Write::PutServerIdentity(s.clone()));
+            writes.push(if had_server && writes.is_empty() {
+                Write::PutServerIdentity(s.clone())
+            } else {
+                Write::CreateServerIdentity(s.clone())
+            });
             s
         }
     };
@@ -153,16 +172,30 @@ pub async fn load_or_create(store: &Store, names: &[String]) -> Result<Identity,
             getrandom::fill(&mut reset).map_err(|e| e.to_string())?;
             getrandom::fill(&mut token).map_err(|e| e.to_string())?;
             let keys = EndpointKeys::new(reset, token);
-            writes.push(Write::PutEndpointKeys(keys.clone()));
+            writes.push(Write::CreateEndpointKeys(keys.clone()));
             keys
         }
     };
     if !writes.is_empty() {
         store.write(writes).await.map_err(|e| e.to_string())?;
+        let kept = (
+            store.ca().await.map_err(|e| e.to_string())?,
+            store.server_identity().await.map_err(|e| e.to_string())?,
+            store.endpoint_keys().await.map_err(|e| e.to_string())?,
+        );
+        if kept
+            != (
+                Some(ca.to_stored()),
+                Some(server.clone()),
+                Some(endpoint_keys.clone()),
+            )
+        {
+            return Ok(None);
+        }
     }
-    Ok(Identity {
+    Ok(Some(Identity {
         ca: Arc::new(ca),
         server,
         endpoint_keys,
-    })
+    }))
 }

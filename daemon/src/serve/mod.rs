@@ -3,6 +3,7 @@
 //! from its journal, and serves nodes on QUIC and TCP + TLS, pairing on TCP + TLS, and
 //! the operator on a Unix socket.
 
+pub mod cluster;
 pub mod identity;
 pub mod metrics;
 pub mod operator;
@@ -72,6 +73,8 @@ pub struct Shared {
     pub listening: Vec<String>,
     pub started_at_ms: u64,
     pub metrics: Arc<metrics::Metrics>,
+    /// Present when the store is shared with other daemons.
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -129,7 +132,24 @@ pub async fn run(
     );
     let metrics = Arc::new(metrics::Metrics::new());
 
-    let store_journal: Arc<dyn JournalStore> = store.clone();
+    // A shared store: several daemons, each node's session owned by one of them.
+    let cluster = match &location {
+        crate::store::StoreLocation::Postgres(_) => {
+            let id = cluster::daemon_id(settings.daemon_id.as_deref(), &settings.state_dir)
+                .map_err(err("daemon id"))?;
+            info!(daemon = %id, "sharing the store with other daemons");
+            Some(
+                cluster::Cluster::start(store.clone(), id)
+                    .await
+                    .map_err(|e| err("session ownership")(e.to_string()))?,
+            )
+        }
+        crate::store::StoreLocation::Sqlite(_) => None,
+    };
+    let store_journal: Arc<dyn JournalStore> = match &cluster {
+        Some(c) => Arc::new(cluster::FencedJournal { cluster: c.clone() }),
+        None => store.clone(),
+    };
     let config = session_config();
     let pool = StoragePool::with_idle_bytes(config.storage_len(), POOL_IDLE_BYTES);
     let runtime = Runtime::new(
@@ -141,9 +161,25 @@ pub async fn run(
         pool.clone(),
         seed().map_err(err("seeding"))?,
     );
-    store_adapter::restore(&*store, &runtime)
+    if let Some(c) = &cluster {
+        c.attach(&runtime);
+        runtime.set_ownership(c.clone());
+    }
+    store_adapter::restore(&*store, &runtime, cluster.as_deref())
         .await
         .map_err(err("restoring nodes"))?;
+    if cluster.is_some() {
+        // Call ids of a range no other daemon takes.
+        let receipt = store
+            .write(vec![Write::ReserveIds {
+                counter: "call_id",
+                count: cluster::CALL_ID_BLOCK,
+            }])
+            .await
+            .map_err(|e| err("call ids")(e.to_string()))?;
+        let first = receipt.reserved.first().copied().unwrap_or(1);
+        runtime.continue_call_ids(first.saturating_sub(1));
+    }
     runtime.set_renewer(Arc::new(CaRenewer {
         ca: identity.ca.clone(),
         store: store.clone(),
@@ -302,6 +338,10 @@ pub async fn run(
         }));
     }
 
+    if let Some(c) = &cluster {
+        tasks.push(c.spawn_sync(runtime.clone(), revocations.clone()));
+    }
+
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         store: store.clone(),
@@ -312,6 +352,7 @@ pub async fn run(
         listening,
         started_at_ms: crate::runtime::persist::now_ms(),
         metrics,
+        cluster: cluster.clone(),
     });
     let api = ApiServer::bind(settings.socket_path())
         .map_err(|e| err("operator socket")(e.to_string()))?;

@@ -70,6 +70,93 @@ impl Operator {
             .map_err(|e| ApiError::internal(format!("storing the pairing: {e}")))
     }
 
+    /// A call for a node another daemon holds (or none does): queued in the shared
+    /// store, where the daemon that holds the node (now or once it connects) takes it.
+    async fn call_elsewhere(
+        &self,
+        req: CallRequest,
+        content_type: String,
+        timeout_ms: u64,
+    ) -> Result<CallResult, ApiError> {
+        if timeout_ms > crate::runtime::calls::MAX_TIMEOUT_MS {
+            return Err(ApiError::invalid_argument(format!(
+                "timeout {timeout_ms} ms out of range"
+            )));
+        }
+        if self.shared.runtime.node(&req.node).is_none() {
+            return Err(ApiError::not_found(format!("unknown node {:?}", req.node)));
+        }
+        let id = self.shared.runtime.next_call_id();
+        let now = now_ms();
+        let deadline = now.saturating_add(timeout_ms);
+        let row = crate::store::CallRow {
+            id,
+            node: req.node,
+            capability: req.capability,
+            input: crate::store::Payload {
+                content_type,
+                bytes: req.input,
+            },
+            state: CallStatus::Queued.as_str().into(),
+            output: None,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+            deadline_ms: deadline,
+            session_call: None,
+        };
+        self.shared
+            .store
+            .write(vec![crate::store::Write::PutCall(row)])
+            .await
+            .map_err(|e| ApiError::internal(format!("queueing the call: {e}")))?;
+        self.await_stored_call(id, deadline).await
+    }
+
+    /// Reads call `id`'s record until it is final; past `deadline` a call no daemon
+    /// took is ended `timed_out`.
+    async fn await_stored_call(&self, id: u64, deadline: u64) -> Result<CallResult, ApiError> {
+        let store = &self.shared.store;
+        let mut expired = false;
+        loop {
+            let row = store
+                .call(id)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .ok_or_else(|| ApiError::internal(format!("call {id} vanished")))?;
+            let status = CallStatus::parse(&row.state).unwrap_or(CallStatus::Lost);
+            if status.is_final() {
+                let (content_type, output) = row
+                    .output
+                    .map_or((String::new(), Vec::new()), |p| (p.content_type, p.bytes));
+                return Ok(CallResult {
+                    call_id: id,
+                    state: call_state(status) as i32,
+                    output,
+                    content_type,
+                    message: row.error.unwrap_or_default(),
+                });
+            }
+            let now = now_ms();
+            if now >= deadline && !expired {
+                expired = true;
+                store
+                    .write(vec![crate::store::Write::ExpireCall { id, at_ms: now }])
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                continue;
+            }
+            // The daemon that holds the node ends it at its deadline; the margin covers
+            // that daemon's sweep.
+            if now >= deadline.saturating_add(2_000) {
+                return Err(ApiError::timeout(format!(
+                    "call {id} did not finish in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn node_proto(&self, info: &NodeInfo) -> Node {
         let device = self.shared.store.device(&info.id).await.ok().flatten();
         let revoked = self.shared.revocations.is_device_revoked(&info.id);
@@ -338,6 +425,11 @@ impl OperatorApi for Operator {
         } else {
             req.content_type.clone()
         };
+        if let Some(cluster) = &self.shared.cluster
+            && !crate::runtime::ownership::Ownership::owns(&**cluster, &req.node)
+        {
+            return self.call_elsewhere(req, content_type, timeout_ms).await;
+        }
         let (id, rx) = self
             .shared
             .runtime
@@ -363,6 +455,12 @@ impl OperatorApi for Operator {
                 content_type: outcome.content_type,
                 message: outcome.message,
             }),
+            // Another daemon took the node over while the call ran: its record says how
+            // it ends.
+            Ok(Err(_)) if self.shared.cluster.is_some() => {
+                self.await_stored_call(id, now_ms().saturating_add(timeout_ms))
+                    .await
+            }
             Ok(Err(_)) => Err(ApiError::unavailable("the daemon is shutting down")),
             Err(_) => Err(ApiError::timeout(format!(
                 "call {id} did not finish in time"

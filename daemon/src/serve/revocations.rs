@@ -49,6 +49,16 @@ impl LiveRevocations {
         Ok(fresh.then_some(record))
     }
 
+    /// Takes in revocations another daemon stored; tells the transports of any new one
+    /// and returns the devices newly revoked.
+    pub fn absorb(&self, records: Vec<RevocationRecord>) -> Vec<String> {
+        let (any, devices) = self.set.absorb(records);
+        if any {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        devices
+    }
+
     pub fn is_device_revoked(&self, device_id: &str) -> bool {
         self.set.is_device_revoked(device_id)
     }

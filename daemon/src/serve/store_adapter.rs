@@ -113,7 +113,13 @@ impl RuntimeStore for RuntimeWrites {
 
 /// Restores every known node: its session from its journal, what it registered, and
 /// the calls it was running; queued calls that never reached a session end `Lost`.
-pub async fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
+/// On a shared store only the nodes this daemon still owns bring their calls back, and
+/// queued calls stay queued for whichever daemon holds their node.
+pub async fn restore(
+    store: &Store,
+    runtime: &Runtime,
+    shared: Option<&super::cluster::Cluster>,
+) -> Result<(), String> {
     let now = now_ms();
     let nodes = store.nodes().await.map_err(|e| e.to_string())?;
     let devices = store.devices().await.map_err(|e| e.to_string())?;
@@ -134,32 +140,26 @@ pub async fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
     let mut max_call = 0u64;
     let mut lost = Vec::new();
     for id in &ids {
-        let row = rows.get(id.as_str()).copied();
-        let info = NodeInfo {
-            id: id.clone(),
-            online: false,
-            last_seen_ms: row.map_or(0, |r| r.last_seen_ms),
-            address: row.and_then(|r| r.address.clone()),
-            transport: None,
-            platform: row.and_then(|r| r.platform.clone()),
-            capabilities: row.map_or_else(Vec::new, |r| {
-                r.capabilities
-                    .iter()
-                    .map(|c| Capability {
-                        name: c.name.clone(),
-                        version: c.version,
-                        input: c.input.clone(),
-                        output: c.output.clone(),
-                        needs_approval: c.needs_approval,
-                    })
-                    .collect()
-            }),
+        let info = match rows.get(id.as_str()) {
+            Some(row) => node_info(row),
+            None => NodeInfo {
+                id: id.clone(),
+                online: false,
+                last_seen_ms: 0,
+                address: None,
+                transport: None,
+                platform: None,
+                capabilities: Vec::new(),
+            },
         };
         if keys.contains(id) {
             let journal = store.load_journal(id).await.map_err(|e| e.to_string())?;
             runtime.restore_node(info, &journal)?;
         } else {
             runtime.know_node(info);
+        }
+        if shared.is_some_and(|c| !crate::runtime::ownership::Ownership::owns(c, id)) {
+            continue;
         }
         for call in store.calls_for(id).await.map_err(|e| e.to_string())? {
             max_call = max_call.max(call.id);
@@ -170,6 +170,7 @@ pub async fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
             match call.session_call {
                 // The session was restored with the call; its answer maps back here.
                 Some(sc) => runtime.adopt_call(restored(&call, status), sc),
+                None if shared.is_some() => {}
                 None => lost.push(call),
             }
         }
@@ -189,6 +190,40 @@ pub async fn restore(store: &Store, runtime: &Runtime) -> Result<(), String> {
     }
     info!(nodes = ids.len(), "nodes restored");
     Ok(())
+}
+
+/// What the runtime knows of a node from its stored row (offline: no connection here).
+pub fn node_info(r: &store::NodeRow) -> NodeInfo {
+    NodeInfo {
+        id: r.id.clone(),
+        online: false,
+        last_seen_ms: r.last_seen_ms,
+        address: r.address.clone(),
+        transport: None,
+        platform: r.platform.clone(),
+        capabilities: r
+            .capabilities
+            .iter()
+            .map(|c| Capability {
+                name: c.name.clone(),
+                version: c.version,
+                input: c.input.clone(),
+                output: c.output.clone(),
+                needs_approval: c.needs_approval,
+            })
+            .collect(),
+    }
+}
+
+/// A stored call not yet final, as the runtime tracks it; `None` for a final one.
+pub fn open_call(c: &store::CallRow) -> Option<persist::CallRow> {
+    let status = CallStatus::parse(&c.state).unwrap_or(CallStatus::Lost);
+    (!status.is_final()).then(|| restored(c, status))
+}
+
+/// A call queued in the store by a daemon that does not hold its node.
+pub fn queued_call(c: &store::CallRow) -> persist::CallRow {
+    restored(c, CallStatus::Queued)
 }
 
 fn restored(c: &store::CallRow, status: CallStatus) -> persist::CallRow {

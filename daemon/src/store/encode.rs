@@ -12,6 +12,14 @@ use crate::ca::Fingerprint;
 use crate::pairing::PairingRecord;
 use crate::revocation::Revoked;
 
+/// Ends a call no node took (parameters: id, time), in both engines' SQL.
+pub(crate) const EXPIRE_CALL: &str = "UPDATE calls SET state = 'timed_out', updated = $2,
+    error = 'deadline passed before any daemon holding the node took the call'
+    WHERE id = $1 AND state = 'queued' AND session_call IS NULL";
+
+/// The calls waiting for whichever daemon holds their node, in both engines' SQL.
+pub(crate) const QUEUED_CALLS: &str = "WHERE state = 'queued' AND session_call IS NULL ORDER BY id";
+
 /// Longest node id the store accepts.
 pub const MAX_NODE_ID_LEN: usize = 255;
 

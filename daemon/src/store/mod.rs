@@ -134,6 +134,17 @@ pub enum Write {
     PutCa(StoredCa),
     PutServerIdentity(ServerIdentity),
     PutEndpointKeys(EndpointKeys),
+    /// The first CA, server identity and endpoint keys: each is stored only if none is
+    /// (daemons starting together on one store keep the first one written).
+    CreateCa(StoredCa),
+    CreateServerIdentity(ServerIdentity),
+    CreateEndpointKeys(EndpointKeys),
+    /// Takes the next `count` values of the named counter; the first is in
+    /// [`Receipt::reserved`]. Values are never handed out twice, to any daemon.
+    ReserveIds {
+        counter: &'static str,
+        count: u64,
+    },
     /// Insert or replace, by device id.
     PutDevice(DeviceRow),
     DeleteDevice(String),
@@ -157,6 +168,12 @@ pub enum Write {
     PutCall(CallRow),
     /// `NotFound` for an unknown call.
     UpdateCall(CallUpdate),
+    /// Ends a call no node took: `timed_out` at `at_ms`, only if it is still queued
+    /// and in no session (else nothing changes).
+    ExpireCall {
+        id: u64,
+        at_ms: u64,
+    },
     /// Its seq (or `None`, a replay of a stored origin) is in [`Receipt::events`].
     AppendEvent(NewEvent),
     /// Applies the store's [`RetentionPolicy`] at `now_ms`; the count is in
@@ -196,6 +213,8 @@ pub struct Receipt {
     pub pruned: u64,
     /// One entry per [`Write::ClaimSession`], in order: the epoch now owned.
     pub epochs: Vec<u64>,
+    /// One entry per [`Write::ReserveIds`], in order: the first value reserved.
+    pub reserved: Vec<u64>,
 }
 
 /// A submitted write; resolves once it is durable (or failed). Dropping it does not
@@ -310,6 +329,12 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
 
     /// Keys of every stored journal, sorted.
     async fn journal_keys(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The sessions `owner` owns, with their epochs, by node.
+    async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Calls still queued and in no session, for whichever daemon holds their node.
+    async fn queued_calls(&self) -> Result<Vec<CallRow>, StoreError>;
 }
 
 /// Journal batches go in as one submission, committed with the next group.

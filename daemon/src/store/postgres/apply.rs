@@ -38,6 +38,8 @@ enum Expect {
     Pruned,
     /// The epoch a claim took.
     Epoch,
+    /// The first id reserved.
+    Reserved,
 }
 
 /// One statement with its parameters.
@@ -53,6 +55,10 @@ pub(crate) struct Statements {
     put_ca: Statement,
     put_server: Statement,
     put_keys: Statement,
+    create_ca: Statement,
+    create_server: Statement,
+    create_keys: Statement,
+    reserve: Statement,
     put_device: Statement,
     delete_device: Statement,
     renew_device: Statement,
@@ -64,6 +70,7 @@ pub(crate) struct Statements {
     touch_node: Statement,
     put_call: Statement,
     update_call: Statement,
+    expire_call: Statement,
     append_event: Statement,
     prune_age: Statement,
     prune_count: Statement,
@@ -85,21 +92,35 @@ impl Statements {
         let p = |sql: &'static str| async move {
             c.prepare(sql).await.map_err(pg("prepare a statement"))
         };
+        let p2 =
+            |sql: String| async move { c.prepare(&sql).await.map_err(pg("prepare a statement")) };
+        const CA: (&str, &str) = (
+            "INSERT INTO ca (id, cert_pem, key_pem, policy) VALUES (1, $1, $2, $3)",
+            "cert_pem = excluded.cert_pem, key_pem = excluded.key_pem, policy = excluded.policy",
+        );
+        const SERVER: (&str, &str) = (
+            "INSERT INTO server_identity (id, cert_der, cert_pem, key_pem) VALUES (1, $1, $2, $3)",
+            "cert_der = excluded.cert_der, cert_pem = excluded.cert_pem,
+                key_pem = excluded.key_pem",
+        );
+        const KEYS: (&str, &str) = (
+            "INSERT INTO endpoint_keys (id, reset_key, token_key) VALUES (1, $1, $2)",
+            "reset_key = excluded.reset_key, token_key = excluded.token_key",
+        );
+        let replace = |(insert, update): (&str, &str)| {
+            format!("{insert} ON CONFLICT (id) DO UPDATE SET {update}")
+        };
+        let keep = |(insert, _): (&str, &str)| format!("{insert} ON CONFLICT (id) DO NOTHING");
         Ok(Self {
-            put_ca: p("INSERT INTO ca (id, cert_pem, key_pem, policy) VALUES (1, $1, $2, $3)
-                ON CONFLICT (id) DO UPDATE SET cert_pem = excluded.cert_pem,
-                    key_pem = excluded.key_pem, policy = excluded.policy")
-            .await?,
-            put_server: p(
-                "INSERT INTO server_identity (id, cert_der, cert_pem, key_pem)
-                VALUES (1, $1, $2, $3)
-                ON CONFLICT (id) DO UPDATE SET cert_der = excluded.cert_der,
-                    cert_pem = excluded.cert_pem, key_pem = excluded.key_pem",
-            )
-            .await?,
-            put_keys: p("INSERT INTO endpoint_keys (id, reset_key, token_key) VALUES (1, $1, $2)
-                ON CONFLICT (id) DO UPDATE SET reset_key = excluded.reset_key,
-                    token_key = excluded.token_key")
+            put_ca: p2(replace(CA)).await?,
+            put_server: p2(replace(SERVER)).await?,
+            put_keys: p2(replace(KEYS)).await?,
+            create_ca: p2(keep(CA)).await?,
+            create_server: p2(keep(SERVER)).await?,
+            create_keys: p2(keep(KEYS)).await?,
+            reserve: p("INSERT INTO counters (name, value) VALUES ($1, $2)
+                ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
+                RETURNING value - $2 + 1")
             .await?,
             put_device: p(
                 "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
@@ -153,7 +174,9 @@ impl Statements {
                     output_type = excluded.output_type, output = excluded.output,
                     error = excluded.error, created = excluded.created,
                     updated = excluded.updated, deadline = excluded.deadline,
-                    session_call = excluded.session_call",
+                    session_call = excluded.session_call
+                WHERE NOT (excluded.state = 'timed_out'
+                    AND calls.state IN ('succeeded', 'failed', 'rejected'))",
             )
             .await?,
             update_call: p(
@@ -163,6 +186,7 @@ impl Statements {
                 WHERE id = $1 RETURNING 1",
             )
             .await?,
+            expire_call: p(crate::store::encode::EXPIRE_CALL).await?,
             append_event: p(
                 "WITH s AS (UPDATE counters SET value = value + 1 WHERE name = 'event_seq'
                     RETURNING value)
@@ -234,11 +258,15 @@ fn ops(
     out: &mut Vec<Op>,
 ) -> Result<(), StoreError> {
     match w {
-        Write::PutCa(ca) => {
+        Write::PutCa(ca) | Write::CreateCa(ca) => {
             let policy = serde_json::to_string(&ca.policy)
                 .map_err(|e| StoreError::Invalid(format!("CA policy does not encode: {e}")))?;
+            let stmt = match w {
+                Write::CreateCa(_) => &s.create_ca,
+                _ => &s.put_ca,
+            };
             out.push(op(
-                &s.put_ca,
+                stmt,
                 vec![
                     Box::new(ca.cert_pem.clone()),
                     Box::new(ca.key_pem.clone()),
@@ -247,14 +275,18 @@ fn ops(
                 "store the CA",
             ));
         }
-        Write::PutServerIdentity(id) => {
+        Write::PutServerIdentity(id) | Write::CreateServerIdentity(id) => {
             if crate::ca::Fingerprint::of(&id.cert_der) != id.fingerprint {
                 return Err(StoreError::Invalid(
                     "server identity: fingerprint does not match the certificate".into(),
                 ));
             }
+            let stmt = match w {
+                Write::CreateServerIdentity(_) => &s.create_server,
+                _ => &s.put_server,
+            };
             out.push(op(
-                &s.put_server,
+                stmt,
                 vec![
                     Box::new(id.cert_der.clone()),
                     Box::new(id.cert_pem.clone()),
@@ -263,6 +295,28 @@ fn ops(
                 "store the server identity",
             ));
         }
+        Write::ReserveIds { counter, count } => {
+            let count = i64::try_from(*count)
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| StoreError::Invalid(format!("cannot reserve {count} ids")))?;
+            out.push(Op {
+                expect: Expect::Reserved,
+                ..op(
+                    &s.reserve,
+                    vec![Box::new((*counter).to_owned()), Box::new(count)],
+                    "reserve ids",
+                )
+            });
+        }
+        Write::CreateEndpointKeys(keys) => out.push(op(
+            &s.create_keys,
+            vec![
+                Box::new(keys.reset().to_vec()),
+                Box::new(keys.token().to_vec()),
+            ],
+            "store the endpoint keys",
+        )),
         Write::PutEndpointKeys(keys) => out.push(op(
             &s.put_keys,
             vec![
@@ -405,6 +459,11 @@ fn ops(
                 )
             });
         }
+        Write::ExpireCall { id, at_ms } => out.push(op(
+            &s.expire_call,
+            vec![Box::new(enc(*id)), Box::new(enc(*at_ms))],
+            "expire a call",
+        )),
         Write::AppendEvent(e) => {
             check_id(&e.node)?;
             let (session, origin_seq) = match e.origin {
@@ -638,6 +697,10 @@ pub(crate) async fn apply(
                 receipt.events.push(seq);
             }
             (Expect::Pruned, Answer::Count(n)) => receipt.pruned += n,
+            (Expect::Reserved, Answer::Rows(rows)) => {
+                let first: i64 = rows.first().map_or(0, |r| r.get(0));
+                receipt.reserved.push(u64::try_from(first).unwrap_or(0));
+            }
             (Expect::Epoch, Answer::Rows(rows)) => {
                 let epoch: i64 = rows.first().map_or(0, |r| r.get(0));
                 receipt.epochs.push(u64::try_from(epoch).unwrap_or(0));

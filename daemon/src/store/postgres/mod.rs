@@ -255,4 +255,12 @@ impl StateStore for PgStore {
     async fn journal_keys(&self) -> Result<Vec<String>, StoreError> {
         read::journal_keys(&self.reader().await?).await
     }
+
+    async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        read::owned_by(&self.reader().await?, owner).await
+    }
+
+    async fn queued_calls(&self) -> Result<Vec<CallRow>, StoreError> {
+        read::calls(&self.reader().await?, read::CallKey::Queued).await
+    }
 }

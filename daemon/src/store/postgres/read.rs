@@ -13,7 +13,9 @@ use super::pg;
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
 use crate::revocation::RevocationRecord;
-use crate::store::encode::{capabilities_from, dec, enc, pairing_from, revoked_from, unblob};
+use crate::store::encode::{
+    QUEUED_CALLS, capabilities_from, dec, enc, pairing_from, revoked_from, unblob,
+};
 use crate::store::{CallRow, DeviceRow, EventOrigin, EventRow, NodeRow, Payload, StoreError};
 
 async fn rows(
@@ -219,6 +221,7 @@ pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<NodeRow>, 
 pub(crate) enum CallKey<'a> {
     Id(u64),
     Node(&'a str),
+    Queued,
 }
 
 pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, StoreError> {
@@ -231,6 +234,15 @@ pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, 
                 &format!("{COLS} WHERE id = $1"),
                 &[&enc(id)],
                 "read a call",
+            )
+            .await?
+        }
+        CallKey::Queued => {
+            rows(
+                c,
+                &format!("{COLS} {QUEUED_CALLS}"),
+                &[],
+                "list queued calls",
             )
             .await?
         }
@@ -385,6 +397,24 @@ pub(crate) async fn journal(c: &mut Object, key: &str) -> Result<MemJournal, Sto
     }
     tx.commit().await.map_err(pg("end a journal read"))?;
     Ok(journal)
+}
+
+pub(crate) async fn owned_by(c: &Object, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    rows(
+        c,
+        "SELECT node, epoch FROM owners WHERE owner = $1 ORDER BY node",
+        &[&owner],
+        "list owned sessions",
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let epoch: i64 = r.get(1);
+        u64::try_from(epoch)
+            .map(|e| (r.get(0), e))
+            .map_err(|_| StoreError::Corrupt(format!("epoch {epoch}")))
+    })
+    .collect()
 }
 
 pub(crate) async fn journal_keys(c: &Object) -> Result<Vec<String>, StoreError> {

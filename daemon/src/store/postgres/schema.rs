@@ -81,6 +81,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         session_call BIGINT
     );
     CREATE INDEX calls_by_node ON calls (node, id);
+    CREATE INDEX calls_queued ON calls (id) WHERE state = 'queued' AND session_call IS NULL;
     CREATE TABLE counters (
         name TEXT PRIMARY KEY,
         value BIGINT NOT NULL

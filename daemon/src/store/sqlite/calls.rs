@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::get_u64;
 use crate::store::StoreError;
-use crate::store::encode::{check_id, dec, enc};
+use crate::store::encode::{EXPIRE_CALL, QUEUED_CALLS, check_id, dec, enc};
 use crate::store::rows::{CallRow, CallUpdate, Payload};
 
 pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
@@ -14,9 +14,18 @@ pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
         None => (None, None),
     };
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO calls (id, node, capability, input_type, input, state,
+        "INSERT INTO calls (id, node, capability, input_type, input, state,
              output_type, output, error, created, updated, deadline, session_call)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (id) DO UPDATE SET node = excluded.node,
+             capability = excluded.capability, input_type = excluded.input_type,
+             input = excluded.input, state = excluded.state,
+             output_type = excluded.output_type, output = excluded.output,
+             error = excluded.error, created = excluded.created,
+             updated = excluded.updated, deadline = excluded.deadline,
+             session_call = excluded.session_call
+         WHERE NOT (excluded.state = 'timed_out'
+             AND calls.state IN ('succeeded', 'failed', 'rejected'))",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -70,6 +79,19 @@ pub(crate) fn update(conn: &Connection, u: &CallUpdate) -> Result<(), StoreError
         });
     }
     Ok(())
+}
+
+pub(crate) fn expire(conn: &Connection, id: u64, at_ms: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(&EXPIRE_CALL.replace('$', "?"))
+        .and_then(|mut s| s.execute(params![enc(id), enc(at_ms)]))
+        .map_err(StoreError::db("expire a call"))?;
+    Ok(())
+}
+
+pub(crate) fn queued(conn: &Connection) -> Result<Vec<CallRow>, StoreError> {
+    conn.prepare_cached(&format!("{COLUMNS} {QUEUED_CALLS}"))
+        .and_then(|mut s| s.query_map([], row)?.collect())
+        .map_err(StoreError::db("list queued calls"))
 }
 
 const COLUMNS: &str = "SELECT id, node, capability, input_type, input, state, output_type,

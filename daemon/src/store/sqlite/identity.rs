@@ -12,14 +12,15 @@ use transport_tokio::quic::{ENDPOINT_KEY_LEN, EndpointKeys};
 
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 
-pub(crate) fn put_ca(conn: &Connection, ca: &StoredCa) -> Result<(), StoreError> {
+pub(crate) fn put_ca(conn: &Connection, ca: &StoredCa, replace: bool) -> Result<(), StoreError> {
     let policy = serde_json::to_string(&ca.policy)
         .map_err(|e| StoreError::Invalid(format!("CA policy does not encode: {e}")))?;
-    conn.prepare_cached(
-        "INSERT INTO ca (id, cert_pem, key_pem, policy) VALUES (1, ?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET cert_pem = excluded.cert_pem,
+    conn.prepare_cached(&upsert(
+        "INSERT INTO ca (id, cert_pem, key_pem, policy) VALUES (1, ?1, ?2, ?3)",
+        "cert_pem = excluded.cert_pem,
              key_pem = excluded.key_pem, policy = excluded.policy",
-    )
+        replace,
+    ))
     .and_then(|mut s| s.execute(params![ca.cert_pem, ca.key_pem, policy]))
     .map_err(StoreError::db("store the CA"))?;
     Ok(())
@@ -52,17 +53,22 @@ pub(crate) fn ca(conn: &Connection) -> Result<Option<StoredCa>, StoreError> {
     .transpose()
 }
 
-pub(crate) fn put_server(conn: &Connection, id: &ServerIdentity) -> Result<(), StoreError> {
+pub(crate) fn put_server(
+    conn: &Connection,
+    id: &ServerIdentity,
+    replace: bool,
+) -> Result<(), StoreError> {
     if Fingerprint::of(&id.cert_der) != id.fingerprint {
         return Err(StoreError::Invalid(
             "server identity: fingerprint does not match the certificate".into(),
         ));
     }
-    conn.prepare_cached(
-        "INSERT INTO server_identity (id, cert_der, cert_pem, key_pem) VALUES (1, ?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET cert_der = excluded.cert_der,
+    conn.prepare_cached(&upsert(
+        "INSERT INTO server_identity (id, cert_der, cert_pem, key_pem) VALUES (1, ?1, ?2, ?3)",
+        "cert_der = excluded.cert_der,
              cert_pem = excluded.cert_pem, key_pem = excluded.key_pem",
-    )
+        replace,
+    ))
     .and_then(|mut s| s.execute(params![id.cert_der, id.cert_pem, id.key_pem]))
     .map_err(StoreError::db("store the server identity"))?;
     Ok(())
@@ -86,12 +92,17 @@ pub(crate) fn server(conn: &Connection) -> Result<Option<ServerIdentity>, StoreE
     .map_err(StoreError::db("read the server identity"))
 }
 
-pub(crate) fn put_endpoint_keys(conn: &Connection, keys: &EndpointKeys) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO endpoint_keys (id, reset_key, token_key) VALUES (1, ?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET reset_key = excluded.reset_key,
+pub(crate) fn put_endpoint_keys(
+    conn: &Connection,
+    keys: &EndpointKeys,
+    replace: bool,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(&upsert(
+        "INSERT INTO endpoint_keys (id, reset_key, token_key) VALUES (1, ?1, ?2)",
+        "reset_key = excluded.reset_key,
              token_key = excluded.token_key",
-    )
+        replace,
+    ))
     .and_then(|mut s| s.execute(params![&keys.reset()[..], &keys.token()[..]]))
     .map_err(StoreError::db("store the endpoint keys"))?;
     Ok(())
@@ -114,4 +125,13 @@ pub(crate) fn endpoint_keys(conn: &Connection) -> Result<Option<EndpointKeys>, S
         Ok(EndpointKeys::new(key(reset)?, key(token)?))
     })
     .transpose()
+}
+
+/// An insert that replaces the stored row (`replace`) or keeps it.
+fn upsert(insert: &str, update: &str, replace: bool) -> String {
+    if replace {
+        format!("{insert} ON CONFLICT (id) DO UPDATE SET {update}")
+    } else {
+        format!("{insert} ON CONFLICT (id) DO NOTHING")
+    }
 }

@@ -59,9 +59,18 @@ fn apply(
     receipt: &mut Receipt,
 ) -> Result<(), StoreError> {
     match w {
-        Write::PutCa(ca) => identity::put_ca(conn, ca),
-        Write::PutServerIdentity(id) => identity::put_server(conn, id),
-        Write::PutEndpointKeys(keys) => identity::put_endpoint_keys(conn, keys),
+        Write::PutCa(ca) => identity::put_ca(conn, ca, true),
+        Write::PutServerIdentity(id) => identity::put_server(conn, id, true),
+        Write::PutEndpointKeys(keys) => identity::put_endpoint_keys(conn, keys, true),
+        Write::CreateCa(ca) => identity::put_ca(conn, ca, false),
+        Write::CreateServerIdentity(id) => identity::put_server(conn, id, false),
+        Write::CreateEndpointKeys(keys) => identity::put_endpoint_keys(conn, keys, false),
+        Write::ReserveIds { counter, count } => {
+            receipt
+                .reserved
+                .push(owners::reserve(conn, counter, *count)?);
+            Ok(())
+        }
         Write::PutDevice(d) => devices::put(conn, d),
         Write::DeleteDevice(id) => devices::delete(conn, id),
         Write::RenewDevice(d) => devices::renew(conn, d),
@@ -73,6 +82,7 @@ fn apply(
         Write::TouchNode { id, last_seen_ms } => nodes::touch(conn, id, *last_seen_ms),
         Write::PutCall(c) => calls::put(conn, c),
         Write::UpdateCall(u) => calls::update(conn, u),
+        Write::ExpireCall { id, at_ms } => calls::expire(conn, *id, *at_ms),
         Write::AppendEvent(e) => {
             receipt.events.push(events::append(conn, e)?);
             Ok(())
@@ -422,5 +432,13 @@ impl StateStore for SqliteStore {
 
     async fn journal_keys(&self) -> Result<Vec<String>, StoreError> {
         SqliteStore::journal_keys(self)
+    }
+
+    async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| owners::owned_by(c, owner))
+    }
+
+    async fn queued_calls(&self) -> Result<Vec<CallRow>, StoreError> {
+        self.read(calls::queued)
     }
 }

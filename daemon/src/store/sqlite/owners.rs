@@ -6,6 +6,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::store::StoreError;
 use crate::store::encode::{check_id, enc};
 
+const OWNED_BY: &str = "SELECT node, epoch FROM owners WHERE owner = ?1 ORDER BY node";
+
 fn epoch_param(epoch: u64) -> Result<i64, StoreError> {
     i64::try_from(epoch).map_err(|_| StoreError::Invalid(format!("epoch {epoch} out of range")))
 }
@@ -29,6 +31,41 @@ pub(crate) fn claim(
         .and_then(|mut s| s.query_row(params![node, owner, first, enc(at_ms)], |r| r.get(0)))
         .map_err(StoreError::db("claim a session"))?;
     u64::try_from(epoch).map_err(|_| StoreError::Corrupt(format!("epoch {epoch} of {node}")))
+}
+
+/// The first of `count` values of `counter`, never handed out before.
+pub(crate) fn reserve(conn: &Connection, counter: &str, count: u64) -> Result<u64, StoreError> {
+    let count = i64::try_from(count)
+        .ok()
+        .filter(|c| *c > 0)
+        .ok_or_else(|| StoreError::Invalid(format!("cannot reserve {count} ids")))?;
+    let last: i64 = conn
+        .prepare_cached(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
+             RETURNING value",
+        )
+        .and_then(|mut s| s.query_row(params![counter, count], |r| r.get(0)))
+        .map_err(StoreError::db("reserve ids"))?;
+    u64::try_from(last - count + 1).map_err(|_| StoreError::Corrupt(format!("counter {counter}")))
+}
+
+pub(crate) fn owned_by(conn: &Connection, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    conn.prepare_cached(OWNED_BY)
+        .and_then(|mut s| {
+            s.query_map([owner], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(StoreError::db("list owned sessions"))?
+        .into_iter()
+        .map(|(node, epoch)| {
+            u64::try_from(epoch)
+                .map(|e| (node, e))
+                .map_err(|_| StoreError::Corrupt(format!("epoch {epoch}")))
+        })
+        .collect()
 }
 
 pub(crate) fn fence(

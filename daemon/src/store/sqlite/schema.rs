@@ -134,6 +134,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         epoch INTEGER NOT NULL,
         since INTEGER NOT NULL
     );
+    CREATE INDEX calls_queued ON calls (id) WHERE state = 'queued' AND session_call IS NULL;
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
     ",
 ];
 

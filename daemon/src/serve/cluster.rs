@@ -1,0 +1,285 @@
+//! Several daemons on one shared store (PostgreSQL): who owns which node's session,
+//! journal writes fenced by that ownership, and what one daemon learns from the store
+//! about the others' work — revocations, calls queued for the nodes it holds, nodes
+//! that connected elsewhere.
+//!
+//! Nothing here is a protocol between daemons: each daemon reads and writes the store,
+//! and a short sync pass (every [`SYNC_INTERVAL`]) picks up what the others wrote. A
+//! revocation made on one daemon closes the node's connection on another within one
+//! pass.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tracing::{info, warn};
+use transport_tokio::journal::{Batch, CommitFuture, JournalError, JournalStore};
+
+use super::revocations::LiveRevocations;
+use crate::runtime::ownership::{Claimed, Ownership};
+use crate::runtime::persist::now_ms;
+use crate::runtime::{NodeInfo, Runtime};
+use crate::store::{Store, StoreError, Write};
+
+/// How often a daemon reads what the others wrote.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Call ids a daemon takes at start: its own range, never used by another daemon.
+pub const CALL_ID_BLOCK: u64 = 1 << 40;
+
+/// This daemon's ownership of node sessions in the shared store.
+pub struct Cluster {
+    pub daemon_id: String,
+    store: Arc<Store>,
+    /// Node -> the epoch this daemon owns it at.
+    owned: Mutex<HashMap<String, u64>>,
+    runtime: std::sync::OnceLock<std::sync::Weak<Runtime>>,
+    handle: tokio::runtime::Handle,
+    /// Journal writes refused because another daemon owned the node.
+    pub fenced: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("daemon_id", &self.daemon_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Ownership for `daemon_id`, starting from what the store says it owns (a
+    /// restarted daemon whose nodes no one took over keeps them without a claim).
+    pub async fn start(store: Arc<Store>, daemon_id: String) -> Result<Arc<Self>, StoreError> {
+        let owned = store.owned_by(&daemon_id).await?.into_iter().collect();
+        Ok(Arc::new(Self {
+            daemon_id,
+            store,
+            owned: Mutex::new(owned),
+            runtime: std::sync::OnceLock::new(),
+            handle: tokio::runtime::Handle::current(),
+            fenced: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    pub fn attach(&self, runtime: &Arc<Runtime>) {
+        let _ = self.runtime.set(Arc::downgrade(runtime));
+    }
+
+    fn owned(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.owned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn epoch(&self, node: &str) -> Option<u64> {
+        self.owned().get(node).copied()
+    }
+
+    /// Another daemon owns `node` now.
+    fn lost(&self, node: &str) {
+        if self.owned().remove(node).is_some()
+            && let Some(rt) = self.runtime.get().and_then(std::sync::Weak::upgrade)
+        {
+            rt.lose(node);
+        }
+    }
+
+    /// One pass: ownership lost to others, revocations, calls for the nodes held here,
+    /// nodes seen by others.
+    async fn sync(
+        &self,
+        runtime: &Runtime,
+        revocations: &LiveRevocations,
+    ) -> Result<(), StoreError> {
+        let held: HashMap<String, u64> = self
+            .store
+            .owned_by(&self.daemon_id)
+            .await?
+            .into_iter()
+            .collect();
+        let gone: Vec<String> = self
+            .owned()
+            .iter()
+            .filter(|(node, epoch)| held.get(*node) != Some(epoch))
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in gone {
+            self.lost(&node);
+        }
+
+        let fresh = revocations.absorb(self.store.revocations().await?);
+        for device in fresh {
+            info!(node = %device, "revoked by another daemon");
+            runtime.disconnect(&device, protocol_core::wire::ErrorCode::Revoked);
+        }
+
+        let now = now_ms();
+        let mut expired = Vec::new();
+        for row in self.store.queued_calls().await? {
+            if row.deadline_ms <= now {
+                // No daemon took it in time; whichever sees it first ends it.
+                expired.push(Write::ExpireCall {
+                    id: row.id,
+                    at_ms: now,
+                });
+                continue;
+            }
+            if self.epoch(&row.node).is_some()
+                && runtime.adopt_queued(crate::serve::store_adapter::queued_call(&row))
+            {
+                info!(call = row.id, node = %row.node, "call queued on another daemon taken");
+            }
+        }
+        if !expired.is_empty() {
+            self.store.write(expired).await?;
+        }
+
+        for row in self.store.nodes().await? {
+            let mine = runtime
+                .node(&row.id)
+                .is_some_and(|n| n.transport.is_some() && n.online);
+            if !mine {
+                runtime.know_node(NodeInfo {
+                    online: row.state == "online",
+                    ..crate::serve::store_adapter::node_info(&row)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs [`sync`](Self::sync) every [`SYNC_INTERVAL`].
+    pub fn spawn_sync(
+        self: &Arc<Self>,
+        runtime: Arc<Runtime>,
+        revocations: Arc<LiveRevocations>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.sync(&runtime, &revocations).await {
+                    warn!(error = %e, "reading the other daemons' work failed");
+                }
+            }
+        })
+    }
+}
+
+impl Ownership for Cluster {
+    fn owns(&self, node: &str) -> bool {
+        self.epoch(node).is_some()
+    }
+
+    fn claim(&self, node: &str) -> Result<Claimed, String> {
+        let store = self.store.clone();
+        let (owner, node_id) = (self.daemon_id.clone(), node.to_owned());
+        let claim = async move {
+            let receipt = store
+                .write(vec![Write::ClaimSession {
+                    node: node_id.clone(),
+                    owner,
+                    epoch: 0,
+                    at_ms: now_ms(),
+                }])
+                .await?;
+            let epoch = receipt.epochs.first().copied().unwrap_or(0);
+            let journal = store.load_journal(&node_id).await?;
+            let calls = store
+                .calls_for(&node_id)
+                .await?
+                .iter()
+                .filter_map(crate::serve::store_adapter::open_call)
+                .collect();
+            Ok::<_, StoreError>(Claimed {
+                epoch,
+                journal,
+                calls,
+            })
+        };
+        // The transports ask on a runtime thread; the store answers on the same
+        // runtime, so this thread steps aside while it waits.
+        let claimed = tokio::task::block_in_place(|| self.handle.block_on(claim))
+            .map_err(|e| format!("claiming node {node}: {e}"))?;
+        self.owned().insert(node.to_owned(), claimed.epoch);
+        Ok(claimed)
+    }
+}
+
+/// The journal as the transports commit it: each session's batch goes with a fence on
+/// its node's epoch, so a daemon that lost the node (paused, cut off) cannot write
+/// it again; a fenced batch closes the node's connection here.
+#[derive(Debug)]
+pub struct FencedJournal {
+    pub cluster: Arc<Cluster>,
+}
+
+impl JournalStore for FencedJournal {
+    fn commit(&self, batches: Vec<Batch>) -> CommitFuture {
+        let cluster = self.cluster.clone();
+        let pending: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
+                let node = batch.key.to_string();
+                let write = match cluster.epoch(&node) {
+                    Some(epoch) => cluster.store.write(vec![
+                        Write::Fence {
+                            node: node.clone(),
+                            owner: cluster.daemon_id.clone(),
+                            epoch,
+                        },
+                        Write::Journal(batch),
+                    ]),
+                    None => crate::store::Pending::failed(StoreError::Fenced {
+                        node: node.clone(),
+                        epoch: 0,
+                    }),
+                };
+                (node, write)
+            })
+            .collect();
+        Box::pin(async move {
+            let mut failed = None;
+            for (node, write) in pending {
+                match write.await {
+                    Ok(_) => {}
+                    Err(e @ StoreError::Fenced { .. }) => {
+                        cluster
+                            .fenced
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!(%node, error = %e, "journal write fenced");
+                        cluster.lost(&node);
+                        failed = Some(e);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                None => Ok(()),
+                Some(e) => Err(JournalError(e.to_string())),
+            }
+        })
+    }
+}
+
+/// This daemon's name among those sharing the store: as configured, else one drawn at
+/// its first start and kept in its state directory.
+pub fn daemon_id(configured: Option<&str>, state_dir: &std::path::Path) -> Result<String, String> {
+    if let Some(id) = configured {
+        return Ok(id.to_owned());
+    }
+    let path = state_dir.join("daemon-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let id = format!("ternd-{id}");
+    std::fs::write(&path, &id).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(id)
+}
