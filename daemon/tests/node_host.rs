@@ -993,6 +993,13 @@ impl Proxy {
         }
     }
 
+    /// Closes its port, then drops the connections it holds.
+    async fn close(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.cut();
+    }
+
     /// Connections accepted so far.
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -1440,8 +1447,7 @@ async fn node_host_skips_a_dead_address_and_moves_on_when_its_daemon_goes() {
 
     // The daemon behind `a` goes away: the node moves to `b` and resumes its session.
     let gone = a.addr;
-    a.cut();
-    drop(a);
+    a.close().await;
     daemon
         .expect(|ev| matches!(ev, OwnedDaemonEvent::Connected { resumed: true, .. }).then_some(()))
         .await;
