@@ -1,12 +1,17 @@
 //! The Linux node host: each capability through the registry, the identity on disk, the
 //! service files, and a node host against a daemon over loopback TCP + TLS
 //! that answers calls, streams events, survives a cut connection and a restart, and
-//! stops when revoked.
+//! stops when revoked; with several daemon addresses, it skips a dead one and moves to
+//! another when its daemon goes, both in process and as `ternd node run` against real
+//! `ternd serve` processes.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,12 +19,13 @@ use chacha20::ChaCha20Rng;
 use daemon::ca::{
     CertificateAuthority, ClientCertificate, IssuancePolicy, ServerIdentity, verify_csr,
 };
+use daemon::node_host::addrs::DaemonAddrs;
 use daemon::node_host::capabilities::{
     AWAITING_APPROVAL, ApprovalRequest, CallContext, Capability, CapabilityError, Descriptor,
     OpenUrlOptions, Opened, Prompter, Registry, RegistryError, UrlPolicy, parse_loadavg,
     parse_meminfo, parse_uptime,
 };
-use daemon::node_host::connect::{Backoff, HostError, NodeHost, NodeHostConfig, TcpDialer};
+use daemon::node_host::connect::{Backoff, Dialer, HostError, NodeHost, NodeHostConfig, TcpDialer};
 use daemon::node_host::identity::{
     CA_CERT_FILE, CLIENT_CERT_FILE, IdentityError, KEY_FILE, NodeIdentity, STATE_FILE,
 };
@@ -40,7 +46,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use transport_tokio::pairing::PairingBundle;
-use transport_tokio::tcp::{DeviceConnection, Listener, ListenerConfig, Routes};
+use transport_tokio::tcp::{Connector, DeviceConnection, Listener, ListenerConfig, Routes};
 use transport_tokio::tls::{Fingerprint, RevocationList, server_config};
 use transport_tokio::{Application, Driver, Journal, JournalStore, MemJournals, StoragePool};
 
@@ -442,7 +448,7 @@ fn paired_identity(
     let mut identity = NodeIdentity::create(dir, None).unwrap();
     let issued = issue(ca, &identity);
     identity
-        .install_pairing(&bundle(ca, &issued, server), daemon)
+        .install_pairing(&bundle(ca, &issued, server), [daemon])
         .unwrap();
     identity
 }
@@ -487,7 +493,7 @@ fn identity_is_created_paired_saved_and_loaded_back() {
         .issue_client(&csr, "node-assigned", now_ms(), &mut rng())
         .unwrap();
     identity
-        .install_pairing(&bundle(&ca, &issued, &server), "127.0.0.1:7443")
+        .install_pairing(&bundle(&ca, &issued, &server), ["127.0.0.1:7443"])
         .unwrap();
     assert_eq!(identity.device_id(), "node-assigned");
 
@@ -495,7 +501,7 @@ fn identity_is_created_paired_saved_and_loaded_back() {
     assert_eq!(loaded.device_id(), "node-assigned");
     let paired = loaded.paired().unwrap();
     assert_eq!(paired, identity.paired().unwrap());
-    assert_eq!(paired.daemon, "127.0.0.1:7443");
+    assert_eq!(paired.daemons, ["127.0.0.1:7443"]);
     assert_eq!(paired.server_fingerprint.0, server.fingerprint.0);
     assert_eq!(paired.client_cert_der, issued.der);
     assert_eq!(paired.ca_cert_der, ca.certificate_der());
@@ -612,7 +618,7 @@ fn pairing_and_renewal_take_only_certificates_that_fit() {
     let mut b = bundle(&ca, &theirs, &server);
     b.device_id = identity.device_id().to_owned();
     assert!(matches!(
-        identity.install_pairing(&b, "x:1"),
+        identity.install_pairing(&b, ["x:1"]),
         Err(IdentityError::CertificateMismatch(_))
     ));
     // Ours, but the bundle names another CA, or another device.
@@ -620,20 +626,20 @@ fn pairing_and_renewal_take_only_certificates_that_fit() {
     let mut b = bundle(&ca, &ours, &server);
     b.ca_cert = test_ca().certificate_der().to_vec();
     assert!(matches!(
-        identity.install_pairing(&b, "x:1"),
+        identity.install_pairing(&b, ["x:1"]),
         Err(IdentityError::CertificateMismatch(_))
     ));
     let mut b = bundle(&ca, &ours, &server);
     b.device_id = "node-other".into();
     assert!(matches!(
-        identity.install_pairing(&b, "x:1"),
+        identity.install_pairing(&b, ["x:1"]),
         Err(IdentityError::CertificateMismatch(_))
     ));
     assert!(identity.paired().is_none());
     assert!(!dir.path().join(CLIENT_CERT_FILE).exists());
 
     identity
-        .install_pairing(&bundle(&ca, &ours, &server), "x:1")
+        .install_pairing(&bundle(&ca, &ours, &server), ["x:1"])
         .unwrap();
     let not_after = identity.paired().unwrap().not_after;
     let now = SystemTime::now();
@@ -664,13 +670,125 @@ fn pairing_and_renewal_take_only_certificates_that_fit() {
     assert!(loaded.paired().unwrap().not_after >= not_after);
 }
 
+#[test]
+fn the_daemon_addresses_are_a_list_and_old_files_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = test_ca();
+    let server = ca
+        .issue_server(&["127.0.0.1".into()], now_ms(), &mut rng())
+        .unwrap();
+    let mut identity = NodeIdentity::create(dir.path(), None).unwrap();
+    let issued = issue(&ca, &identity);
+    let b = bundle(&ca, &issued, &server);
+
+    // Not an address, or none at all: refused, nothing written.
+    for bad in [&["a.example:7443", "b.example"][..], &[], &["a:1,,b:2"]] {
+        assert!(
+            matches!(
+                identity.install_pairing(&b, bad),
+                Err(IdentityError::BadDaemons(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(identity.paired().is_none());
+
+    // Repeated and comma-separated entries make one list, each address once.
+    identity
+        .install_pairing(
+            &b,
+            ["a.example:7443, [::1]:7443", "a.example:7443", "10.0.0.9:1"],
+        )
+        .unwrap();
+    let list = ["a.example:7443", "[::1]:7443", "10.0.0.9:1"];
+    assert_eq!(identity.paired().unwrap().daemons, list);
+    let state = dir.path().join(STATE_FILE);
+    let written: toml::Value = toml::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let paired = written["paired"].as_table().unwrap();
+    assert!(!paired.contains_key("daemon"), "{paired:?}");
+    assert_eq!(
+        paired["daemons"].as_array().unwrap(),
+        &list.map(|a| toml::Value::String(a.into()))
+    );
+    assert_eq!(
+        NodeIdentity::load(dir.path())
+            .unwrap()
+            .paired()
+            .unwrap()
+            .daemons,
+        list
+    );
+
+    // Given other addresses later, it keeps them; the same ones change nothing.
+    assert!(identity.set_daemons(["b.example:7443"]).unwrap());
+    assert!(!identity.set_daemons(["b.example:7443"]).unwrap());
+    assert!(identity.set_daemons(Vec::<String>::new()).is_err());
+    assert_eq!(
+        NodeIdentity::load(dir.path())
+            .unwrap()
+            .paired()
+            .unwrap()
+            .daemons,
+        ["b.example:7443"]
+    );
+
+    // A file written before the list: one `daemon`.
+    let fp = written["paired"]["server_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let device = identity.device_id().to_owned();
+    let old = format!(
+        "device_id = \"{device}\"\n\n[paired]\ndaemon = \"old.example:7443\"\nserver_fingerprint = \"{fp}\"\n"
+    );
+    std::fs::write(&state, &old).unwrap();
+    let mut loaded = NodeIdentity::load(dir.path()).unwrap();
+    assert_eq!(loaded.paired().unwrap().daemons, ["old.example:7443"]);
+    assert_eq!(
+        loaded.paired().unwrap().server_fingerprint.0,
+        server.fingerprint.0
+    );
+    // Rewritten in the new form once its addresses change.
+    assert!(
+        loaded
+            .set_daemons(["old.example:7443", "new.example:7443"])
+            .unwrap()
+    );
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains("daemons = ["), "{text}");
+    assert!(!text.contains("daemon ="), "{text}");
+    // Both forms in one file: the single one first, each address once.
+    std::fs::write(
+        &state,
+        old.replace(
+            "daemon = ",
+            "daemons = [\"x.example:1\", \"old.example:7443\"]\ndaemon = ",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        NodeIdentity::load(dir.path())
+            .unwrap()
+            .paired()
+            .unwrap()
+            .daemons,
+        ["old.example:7443", "x.example:1"]
+    );
+    // A pairing with no address at all does not load.
+    std::fs::write(&state, old.replace("daemon = \"old.example:7443\"\n", "")).unwrap();
+    assert!(matches!(
+        NodeIdentity::load(dir.path()),
+        Err(IdentityError::Corrupt { .. })
+    ));
+}
+
 // ----- service -----
 
 #[test]
 fn install_writes_the_config_and_the_unit() {
     let dir = tempfile::tempdir().unwrap();
     let config = NodeConfigFile {
-        daemon: "ternd.example:7443".into(),
+        daemons: vec!["ternd.example:7443".into(), "[2001:db8::1]:7443".into()],
         state_dir: "/var/lib/tern node".into(),
         url_policy: UrlPolicy::Prompt,
         opener: None,
@@ -708,11 +826,58 @@ fn install_writes_the_config_and_the_unit() {
         ),
         Err(ServiceError::BadPath(_))
     ));
+    assert!(
+        text.contains("daemons = [\"ternd.example:7443\", \"[2001:db8::1]:7443\"]"),
+        "{text}"
+    );
     std::fs::write(&options.config_path, "daemon = 1").unwrap();
     assert!(matches!(
         NodeConfigFile::load(&options.config_path),
         Err(ServiceError::BadConfig { .. })
     ));
+}
+
+#[test]
+fn the_config_file_takes_one_address_or_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    let load = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        NodeConfigFile::load(&path)
+    };
+    // The form `ternd node install` wrote before the list.
+    let old = load("daemon = \"a.example:7443\"\nstate_dir = \"/var/lib/tern\"\n").unwrap();
+    assert_eq!(old.daemons, ["a.example:7443"]);
+    assert_eq!(old.state_dir, Path::new("/var/lib/tern"));
+    let list =
+        load("daemons = [\"a.example:7443\", \"b.example:7443,[::1]:7443\"]\nstate_dir = \"/s\"\n")
+            .unwrap();
+    assert_eq!(
+        list.daemons,
+        ["a.example:7443", "b.example:7443", "[::1]:7443"]
+    );
+    let both = load(
+        "daemon = \"a.example:7443\"\ndaemons = [\"b.example:7443\", \"a.example:7443\"]\nstate_dir = \"/s\"\n",
+    )
+    .unwrap();
+    assert_eq!(both.daemons, ["a.example:7443", "b.example:7443"]);
+    // None: the node uses the addresses it kept at pairing.
+    assert!(load("state_dir = \"/s\"\n").unwrap().daemons.is_empty());
+    for bad in [
+        "daemons = [\"a.example\"]\nstate_dir = \"/s\"\n",
+        "daemons = [\"a:1,\"]\nstate_dir = \"/s\"\n",
+        "daemon = \"::1:7443\"\nstate_dir = \"/s\"\n",
+        "daemons = \"a:1\"\nstate_dir = \"/s\"\n",
+        "daemonz = [\"a:1\"]\nstate_dir = \"/s\"\n",
+    ] {
+        assert!(
+            matches!(load(bad), Err(ServiceError::BadConfig { .. })),
+            "{bad}"
+        );
+    }
+    // Saved and read back the same.
+    list.save(&path).unwrap();
+    assert_eq!(NodeConfigFile::load(&path).unwrap(), list);
 }
 
 #[test]
@@ -771,23 +936,42 @@ impl Application<DaemonSession<Box<[u8]>>> for DaemonApp {
     }
 }
 
-/// Forwards TCP connections to `target` until told to cut them all.
+/// Forwards TCP connections to `target` until told to cut them all; closes its port
+/// when dropped.
 struct Proxy {
     addr: SocketAddr,
     cut: watch::Sender<u64>,
+    accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl Proxy {
     async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), target).await
+    }
+
+    /// A proxy on `at` (a port another proxy left, once it is free again).
+    async fn start_at(at: SocketAddr, target: SocketAddr) -> Self {
+        let listener = tokio::time::timeout(WAIT, async {
+            loop {
+                match TcpListener::bind(at).await {
+                    Ok(l) => return l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .expect("the port is free again");
         let addr = listener.local_addr().unwrap();
         let (cut, cut_rx) = watch::channel(0u64);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                count.fetch_add(1, Ordering::SeqCst);
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.mark_unchanged();
                 tokio::spawn(async move {
@@ -801,7 +985,24 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, cut, task }
+        Self {
+            addr,
+            cut,
+            accepted,
+            task,
+        }
+    }
+
+    /// Closes its port, then drops the connections it holds.
+    async fn close(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.cut();
+    }
+
+    /// Connections accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Drops every connection open now (both sides see the stream end).
@@ -822,6 +1023,8 @@ struct TestDaemon {
     ca: CertificateAuthority,
     server: ServerIdentity,
     revocation: Arc<RevocationList>,
+    /// The listener itself, for more proxies in front of it.
+    listening: SocketAddr,
     proxy: Proxy,
     events: mpsc::UnboundedReceiver<OwnedDaemonEvent>,
     calls: mpsc::Sender<DaemonCmd>,
@@ -857,7 +1060,8 @@ impl TestDaemon {
         )
         .await
         .unwrap();
-        let proxy = Proxy::start(listener.local_addr().unwrap()).await;
+        let listening = listener.local_addr().unwrap();
+        let proxy = Proxy::start(listening).await;
         let (nodes_tx, mut nodes_rx) = mpsc::channel::<DeviceConnection>(8);
         let routes = Routes {
             nodes: nodes_tx,
@@ -888,6 +1092,7 @@ impl TestDaemon {
             ca,
             server,
             revocation,
+            listening,
             proxy,
             events,
             calls,
@@ -958,6 +1163,18 @@ fn start_host(
     store: &MemJournals,
     tweak: impl FnOnce(&mut NodeHostConfig),
 ) -> (NodeHandle, JoinHandle<Result<(), HostError>>) {
+    let dialer = Arc::new(TcpDialer::from_identity(identity).unwrap());
+    start_host_with(identity, registry, store, dialer, tweak)
+}
+
+/// Starts a node host for `identity` that dials with `dialer`.
+fn start_host_with(
+    identity: &NodeIdentity,
+    registry: Registry,
+    store: &MemJournals,
+    dialer: Arc<dyn Dialer>,
+    tweak: impl FnOnce(&mut NodeHostConfig),
+) -> (NodeHandle, JoinHandle<Result<(), HostError>>) {
     let mut config = NodeHostConfig::new(identity.device_id());
     config.backoff = Backoff {
         initial_ms: 20,
@@ -967,7 +1184,6 @@ fn start_host(
     config.heartbeat = None;
     tweak(&mut config);
     let restored = store.journal(&config.journal_key);
-    let dialer = Arc::new(TcpDialer::from_identity(identity).unwrap());
     let (host, handle) = NodeHost::new(
         config,
         Arc::new(registry),
@@ -1179,7 +1395,7 @@ async fn revoked_node_host_stops_instead_of_retrying() {
     let mut b = bundle(&daemon.ca, &issued, &daemon.server);
     b.server_fingerprint = Fingerprint([7; 32]);
     wrong
-        .install_pairing(&b, &daemon.proxy.addr.to_string())
+        .install_pairing(&b, [daemon.proxy.addr.to_string()])
         .unwrap();
     let (_handle, task) = start_host(
         &wrong,
@@ -1188,6 +1404,69 @@ async fn revoked_node_host_stops_instead_of_retrying() {
         |_| {},
     );
     assert!(matches!(ended(task).await, Err(HostError::PinMismatch)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_host_skips_a_dead_address_and_moves_on_when_its_daemon_goes() {
+    let mut daemon = TestDaemon::start().await;
+    // Two ways to the daemon, and a port nothing listens on.
+    let a = Proxy::start(daemon.listening).await;
+    let b = Proxy::start(daemon.listening).await;
+    let dead = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = NodeIdentity::create(dir.path(), None).unwrap();
+    let issued = issue(&daemon.ca, &identity);
+    identity
+        .install_pairing(
+            &bundle(&daemon.ca, &issued, &daemon.server),
+            [dead, a.addr, b.addr].map(|x| x.to_string()),
+        )
+        .unwrap();
+    // In the order listed, so the dead one is tried first.
+    let addrs =
+        Arc::new(DaemonAddrs::new(identity.paired().unwrap().daemons.clone()).in_listed_order());
+    let dialer = TcpDialer::new(
+        Connector::new(identity.client_config().unwrap()),
+        addrs.clone(),
+    );
+    let store = MemJournals::new();
+    let (handle, task) = start_host_with(
+        &identity,
+        Registry::builtin(OpenUrlOptions::default()),
+        &store,
+        Arc::new(dialer),
+        |_| {},
+    );
+    daemon
+        .expect(|ev| matches!(ev, OwnedDaemonEvent::Register { .. }).then_some(()))
+        .await;
+    assert_eq!(addrs.preferred(), Some(a.addr));
+    assert_eq!((a.accepted(), b.accepted()), (1, 0));
+    assert_eq!(daemon.success("echo", b"[1]").await, b"[1]");
+    let session = handle.status().borrow().session.unwrap();
+
+    // The daemon behind `a` goes away: the node moves to `b` and resumes its session.
+    let gone = a.addr;
+    a.close().await;
+    daemon
+        .expect(|ev| matches!(ev, OwnedDaemonEvent::Connected { resumed: true, .. }).then_some(()))
+        .await;
+    assert_eq!(addrs.preferred(), Some(b.addr));
+    assert_eq!(b.accepted(), 1);
+    assert_eq!(daemon.success("echo", b"[2]").await, b"[2]");
+    assert_eq!(handle.status().borrow().session, Some(session));
+
+    // `a` comes back, and `b`'s connection drops: the node stays on `b`, which answers.
+    let a = Proxy::start_at(gone, daemon.listening).await;
+    b.cut();
+    daemon
+        .expect(|ev| matches!(ev, OwnedDaemonEvent::Connected { resumed: true, .. }).then_some(()))
+        .await;
+    assert_eq!((a.accepted(), b.accepted()), (0, 2));
+    assert_eq!(addrs.preferred(), Some(b.addr));
+    assert_eq!(daemon.success("echo", b"[3]").await, b"[3]");
+    handle.shutdown();
+    ended(task).await.unwrap();
 }
 
 /// Runs until cancelled; says when it was stopped.
@@ -1359,4 +1638,104 @@ fn capability_inputs_are_checked_without_acting() {
         [0x30, 0x03, 0x02, 0x01, 0x00]
     );
     assert!(renewed_certificate(br#"{"cert":"zz"}"#).is_err());
+}
+
+// ----- several daemons, through `ternd node run` -----
+
+/// Runs `ternd call NODE echo` against `d` and returns what it printed; the call waits
+/// for the node to be connected to `d`.
+fn echo_through(d: &common::Daemon, id: &str, input: &str) -> String {
+    let out = d.cli(&["call", id, "echo", "--input", input, "--timeout", "60s"]);
+    assert!(
+        out.status.success(),
+        "call through the daemon on port {}: {}",
+        d.port,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The addresses `node.toml` keeps.
+fn kept_daemons(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    v["paired"]["daemons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn ternd_node_run_given_a_dead_address_and_a_live_one_connects() {
+    let tmp = common::scratch();
+    let d = common::Daemon::start(&tmp.path().join("daemon"));
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let live = format!("127.0.0.1:{}", d.port);
+    let uri = d.pair_uri(&[]);
+    let dir = tmp.path().join("node");
+    let list = format!("{dead},{live}");
+    let n = common::node(&dir, Some(&uri), &["--daemon", &list]);
+    let id = common::node_id(&dir);
+    common::online(&d, &id);
+    assert!(echo_through(&d, &id, r#"{"x":1}"#).contains(r#"{"x":1}"#));
+    assert_eq!(kept_daemons(&dir), [dead.clone(), live.clone()]);
+
+    // Started again with no address, it dials the ones it kept; over TCP + TLS too.
+    n.kill9();
+    let _n = common::node(&dir, None, &["--tcp-only"]);
+    assert!(echo_through(&d, &id, r#"{"x":2}"#).contains(r#"{"x":2}"#));
+    assert_eq!(kept_daemons(&dir), [dead, live]);
+}
+
+/// Copies the regular files of `from` (a stopped daemon's store) into a new `to`.
+fn copy_state(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn ternd_node_run_moves_to_another_daemon_when_its_own_goes() {
+    let tmp = common::scratch();
+    let dir_a = tmp.path().join("a");
+    let mut a = common::Daemon::start(&dir_a);
+    let port_b = common::free_port();
+    let uri = a.pair_uri(&[]);
+    let dir = tmp.path().join("node");
+    let addr_a = format!("127.0.0.1:{}", a.port);
+    let addr_b = format!("127.0.0.1:{port_b}");
+    // Repeated --daemon; paired through `a` (the URI's address).
+    let _n = common::node(
+        &dir,
+        Some(&uri),
+        &["--daemon", &addr_a, "--daemon", &addr_b],
+    );
+    let id = common::node_id(&dir);
+    common::online(&a, &id);
+    assert!(echo_through(&a, &id, r#""a""#).contains(r#""a""#));
+
+    // `a` dies; `b` starts over a copy of its store: the same CA, server certificate and
+    // nodes, as daemons sharing one store have.
+    a.kill9();
+    let dir_b = tmp.path().join("b");
+    copy_state(&dir_a, &dir_b);
+    let mut b = common::Daemon {
+        dir: dir_b,
+        port: port_b,
+        proc: None,
+        extra: Vec::new(),
+        env: Vec::new(),
+    };
+    b.restart();
+    // The node finds `a` gone and `b` answering, without pairing again.
+    assert!(echo_through(&b, &id, r#""b""#).contains(r#""b""#));
+    assert_eq!(b.node_state(&id), "online");
+    assert_eq!(kept_daemons(&dir), [addr_a, addr_b]);
 }

@@ -12,10 +12,11 @@ use clap::Args;
 use protocol_core::pairing::PairingCode;
 use rand_core::SeedableRng;
 use transport_tokio::JournalStore;
-use transport_tokio::pairing::{PairError, PairOptions, pair_uri, pair_with};
+use transport_tokio::pairing::{PairError, PairOptions, PairingBundle, pair_uri, pair_with};
 
 use super::NodeCommand;
 use super::exit::{self, Exit};
+use crate::node_host::addrs::{DaemonAddrs, check_addr, parse_addrs};
 use crate::node_host::capabilities::{
     ApprovalRequest, OpenUrlOptions, Prompter, Registry, UrlPolicy,
 };
@@ -30,10 +31,23 @@ use crate::store::SqliteStore;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The daemon's address (host:port). Needed to pair; afterwards the paired address
-    /// is used unless this is given.
-    #[arg(long, env = "TERN_DAEMON")]
-    pub daemon: Option<String>,
+    /// A daemon's address, host:port ([IPv6]:port); repeat the flag or separate
+    /// addresses with commas for several daemons sharing one store, CA and certificate.
+    ///
+    /// A name may resolve to several addresses. The node tries them all, from a random
+    /// one, stays on the one that answers and moves on to the others when it fails;
+    /// after a round in which none answered it waits (500 ms doubling to 30 s, with
+    /// jitter). With --code, needed, and tried in turn until one answers; with --uri, the
+    /// URI's address pairs and these are kept instead of it. The node keeps the
+    /// addresses it was last given in its state directory and uses them when none is
+    /// given.
+    #[arg(
+        long,
+        env = "TERN_DAEMON",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub daemon: Vec<String>,
     /// A pairing code (IIII-SSSS-SSSS), for the first run.
     #[arg(long, env = "TERN_CODE", conflicts_with = "uri")]
     pub code: Option<String>,
@@ -110,7 +124,8 @@ fn service(action: ServiceAction) -> Result<(), Exit> {
 /// Settings of one run, from the config file then the flags.
 struct Resolved {
     state_dir: PathBuf,
-    daemon: Option<String>,
+    /// The daemon's addresses given (flags, else the config file); may be empty.
+    daemons: Vec<String>,
     policy: UrlPolicy,
     opener: Option<Vec<String>>,
     heartbeat: Option<Duration>,
@@ -141,12 +156,14 @@ fn resolve(args: &RunArgs) -> Result<Resolved, Exit> {
         .as_ref()
         .and_then(|f| f.heartbeat_secs)
         .unwrap_or(args.health_every);
+    let daemons = parse_addrs(&args.daemon).map_err(|e| Exit::usage(format!("--daemon: {e}")))?;
+    let daemons = match &file {
+        Some(f) if daemons.is_empty() => f.daemons.clone(),
+        _ => daemons,
+    };
     Ok(Resolved {
         state_dir,
-        daemon: args
-            .daemon
-            .clone()
-            .or_else(|| file.as_ref().map(|f| f.daemon.clone())),
+        daemons,
         policy,
         opener: file.and_then(|f| f.opener),
         heartbeat: (every > 0).then(|| Duration::from_secs(every)),
@@ -189,7 +206,52 @@ async fn wait_out_limit(retry_after: Duration) {
     tokio::time::sleep(wait).await;
 }
 
-/// Pairs the identity in `state_dir` if it is not paired yet.
+/// Pairs with `code` at the first of `daemons` that answers (a name's addresses in
+/// turn); says which.
+async fn pair_code(
+    options: &PairOptions,
+    daemons: &[String],
+    code: &PairingCode,
+    csr: &[u8],
+    rng: &mut ChaCha20Rng,
+) -> Result<(PairingBundle, String), Exit> {
+    let mut unreachable = Vec::new();
+    for daemon in daemons {
+        let addrs = match tokio::net::lookup_host(daemon.as_str()).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                unreachable.push(format!("cannot resolve {daemon}: {e}"));
+                continue;
+            }
+        };
+        for addr in addrs {
+            loop {
+                match pair_with(options, addr, code, csr, None, rng).await {
+                    Err(PairError::RateLimited { retry_after }) => {
+                        wait_out_limit(retry_after).await
+                    }
+                    // Nothing reached the daemon: the code is not spent, try the next.
+                    Err(PairError::Unreachable(e)) => {
+                        unreachable.push(format!("{daemon} ({addr}): {e}"));
+                        break;
+                    }
+                    Err(e) => return Err(pair_exit(&e)),
+                    Ok(bundle) => return Ok((bundle, daemon.clone())),
+                }
+            }
+        }
+    }
+    Err(Exit::new(
+        exit::NOT_RUNNING,
+        format!(
+            "pairing failed: no daemon answered: {}",
+            unreachable.join("; ")
+        ),
+    ))
+}
+
+/// Pairs the identity in `state_dir` if it is not paired yet; keeps the daemon addresses
+/// given, if any, in a paired one.
 async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdentity, Exit> {
     let mut identity = NodeIdentity::load_or_create(&resolved.state_dir, None).map_err(|e| {
         Exit::failure(format!(
@@ -198,6 +260,13 @@ async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdenti
         ))
     })?;
     if identity.paired().is_some() {
+        if !resolved.daemons.is_empty()
+            && identity
+                .set_daemons(&resolved.daemons)
+                .map_err(|e| Exit::failure(format!("saving the daemon addresses: {e}")))?
+        {
+            eprintln!("daemon addresses now {}", resolved.daemons.join(", "));
+        }
         return Ok(identity);
     }
     let csr = identity
@@ -210,14 +279,18 @@ async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdenti
         })),
         ..PairOptions::default()
     };
-    let (bundle, daemon) = match (&args.uri, &args.code) {
+    let (bundle, paired_at, daemons) = match (&args.uri, &args.code) {
         (Some(uri), _) => {
             let parsed = protocol_core::pairing::PairingUri::parse(uri)
                 .map_err(|e| Exit::usage(format!("bad pairing URI: {e:?}")))?;
-            let daemon = resolved
-                .daemon
-                .clone()
-                .unwrap_or_else(|| parsed.addr.to_owned());
+            let daemons = if resolved.daemons.is_empty() {
+                // Checked before the code is spent on a pairing that could not be kept.
+                check_addr(parsed.addr)
+                    .map_err(|e| Exit::usage(format!("the pairing URI's address: {e}")))?;
+                vec![parsed.addr.to_owned()]
+            } else {
+                resolved.daemons.clone()
+            };
             let bundle = loop {
                 match pair_uri(&options, uri, &csr, &mut rng).await {
                     Err(PairError::RateLimited { retry_after }) => {
@@ -226,29 +299,17 @@ async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdenti
                     other => break other.map_err(|e| pair_exit(&e))?,
                 }
             };
-            (bundle, daemon)
+            (bundle, parsed.addr.to_owned(), daemons)
         }
         (None, Some(code)) => {
-            let daemon = resolved
-                .daemon
-                .clone()
-                .ok_or_else(|| Exit::usage("--code needs --daemon ADDR"))?;
+            if resolved.daemons.is_empty() {
+                return Err(Exit::usage("--code needs --daemon ADDR"));
+            }
             let code = PairingCode::parse(code)
                 .map_err(|e| Exit::usage(format!("bad pairing code: {e:?}")))?;
-            let addr = tokio::net::lookup_host(&daemon)
-                .await
-                .map_err(|e| Exit::new(exit::NOT_RUNNING, format!("cannot resolve {daemon}: {e}")))?
-                .next()
-                .ok_or_else(|| Exit::new(exit::NOT_RUNNING, format!("{daemon} has no address")))?;
-            let bundle = loop {
-                match pair_with(&options, addr, &code, &csr, None, &mut rng).await {
-                    Err(PairError::RateLimited { retry_after }) => {
-                        wait_out_limit(retry_after).await
-                    }
-                    other => break other.map_err(|e| pair_exit(&e))?,
-                }
-            };
-            (bundle, daemon)
+            let (bundle, at) =
+                pair_code(&options, &resolved.daemons, &code, &csr, &mut rng).await?;
+            (bundle, at, resolved.daemons.clone())
         }
         (None, None) => {
             return Err(Exit::usage(
@@ -257,11 +318,12 @@ async fn ensure_paired(args: &RunArgs, resolved: &Resolved) -> Result<NodeIdenti
         }
     };
     identity
-        .install_pairing(&bundle, &daemon)
+        .install_pairing(&bundle, &daemons)
         .map_err(|e| Exit::failure(format!("saving the pairing: {e}")))?;
     eprintln!(
-        "paired as {} with the daemon at {daemon}",
-        identity.device_id()
+        "paired as {} with the daemon at {paired_at}; daemon addresses {}",
+        identity.device_id(),
+        daemons.join(", ")
     );
     Ok(identity)
 }
@@ -316,10 +378,14 @@ async fn run_host(args: RunArgs) -> Result<(), Exit> {
     if let Some(opener) = resolved.opener {
         options.opener = opener;
     }
-    let daemon = identity
+    let names = identity
         .paired()
-        .map(|p| p.daemon.clone())
+        .map(|p| p.daemons.clone())
         .unwrap_or_default();
+    let shown = names.join(",");
+    // One list for both transports: the address that answered over one is tried first
+    // over the other too.
+    let daemons = Arc::new(DaemonAddrs::new(names));
     let device_id = identity.device_id().to_owned();
     let tls = TlsSource::new(
         identity
@@ -332,20 +398,20 @@ async fn run_host(args: RunArgs) -> Result<(), Exit> {
         .add(InstallCertificate::new(identity.clone(), tls.clone()))
         .map_err(|e| Exit::failure(e.to_string()))?;
     let registry = Arc::new(registry);
-    // QUIC first, at the daemon's address (UDP, same port); TCP + TLS where allowed.
+    // QUIC first, at the daemon's addresses (UDP, same port); TCP + TLS where allowed.
     if !args.tcp_only {
         config.quic = Some(QuicTarget {
-            daemon: daemon.clone(),
+            daemons: daemons.clone(),
             tls: tls.clone(),
         });
     }
     let mut dialers: Vec<Arc<dyn Dialer>> = Vec::new();
     if !args.quic_only {
-        dialers.push(Arc::new(TcpDialer::from_source(tls, &daemon)));
+        dialers.push(Arc::new(TcpDialer::from_source(tls, daemons)));
     }
     let journal: Arc<dyn JournalStore> = store;
     let (host, handle) = NodeHost::new(config, registry, dialers, journal, restored);
-    tracing::info!(node = %device_id, %daemon, "node host running");
+    tracing::info!(node = %device_id, daemons = %shown, "node host running");
     tokio::spawn(renew_when_due(
         identity,
         handle.clone(),
@@ -370,12 +436,12 @@ async fn run_host(args: RunArgs) -> Result<(), Exit> {
 async fn install_host(args: InstallArgs) -> Result<(), Exit> {
     let resolved = resolve(&args.run)?;
     let identity = ensure_paired(&args.run, &resolved).await?;
-    let daemon = identity
+    let daemons = identity
         .paired()
-        .map(|p| p.daemon.clone())
+        .map(|p| p.daemons.clone())
         .ok_or_else(|| Exit::failure("the node is not paired"))?;
     let config = NodeConfigFile {
-        daemon,
+        daemons,
         state_dir: absolute(&resolved.state_dir)?,
         url_policy: if resolved.policy == UrlPolicy::Prompt {
             // A service has no terminal to ask on.
@@ -403,4 +469,71 @@ fn absolute(path: &Path) -> Result<PathBuf, Exit> {
     std::env::current_dir()
         .map(|d| d.join(path))
         .map_err(|e| Exit::failure(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Run {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(given: &[&str]) -> RunArgs {
+        let all = ["run", "--node-state-dir", "/nonexistent/state"]
+            .iter()
+            .chain(given)
+            .copied();
+        Run::try_parse_from(all).unwrap().run
+    }
+
+    #[test]
+    fn daemon_addresses_repeat_split_on_commas_and_are_checked() {
+        let run = args(&[
+            "--daemon",
+            "a.example:7443,b.example:7443",
+            "--daemon",
+            "[::1]:7443",
+            "--daemon",
+            "a.example:7443",
+        ]);
+        let resolved = resolve(&run).map_err(|e| e.message).unwrap();
+        assert_eq!(
+            resolved.daemons,
+            ["a.example:7443", "b.example:7443", "[::1]:7443"]
+        );
+        assert!(resolve(&args(&[])).is_ok_and(|r| r.daemons.is_empty()));
+        for bad in ["a.example", "a.example:7443,", "::1:7443", "a.example:0"] {
+            let e = resolve(&args(&["--daemon", bad])).err();
+            assert_eq!(e.map(|e| e.code), Some(exit::USAGE), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_config_files_addresses_unless_flags_name_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let text = "daemons = [\"a.example:7443\", \"b.example:7443\"]\nstate_dir = \"/s\"\n";
+        std::fs::write(&path, text).unwrap();
+        let config = path.to_str().unwrap();
+        let daemons = |given: &[&str]| {
+            resolve(&args(given))
+                .map(|r| r.daemons)
+                .map_err(|e| e.message)
+        };
+        assert_eq!(
+            daemons(&["--config", config]),
+            Ok(vec![
+                "a.example:7443".to_owned(),
+                "b.example:7443".to_owned()
+            ])
+        );
+        assert_eq!(
+            daemons(&["--config", config, "--daemon", "c.example:7443"]),
+            Ok(vec!["c.example:7443".to_owned()])
+        );
+    }
 }

@@ -2,11 +2,13 @@
 //!
 //! One journaled `NodeSession` lives for the whole run (restored from the journal the
 //! store held at start) and is driven over one connection after another: dial (each
-//! [`Dialer`] in turn, QUIC first where one is configured, TCP + TLS where allowed), run
-//! the driver until the connection ends, wait an exponential backoff with full jitter
-//! (started over once a session came up), dial again and resume the same session. A refusal that will not heal (the node was
-//! revoked, its identity is refused, the daemon is not the pinned one, no common
-//! protocol version) ends the loop with a typed [`HostError`] instead.
+//! [`Dialer`] in turn, QUIC first where one is configured, TCP + TLS where allowed; each
+//! tries every address of the daemon, see [`super::addrs`]), run the driver until the
+//! connection ends, wait an exponential backoff with full jitter (started over once a
+//! session came up) after a round in which no address answered, dial again and resume
+//! the same session. A refusal that will not heal (the node was revoked, its identity is
+//! refused, the daemon is not the pinned one, no common protocol version) ends the loop
+//! with a typed [`HostError`] instead.
 
 use std::fmt;
 use std::future::Future;
@@ -28,6 +30,7 @@ use transport_tokio::host::TransportKind;
 use transport_tokio::tcp::Connector;
 use transport_tokio::{Driver, Ended, Journal, JournalStore, StoragePool};
 
+use super::addrs::DaemonAddrs;
 use super::capabilities::{Registry, read_health};
 use super::identity::{IdentityError, NodeIdentity};
 use super::runtime::{HostApp, HostSession, NodeHandle};
@@ -52,41 +55,42 @@ pub trait Dialer: Send + Sync {
     fn dial(&self) -> DialFuture<'_>;
 }
 
-/// TCP + TLS to `host:port`, resolved at every dial.
+/// TCP + TLS to the daemon's addresses, resolved at every dial and tried in the order
+/// [`DaemonAddrs::round`] gives; the one that answers is tried first from then on.
 #[derive(Debug, Clone)]
 pub struct TcpDialer {
     connector: Connector,
     /// When set, the TLS configuration is read from here at every dial (it changes
     /// when a renewed certificate is installed).
     source: Option<super::renewal::TlsSource>,
-    daemon: String,
+    daemons: Arc<DaemonAddrs>,
 }
 
 impl TcpDialer {
-    pub fn new(connector: Connector, daemon: &str) -> Self {
+    pub fn new(connector: Connector, daemons: Arc<DaemonAddrs>) -> Self {
         Self {
             connector,
             source: None,
-            daemon: daemon.to_owned(),
+            daemons,
         }
     }
 
     /// Dials with whatever configuration `source` holds at the time.
-    pub fn from_source(source: super::renewal::TlsSource, daemon: &str) -> Self {
+    pub fn from_source(source: super::renewal::TlsSource, daemons: Arc<DaemonAddrs>) -> Self {
         Self {
             connector: Connector::new(source.get()),
             source: Some(source),
-            daemon: daemon.to_owned(),
+            daemons,
         }
     }
 
     /// The dialer a paired identity describes: its certificate, the pinned daemon and
-    /// its address.
+    /// its addresses.
     pub fn from_identity(identity: &NodeIdentity) -> Result<Self, IdentityError> {
         let paired = identity.paired().ok_or(IdentityError::NotPaired)?;
         Ok(Self::new(
             Connector::new(identity.client_config()?),
-            &paired.daemon,
+            Arc::new(DaemonAddrs::new(paired.daemons.clone())),
         ))
     }
 }
@@ -98,22 +102,26 @@ impl Dialer for TcpDialer {
 
     fn dial(&self) -> DialFuture<'_> {
         Box::pin(async move {
-            let mut last = io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} resolves to no address", self.daemon),
-            );
             let connector = match &self.source {
                 Some(source) => Connector::new(source.get()),
                 None => self.connector.clone(),
             };
-            for addr in tokio::net::lookup_host(self.daemon.as_str()).await? {
+            let mut last = None;
+            for addr in self.daemons.round().await? {
                 match connector.connect(addr).await {
-                    Ok(stream) => return Ok(Box::new(stream) as Stream),
+                    Ok(stream) => {
+                        self.daemons.answered(addr);
+                        tracing::info!(%addr, "connected over TCP + TLS");
+                        return Ok(Box::new(stream) as Stream);
+                    }
                     Err(e) if fatal_io(&e).is_some() => return Err(e),
-                    Err(e) => last = e,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "TCP + TLS dial failed");
+                        last = Some(e);
+                    }
                 }
             }
-            Err(last)
+            Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)))
         })
     }
 }

@@ -2,20 +2,25 @@
 //!
 //! A node generates its own P-256 key once and never lets it leave the directory; it
 //! sends a CSR at pairing and keeps what pairing hands back (its client certificate, the
-//! CA certificate, the daemon's pinned fingerprint) next to the daemon's address.
+//! CA certificate, the daemon's pinned fingerprint) next to the daemon's addresses (one
+//! or several daemons sharing that CA and certificate).
 //!
 //! Layout (`$XDG_STATE_HOME/tern-node`, `~/.local/state/tern-node`, or a chosen path):
 //!
 //! | file | content |
 //! |---|---|
 //! | `node.key.pem` | the private key, PKCS#8 PEM, mode 0600 |
-//! | `node.toml` | the device id; once paired, the daemon's address and fingerprint |
+//! | `node.toml` | the device id; once paired, the daemon's addresses and fingerprint |
 //! | `client.der` | the client certificate (once paired) |
 //! | `ca.der` | the daemon's CA certificate (once paired) |
 //!
 //! Every write goes to a temporary file that is synced, then renamed over the old one,
 //! and the directory is synced: a crash leaves the old file or the new one. `node.toml`
 //! is written last, so it names a pairing only once the certificates are in place.
+//!
+//! `node.toml` lists the addresses as `daemons = ["host:port", ...]`; a file from before
+//! the list, with a single `daemon = "host:port"`, still loads, and is rewritten in the
+//! new form the next time the state changes.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -33,11 +38,12 @@ use transport_tokio::pairing::PairingBundle;
 use transport_tokio::tls::{Fingerprint, client_config};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::addrs::{AddrError, parse_addrs};
 use crate::ca::{Fingerprint as HexFingerprint, check_device_id};
 
 /// The private key's file.
 pub const KEY_FILE: &str = "node.key.pem";
-/// The node's state: device id, daemon address and fingerprint.
+/// The node's state: device id, daemon addresses and fingerprint.
 pub const STATE_FILE: &str = "node.toml";
 /// The client certificate, DER.
 pub const CLIENT_CERT_FILE: &str = "client.der";
@@ -67,6 +73,8 @@ pub enum IdentityError {
     BadDeviceId(String),
     /// The node has not paired yet.
     NotPaired,
+    /// A daemon address list that is empty or holds something that is not `host:port`.
+    BadDaemons(AddrError),
     /// A certificate handed to the node does not fit it (another key, another device,
     /// another CA, expired).
     CertificateMismatch(String),
@@ -108,6 +116,7 @@ impl fmt::Display for IdentityError {
                 "invalid device id {id:?}: 1-64 characters of [A-Za-z0-9._-]"
             ),
             IdentityError::NotPaired => f.write_str("the node has not paired yet"),
+            IdentityError::BadDaemons(e) => write!(f, "{e}"),
             IdentityError::CertificateMismatch(why) => {
                 write!(f, "certificate does not fit this node: {why}")
             }
@@ -139,15 +148,33 @@ struct StateFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PairedFile {
-    daemon: String,
+    #[serde(default)]
+    daemons: Vec<String>,
+    /// The one address files written before the list held; read, never written.
+    #[serde(default, skip_serializing)]
+    daemon: Option<String>,
     server_fingerprint: HexFingerprint,
+}
+
+impl PairedFile {
+    /// The addresses, the old single one first, each once.
+    fn addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.daemons.len() + 1);
+        for addr in self.daemon.iter().chain(&self.daemons) {
+            if !out.contains(addr) {
+                out.push(addr.clone());
+            }
+        }
+        out
+    }
 }
 
 /// What pairing left: enough to connect with mutual TLS.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Paired {
-    /// The daemon's address, `host:port`.
-    pub daemon: String,
+    /// The daemon's addresses, `host:port` each, at least one: daemons that share the
+    /// CA and the server certificate pinned here.
+    pub daemons: Vec<String>,
     /// The daemon's server certificate fingerprint, pinned at every connection.
     pub server_fingerprint: Fingerprint,
     pub client_cert_der: Vec<u8>,
@@ -159,7 +186,7 @@ pub struct Paired {
 impl fmt::Debug for Paired {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Paired")
-            .field("daemon", &self.daemon)
+            .field("daemons", &self.daemons)
             .field("server_fingerprint", &self.server_fingerprint)
             .field("client_cert", &Fingerprint::of(&self.client_cert_der))
             .field("not_after", &self.not_after)
@@ -281,6 +308,12 @@ impl NodeIdentity {
             paired: None,
         };
         if let Some(p) = state.paired {
+            // Not checked as strictly as new input: an address kept by an older version
+            // stays usable, and the resolver says what is wrong with one that is not.
+            let daemons = p.addresses();
+            if daemons.is_empty() {
+                return Err(corrupt(&state_path, "it names no daemon address"));
+            }
             let client_path = dir.join(CLIENT_CERT_FILE);
             let ca_path = dir.join(CA_CERT_FILE);
             let client = read_required(&client_path)?;
@@ -289,7 +322,7 @@ impl NodeIdentity {
                 .check_certificate(&client, &ca, &identity.device_id)
                 .map_err(|e| corrupt(&client_path, e))?;
             identity.paired = Some(Paired {
-                daemon: p.daemon,
+                daemons,
                 server_fingerprint: Fingerprint(p.server_fingerprint.0),
                 client_cert_der: client,
                 ca_cert_der: ca,
@@ -337,14 +370,20 @@ impl NodeIdentity {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
     }
 
-    /// Keeps what pairing handed back, with the daemon's address. The certificate must
-    /// carry this node's key, name the bundle's device id and be signed by the bundle's
-    /// CA; the device id becomes the bundle's.
-    pub fn install_pairing(
+    /// Keeps what pairing handed back, with the daemon's addresses (`host:port` each,
+    /// or several separated by commas; at least one). The certificate must carry this
+    /// node's key, name the bundle's device id and be signed by the bundle's CA; the
+    /// device id becomes the bundle's.
+    pub fn install_pairing<I, S>(
         &mut self,
         bundle: &PairingBundle,
-        daemon: &str,
-    ) -> Result<(), IdentityError> {
+        daemons: I,
+    ) -> Result<(), IdentityError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let daemons = daemon_list(daemons)?;
         check_device_id(&bundle.device_id)
             .map_err(|_| IdentityError::BadDeviceId(bundle.device_id.clone()))?;
         let not_after = self
@@ -357,13 +396,30 @@ impl NodeIdentity {
         write_atomic(&self.dir.join(CA_CERT_FILE), &bundle.ca_cert, 0o644)?;
         self.device_id = bundle.device_id.clone();
         self.paired = Some(Paired {
-            daemon: daemon.to_owned(),
+            daemons,
             server_fingerprint: bundle.server_fingerprint,
             client_cert_der: bundle.client_cert.clone(),
             ca_cert_der: bundle.ca_cert.clone(),
             not_after,
         });
         self.write_state()
+    }
+
+    /// Replaces the daemon's addresses (`host:port` each, or several separated by commas;
+    /// at least one), written to `node.toml` if they changed. Says whether they did.
+    pub fn set_daemons<I, S>(&mut self, daemons: I) -> Result<bool, IdentityError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let daemons = daemon_list(daemons)?;
+        let paired = self.paired.as_mut().ok_or(IdentityError::NotPaired)?;
+        if paired.daemons == daemons {
+            return Ok(false);
+        }
+        paired.daemons = daemons;
+        self.write_state()?;
+        Ok(true)
     }
 
     /// Whether the client certificate is within [`RENEWAL_WINDOW`] of its end at `now`.
@@ -444,7 +500,8 @@ impl NodeIdentity {
         let state = StateFile {
             device_id: self.device_id.clone(),
             paired: self.paired.as_ref().map(|p| PairedFile {
-                daemon: p.daemon.clone(),
+                daemons: p.daemons.clone(),
+                daemon: None,
                 server_fingerprint: HexFingerprint(p.server_fingerprint.0),
             }),
         };
@@ -452,6 +509,19 @@ impl NodeIdentity {
         let text = toml::to_string(&state).map_err(|e| corrupt(&path, e))?;
         write_atomic(&path, text.as_bytes(), 0o644)
     }
+}
+
+/// A checked, non-empty address list.
+fn daemon_list<I, S>(daemons: I) -> Result<Vec<String>, IdentityError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let daemons = parse_addrs(daemons).map_err(IdentityError::BadDaemons)?;
+    if daemons.is_empty() {
+        return Err(IdentityError::BadDaemons(AddrError::Empty));
+    }
+    Ok(daemons)
 }
 
 /// Writes `data` to `path` through a synced temporary file renamed over it, then syncs

@@ -1,5 +1,7 @@
 //! The node host over QUIC: its session and application are lent to a QUIC client
-//! endpoint for one connection at a time, and come back when it ends.
+//! endpoint for one connection at a time, and come back when it ends. An attempt tries
+//! the daemon's addresses in the order [`DaemonAddrs::round`] gives, each with its own
+//! endpoint and [`QUIC_PROBE`] to finish its handshake, until one answers.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,18 +13,21 @@ use transport_tokio::host::{Closed, Commands, Opened, Peer, Refusal, Sessions, c
 use transport_tokio::quic::{ConnectError, QuicEndpoint, QuicHandle, QuicLimits};
 use transport_tokio::{JournalStore, StoragePool};
 
+use super::addrs::DaemonAddrs;
 use super::connect::HostError;
 use super::runtime::{HostApp, HostCommand, HostSession};
 use protocol_core::wire::ErrorCode;
 
-/// How long a QUIC handshake may take before TCP is tried (UDP may be blocked).
+/// How long a QUIC handshake may take before the next address, then TCP, is tried (UDP
+/// may be blocked, and a daemon that is down does not answer).
 pub const QUIC_PROBE: Duration = Duration::from_secs(3);
 
-/// Where the daemon's QUIC endpoint is, and the node's TLS settings for it.
+/// Where the daemon's QUIC endpoints are, and the node's TLS settings for them.
 #[derive(Clone)]
 pub struct QuicTarget {
-    /// `host:port`, resolved at every attempt.
-    pub daemon: String,
+    /// The daemon's addresses, resolved at every attempt; shared with the TCP dialer so
+    /// both try the one that answered last first.
+    pub daemons: Arc<DaemonAddrs>,
     /// Read at every attempt (a renewed certificate replaces it).
     pub tls: super::renewal::TlsSource,
 }
@@ -30,7 +35,7 @@ pub struct QuicTarget {
 impl std::fmt::Debug for QuicTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicTarget")
-            .field("daemon", &self.daemon)
+            .field("daemons", &self.daemons.names())
             .finish_non_exhaustive()
     }
 }
@@ -143,18 +148,42 @@ impl QuicLink {
             ))
     }
 
+    /// Tries the addresses in turn until a connection comes up (and then runs it).
     async fn run(
         &mut self,
         held: &Lent,
         commands: &mut mpsc::Receiver<HostCommand>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Attempt {
-        let Ok(mut addrs) = tokio::net::lookup_host(self.target.daemon.as_str()).await else {
-            return Attempt::NotConnected;
+        let round = match self.target.daemons.round().await {
+            Ok(round) => round,
+            Err(e) => {
+                tracing::debug!(error = %e, "no daemon address resolves");
+                return Attempt::NotConnected;
+            }
         };
-        let Some(addr) = addrs.next() else {
-            return Attempt::NotConnected;
-        };
+        for addr in round {
+            if *shutdown.borrow() {
+                return Attempt::Shutdown;
+            }
+            match self.run_at(addr, held, commands, shutdown).await {
+                Attempt::NotConnected => {
+                    tracing::debug!(%addr, "no QUIC connection");
+                }
+                other => return other,
+            }
+        }
+        Attempt::NotConnected
+    }
+
+    /// One connection attempt to `addr`, from an endpoint of its address family.
+    async fn run_at(
+        &mut self,
+        addr: SocketAddr,
+        held: &Lent,
+        commands: &mut mpsc::Receiver<HostCommand>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Attempt {
         let bind: SocketAddr = if addr.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
@@ -192,13 +221,20 @@ async fn drive(
     commands: &mut mpsc::Receiver<HostCommand>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Attempt {
-    let conn = match handle.connect(addr, "tern", target.tls.get()).await {
-        Ok(c) => c,
-        Err(ConnectError::Handshake(how)) => {
+    // The endpoint closes a handshake at its deadline but answers only once the closed
+    // connection has drained, seconds later: move on at the deadline. A connection that
+    // came up meanwhile is closed by the shutdown that follows, its session given back.
+    let connect = tokio::time::timeout(QUIC_PROBE, handle.connect(addr, "tern", target.tls.get()));
+    let conn = match connect.await {
+        Err(_) => return Attempt::NotConnected,
+        Ok(Ok(c)) => c,
+        Ok(Err(ConnectError::Handshake(how))) => {
             return fatal_handshake(&how).map_or(Attempt::NotConnected, Attempt::Fatal);
         }
-        Err(ConnectError::EndpointGone) => return Attempt::NotConnected,
+        Ok(Err(ConnectError::EndpointGone)) => return Attempt::NotConnected,
     };
+    target.daemons.answered(addr);
+    tracing::info!(%addr, "connected over QUIC");
     let to = handle.commands(conn);
     loop {
         tokio::select! {

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
+use super::addrs::parse_addrs;
 use super::capabilities::UrlPolicy;
 use super::identity::{IdentityError, write_atomic};
 
@@ -79,11 +80,17 @@ impl From<IdentityError> for ServiceError {
 }
 
 /// The node's config file (TOML), what `ternd node run --config` reads.
+///
+/// The daemon's addresses are `daemons = ["a.example:7443", "b.example:7443"]` (an entry
+/// may hold several separated by commas); a file with the older single
+/// `daemon = "host:port"` still reads, and both may be given (that one first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ConfigText")]
 pub struct NodeConfigFile {
-    /// The daemon's address, `host:port`.
-    pub daemon: String,
+    /// The daemons' addresses, `host:port` each; empty to use those the node kept at
+    /// pairing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<String>,
     /// The node's state directory.
     pub state_dir: PathBuf,
     /// Whether `desktop.open_url` may open URLs.
@@ -95,6 +102,37 @@ pub struct NodeConfigFile {
     /// Seconds between health events (default 60; 0 turns them off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u64>,
+}
+
+/// The file as written, before its addresses are checked and merged.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigText {
+    #[serde(default)]
+    daemon: Option<String>,
+    #[serde(default)]
+    daemons: Vec<String>,
+    state_dir: PathBuf,
+    #[serde(default)]
+    url_policy: UrlPolicy,
+    #[serde(default)]
+    opener: Option<Vec<String>>,
+    #[serde(default)]
+    heartbeat_secs: Option<u64>,
+}
+
+impl TryFrom<ConfigText> for NodeConfigFile {
+    type Error = super::addrs::AddrError;
+
+    fn try_from(text: ConfigText) -> Result<Self, Self::Error> {
+        Ok(Self {
+            daemons: parse_addrs(text.daemon.iter().chain(&text.daemons))?,
+            state_dir: text.state_dir,
+            url_policy: text.url_policy,
+            opener: text.opener,
+            heartbeat_secs: text.heartbeat_secs,
+        })
+    }
 }
 
 impl NodeConfigFile {
