@@ -211,17 +211,22 @@ impl Runtime {
         Ok(())
     }
 
-    /// Adds a node the store knows of but has no journal (never connected).
+    /// Adds a node the store knows of but has no journal (never connected), or updates
+    /// one that is not connected here from what the store says.
     pub fn know_node(&self, info: NodeInfo) {
         let mut state = self.lock();
         let entry = state
             .nodes
             .entry(info.id.clone())
             .or_insert_with(|| NodeEntry::new(&info.id));
-        entry.info = NodeInfo {
-            online: entry.info.online,
-            ..info
+        // Connected here: this daemon knows best. Else the store's word (another
+        // daemon may hold the node).
+        let online = if entry.connection.is_some() {
+            entry.info.online
+        } else {
+            info.online
         };
+        entry.info = NodeInfo { online, ..info };
     }
 
     /// Every node, sorted by id.
