@@ -694,3 +694,90 @@ fn the_store_records_a_node_offline_once_it_disconnects() {
         (stored(&id).as_deref() == Some("offline")).then_some(())
     });
 }
+
+/// A call the node ran while the daemon was down, answered after its deadline: the
+/// record says both (timed out at one time, succeeded at another), so an operator does
+/// not retry an action that ran.
+#[test]
+fn an_answer_after_the_deadline_is_recorded_with_both_times() {
+    let tmp = scratch();
+    let mut d = Daemon::start(&tmp.path().join("daemon"));
+    let dir = tmp.path().join("node");
+    let started = tmp.path().join("started");
+    let opened = tmp.path().join("opened");
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon = \"127.0.0.1:{}\"\nstate_dir = {:?}\nurl_policy = \"allow\"\nopener = [\"/bin/sh\", \"-c\", \"echo \\\"$1\\\" >> {}; sleep 2; echo \\\"$1\\\" >> {}\", \"opener\"]\n",
+            d.port,
+            dir.display().to_string(),
+            started.display(),
+            opened.display()
+        ),
+    )
+    .unwrap();
+    let uri = d.pair_uri(&[]);
+    let _n = node(&dir, Some(&uri), &["--config", config.to_str().unwrap()]);
+    let id = node_id(&dir);
+    online(&d, &id);
+
+    let mut caller = Command::new(TERND)
+        .args([
+            "call",
+            &id,
+            "desktop.open_url",
+            "--timeout",
+            "4s",
+            "--input",
+        ])
+        .arg(r#"{"url":"https://example.com/slow"}"#)
+        .env("TERN_STATE_DIR", &d.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The node runs it; the daemon dies before the answer and comes back after the
+    // deadline.
+    wait_until("the node to start the call", || {
+        started.exists().then_some(())
+    });
+    d.kill9();
+    let _ = caller.wait();
+    wait_until("the node to finish the call", || {
+        opened.exists().then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    d.restart();
+    let db = d.dir.join("tern.db");
+    let record = wait_until("the late answer recorded", || {
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        c.query_row(
+            "SELECT state, timed_out, updated, output FROM calls WHERE node = ?1",
+            [&id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                ))
+            },
+        )
+        .ok()
+        .filter(|(_, timed_out, _, _)| timed_out.is_some())
+    });
+    let (state, timed_out, updated, output) = record;
+    assert_eq!(state, "succeeded");
+    assert!(
+        timed_out.unwrap() <= updated,
+        "timed out before the answer came"
+    );
+    assert!(output.is_some_and(|o| !o.is_empty()));
+    assert_eq!(
+        opened_counts(&opened).get("https://example.com/slow"),
+        Some(&1)
+    );
+}

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use node_contract::names::RENEW_EVENT;
-use protocol_core::session::{CallState, Instant, OwnedDaemonEvent, OwnedOutcome, SessionError};
+use protocol_core::session::{
+    CallState, Instant, OwnedDaemonEvent, OwnedLateAnswer, OwnedOutcome, SessionError,
+};
 use protocol_core::wire::{GoodbyeReason, Payload};
 use tracing::{info, warn};
 use transport_tokio::Application;
@@ -156,6 +158,9 @@ impl NodeApp {
                         None => (None, describe(call_state).into()),
                     };
                     if let Some((_, row)) = state.calls.finish(id, now, status, output, message) {
+                        if status == CallStatus::TimedOut {
+                            entry.gave_up(row.clone());
+                        }
                         writes.push(Write::Call(row));
                     }
                 } else if let Some(row) = state.calls.update(id, now, status, None) {
@@ -164,6 +169,27 @@ impl NodeApp {
             }
             OwnedDaemonEvent::Disconnected(_) => {
                 entry.info.online = false;
+            }
+            OwnedDaemonEvent::LateAnswer {
+                answer: OwnedLateAnswer::Result { call_id, outcome },
+                ..
+            } if entry.timed_out.contains_key(&call_id) => {
+                let Some(mut row) = entry.timed_out.remove(&call_id) else {
+                    return;
+                };
+                // The record says what happened: timed out at one time, answered at
+                // another (an operator must not retry a call that ran).
+                row.timed_out_ms = Some(row.updated_ms);
+                row.updated_ms = now;
+                let (status, output, message) = late_outcome(outcome);
+                row.status = status;
+                if let Some((content_type, data)) = output {
+                    row.output_type = content_type;
+                    row.output = data;
+                }
+                row.message = message;
+                warn!(node = %self.node, call = row.id, state = status.as_str(), "the node answered after the call timed out; recorded");
+                writes.push(Write::Call(row));
             }
             OwnedDaemonEvent::LateAnswer { seq, answer } => {
                 warn!(node = %self.node, seq, ?answer, "answer arrived after the call's deadline");
@@ -249,6 +275,25 @@ pub(crate) fn node_row(info: &super::NodeInfo) -> NodeRow {
         platform: info.platform.clone(),
         address: info.address.clone(),
         capabilities: info.capabilities.clone(),
+    }
+}
+
+/// A node's answer as the call's record keeps it.
+fn late_outcome(outcome: OwnedOutcome) -> (CallStatus, Option<(String, Vec<u8>)>, String) {
+    match outcome {
+        OwnedOutcome::Success(p) => (
+            CallStatus::Succeeded,
+            Some((p.content_type, p.data)),
+            String::new(),
+        ),
+        OwnedOutcome::Failed { reason } => (CallStatus::Failed, None, reason),
+        OwnedOutcome::Rejected { code, reason } => (
+            CallStatus::Rejected,
+            None,
+            format!("rejected ({code:?}): {reason}"),
+        ),
+        OwnedOutcome::Cancelled => (CallStatus::Cancelled, None, "cancelled".into()),
+        OwnedOutcome::TimedOut => (CallStatus::TimedOut, None, "timed out on the node".into()),
     }
 }
 

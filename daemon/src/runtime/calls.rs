@@ -144,6 +144,7 @@ impl Calls {
             updated_ms: now_ms,
             deadline_ms: now_ms.saturating_add(timeout_ms),
             session_call: None,
+            timed_out_ms: None,
         };
         let (tx, rx) = oneshot::channel();
         self.open.insert(

@@ -78,6 +78,25 @@ pub(crate) struct NodeEntry {
     pub(crate) queue: VecDeque<u64>,
     /// Session call id -> daemon call id, for calls in the session.
     pub(crate) in_session: HashMap<u64, u64>,
+    /// Calls this daemon gave up on while they were in the session, by session call
+    /// id: a late answer from the node is recorded against them.
+    pub(crate) timed_out: HashMap<u64, CallRow>,
+}
+
+/// Timed-out calls a node entry remembers for late answers.
+const LATE_ANSWERS_KEPT: usize = 256;
+
+impl NodeEntry {
+    /// Remembers a call given up on while the node held it.
+    pub(crate) fn gave_up(&mut self, row: CallRow) {
+        let Some(sc) = row.session_call else { return };
+        if self.timed_out.len() >= LATE_ANSWERS_KEPT
+            && let Some(&oldest) = self.timed_out.keys().min()
+        {
+            self.timed_out.remove(&oldest);
+        }
+        self.timed_out.insert(sc, row);
+    }
 }
 
 impl NodeEntry {
@@ -97,6 +116,7 @@ impl NodeEntry {
             session_id: None,
             queue: VecDeque::new(),
             in_session: HashMap::new(),
+            timed_out: HashMap::new(),
         }
     }
 }
@@ -313,6 +333,7 @@ impl Runtime {
                 if let Some(entry) = state.nodes.get_mut(&node) {
                     entry.queue.retain(|q| *q != id);
                     entry.in_session.retain(|_, d| *d != id);
+                    entry.gave_up(row.clone());
                 }
                 writes.push(persist::Write::Call(row));
             }

@@ -38,6 +38,8 @@ pub struct CallRow {
     pub deadline_ms: u64,
     /// The call's id in the node's session, once it went into it.
     pub session_call: Option<u64>,
+    /// When the daemon gave up on it, if the node answered afterwards.
+    pub timed_out_ms: Option<u64>,
 }
 
 /// An event a node sent, keyed by where it stood in the node's stream so a replay after

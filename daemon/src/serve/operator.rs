@@ -104,6 +104,7 @@ impl Operator {
             updated_ms: now,
             deadline_ms: deadline,
             session_call: None,
+            timed_out_ms: None,
         };
         self.shared
             .store

@@ -69,6 +69,7 @@ fn call_row(c: &persist::CallRow) -> store::CallRow {
         updated_ms: c.updated_ms,
         deadline_ms: c.deadline_ms,
         session_call: c.session_call,
+        timed_out_ms: c.timed_out_ms,
     }
 }
 
@@ -241,5 +242,6 @@ fn restored(c: &store::CallRow, status: CallStatus) -> persist::CallRow {
         updated_ms: c.updated_ms,
         deadline_ms: c.deadline_ms,
         session_call: c.session_call,
+        timed_out_ms: c.timed_out_ms,
     }
 }

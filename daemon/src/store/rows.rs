@@ -60,6 +60,9 @@ pub struct CallRow {
     pub deadline_ms: u64,
     /// The call's id in the node's session, once it went into it.
     pub session_call: Option<u64>,
+    /// When the daemon gave up on the call (its deadline passed), if the node's answer
+    /// came afterwards: `state` and `updated_ms` are then the node's late answer.
+    pub timed_out_ms: Option<u64>,
 }
 
 /// A change of a stored call; `None` fields keep what is stored.

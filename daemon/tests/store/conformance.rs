@@ -76,6 +76,7 @@ fn call(id: u64, node: &str) -> CallRow {
         updated_ms: NOW,
         deadline_ms: u64::MAX,
         session_call: None,
+        timed_out_ms: None,
     }
 }
 

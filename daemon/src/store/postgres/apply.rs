@@ -166,9 +166,11 @@ impl Statements {
             .await?,
             put_call: p(
                 "INSERT INTO calls (id, node, capability, input_type, input, state,
-                    output_type, output, error, created, updated, deadline, session_call)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    output_type, output, error, created, updated, deadline, session_call,
+                    timed_out)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                 ON CONFLICT (id) DO UPDATE SET node = excluded.node,
+                    timed_out = excluded.timed_out,
                     capability = excluded.capability, input_type = excluded.input_type,
                     input = excluded.input, state = excluded.state,
                     output_type = excluded.output_type, output = excluded.output,
@@ -430,6 +432,7 @@ fn ops(
                     Box::new(enc(c.updated_ms)),
                     Box::new(enc(c.deadline_ms)),
                     Box::new(c.session_call.map(enc)),
+                    Box::new(c.timed_out_ms.map(enc)),
                 ],
                 "store a call",
             ));

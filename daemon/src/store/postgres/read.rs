@@ -226,7 +226,7 @@ pub(crate) enum CallKey<'a> {
 
 pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, StoreError> {
     const COLS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
-        output, error, created, updated, deadline, session_call FROM calls";
+        output, error, created, updated, deadline, session_call, timed_out FROM calls";
     let found = match key {
         CallKey::Id(id) => {
             rows(
@@ -284,6 +284,7 @@ pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, 
                 updated_ms: u(r, 10),
                 deadline_ms: u(r, 11),
                 session_call: r.get::<_, Option<i64>>(12).map(dec),
+                timed_out_ms: r.get::<_, Option<i64>>(13).map(dec),
             }
         })
         .collect())

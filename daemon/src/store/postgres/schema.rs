@@ -78,7 +78,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         created BIGINT NOT NULL,
         updated BIGINT NOT NULL,
         deadline BIGINT NOT NULL,
-        session_call BIGINT
+        session_call BIGINT,
+        timed_out BIGINT
     );
     CREATE INDEX calls_by_node ON calls (node, id);
     CREATE INDEX calls_queued ON calls (id) WHERE state = 'queued' AND session_call IS NULL;

@@ -15,9 +15,9 @@ pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
     };
     conn.prepare_cached(
         "INSERT INTO calls (id, node, capability, input_type, input, state,
-             output_type, output, error, created, updated, deadline, session_call)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (id) DO UPDATE SET node = excluded.node,
+             output_type, output, error, created, updated, deadline, session_call, timed_out)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (id) DO UPDATE SET timed_out = excluded.timed_out, node = excluded.node,
              capability = excluded.capability, input_type = excluded.input_type,
              input = excluded.input, state = excluded.state,
              output_type = excluded.output_type, output = excluded.output,
@@ -42,6 +42,7 @@ pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
             enc(c.updated_ms),
             enc(c.deadline_ms),
             c.session_call.map(enc),
+            c.timed_out_ms.map(enc),
         ])
     })
     .map_err(StoreError::db("store a call"))?;
@@ -95,7 +96,7 @@ pub(crate) fn queued(conn: &Connection) -> Result<Vec<CallRow>, StoreError> {
 }
 
 const COLUMNS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
-    output, error, created, updated, deadline, session_call FROM calls";
+    output, error, created, updated, deadline, session_call, timed_out FROM calls";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
     let output = match (
@@ -123,6 +124,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
         updated_ms: get_u64(r, 10)?,
         deadline_ms: get_u64(r, 11)?,
         session_call: r.get::<_, Option<i64>>(12)?.map(dec),
+        timed_out_ms: r.get::<_, Option<i64>>(13)?.map(dec),
     })
 }
 

@@ -134,6 +134,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         epoch INTEGER NOT NULL,
         since INTEGER NOT NULL
     );
+    ALTER TABLE calls ADD COLUMN timed_out INTEGER;
     CREATE INDEX calls_queued ON calls (id) WHERE state = 'queued' AND session_call IS NULL;
     CREATE TABLE counters (
         name TEXT PRIMARY KEY,
