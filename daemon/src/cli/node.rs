@@ -31,7 +31,7 @@ use crate::store::SqliteStore;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A daemon's address, host:port ([IPv6]:port); repeat the flag or separate
+    /// A daemon's address, host:port (`[IPv6]:port`); repeat the flag or separate
     /// addresses with commas for several daemons sharing one store, CA and certificate.
     ///
     /// A name may resolve to several addresses. The node tries them all, from a random

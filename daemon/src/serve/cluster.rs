@@ -147,7 +147,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs [`sync`](Self::sync) every [`SYNC_INTERVAL`].
+    /// Runs the sync pass every [`SYNC_INTERVAL`].
     pub fn spawn_sync(
         self: &Arc<Self>,
         runtime: Arc<Runtime>,

@@ -2,7 +2,7 @@
 //! PostgreSQL refuse the same writes and read back the same values.
 //!
 //! Both engines store integers as signed 64-bit; protocol numbers (seqs, call ids,
-//! timestamps) are `u64` up to `u64::MAX`. [`enc`] maps a `u64` to the `i64` with the
+//! timestamps) are `u64` up to `u64::MAX`. `enc` maps a `u64` to the `i64` with the
 //! top bit flipped, which is lossless *and* order-preserving, so `ORDER BY` and range
 //! deletes (`Trim`, retention) stay correct for values at and above 2^63.
 

@@ -1,5 +1,5 @@
 //! The PostgreSQL engine: one database several daemons share. One writer task per
-//! daemon commits its groups ([`writer`]); reads take a pooled connection each.
+//! daemon commits its groups (`writer.rs`); reads take a pooled connection each.
 //!
 //! Selected with `ternd serve --store postgres://USER:PASSWORD@HOST/DB` (also
 //! `TERN_STORE` and `store` in the TOML file). The connection is plain TCP or a Unix
