@@ -4,6 +4,7 @@
 pub mod api;
 pub mod ca;
 pub mod cli;
+pub mod model;
 pub mod node_host;
 pub mod pairing;
 pub mod pairing_responder;

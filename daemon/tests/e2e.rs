@@ -508,21 +508,21 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
         ApiClient, CONTRACT_VERSION, DEFAULT_NODE_PAGE, MAX_FRAME, MAX_NODE_PAGE, NODE_PAGE_BYTES,
         SOCKET_NAME, decode_response,
     };
-    use daemon::store::{CapabilityRow, NodeRow, SqliteStore, StoreOptions, Write};
+    use daemon::store::{Capability, Node, SqliteStore, StoreOptions, Write};
     use prost::Message as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SMALL: usize = 1600;
-    let row = |id: String, caps: Vec<CapabilityRow>| NodeRow {
+    let row = |id: String, caps: Vec<Capability>| Node {
         id,
         first_seen_ms: 1_700_000_000_000,
         last_seen_ms: 1_700_000_000_000,
-        state: "offline".into(),
+        online: false,
         platform: Some("linux-x86_64".into()),
         address: Some("tcp://10.0.0.1:51000".into()),
         capabilities: caps,
     };
-    let cap = |name: String, version| CapabilityRow {
+    let cap = |name: String, version| Capability {
         name,
         version,
         input: "application/json".into(),
@@ -531,7 +531,7 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
     };
     // Three nodes near the largest capability list a session frame carries, so a page
     // is cut by its bytes before its count; then many ordinary ones.
-    let mut rows: Vec<NodeRow> = (0..3)
+    let mut rows: Vec<Node> = (0..3)
         .map(|i| {
             let caps = (0..32)
                 .map(|k| cap(format!("big.{k:02}.{}", "x".repeat(12_000)), k))

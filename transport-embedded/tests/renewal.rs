@@ -10,8 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{HostDialer, arena, rng};
 use daemon::ca::{CertificateAuthority, IssuancePolicy};
+use daemon::model::Call;
 use daemon::runtime::persist::Write;
-use daemon::runtime::{CallRow, CallStatus, Registry, Renewer, Runtime, RuntimeStore};
+use daemon::runtime::{CallStatus, Registry, Renewer, Runtime, RuntimeStore};
 use node_contract::{Installed, RenewRequest, Renewed, descriptors, hex, names};
 use proptest::prelude::*;
 use protocol_core::session::{Config, Instant, NodeSession, OwnedNodeEvent};
@@ -468,11 +469,11 @@ impl RuntimeDaemon {
     }
 
     /// The final state of the daemon's call of `capability`.
-    async fn finished(&mut self, capability: &str) -> CallRow {
+    async fn finished(&mut self, capability: &str) -> Call {
         tokio::time::timeout(common::WAIT, async {
             loop {
                 match self.writes.recv().await.expect("runtime running") {
-                    Write::Call(row) if row.capability == capability && row.status.is_final() => {
+                    Write::PutCall(row) if row.capability == capability && row.state.is_final() => {
                         return row;
                     }
                     _ => {}
@@ -652,10 +653,11 @@ async fn a_node_renews_over_its_session_and_reconnects_with_the_new_certificate(
     // The daemon's runtime saw the node install it.
     let call = daemon.finished(names::INSTALL_CERTIFICATE).await;
     assert_eq!(call.node, "node-1");
-    assert_eq!(call.status, CallStatus::Succeeded, "{}", call.message);
-    let (installed, _): (Installed, _) = serde_json_core::from_slice(&call.output).unwrap();
+    assert_eq!(call.state, CallStatus::Succeeded, "{:?}", call.error);
+    let (installed, _): (Installed, _) =
+        serde_json_core::from_slice(&call.output.as_ref().unwrap().bytes).unwrap();
     assert!(installed.installed);
-    let (sent, _): (Renewed<'_>, _) = serde_json_core::from_slice(&call.input).unwrap();
+    let (sent, _): (Renewed<'_>, _) = serde_json_core::from_slice(&call.input.bytes).unwrap();
     let mut der = vec![0; hex::decoded_len(sent.cert.len())];
     assert_eq!(sent.cert_der(&mut der).unwrap(), renewed.client_cert());
 

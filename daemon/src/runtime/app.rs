@@ -12,8 +12,9 @@ use tracing::{info, warn};
 use transport_tokio::Application;
 
 use super::calls::CallStatus;
-use super::persist::{EventRow, NodeRow, Write, now_ms};
+use super::persist::{Write, now_ms};
 use super::{Capability, NodeSessionState, Runtime, RuntimeCommand, State};
+use crate::model::{EventOrigin, NewEvent, Node};
 
 /// The application of one node's connection.
 pub struct NodeApp {
@@ -50,7 +51,7 @@ impl Application<NodeSessionState> for NodeApp {
             // Answered with a call once the CA has signed; not on this task.
             tokio::spawn(self.runtime.clone().renew(self.node.clone(), body));
         }
-        let stored_event = writes.iter().any(|w| matches!(w, Write::Event(_)));
+        let stored_event = writes.iter().any(|w| matches!(w, Write::AppendEvent(_)));
         if !writes.is_empty() {
             self.runtime.store.submit(writes);
         }
@@ -99,7 +100,7 @@ impl NodeApp {
                 entry.session_id = Some(session);
                 entry.info.online = true;
                 entry.info.platform = Some(platform);
-                writes.push(Write::Node(node_row(&entry.info)));
+                writes.push(Write::PutNode(node_row(&entry.info)));
             }
             OwnedDaemonEvent::Register { capabilities, .. } => {
                 entry.info.capabilities = capabilities
@@ -112,17 +113,20 @@ impl NodeApp {
                         needs_approval: c.needs_approval,
                     })
                     .collect();
-                writes.push(Write::Node(node_row(&entry.info)));
+                writes.push(Write::PutNode(node_row(&entry.info)));
             }
             OwnedDaemonEvent::Event { seq, name, payload } => {
-                writes.push(Write::Event(EventRow {
+                writes.push(Write::AppendEvent(NewEvent {
                     node: self.node.clone(),
-                    session: entry.session_id.unwrap_or_default(),
-                    stream_seq: seq,
                     name,
                     content_type: payload.content_type,
                     body: payload.data,
                     at_ms: now,
+                    // Where it stood in the node's stream: a replay is stored once.
+                    origin: Some(EventOrigin {
+                        session: entry.session_id.unwrap_or_default(),
+                        stream_seq: seq,
+                    }),
                 }));
             }
             OwnedDaemonEvent::CallUpdate {
@@ -161,10 +165,10 @@ impl NodeApp {
                         if status == CallStatus::TimedOut {
                             entry.gave_up(row.clone());
                         }
-                        writes.push(Write::Call(row));
+                        writes.push(Write::PutCall(row));
                     }
                 } else if let Some(row) = state.calls.update(id, now, status, None) {
-                    writes.push(Write::Call(row));
+                    writes.push(Write::PutCall(row));
                 }
             }
             OwnedDaemonEvent::Disconnected(_) => {
@@ -182,14 +186,16 @@ impl NodeApp {
                 row.timed_out_ms = Some(row.updated_ms);
                 row.updated_ms = now;
                 let (status, output, message) = late_outcome(outcome);
-                row.status = status;
-                if let Some((content_type, data)) = output {
-                    row.output_type = content_type;
-                    row.output = data;
+                row.state = status;
+                if let Some((content_type, bytes)) = output {
+                    row.output = Some(crate::model::Payload {
+                        content_type,
+                        bytes,
+                    });
                 }
-                row.message = message;
+                row.error = (!message.is_empty()).then_some(message);
                 warn!(node = %self.node, call = row.id, state = status.as_str(), "the node answered after the call timed out; recorded");
-                writes.push(Write::Call(row));
+                writes.push(Write::PutCall(row));
             }
             OwnedDaemonEvent::LateAnswer { seq, answer } => {
                 warn!(node = %self.node, seq, ?answer, "answer arrived after the call's deadline");
@@ -231,8 +237,8 @@ impl NodeApp {
                 continue;
             }
             let input = Payload {
-                content_type: &call.input_type,
-                data: &call.input,
+                content_type: &call.input.content_type,
+                data: &call.input.bytes,
             };
             let timeout = u32::try_from(left).unwrap_or(u32::MAX);
             match session.call(now, &call.capability, input, timeout) {
@@ -244,7 +250,7 @@ impl NodeApp {
                             .calls
                             .update(id, now_wall, CallStatus::Queued, Some(session_call))
                     {
-                        writes.push(Write::Call(row));
+                        writes.push(Write::PutCall(row));
                     }
                 }
                 // No room now: the next acknowledgement or answer makes some.
@@ -259,7 +265,7 @@ impl NodeApp {
                             .calls
                             .finish(id, now_wall, CallStatus::Undeliverable, None, message)
                     {
-                        writes.push(Write::Call(row));
+                        writes.push(Write::PutCall(row));
                     }
                 }
             }
@@ -267,9 +273,11 @@ impl NodeApp {
     }
 }
 
-pub(crate) fn node_row(info: &super::NodeInfo) -> NodeRow {
-    NodeRow {
+pub(crate) fn node_row(info: &super::NodeInfo) -> Node {
+    Node {
         id: info.id.clone(),
+        // The store keeps the first sighting; a later one never moves it.
+        first_seen_ms: info.last_seen_ms,
         online: info.online,
         last_seen_ms: info.last_seen_ms,
         platform: info.platform.clone(),

@@ -3,108 +3,17 @@
 
 use std::collections::HashMap;
 
-use protocol_core::session::CallState;
 use tokio::sync::oneshot;
 
-use super::persist::CallRow;
+pub use crate::model::CallStatus;
+use crate::model::{Call, Payload};
 
 /// The longest timeout a call may ask for (one day).
 pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Where a call stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CallStatus {
-    /// Waiting for the node (queued in the runtime or in the session's stream).
-    Queued,
-    /// The node holds it.
-    Dispatched,
-    AwaitingApproval,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Rejected,
-    Cancelled,
-    /// The node restarted without its memory before answering.
-    Lost,
-    /// Larger than the node accepts.
-    Undeliverable,
-}
-
-impl CallStatus {
-    pub fn is_final(self) -> bool {
-        !matches!(
-            self,
-            Self::Queued | Self::Dispatched | Self::AwaitingApproval | Self::Running
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Dispatched => "dispatched",
-            Self::AwaitingApproval => "awaiting_approval",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::TimedOut => "timed_out",
-            Self::Rejected => "rejected",
-            Self::Cancelled => "cancelled",
-            Self::Lost => "lost",
-            Self::Undeliverable => "undeliverable",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Queued,
-            Self::Dispatched,
-            Self::AwaitingApproval,
-            Self::Running,
-            Self::Succeeded,
-            Self::Failed,
-            Self::TimedOut,
-            Self::Rejected,
-            Self::Cancelled,
-            Self::Lost,
-            Self::Undeliverable,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-    }
-}
-
-impl From<CallState> for CallStatus {
-    fn from(s: CallState) -> Self {
-        match s {
-            CallState::Queued => Self::Queued,
-            CallState::Dispatched => Self::Dispatched,
-            CallState::AwaitingApproval => Self::AwaitingApproval,
-            CallState::Running => Self::Running,
-            CallState::Succeeded => Self::Succeeded,
-            CallState::Failed => Self::Failed,
-            CallState::TimedOut => Self::TimedOut,
-            CallState::Rejected(_) => Self::Rejected,
-            CallState::Cancelled => Self::Cancelled,
-            CallState::Lost => Self::Lost,
-            CallState::Undeliverable => Self::Undeliverable,
-        }
-    }
-}
-
-/// How a call ended, for whoever waits for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallOutcome {
-    pub id: u64,
-    pub status: CallStatus,
-    pub content_type: String,
-    pub output: Vec<u8>,
-    pub message: String,
-}
-
 pub(crate) struct CallEntry {
-    pub(crate) row: CallRow,
-    pub(crate) waiters: Vec<oneshot::Sender<CallOutcome>>,
+    pub(crate) row: Call,
+    pub(crate) waiters: Vec<oneshot::Sender<Call>>,
 }
 
 /// The calls not yet final.
@@ -128,18 +37,19 @@ impl Calls {
         content_type: &str,
         input: Vec<u8>,
         timeout_ms: u64,
-    ) -> (u64, oneshot::Receiver<CallOutcome>, CallRow) {
+    ) -> (u64, oneshot::Receiver<Call>, Call) {
         let id = self.next_id();
-        let row = CallRow {
+        let row = Call {
             id,
             node: node.to_owned(),
             capability: capability.to_owned(),
-            input_type: content_type.to_owned(),
-            input,
-            status: CallStatus::Queued,
-            output_type: String::new(),
-            output: Vec::new(),
-            message: String::new(),
+            input: Payload {
+                content_type: content_type.to_owned(),
+                bytes: input,
+            },
+            state: CallStatus::Queued,
+            output: None,
+            error: None,
             created_ms: now_ms,
             updated_ms: now_ms,
             deadline_ms: now_ms.saturating_add(timeout_ms),
@@ -159,7 +69,7 @@ impl Calls {
 
     /// Takes back a call restored from the store (no one waits for it any more; its
     /// outcome is still recorded).
-    pub(crate) fn adopt(&mut self, row: CallRow) {
+    pub(crate) fn adopt(&mut self, row: Call) {
         self.open.insert(
             row.id,
             CallEntry {
@@ -180,7 +90,7 @@ impl Calls {
         self.next
     }
 
-    pub(crate) fn get(&self, id: u64) -> Option<&CallRow> {
+    pub(crate) fn get(&self, id: u64) -> Option<&Call> {
         self.open.get(&id).map(|e| &e.row)
     }
 
@@ -196,9 +106,9 @@ impl Calls {
         now_ms: u64,
         status: CallStatus,
         session_call: Option<u64>,
-    ) -> Option<CallRow> {
+    ) -> Option<Call> {
         let e = self.open.get_mut(&id)?;
-        e.row.status = status;
+        e.row.state = status;
         e.row.updated_ms = now_ms;
         if session_call.is_some() {
             e.row.session_call = session_call;
@@ -224,24 +134,19 @@ impl Calls {
         status: CallStatus,
         output: Option<(String, Vec<u8>)>,
         message: String,
-    ) -> Option<(String, CallRow)> {
+    ) -> Option<(String, Call)> {
         let mut e = self.open.remove(&id)?;
-        e.row.status = status;
+        e.row.state = status;
         e.row.updated_ms = now_ms;
-        if let Some((content_type, data)) = output {
-            e.row.output_type = content_type;
-            e.row.output = data;
+        if let Some((content_type, bytes)) = output {
+            e.row.output = Some(Payload {
+                content_type,
+                bytes,
+            });
         }
-        e.row.message = message;
-        let outcome = CallOutcome {
-            id,
-            status,
-            content_type: e.row.output_type.clone(),
-            output: e.row.output.clone(),
-            message: e.row.message.clone(),
-        };
+        e.row.error = (!message.is_empty()).then_some(message);
         for w in e.waiters.drain(..) {
-            let _ = w.send(outcome.clone());
+            let _ = w.send(e.row.clone());
         }
         Some((e.row.node.clone(), e.row))
     }

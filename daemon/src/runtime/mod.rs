@@ -29,8 +29,10 @@ use tracing::info;
 use transport_tokio::StoragePool;
 use transport_tokio::host::{Commands, TransportKind};
 
-pub use calls::{CallOutcome, CallStatus};
-pub use persist::{CallRow, EventRow, NodeRow, RuntimeStore};
+use crate::model::Call;
+pub use crate::model::Capability;
+pub use calls::CallStatus;
+pub use persist::RuntimeStore;
 pub use registry::Registry;
 pub use renewal::Renewer;
 
@@ -44,16 +46,6 @@ pub enum RuntimeCommand {
     Dispatch,
     /// Close the connection (a newer one takes over, or the node was revoked).
     Close(ErrorCode),
-}
-
-/// One capability a node registered.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Capability {
-    pub name: String,
-    pub version: u32,
-    pub input: String,
-    pub output: String,
-    pub needs_approval: bool,
 }
 
 /// What the runtime knows of a node.
@@ -80,7 +72,7 @@ pub(crate) struct NodeEntry {
     pub(crate) in_session: HashMap<u64, u64>,
     /// Calls this daemon gave up on while they were in the session, by session call
     /// id: a late answer from the node is recorded against them.
-    pub(crate) timed_out: HashMap<u64, CallRow>,
+    pub(crate) timed_out: HashMap<u64, Call>,
 }
 
 /// Timed-out calls a node entry remembers for late answers.
@@ -88,7 +80,7 @@ const LATE_ANSWERS_KEPT: usize = 256;
 
 impl NodeEntry {
     /// Remembers a call given up on while the node held it.
-    pub(crate) fn gave_up(&mut self, row: CallRow) {
+    pub(crate) fn gave_up(&mut self, row: Call) {
         let Some(sc) = row.session_call else { return };
         if self.timed_out.len() >= LATE_ANSWERS_KEPT
             && let Some(&oldest) = self.timed_out.keys().min()
@@ -291,7 +283,7 @@ impl Runtime {
         content_type: &str,
         input: Vec<u8>,
         timeout_ms: u64,
-    ) -> Result<(u64, oneshot::Receiver<CallOutcome>), DispatchError> {
+    ) -> Result<(u64, oneshot::Receiver<Call>), DispatchError> {
         if timeout_ms == 0 || timeout_ms > calls::MAX_TIMEOUT_MS {
             return Err(DispatchError::BadTimeout(timeout_ms));
         }
@@ -309,7 +301,7 @@ impl Runtime {
             // Pushed to the connected node now, never on a heartbeat.
             let _ = conn.try_send(RuntimeCommand::Dispatch);
         }
-        self.store.submit(vec![persist::Write::Call(row)]);
+        self.store.submit(vec![persist::Write::PutCall(row)]);
         Ok((id, rx))
     }
 
@@ -335,7 +327,7 @@ impl Runtime {
                     entry.in_session.retain(|_, d| *d != id);
                     entry.gave_up(row.clone());
                 }
-                writes.push(persist::Write::Call(row));
+                writes.push(persist::Write::PutCall(row));
             }
         }
         if !writes.is_empty() {
@@ -367,7 +359,7 @@ impl Runtime {
 
     /// A call restored from the store that is in node `row.node`'s session as
     /// `session_call`: its answer is recorded when it comes.
-    pub fn adopt_call(&self, row: CallRow, session_call: u64) {
+    pub fn adopt_call(&self, row: Call, session_call: u64) {
         let mut state = self.lock();
         let (id, node) = (row.id, row.node.clone());
         state.calls.adopt(row);

@@ -12,8 +12,9 @@ use protocol_core::session::{DaemonSession, MemJournal};
 use protocol_core::wire::ErrorCode;
 use tracing::info;
 
-use super::persist::{CallRow, now_ms};
+use super::persist::now_ms;
 use super::{CallStatus, Runtime, RuntimeCommand};
+use crate::model::Call;
 
 /// What a claim brings back.
 #[derive(Debug)]
@@ -21,7 +22,7 @@ pub struct Claimed {
     pub epoch: u64,
     pub journal: MemJournal,
     /// The node's calls not yet final, as the store holds them.
-    pub calls: Vec<CallRow>,
+    pub calls: Vec<Call>,
 }
 
 /// The store's side of ownership, as the runtime needs it.
@@ -94,7 +95,7 @@ impl Runtime {
                     entry.in_session.insert(sc, id);
                     state.calls.adopt(row);
                 }
-                None if row.status == CallStatus::Queued => {
+                None if row.state == CallStatus::Queued => {
                     entry.queue.push_back(id);
                     state.calls.adopt(row);
                 }
@@ -128,7 +129,7 @@ impl Runtime {
 
     /// A call another daemon queued for a node this daemon holds: into the node's
     /// queue, and to the node now if it is connected. `false` if it is known already.
-    pub fn adopt_queued(&self, row: CallRow) -> bool {
+    pub fn adopt_queued(&self, row: Call) -> bool {
         let mut state = self.lock();
         let state = &mut *state;
         if state.calls.get(row.id).is_some() || row.deadline_ms <= now_ms() {

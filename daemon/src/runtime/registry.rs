@@ -97,7 +97,7 @@ impl Sessions<NodeSessionState> for Registry {
             entry.info.last_seen_ms = now_ms();
             node_row(&entry.info)
         };
-        self.runtime.store.submit(vec![Write::Node(row)]);
+        self.runtime.store.submit(vec![Write::PutNode(row)]);
     }
 }
 

@@ -83,11 +83,11 @@ impl Runtime {
             return;
         };
         match outcome.await {
-            Ok(o) if o.status == CallStatus::Succeeded => {
+            Ok(o) if o.state == CallStatus::Succeeded => {
                 info!(%node, "renewed certificate installed on the node");
             }
             Ok(o) => {
-                warn!(%node, status = o.status.as_str(), message = %o.message, "the node did not install its renewed certificate")
+                warn!(%node, status = o.state.as_str(), message = o.error.as_deref().unwrap_or(""), "the node did not install its renewed certificate")
             }
             Err(_) => {}
         }

@@ -123,9 +123,7 @@ impl Cluster {
                 });
                 continue;
             }
-            if self.epoch(&row.node).is_some()
-                && runtime.adopt_queued(crate::serve::store_adapter::queued_call(&row))
-            {
+            if self.epoch(&row.node).is_some() && runtime.adopt_queued(row.clone()) {
                 info!(call = row.id, node = %row.node, "call queued on another daemon taken");
             }
         }
@@ -139,7 +137,7 @@ impl Cluster {
                 .is_some_and(|n| n.transport.is_some() && n.online);
             if !mine {
                 runtime.know_node(NodeInfo {
-                    online: row.state == "online",
+                    online: row.online,
                     ..crate::serve::store_adapter::node_info(&row)
                 });
             }

@@ -30,7 +30,7 @@ use crate::api::ApiServer;
 use crate::pairing::{PairingChanges, PairingService, PairingSettings, ServiceEvent};
 use crate::pairing_responder::ServiceResponder;
 use crate::runtime::{NodeInfo, Registry, Runtime};
-use crate::store::{DeviceRow, Store, StoreOptions, Write};
+use crate::store::{Device, Store, StoreOptions, Write};
 
 pub use settings::Settings;
 
@@ -385,7 +385,7 @@ fn on_pairing_report(
     let mut writes = Vec::new();
     if let ServiceEvent::Issued(cert) = &event {
         info!(device = %cert.device_id, "certificate issued");
-        writes.push(Write::PutDevice(DeviceRow {
+        writes.push(Write::PutDevice(Device {
             device_id: cert.device_id.clone(),
             fingerprint: cert.fingerprint,
             cert_der: cert.der.clone(),
@@ -428,7 +428,7 @@ impl crate::runtime::Renewer for CaRenewer {
             .map_err(|e| e.to_string())?;
         info!(device = %device_id, "certificate renewed");
         // Recorded before the node has it: the next `node show` names the new one.
-        drop(self.store.write(vec![Write::RenewDevice(DeviceRow {
+        drop(self.store.write(vec![Write::RenewDevice(Device {
             device_id: device_id.to_owned(),
             fingerprint: cert.fingerprint,
             cert_der: cert.der.clone(),

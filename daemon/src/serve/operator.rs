@@ -89,7 +89,7 @@ impl Operator {
         let id = self.shared.runtime.next_call_id();
         let now = now_ms();
         let deadline = now.saturating_add(timeout_ms);
-        let row = crate::store::CallRow {
+        let row = crate::store::Call {
             id,
             node: req.node,
             capability: req.capability,
@@ -97,7 +97,7 @@ impl Operator {
                 content_type,
                 bytes: req.input,
             },
-            state: CallStatus::Queued.as_str().into(),
+            state: CallStatus::Queued,
             output: None,
             error: None,
             created_ms: now,
@@ -125,18 +125,8 @@ impl Operator {
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .ok_or_else(|| ApiError::internal(format!("call {id} vanished")))?;
-            let status = CallStatus::parse(&row.state).unwrap_or(CallStatus::Lost);
-            if status.is_final() {
-                let (content_type, output) = row
-                    .output
-                    .map_or((String::new(), Vec::new()), |p| (p.content_type, p.bytes));
-                return Ok(CallResult {
-                    call_id: id,
-                    state: call_state(status) as i32,
-                    output,
-                    content_type,
-                    message: row.error.unwrap_or_default(),
-                });
+            if row.state.is_final() {
+                return Ok(call_result(row));
             }
             let now = now_ms();
             if now >= deadline && !expired {
@@ -236,6 +226,20 @@ fn service_error(e: ServiceError) -> ApiError {
             ApiError::invalid_argument(e.to_string())
         }
         ServiceError::NoFreeCodeId => ApiError::unavailable(e.to_string()),
+    }
+}
+
+/// A call's record as the operator API answers it.
+fn call_result(call: crate::model::Call) -> CallResult {
+    let (content_type, output) = call
+        .output
+        .map_or((String::new(), Vec::new()), |p| (p.content_type, p.bytes));
+    CallResult {
+        call_id: call.id,
+        state: call_state(call.state) as i32,
+        output,
+        content_type,
+        message: call.error.unwrap_or_default(),
     }
 }
 
@@ -449,13 +453,7 @@ impl OperatorApi for Operator {
         // The runtime ends the call at its deadline; the margin covers the sweep.
         let wait = Duration::from_millis(timeout_ms.saturating_add(2_000));
         match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(outcome)) => Ok(CallResult {
-                call_id: outcome.id,
-                state: call_state(outcome.status) as i32,
-                output: outcome.output,
-                content_type: outcome.content_type,
-                message: outcome.message,
-            }),
+            Ok(Ok(call)) => Ok(call_result(call)),
             // Another daemon took the node over while the call ran: its record says how
             // it ends.
             Ok(Err(_)) if self.shared.cluster.is_some() => {

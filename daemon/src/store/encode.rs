@@ -7,8 +7,8 @@
 //! deletes (`Trim`, retention) stay correct for values at and above 2^63.
 
 use super::StoreError;
-use super::rows::CapabilityRow;
 use crate::ca::Fingerprint;
+use crate::model::{CallStatus, Capability};
 use crate::pairing::PairingRecord;
 use crate::revocation::Revoked;
 
@@ -71,7 +71,7 @@ pub(crate) const fn dec(v: i64) -> u64 {
 }
 
 /// A device row's id is valid and its fingerprint is its certificate's.
-pub(crate) fn check_device(d: &super::DeviceRow) -> Result<(), StoreError> {
+pub(crate) fn check_device(d: &super::Device) -> Result<(), StoreError> {
     crate::ca::check_device_id(&d.device_id)
         .map_err(|_| StoreError::Invalid(format!("invalid device id {:?}", d.device_id)))?;
     if Fingerprint::of(&d.cert_der) != d.fingerprint {
@@ -81,6 +81,22 @@ pub(crate) fn check_device(d: &super::DeviceRow) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// A node's state as stored (a word an operator reads in the table).
+pub(crate) fn node_state(online: bool) -> &'static str {
+    if online { "online" } else { "offline" }
+}
+
+/// Whether a stored node state says online.
+pub(crate) fn node_online(state: &str) -> bool {
+    state == "online"
+}
+
+/// A call's state as stored.
+pub(crate) fn call_state_from(id: u64, state: &str) -> Result<CallStatus, StoreError> {
+    CallStatus::parse(state)
+        .ok_or_else(|| StoreError::Corrupt(format!("call {id} in unknown state {state:?}")))
 }
 
 /// A revocation's key: its kind and what it names.
@@ -103,12 +119,12 @@ pub(crate) fn revoked_from(kind: &str, subject: String) -> Result<Revoked, Store
 }
 
 /// A node's capability list as stored: JSON, replaced and read whole.
-pub(crate) fn capabilities_json(caps: &[CapabilityRow]) -> Result<String, StoreError> {
+pub(crate) fn capabilities_json(caps: &[Capability]) -> Result<String, StoreError> {
     serde_json::to_string(caps)
         .map_err(|e| StoreError::Invalid(format!("capabilities do not encode: {e}")))
 }
 
-pub(crate) fn capabilities_from(node: &str, json: &str) -> Result<Vec<CapabilityRow>, StoreError> {
+pub(crate) fn capabilities_from(node: &str, json: &str) -> Result<Vec<Capability>, StoreError> {
     serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("capabilities of node {node}: {e}")))
 }

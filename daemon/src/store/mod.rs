@@ -22,7 +22,6 @@
 
 pub mod encode;
 pub mod postgres;
-mod rows;
 pub mod sqlite;
 
 use std::fmt;
@@ -41,12 +40,12 @@ use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
 use crate::revocation::{RevocationRecord, Revoked};
 
+pub use crate::model::{
+    Call, CallStatus, CallUpdate, Capability, Device, EventOrigin, NewEvent, Node, Payload,
+    StoredEvent,
+};
 pub use encode::{MAX_JOURNAL_KEY_LEN, MAX_NODE_ID_LEN};
 pub use postgres::PgStore;
-pub use rows::{
-    CallRow, CallUpdate, CapabilityRow, DeviceRow, EventOrigin, EventRow, NewEvent, NodeRow,
-    Payload, RetentionPolicy,
-};
 pub use sqlite::{DB_FILE, SqliteStore};
 
 /// The store a daemon shares between its parts: `Arc<Store>`.
@@ -104,6 +103,15 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// How many events, and how old, are kept. `None` keeps without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionPolicy {
+    /// Keep at most this many of the newest events (by seq).
+    pub max_events: Option<u64>,
+    /// Drop events whose timestamp is more than this many milliseconds before `now`.
+    pub max_age_ms: Option<u64>,
+}
+
 /// How a store is opened.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -146,11 +154,11 @@ pub enum Write {
         count: u64,
     },
     /// Insert or replace, by device id.
-    PutDevice(DeviceRow),
+    PutDevice(Device),
     DeleteDevice(String),
     /// A renewed certificate: like `PutDevice`, but a stored device keeps its
     /// `paired_at` and name.
-    RenewDevice(DeviceRow),
+    RenewDevice(Device),
     /// Insert or replace, by what it covers.
     PutRevocation(RevocationRecord),
     DeleteRevocation(Revoked),
@@ -158,14 +166,14 @@ pub enum Write {
     PutPairing(PairingRecord),
     DeletePairing(u16),
     /// Insert or replace (a node's `first_seen` never moves forward).
-    PutNode(NodeRow),
+    PutNode(Node),
     /// Moves a node's `last_seen` forward; `NotFound` for an unknown node.
     TouchNode {
         id: String,
         last_seen_ms: u64,
     },
     /// Insert or replace, by call id.
-    PutCall(CallRow),
+    PutCall(Call),
     /// `NotFound` for an unknown call.
     UpdateCall(CallUpdate),
     /// Ends a call no node took: `timed_out` at `at_ms`, only if it is still queued
@@ -290,14 +298,14 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
     async fn endpoint_keys(&self) -> Result<Option<EndpointKeys>, StoreError>;
 
     /// Paired devices, by device id.
-    async fn devices(&self) -> Result<Vec<DeviceRow>, StoreError>;
+    async fn devices(&self) -> Result<Vec<Device>, StoreError>;
 
-    async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError>;
+    async fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError>;
 
     async fn device_by_fingerprint(
         &self,
         fingerprint: &Fingerprint,
-    ) -> Result<Option<DeviceRow>, StoreError>;
+    ) -> Result<Option<Device>, StoreError>;
 
     /// Every revocation, oldest first.
     async fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
@@ -306,14 +314,14 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
     async fn pairing_records(&self) -> Result<Vec<PairingRecord>, StoreError>;
 
     /// Nodes, by id.
-    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError>;
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError>;
 
-    async fn node(&self, id: &str) -> Result<Option<NodeRow>, StoreError>;
+    async fn node(&self, id: &str) -> Result<Option<Node>, StoreError>;
 
-    async fn call(&self, id: u64) -> Result<Option<CallRow>, StoreError>;
+    async fn call(&self, id: u64) -> Result<Option<Call>, StoreError>;
 
     /// A node's calls, by call id.
-    async fn calls_for(&self, node: &str) -> Result<Vec<CallRow>, StoreError>;
+    async fn calls_for(&self, node: &str) -> Result<Vec<Call>, StoreError>;
 
     /// Up to `limit` events with a seq above `after` (0: from the start), oldest first,
     /// of one node or of all.
@@ -322,7 +330,7 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
         after: u64,
         node: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<EventRow>, StoreError>;
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The journal stored under `key` (empty if none), to restore a session from.
     async fn load_journal(&self, key: &str) -> Result<MemJournal, StoreError>;
@@ -334,7 +342,7 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
     async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Calls still queued and in no session, for whichever daemon holds their node.
-    async fn queued_calls(&self) -> Result<Vec<CallRow>, StoreError>;
+    async fn queued_calls(&self) -> Result<Vec<Call>, StoreError>;
 }
 
 /// Journal batches go in as one submission, committed with the next group.

@@ -11,7 +11,7 @@ use daemon::ca::{CertificateAuthority, Fingerprint, IssuancePolicy};
 use daemon::pairing::{PairingService, PairingSettings};
 use daemon::revocation::{RevocationRecord, Revoked};
 use daemon::store::{
-    CallRow, CallUpdate, CapabilityRow, DeviceRow, EventOrigin, NewEvent, NodeRow, Payload,
+    Call, CallStatus, CallUpdate, Capability, Device, EventOrigin, NewEvent, Node, Payload,
     RetentionPolicy, StoreError, StoreOptions, Write,
 };
 use proptest::prelude::*;
@@ -42,15 +42,15 @@ pub fn event(node: &str, n: u64, at_ms: u64) -> NewEvent {
     }
 }
 
-pub fn node(id: &str, seen: u64) -> NodeRow {
-    NodeRow {
+pub fn node(id: &str, seen: u64) -> Node {
+    Node {
         id: id.into(),
         first_seen_ms: seen,
         last_seen_ms: seen,
-        state: "online".into(),
+        online: true,
         platform: Some("linux".into()),
         address: None,
-        capabilities: vec![CapabilityRow {
+        capabilities: vec![Capability {
             name: "system.health".into(),
             version: 1,
             input: "application/json".into(),
@@ -60,8 +60,8 @@ pub fn node(id: &str, seen: u64) -> NodeRow {
     }
 }
 
-fn call(id: u64, node: &str) -> CallRow {
-    CallRow {
+fn call(id: u64, node: &str) -> Call {
+    Call {
         id,
         node: node.into(),
         capability: "system.health".into(),
@@ -69,7 +69,7 @@ fn call(id: u64, node: &str) -> CallRow {
             content_type: "application/json".into(),
             bytes: b"{}".to_vec(),
         },
-        state: "queued".into(),
+        state: CallStatus::Queued,
         output: None,
         error: None,
         created_ms: NOW,
@@ -112,7 +112,7 @@ pub async fn identity_devices_revocations_and_pairings_persist(e: &Engine) {
         .serialize_request(&key)
         .unwrap();
     let client = ca.issue_client(csr.der(), "node-1", NOW, &mut rng).unwrap();
-    let device = DeviceRow {
+    let device = Device {
         device_id: "node-1".into(),
         fingerprint: client.fingerprint,
         cert_der: client.der.clone(),
@@ -312,7 +312,7 @@ pub async fn nodes_and_calls(e: &Engine) {
     store
         .write_now(vec![Write::UpdateCall(CallUpdate {
             id: u64::MAX,
-            state: "dispatched".into(),
+            state: CallStatus::Dispatched,
             updated_ms: NOW + 1,
             output: None,
             error: None,
@@ -322,7 +322,7 @@ pub async fn nodes_and_calls(e: &Engine) {
     store
         .write_now(vec![Write::UpdateCall(CallUpdate {
             id: u64::MAX,
-            state: "succeeded".into(),
+            state: CallStatus::Succeeded,
             updated_ms: NOW + 2,
             output: Some(output.clone()),
             error: None,
@@ -330,7 +330,7 @@ pub async fn nodes_and_calls(e: &Engine) {
         })])
         .unwrap();
     let done = store.call(u64::MAX).await.unwrap().unwrap();
-    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.state, CallStatus::Succeeded);
     assert_eq!(done.output, Some(output));
     assert_eq!(
         done.session_call,
@@ -343,7 +343,7 @@ pub async fn nodes_and_calls(e: &Engine) {
     let err = store
         .write_now(vec![Write::UpdateCall(CallUpdate {
             id: 12345,
-            state: "failed".into(),
+            state: CallStatus::Failed,
             updated_ms: NOW,
             output: None,
             error: Some("boom".into()),

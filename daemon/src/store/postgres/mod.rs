@@ -22,7 +22,7 @@ use transport_tokio::journal::{Batch, CommitFuture, JournalStore};
 use transport_tokio::quic::EndpointKeys;
 
 use super::{
-    CallRow, DeviceRow, EventRow, NodeRow, Pending, StateStore, StoreError, StoreOptions, Write,
+    Call, Device, Node, Pending, StateStore, StoreError, StoreOptions, StoredEvent, Write,
 };
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
@@ -189,11 +189,11 @@ impl StateStore for PgStore {
         read::endpoint_keys(&self.reader().await?).await
     }
 
-    async fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+    async fn devices(&self) -> Result<Vec<Device>, StoreError> {
         read::devices(&self.reader().await?, read::DeviceKey::All).await
     }
 
-    async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    async fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
         Ok(
             read::devices(&self.reader().await?, read::DeviceKey::Id(device_id))
                 .await?
@@ -204,7 +204,7 @@ impl StateStore for PgStore {
     async fn device_by_fingerprint(
         &self,
         fingerprint: &Fingerprint,
-    ) -> Result<Option<DeviceRow>, StoreError> {
+    ) -> Result<Option<Device>, StoreError> {
         Ok(read::devices(
             &self.reader().await?,
             read::DeviceKey::Fingerprint(fingerprint),
@@ -221,21 +221,21 @@ impl StateStore for PgStore {
         read::pairings(&self.reader().await?).await
     }
 
-    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         read::nodes(&self.reader().await?, None).await
     }
 
-    async fn node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
+    async fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
         Ok(read::nodes(&self.reader().await?, Some(id)).await?.pop())
     }
 
-    async fn call(&self, id: u64) -> Result<Option<CallRow>, StoreError> {
+    async fn call(&self, id: u64) -> Result<Option<Call>, StoreError> {
         Ok(read::calls(&self.reader().await?, read::CallKey::Id(id))
             .await?
             .pop())
     }
 
-    async fn calls_for(&self, node: &str) -> Result<Vec<CallRow>, StoreError> {
+    async fn calls_for(&self, node: &str) -> Result<Vec<Call>, StoreError> {
         read::calls(&self.reader().await?, read::CallKey::Node(node)).await
     }
 
@@ -244,7 +244,7 @@ impl StateStore for PgStore {
         after: u64,
         node: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         read::events_after(&self.reader().await?, after, node, limit).await
     }
 
@@ -260,7 +260,7 @@ impl StateStore for PgStore {
         read::owned_by(&self.reader().await?, owner).await
     }
 
-    async fn queued_calls(&self) -> Result<Vec<CallRow>, StoreError> {
+    async fn queued_calls(&self) -> Result<Vec<Call>, StoreError> {
         read::calls(&self.reader().await?, read::CallKey::Queued).await
     }
 }

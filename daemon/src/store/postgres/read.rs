@@ -14,9 +14,10 @@ use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
 use crate::revocation::RevocationRecord;
 use crate::store::encode::{
-    QUEUED_CALLS, capabilities_from, dec, enc, pairing_from, revoked_from, unblob,
+    QUEUED_CALLS, call_state_from, capabilities_from, dec, enc, node_online, pairing_from,
+    revoked_from, unblob,
 };
-use crate::store::{CallRow, DeviceRow, EventOrigin, EventRow, NodeRow, Payload, StoreError};
+use crate::store::{Call, Device, EventOrigin, Node, Payload, StoreError, StoredEvent};
 
 async fn rows(
     c: &Object,
@@ -101,7 +102,7 @@ pub(crate) enum DeviceKey<'a> {
     Fingerprint(&'a Fingerprint),
 }
 
-pub(crate) async fn devices(c: &Object, key: DeviceKey<'_>) -> Result<Vec<DeviceRow>, StoreError> {
+pub(crate) async fn devices(c: &Object, key: DeviceKey<'_>) -> Result<Vec<Device>, StoreError> {
     const COLS: &str = "SELECT device_id, fingerprint, cert_der, paired_at, name FROM devices";
     let found = match key {
         DeviceKey::All => {
@@ -137,7 +138,7 @@ pub(crate) async fn devices(c: &Object, key: DeviceKey<'_>) -> Result<Vec<Device
         .iter()
         .map(|r| {
             let fp: Vec<u8> = r.get(1);
-            Ok(DeviceRow {
+            Ok(Device {
                 device_id: r.get(0),
                 fingerprint: Fingerprint(
                     fp.try_into()
@@ -192,7 +193,7 @@ pub(crate) async fn pairings(c: &Object) -> Result<Vec<PairingRecord>, StoreErro
         .collect()
 }
 
-pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<NodeRow>, StoreError> {
+pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<Node>, StoreError> {
     const COLS: &str =
         "SELECT id, first_seen, last_seen, state, platform, address, capabilities FROM nodes";
     let found = match id {
@@ -204,12 +205,12 @@ pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<NodeRow>, 
         .map(|r| {
             let id: String = r.get(0);
             let caps: &str = r.get(6);
-            Ok(NodeRow {
+            Ok(Node {
                 capabilities: capabilities_from(&id, caps)?,
                 id,
                 first_seen_ms: u(r, 1),
                 last_seen_ms: u(r, 2),
-                state: r.get(3),
+                online: node_online(r.get(3)),
                 platform: r.get(4),
                 address: r.get(5),
             })
@@ -224,7 +225,7 @@ pub(crate) enum CallKey<'a> {
     Queued,
 }
 
-pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, StoreError> {
+pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<Call>, StoreError> {
     const COLS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
         output, error, created, updated, deadline, session_call, timed_out FROM calls";
     let found = match key {
@@ -256,9 +257,10 @@ pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, 
             .await?
         }
     };
-    Ok(found
+    found
         .iter()
         .map(|r| {
+            let id = u(r, 0);
             let output = match (
                 r.get::<_, Option<String>>(6),
                 r.get::<_, Option<Vec<u8>>>(7),
@@ -269,15 +271,15 @@ pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, 
                 }),
                 _ => None,
             };
-            CallRow {
-                id: u(r, 0),
+            Ok(Call {
+                id,
                 node: r.get(1),
                 capability: r.get(2),
                 input: Payload {
                     content_type: r.get(3),
                     bytes: r.get(4),
                 },
-                state: r.get(5),
+                state: call_state_from(id, r.get(5))?,
                 output,
                 error: r.get(8),
                 created_ms: u(r, 9),
@@ -285,9 +287,9 @@ pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<CallRow>, 
                 deadline_ms: u(r, 11),
                 session_call: r.get::<_, Option<i64>>(12).map(dec),
                 timed_out_ms: r.get::<_, Option<i64>>(13).map(dec),
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 pub(crate) async fn events_after(
@@ -295,7 +297,7 @@ pub(crate) async fn events_after(
     after: u64,
     node: Option<&str>,
     limit: usize,
-) -> Result<Vec<EventRow>, StoreError> {
+) -> Result<Vec<StoredEvent>, StoreError> {
     const COLS: &str = "SELECT seq, node, name, content_type, body, at, origin_session,
         origin_seq FROM events";
     let after = i64::try_from(after).unwrap_or(i64::MAX);
@@ -333,7 +335,7 @@ pub(crate) async fn events_after(
                 _ => None,
             };
             let seq: i64 = r.get(0);
-            Ok(EventRow {
+            Ok(StoredEvent {
                 seq: u64::try_from(seq).unwrap_or(0),
                 node: r.get(1),
                 name: r.get(2),

@@ -3,11 +3,11 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::get_u64;
+use crate::model::{Call, CallStatus, CallUpdate, Payload};
 use crate::store::StoreError;
 use crate::store::encode::{EXPIRE_CALL, QUEUED_CALLS, check_id, dec, enc};
-use crate::store::rows::{CallRow, CallUpdate, Payload};
 
-pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
+pub(crate) fn put(conn: &Connection, c: &Call) -> Result<(), StoreError> {
     check_id(&c.node)?;
     let (out_type, out) = match &c.output {
         Some(p) => (Some(p.content_type.as_str()), Some(p.bytes.as_slice())),
@@ -34,7 +34,7 @@ pub(crate) fn put(conn: &Connection, c: &CallRow) -> Result<(), StoreError> {
             c.capability,
             c.input.content_type,
             c.input.bytes,
-            c.state,
+            c.state.as_str(),
             out_type,
             out,
             c.error,
@@ -64,7 +64,7 @@ pub(crate) fn update(conn: &Connection, u: &CallUpdate) -> Result<(), StoreError
         .and_then(|mut s| {
             s.execute(params![
                 enc(u.id),
-                u.state,
+                u.state.as_str(),
                 enc(u.updated_ms),
                 out_type,
                 out,
@@ -89,7 +89,7 @@ pub(crate) fn expire(conn: &Connection, id: u64, at_ms: u64) -> Result<(), Store
     Ok(())
 }
 
-pub(crate) fn queued(conn: &Connection) -> Result<Vec<CallRow>, StoreError> {
+pub(crate) fn queued(conn: &Connection) -> Result<Vec<Call>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} {QUEUED_CALLS}"))
         .and_then(|mut s| s.query_map([], row)?.collect())
         .map_err(StoreError::db("list queued calls"))
@@ -98,7 +98,7 @@ pub(crate) fn queued(conn: &Connection) -> Result<Vec<CallRow>, StoreError> {
 const COLUMNS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
     output, error, created, updated, deadline, session_call, timed_out FROM calls";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
+fn row(r: &Row<'_>) -> rusqlite::Result<Call> {
     let output = match (
         r.get::<_, Option<String>>(6)?,
         r.get::<_, Option<Vec<u8>>>(7)?,
@@ -109,7 +109,15 @@ fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
         }),
         _ => None,
     };
-    Ok(CallRow {
+    let state: String = r.get(5)?;
+    let state = CallStatus::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            5,
+            rusqlite::types::Type::Text,
+            format!("unknown call state {state:?}").into(),
+        )
+    })?;
+    Ok(Call {
         id: get_u64(r, 0)?,
         node: r.get(1)?,
         capability: r.get(2)?,
@@ -117,7 +125,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
             content_type: r.get(3)?,
             bytes: r.get(4)?,
         },
-        state: r.get(5)?,
+        state,
         output,
         error: r.get(8)?,
         created_ms: get_u64(r, 9)?,
@@ -128,13 +136,13 @@ fn row(r: &Row<'_>) -> rusqlite::Result<CallRow> {
     })
 }
 
-pub(crate) fn get(conn: &Connection, id: u64) -> Result<Option<CallRow>, StoreError> {
+pub(crate) fn get(conn: &Connection, id: u64) -> Result<Option<Call>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))
         .and_then(|mut s| s.query_row([enc(id)], row).optional())
         .map_err(StoreError::db("read a call"))
 }
 
-pub(crate) fn for_node(conn: &Connection, node: &str) -> Result<Vec<CallRow>, StoreError> {
+pub(crate) fn for_node(conn: &Connection, node: &str) -> Result<Vec<Call>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} WHERE node = ?1 ORDER BY id"))
         .and_then(|mut s| s.query_map([node], row)?.collect())
         .map_err(StoreError::db("list calls"))

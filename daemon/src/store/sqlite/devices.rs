@@ -4,11 +4,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::get_u64;
 use crate::ca::Fingerprint;
+use crate::model::Device;
 use crate::store::StoreError;
 use crate::store::encode::{check_device, enc};
-use crate::store::rows::DeviceRow;
 
-pub(crate) fn put(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
+pub(crate) fn put(conn: &Connection, d: &Device) -> Result<(), StoreError> {
     check_device(d)?;
     conn.prepare_cached(
         "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
@@ -30,7 +30,7 @@ pub(crate) fn put(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(crate) fn renew(conn: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
+pub(crate) fn renew(conn: &Connection, d: &Device) -> Result<(), StoreError> {
     check_device(d)?;
     conn.prepare_cached(
         "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
@@ -60,8 +60,8 @@ pub(crate) fn delete(conn: &Connection, device_id: &str) -> Result<(), StoreErro
 
 const COLUMNS: &str = "SELECT device_id, fingerprint, cert_der, paired_at, name FROM devices";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
-    Ok(DeviceRow {
+fn row(r: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
         device_id: r.get(0)?,
         fingerprint: Fingerprint(r.get(1)?),
         cert_der: r.get(2)?,
@@ -70,7 +70,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
     })
 }
 
-pub(crate) fn get(conn: &Connection, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+pub(crate) fn get(conn: &Connection, device_id: &str) -> Result<Option<Device>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} WHERE device_id = ?1"))
         .and_then(|mut s| s.query_row([device_id], row).optional())
         .map_err(StoreError::db("read a device"))
@@ -79,13 +79,13 @@ pub(crate) fn get(conn: &Connection, device_id: &str) -> Result<Option<DeviceRow
 pub(crate) fn by_fingerprint(
     conn: &Connection,
     fingerprint: &Fingerprint,
-) -> Result<Option<DeviceRow>, StoreError> {
+) -> Result<Option<Device>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} WHERE fingerprint = ?1"))
         .and_then(|mut s| s.query_row([fingerprint.0], row).optional())
         .map_err(StoreError::db("read a device"))
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Device>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} ORDER BY device_id"))
         .and_then(|mut s| s.query_map([], row)?.collect())
         .map_err(StoreError::db("list devices"))

@@ -8,9 +8,10 @@
 use rusqlite::{Connection, Row, params};
 
 use super::get_u64;
+use crate::model::{EventOrigin, NewEvent, StoredEvent};
+use crate::store::RetentionPolicy;
 use crate::store::StoreError;
 use crate::store::encode::{check_id, dec, enc};
-use crate::store::rows::{EventOrigin, EventRow, NewEvent, RetentionPolicy};
 
 /// Appends an event; `None` when its origin is already stored.
 pub(crate) fn append(conn: &Connection, e: &NewEvent) -> Result<Option<u64>, StoreError> {
@@ -76,7 +77,7 @@ pub(crate) fn prune(
     Ok(removed as u64)
 }
 
-fn row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+fn row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     let origin = match (
         r.get::<_, Option<[u8; 16]>>(6)?,
         r.get::<_, Option<i64>>(7)?,
@@ -87,7 +88,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
         }),
         _ => None,
     };
-    Ok(EventRow {
+    Ok(StoredEvent {
         seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
         node: r.get(1)?,
         name: r.get(2)?,
@@ -104,7 +105,7 @@ pub(crate) fn after(
     after: u64,
     node: Option<&str>,
     limit: usize,
-) -> Result<Vec<EventRow>, StoreError> {
+) -> Result<Vec<StoredEvent>, StoreError> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let cols = "SELECT seq, node, name, content_type, body, at, origin_session, origin_seq

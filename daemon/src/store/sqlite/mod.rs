@@ -27,8 +27,8 @@ use transport_tokio::journal::{Batch, CommitFuture, JournalStore};
 use transport_tokio::quic::EndpointKeys;
 
 use super::{
-    CallRow, DeviceRow, EventRow, NodeRow, Pending, Receipt, RetentionPolicy, StateStore,
-    StoreError, StoreOptions, Write,
+    Call, Device, Node, Pending, Receipt, RetentionPolicy, StateStore, StoreError, StoreOptions,
+    StoredEvent, Write,
 };
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
@@ -242,18 +242,18 @@ impl SqliteStore {
     }
 
     /// Paired devices, by device id.
-    pub fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+    pub fn devices(&self) -> Result<Vec<Device>, StoreError> {
         self.read(devices::list)
     }
 
-    pub fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    pub fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
         self.read(|c| devices::get(c, device_id))
     }
 
     pub fn device_by_fingerprint(
         &self,
         fingerprint: &Fingerprint,
-    ) -> Result<Option<DeviceRow>, StoreError> {
+    ) -> Result<Option<Device>, StoreError> {
         self.read(|c| devices::by_fingerprint(c, fingerprint))
     }
 
@@ -268,20 +268,20 @@ impl SqliteStore {
     }
 
     /// Nodes, by id.
-    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+    pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         self.read(nodes::list)
     }
 
-    pub fn node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
+    pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
         self.read(|c| nodes::get(c, id))
     }
 
-    pub fn call(&self, id: u64) -> Result<Option<CallRow>, StoreError> {
+    pub fn call(&self, id: u64) -> Result<Option<Call>, StoreError> {
         self.read(|c| calls::get(c, id))
     }
 
     /// A node's calls, by call id.
-    pub fn calls_for(&self, node: &str) -> Result<Vec<CallRow>, StoreError> {
+    pub fn calls_for(&self, node: &str) -> Result<Vec<Call>, StoreError> {
         self.read(|c| calls::for_node(c, node))
     }
 
@@ -292,7 +292,7 @@ impl SqliteStore {
         after: u64,
         node: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(|c| events::after(c, after, node, limit))
     }
 
@@ -378,18 +378,18 @@ impl StateStore for SqliteStore {
         SqliteStore::endpoint_keys(self)
     }
 
-    async fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+    async fn devices(&self) -> Result<Vec<Device>, StoreError> {
         SqliteStore::devices(self)
     }
 
-    async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    async fn device(&self, device_id: &str) -> Result<Option<Device>, StoreError> {
         SqliteStore::device(self, device_id)
     }
 
     async fn device_by_fingerprint(
         &self,
         fingerprint: &Fingerprint,
-    ) -> Result<Option<DeviceRow>, StoreError> {
+    ) -> Result<Option<Device>, StoreError> {
         SqliteStore::device_by_fingerprint(self, fingerprint)
     }
 
@@ -401,19 +401,19 @@ impl StateStore for SqliteStore {
         SqliteStore::pairing_records(self)
     }
 
-    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
         SqliteStore::nodes(self)
     }
 
-    async fn node(&self, id: &str) -> Result<Option<NodeRow>, StoreError> {
+    async fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
         SqliteStore::node(self, id)
     }
 
-    async fn call(&self, id: u64) -> Result<Option<CallRow>, StoreError> {
+    async fn call(&self, id: u64) -> Result<Option<Call>, StoreError> {
         SqliteStore::call(self, id)
     }
 
-    async fn calls_for(&self, node: &str) -> Result<Vec<CallRow>, StoreError> {
+    async fn calls_for(&self, node: &str) -> Result<Vec<Call>, StoreError> {
         SqliteStore::calls_for(self, node)
     }
 
@@ -422,7 +422,7 @@ impl StateStore for SqliteStore {
         after: u64,
         node: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         SqliteStore::events_after(self, after, node, limit)
     }
 
@@ -438,7 +438,7 @@ impl StateStore for SqliteStore {
         self.read(|c| owners::owned_by(c, owner))
     }
 
-    async fn queued_calls(&self) -> Result<Vec<CallRow>, StoreError> {
+    async fn queued_calls(&self) -> Result<Vec<Call>, StoreError> {
         self.read(calls::queued)
     }
 }

@@ -6,11 +6,13 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::get_u64;
+use crate::model::Node;
 use crate::store::StoreError;
-use crate::store::encode::{capabilities_from, capabilities_json, check_id, enc};
-use crate::store::rows::NodeRow;
+use crate::store::encode::{
+    capabilities_from, capabilities_json, check_id, enc, node_online, node_state,
+};
 
-pub(crate) fn put(conn: &Connection, n: &NodeRow) -> Result<(), StoreError> {
+pub(crate) fn put(conn: &Connection, n: &Node) -> Result<(), StoreError> {
     check_id(&n.id)?;
     let caps = capabilities_json(&n.capabilities)?;
     conn.prepare_cached(
@@ -26,7 +28,7 @@ pub(crate) fn put(conn: &Connection, n: &NodeRow) -> Result<(), StoreError> {
             n.id,
             enc(n.first_seen_ms),
             enc(n.last_seen_ms),
-            n.state,
+            node_state(n.online),
             n.platform,
             n.address,
             caps
@@ -54,13 +56,13 @@ pub(crate) fn touch(conn: &Connection, id: &str, last_seen_ms: u64) -> Result<()
 const COLUMNS: &str =
     "SELECT id, first_seen, last_seen, state, platform, address, capabilities FROM nodes";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<(NodeRow, String)> {
+fn row(r: &Row<'_>) -> rusqlite::Result<(Node, String)> {
     Ok((
-        NodeRow {
+        Node {
             id: r.get(0)?,
             first_seen_ms: get_u64(r, 1)?,
             last_seen_ms: get_u64(r, 2)?,
-            state: r.get(3)?,
+            online: node_online(&r.get::<_, String>(3)?),
             platform: r.get(4)?,
             address: r.get(5)?,
             capabilities: Vec::new(),
@@ -69,12 +71,12 @@ fn row(r: &Row<'_>) -> rusqlite::Result<(NodeRow, String)> {
     ))
 }
 
-fn finish((mut node, caps): (NodeRow, String)) -> Result<NodeRow, StoreError> {
+fn finish((mut node, caps): (Node, String)) -> Result<Node, StoreError> {
     node.capabilities = capabilities_from(&node.id, &caps)?;
     Ok(node)
 }
 
-pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<NodeRow>, StoreError> {
+pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<Node>, StoreError> {
     conn.prepare_cached(&format!("{COLUMNS} WHERE id = ?1"))
         .and_then(|mut s| s.query_row([id], row).optional())
         .map_err(StoreError::db("read a node"))?
@@ -82,7 +84,7 @@ pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<NodeRow>, StoreE
         .transpose()
 }
 
-pub(crate) fn list(conn: &Connection) -> Result<Vec<NodeRow>, StoreError> {
+pub(crate) fn list(conn: &Connection) -> Result<Vec<Node>, StoreError> {
     let rows: Vec<_> = conn
         .prepare_cached(&format!("{COLUMNS} ORDER BY id"))
         .and_then(|mut s| s.query_map([], row)?.collect::<Result<_, _>>())
