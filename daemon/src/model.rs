@@ -104,17 +104,12 @@ pub struct NewEvent {
     pub origin: Option<EventOrigin>,
 }
 
-/// A stored event.
+/// An event as stored: the event and the seq the store gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     /// Global, increasing, never reused.
     pub seq: u64,
-    pub node: String,
-    pub name: String,
-    pub content_type: String,
-    pub body: Vec<u8>,
-    pub at_ms: u64,
-    pub origin: Option<EventOrigin>,
+    pub event: NewEvent,
 }
 
 /// A paired device.

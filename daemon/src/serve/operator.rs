@@ -484,11 +484,11 @@ impl OperatorApi for Operator {
                 after = row.seq;
                 let event = Event {
                     seq: row.seq,
-                    node: row.node,
-                    name: row.name,
-                    body: row.body,
-                    content_type: row.content_type,
-                    at_ms: row.at_ms,
+                    node: row.event.node,
+                    name: row.event.name,
+                    body: row.event.body,
+                    content_type: row.event.content_type,
+                    at_ms: row.event.at_ms,
                 };
                 sink.send(event)
                     .await

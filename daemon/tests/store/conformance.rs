@@ -480,10 +480,10 @@ pub async fn events_are_filtered_deduplicated_and_never_renumbered(e: &Engine) {
     let all = store.events_after(0, None, 100).await.unwrap();
     assert_eq!(all.len(), 10);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(all[3].origin, origin(u64::MAX - 3));
+    assert_eq!(all[3].event.origin, origin(u64::MAX - 3));
     let odd = store.events_after(0, Some("odd"), 100).await.unwrap();
     assert_eq!(odd.len(), 5);
-    assert!(odd.iter().all(|e| e.node == "odd"));
+    assert!(odd.iter().all(|e| e.event.node == "odd"));
     let page = store.events_after(all[2].seq, None, 3).await.unwrap();
     assert_eq!(page, all[3..6].to_vec());
     let last = all[9].seq;

@@ -98,7 +98,7 @@ async fn the_writer_reconnects_after_the_server_dropped_it() {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.body)
+        .map(|e| e.event.body)
         .collect();
     assert_eq!(bodies, [1u64, 2].map(|n| n.to_le_bytes().to_vec()));
 }

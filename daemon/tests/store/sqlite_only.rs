@@ -53,7 +53,7 @@ fn a_failed_group_fails_every_waiter_and_the_writer_goes_on() {
         .events_after(0, None, 100)
         .unwrap()
         .into_iter()
-        .map(|e| e.body)
+        .map(|e| e.event.body)
         .collect();
     assert_eq!(bodies, [0u64, 6].map(|n| n.to_le_bytes().to_vec()));
     assert_eq!(receipt.events.len(), 1);
@@ -216,7 +216,7 @@ fn kill_9_loses_nothing_acknowledged() {
             .unwrap();
         let counters: Vec<u64> = events
             .iter()
-            .map(|e| u64::from_le_bytes(e.body.as_slice().try_into().unwrap()))
+            .map(|e| u64::from_le_bytes(e.event.body.as_slice().try_into().unwrap()))
             .collect();
         // Every acknowledged event, in order, once; possibly more not yet acknowledged.
         let expected: Vec<u64> = (1..=counters.len() as u64).collect();
@@ -230,7 +230,7 @@ fn kill_9_loses_nothing_acknowledged() {
             counters.len()
         );
         for e in &events {
-            let n = u64::from_le_bytes(e.body.as_slice().try_into().unwrap());
+            let n = u64::from_le_bytes(e.event.body.as_slice().try_into().unwrap());
             if let Some(&seq) = acked_seqs.get(&(t, n)) {
                 assert_eq!(e.seq, seq, "writer {t}: event {n} renumbered");
             }

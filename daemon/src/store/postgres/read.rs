@@ -17,7 +17,7 @@ use crate::store::encode::{
     QUEUED_CALLS, call_state_from, capabilities_from, dec, enc, node_online, pairing_from,
     revoked_from, unblob,
 };
-use crate::store::{Call, Device, EventOrigin, Node, Payload, StoreError, StoredEvent};
+use crate::store::{Call, Device, EventOrigin, NewEvent, Node, Payload, StoreError, StoredEvent};
 
 async fn rows(
     c: &Object,
@@ -337,12 +337,14 @@ pub(crate) async fn events_after(
             let seq: i64 = r.get(0);
             Ok(StoredEvent {
                 seq: u64::try_from(seq).unwrap_or(0),
-                node: r.get(1),
-                name: r.get(2),
-                content_type: r.get(3),
-                body: r.get(4),
-                at_ms: u(r, 5),
-                origin,
+                event: NewEvent {
+                    node: r.get(1),
+                    name: r.get(2),
+                    content_type: r.get(3),
+                    body: r.get(4),
+                    at_ms: u(r, 5),
+                    origin,
+                },
             })
         })
         .collect()

@@ -90,12 +90,14 @@ fn row(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
     };
     Ok(StoredEvent {
         seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-        node: r.get(1)?,
-        name: r.get(2)?,
-        content_type: r.get(3)?,
-        body: r.get(4)?,
-        at_ms: get_u64(r, 5)?,
-        origin,
+        event: NewEvent {
+            node: r.get(1)?,
+            name: r.get(2)?,
+            content_type: r.get(3)?,
+            body: r.get(4)?,
+            at_ms: get_u64(r, 5)?,
+            origin,
+        },
     })
 }
 
