@@ -450,20 +450,17 @@ impl OperatorApi for Operator {
                 DispatchError::UnknownNode(_) => ApiError::not_found(e.to_string()),
                 DispatchError::BadTimeout(_) => ApiError::invalid_argument(e.to_string()),
             })?;
-        // The runtime ends the call at its deadline; the margin covers the sweep.
-        let wait = Duration::from_millis(timeout_ms.saturating_add(2_000));
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(call)) => Ok(call_result(call)),
+        // One deadline: the runtime ends the call at it (its sweep, or the session's
+        // copy of it for a call the node holds) and answers this waiter either way.
+        match rx.await {
+            Ok(call) => Ok(call_result(call)),
             // Another daemon took the node over while the call ran: its record says how
             // it ends.
-            Ok(Err(_)) if self.shared.cluster.is_some() => {
+            Err(_) if self.shared.cluster.is_some() => {
                 self.await_stored_call(id, now_ms().saturating_add(timeout_ms))
                     .await
             }
-            Ok(Err(_)) => Err(ApiError::unavailable("the daemon is shutting down")),
-            Err(_) => Err(ApiError::timeout(format!(
-                "call {id} did not finish in time"
-            ))),
+            Err(_) => Err(ApiError::unavailable("the daemon is shutting down")),
         }
     }
 
