@@ -69,6 +69,9 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         Command::Nodes => operator::nodes(&socket, style).await,
         Command::Node(NodeCommand::Show { id }) => operator::node_show(&socket, style, &id).await,
         Command::Node(cmd) => daemon::cli::node::run(cmd).await,
+        Command::Calls(daemon::cli::CallsCommand::Show { id }) => {
+            operator::call_show(&socket, style, id).await
+        }
         Command::Call {
             node,
             capability,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use daemon::api::v1::{
     self, CallRequest, CallResult, CallState, ErrorCode, Event, EventsRequest, ListNodesRequest,
     Node, NodeList, NodeState, PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord,
-    PairRejectRequest, PairState, Request, Response, RevokeRequest, Revoked, ShowNodeRequest,
-    Status, request, response,
+    PairRejectRequest, PairState, Request, Response, RevokeRequest, Revoked, ShowCallRequest,
+    ShowNodeRequest, Status, request, response,
 };
 use daemon::api::{
     ApiClient, ApiError, ApiServer, BindError, CONTRACT_VERSION, ClientConfig, ClientError,
@@ -151,6 +151,11 @@ impl OperatorApi for TestApi {
         Ok(NodeList { nodes, next_after })
     }
 
+    async fn show_call(&self, req: ShowCallRequest) -> Result<CallResult, ApiError> {
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Err(ApiError::not_found(format!("no call {}", req.id)))
+    }
+
     async fn show_node(&self, req: ShowNodeRequest) -> Result<Node, ApiError> {
         self.handled.fetch_add(1, Ordering::SeqCst);
         if req.id == "ghost" {
@@ -183,6 +188,7 @@ impl OperatorApi for TestApi {
                 "{} on {} within {} ms",
                 req.capability, req.node, req.timeout_ms
             ),
+            ..CallResult::default()
         })
     }
 

@@ -780,4 +780,26 @@ fn an_answer_after_the_deadline_is_recorded_with_both_times() {
         opened_counts(&opened).get("https://example.com/slow"),
         Some(&1)
     );
+
+    // The operator reads it as such.
+    let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let call_id: i64 = c
+        .query_row("SELECT id FROM calls WHERE node = ?1", [&id], |r| r.get(0))
+        .unwrap();
+    // Stored order-preserving: the top bit flipped.
+    let call_id = (call_id as u64 ^ (1 << 63)).to_string();
+    let shown = d.json(&["calls", "show", &call_id]);
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    assert_eq!(shown["late"], true, "{shown}");
+    assert!(shown["timed_out_at_ms"].as_u64().unwrap() <= shown["updated_at_ms"].as_u64().unwrap());
+    let table = d.cli(&["calls", "show", &call_id]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("succeeded late: timed out at"), "{text}");
+    let missing = d.cli(&["calls", "show", "424242"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(4),
+        "an unknown call is not found"
+    );
 }

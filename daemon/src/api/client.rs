@@ -24,7 +24,8 @@ use super::framing::{ReadError, encode_frame, read_frame};
 use super::v1::{
     self, CallRequest, CallResult, ErrorCode, Event, EventsRequest, Node, NodeList,
     PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
-    Request, Response, RevokeRequest, Revoked, ShowNodeRequest, Status, request, response,
+    Request, Response, RevokeRequest, Revoked, ShowCallRequest, ShowNodeRequest, Status, request,
+    response,
 };
 use super::{ApiError, CONTRACT_VERSION, MAX_FRAME, SOFTWARE_VERSION, decode_response};
 
@@ -450,6 +451,16 @@ impl ApiClient {
         match self.unary(kind, timeout).await? {
             response::Kind::Node(n) => Ok(n),
             other => Err(unexpected("Node", &other)),
+        }
+    }
+
+    /// One call's record.
+    pub async fn show_call(&self, id: u64) -> Result<CallResult, ClientError> {
+        let timeout = self.config.request_timeout;
+        let kind = request::Kind::ShowCall(ShowCallRequest { id });
+        match self.unary(kind, timeout).await? {
+            response::Kind::CallResult(c) => Ok(c),
+            other => Err(unexpected("CallResult", &other)),
         }
     }
 

@@ -28,8 +28,8 @@ use super::framing::{ReadError, encode_frame, read_frame};
 use super::v1::{
     self, CallRequest, CallResult, ErrorCode, Event, EventsRequest, ListNodesRequest, Node,
     NodeList, PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord,
-    PairRejectRequest, Response, RevokeRequest, Revoked, ShowNodeRequest, Status, request,
-    response,
+    PairRejectRequest, Response, RevokeRequest, Revoked, ShowCallRequest, ShowNodeRequest, Status,
+    request, response,
 };
 use super::{
     ApiError, CONTRACT_VERSION, MAX_FRAME, SOFTWARE_VERSION, check_request, decode_request,
@@ -69,6 +69,13 @@ pub trait OperatorApi: Send + Sync + 'static {
         &self,
         req: ShowNodeRequest,
     ) -> impl Future<Output = Result<Node, ApiError>> + Send;
+
+    /// One call's record, final or not, with when it timed out if the node answered
+    /// afterwards.
+    fn show_call(
+        &self,
+        req: ShowCallRequest,
+    ) -> impl Future<Output = Result<CallResult, ApiError>> + Send;
 
     /// Runs a capability call to its final state. A call that ends badly on the node
     /// (failed, rejected, timed out...) is an `Ok` [`CallResult`] with that state; an
@@ -709,6 +716,7 @@ async fn run_request<H: OperatorApi>(
         Rq::PairReject(req) => handler.pair_reject(req).await.map(Rs::PairRecord),
         Rq::ListNodes(req) => handler.list_nodes(req).await.map(Rs::Nodes),
         Rq::ShowNode(req) => handler.show_node(req).await.map(Rs::Node),
+        Rq::ShowCall(req) => handler.show_call(req).await.map(Rs::CallResult),
         Rq::Call(req) => handler.call(req).await.map(Rs::CallResult),
         Rq::Revoke(req) => handler.revoke(req).await.map(Rs::Revoked),
         Rq::Events(req) => {

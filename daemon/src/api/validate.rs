@@ -53,6 +53,7 @@ pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
         Kind::PairApprove(req) => code_id(req.code_id),
         Kind::PairReject(req) => code_id(req.code_id),
         Kind::ShowNode(req) => node_id("id", &req.id),
+        Kind::ShowCall(_) => Ok(()),
         Kind::Call(req) => {
             node_id("node", &req.node)?;
             name("capability", &req.capability)?;

@@ -72,6 +72,9 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Look calls up.
+    #[command(subcommand)]
+    Calls(CallsCommand),
     /// Show events; `--follow` keeps streaming new ones.
     Events {
         #[arg(long)]
@@ -90,6 +93,13 @@ pub enum Command {
     },
     /// The deployment's posture: listeners, mTLS, CA, pairing policy, node counts.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallsCommand {
+    /// One call's record: its state, its times, and when it timed out if the node
+    /// answered afterwards.
+    Show { id: u64 },
 }
 
 #[derive(Debug, Args)]

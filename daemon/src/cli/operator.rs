@@ -103,6 +103,7 @@ fn call_state(s: i32) -> &'static str {
         Ok(v1::CallState::Cancelled) => "cancelled",
         Ok(v1::CallState::Lost) => "lost",
         Ok(v1::CallState::Undeliverable) => "undeliverable",
+        Ok(v1::CallState::Pending) => "pending",
         _ => "unknown",
     }
 }
@@ -403,6 +404,51 @@ pub async fn call(
         }
     }
     Exit::for_call(r.state)
+}
+
+/// `ternd calls show ID`.
+pub async fn call_show(socket: &Path, style: Style, id: u64) -> Result<(), Exit> {
+    let c = connect(socket).await?;
+    let r = c.show_call(id).await.map_err(|e| from_client(&e))?;
+    let state = call_state(r.state);
+    let late = r.timed_out_at_ms != 0;
+    match style {
+        Style::Json => println!(
+            "{}",
+            json!({
+                "call_id": r.call_id, "node": r.node, "capability": r.capability,
+                "state": state, "late": late,
+                "output": body_value(&r.content_type, &r.output),
+                "content_type": r.content_type, "message": r.message,
+                "created_at_ms": r.created_at_ms, "updated_at_ms": r.updated_at_ms,
+                "deadline_ms": r.deadline_ms,
+                "timed_out_at_ms": late.then_some(r.timed_out_at_ms),
+            })
+        ),
+        Style::Table => {
+            println!("call:       {}", r.call_id);
+            println!("node:       {}", r.node);
+            println!("capability: {}", r.capability);
+            if late {
+                println!(
+                    "state:      {state} late: timed out at {}, the node answered at {}",
+                    ms_to_text(r.timed_out_at_ms),
+                    ms_to_text(r.updated_at_ms)
+                );
+            } else {
+                println!("state:      {state} at {}", ms_to_text(r.updated_at_ms));
+            }
+            println!("created:    {}", ms_to_text(r.created_at_ms));
+            println!("deadline:   {}", ms_to_text(r.deadline_ms));
+            if !r.message.is_empty() {
+                println!("message:    {}", r.message);
+            }
+            if !r.output.is_empty() {
+                println!("output:     {}", body_value(&r.content_type, &r.output));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub async fn events(

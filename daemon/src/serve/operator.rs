@@ -12,7 +12,7 @@ use super::Shared;
 use crate::api::v1::{
     self, CallRequest, CallResult, Event, EventsRequest, ListNodesRequest, Node, NodeList,
     PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
-    RevokeRequest, Revoked, ShowNodeRequest, Status,
+    RevokeRequest, Revoked, ShowCallRequest, ShowNodeRequest, Status,
 };
 use crate::api::{
     ApiError, DEFAULT_NODE_PAGE, EventSink, MAX_NODE_PAGE, NODE_PAGE_BYTES, OperatorApi,
@@ -240,6 +240,12 @@ fn call_result(call: crate::model::Call) -> CallResult {
         output,
         content_type,
         message: call.error.unwrap_or_default(),
+        node: call.node,
+        capability: call.capability,
+        created_at_ms: call.created_ms,
+        updated_at_ms: call.updated_ms,
+        deadline_ms: call.deadline_ms,
+        timed_out_at_ms: call.timed_out_ms.unwrap_or(0),
     }
 }
 
@@ -252,7 +258,10 @@ fn call_state(s: CallStatus) -> v1::CallState {
         CallStatus::Cancelled => v1::CallState::Cancelled,
         CallStatus::Lost => v1::CallState::Lost,
         CallStatus::Undeliverable => v1::CallState::Undeliverable,
-        _ => v1::CallState::Unspecified,
+        CallStatus::Queued
+        | CallStatus::Dispatched
+        | CallStatus::AwaitingApproval
+        | CallStatus::Running => v1::CallState::Pending,
     }
 }
 
@@ -462,6 +471,16 @@ impl OperatorApi for Operator {
             }
             Err(_) => Err(ApiError::unavailable("the daemon is shutting down")),
         }
+    }
+
+    async fn show_call(&self, req: ShowCallRequest) -> Result<CallResult, ApiError> {
+        self.shared
+            .store
+            .call(req.id)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map(call_result)
+            .ok_or_else(|| ApiError::not_found(format!("no call {}", req.id)))
     }
 
     async fn events(&self, req: EventsRequest, mut sink: EventSink) -> Result<(), ApiError> {
