@@ -305,6 +305,43 @@ impl PairingService {
         }
     }
 
+    /// Takes in what other daemons sharing the store did with the codes: codes they
+    /// minted, decisions their operators made, codes used or guessed at there. Local
+    /// state that is further along stays. Returns whether a decision came in (runs
+    /// waiting for one should look again).
+    pub fn absorb(&mut self, records: impl IntoIterator<Item = PairingRecord>) -> bool {
+        let mut decided = false;
+        for mut stored in records {
+            let Some(local) = self.records.get_mut(&stored.code_id) else {
+                // A code minted elsewhere; no connection here waits on it.
+                stored.awaiting_decision = false;
+                self.records.insert(stored.code_id, stored);
+                continue;
+            };
+            if local.verifier_record != stored.verifier_record {
+                // The code id was reused for another code: the store's is the newer.
+                stored.awaiting_decision = false;
+                *local = stored;
+                continue;
+            }
+            if local.approval.state == ApprovalState::Pending
+                && matches!(
+                    stored.approval.state,
+                    ApprovalState::Approved | ApprovalState::Rejected
+                )
+            {
+                local.approval = stored.approval;
+                decided = true;
+            }
+            if stored.window.used && !local.window.used {
+                local.window.used = true;
+                local.issued = local.issued.or(stored.issued);
+            }
+            local.window.failures = local.window.failures.max(stored.window.failures);
+        }
+        decided
+    }
+
     /// The transport closed a pairing connection. One that held a proven code without
     /// a certificate yet gives the code back, so the node can reconnect with it.
     pub fn connection_closed<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, conn: &DaemonPairing<B>) {

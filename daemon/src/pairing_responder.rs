@@ -121,6 +121,14 @@ impl ServiceResponder {
         Ok(state)
     }
 
+    /// Takes in the pairing records another daemon stored (see
+    /// [`PairingService::absorb`]); a decision made there wakes the runs waiting here.
+    pub fn absorb(&self, records: Vec<crate::pairing::PairingRecord>) {
+        if self.lock().absorb(records) {
+            self.decided();
+        }
+    }
+
     fn decided(&self) {
         self.decisions.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -181,6 +181,36 @@ fn three_daemons_share_one_fleet() {
     for (id, _, _) in &nodes {
         wait_until("every node owned by a daemon", || db.owner(id));
     }
+
+    // Pairing on any daemon: a code minted on a that needs approval, approved on c,
+    // used through b.
+    let code = daemons[0].json(&["pair", "code", "--approval"]);
+    let (code_text, code_id) = (
+        code["code"].as_str().unwrap().to_owned(),
+        code["code_id"].as_u64().unwrap().to_string(),
+    );
+    wait_until("the code known on another daemon", || {
+        let list = daemons[2].json(&["pair", "list"]);
+        list.as_array()?
+            .iter()
+            .any(|r| r["code_id"].to_string() == code_id)
+            .then_some(())
+    });
+    daemons[2].json(&["pair", "approve", &code_id]);
+    let dir = tmp.path().join("n3");
+    let late_joiner = common::node(
+        &dir,
+        None,
+        &[
+            "--code",
+            &code_text,
+            "--daemon",
+            &format!("127.0.0.1:{}", daemons[1].port),
+        ],
+    );
+    let joined = node_id(&dir);
+    wait_until("the node paired through b online", || db.owner(&joined));
+    drop(late_joiner);
     let index = |owner: &str| ["a", "b", "c"].iter().position(|n| *n == owner).unwrap();
 
     // A call through one daemon reaches a node held by another.

@@ -1,7 +1,7 @@
 //! Several daemons on one shared store (PostgreSQL): who owns which node's session,
 //! journal writes fenced by that ownership, and what one daemon learns from the store
-//! about the others' work — revocations, calls queued for the nodes it holds, nodes
-//! that connected elsewhere.
+//! about the others' work — revocations, pairing codes minted, decided or used
+//! elsewhere, calls queued for the nodes it holds, nodes that connected elsewhere.
 //!
 //! Nothing here is a protocol between daemons: each daemon reads and writes the store,
 //! and a short sync pass (every [`SYNC_INTERVAL`]) picks up what the others wrote. A
@@ -89,6 +89,7 @@ impl Cluster {
         &self,
         runtime: &Runtime,
         revocations: &LiveRevocations,
+        pairing: &crate::pairing_responder::ServiceResponder,
     ) -> Result<(), StoreError> {
         let held: HashMap<String, u64> = self
             .store
@@ -111,6 +112,9 @@ impl Cluster {
             info!(node = %device, "revoked by another daemon");
             runtime.disconnect(&device, protocol_core::wire::ErrorCode::Revoked);
         }
+
+        // Codes minted, approved, used elsewhere.
+        pairing.absorb(self.store.pairing_records().await?);
 
         let now = now_ms();
         let mut expired = Vec::new();
@@ -150,6 +154,7 @@ impl Cluster {
         self: &Arc<Self>,
         runtime: Arc<Runtime>,
         revocations: Arc<LiveRevocations>,
+        pairing: Arc<crate::pairing_responder::ServiceResponder>,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -157,7 +162,7 @@ impl Cluster {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = me.sync(&runtime, &revocations).await {
+                if let Err(e) = me.sync(&runtime, &revocations, &pairing).await {
                     warn!(error = %e, "reading the other daemons' work failed");
                 }
             }

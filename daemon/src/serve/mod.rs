@@ -339,7 +339,7 @@ pub async fn run(
     }
 
     if let Some(c) = &cluster {
-        tasks.push(c.spawn_sync(runtime.clone(), revocations.clone()));
+        tasks.push(c.spawn_sync(runtime.clone(), revocations.clone(), pairing.clone()));
     }
 
     let shared = Arc::new(Shared {
