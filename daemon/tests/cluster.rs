@@ -185,15 +185,16 @@ fn three_daemons_share_one_fleet() {
     // Pairing on any daemon: a code minted on a that needs approval, approved on c,
     // used through b.
     let code = daemons[0].json(&["pair", "code", "--approval"]);
-    let (code_text, code_id) = (
+    let (code_text, code_number) = (
         code["code"].as_str().unwrap().to_owned(),
-        code["code_id"].as_u64().unwrap().to_string(),
+        code["code_id"].as_u64().unwrap(),
     );
+    let code_id = code_number.to_string();
     wait_until("the code known on another daemon", || {
         let list = daemons[2].json(&["pair", "list"]);
         list.as_array()?
             .iter()
-            .any(|r| r["code_id"].to_string() == code_id)
+            .any(|r| r["code_id"].as_u64() == Some(code_number))
             .then_some(())
     });
     daemons[2].json(&["pair", "approve", &code_id]);
