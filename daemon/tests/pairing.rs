@@ -891,3 +891,44 @@ fn the_store_is_given_only_what_changed_and_what_went() {
     assert_eq!(changes.deleted, gone);
     assert_eq!(changes.put.len(), 1);
 }
+
+/// Daemons sharing a store take in each other's pairing records: a code minted on one is
+/// known to the other, an operator's decision on one wakes the other, and a code used on
+/// one is used on all.
+#[test]
+fn pairing_records_from_another_daemon_are_taken_in() {
+    let mut a = World::new(PairingSettings::default());
+    let mut b = World::new(PairingSettings::default());
+    let code = a
+        .service
+        .create_code(a.now, "node-shared", None, Some(true), &mut a.rng)
+        .unwrap();
+    let id = code.id();
+    assert!(b.service.record(id).is_none());
+    assert!(!b.service.absorb(a.service.records()), "no decision yet");
+    let seen = b.service.record(id).unwrap().clone();
+    assert_eq!(seen.device_id, "node-shared");
+    assert_eq!(seen.approval.state, ApprovalState::Pending);
+
+    // Approved on a: b learns of the decision (its waiting runs look again).
+    a.service.approve(a.now, id).unwrap();
+    assert!(b.service.absorb(a.service.records()));
+    assert_eq!(
+        b.service.record(id).unwrap().approval.state,
+        ApprovalState::Approved
+    );
+    // Taking the same records in again changes nothing.
+    assert!(!b.service.absorb(a.service.records()));
+
+    // Used on b: a keeps it used, even though it never saw the node.
+    let mut used = b.service.record(id).unwrap().clone();
+    used.window.used = true;
+    assert!(!a.service.absorb([used]));
+    assert!(a.service.record(id).unwrap().window.used);
+    // A decision never goes back to pending from a stale record.
+    assert!(!a.service.absorb([seen]));
+    assert_eq!(
+        a.service.record(id).unwrap().approval.state,
+        ApprovalState::Approved
+    );
+}
