@@ -24,6 +24,13 @@ use crate::store::{Store, StoreError, Write};
 /// How often a daemon reads what the others wrote.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Every this many passes, one reads everything rather than what changed lately.
+pub const FULL_PASS_EVERY: u64 = 20;
+
+/// How far before the last pass a "what changed since" read starts: clocks of daemons
+/// may disagree by this much, and a claim commits a moment after its time is taken.
+const SINCE_MARGIN_MS: u64 = 2_000;
+
 /// Call ids a daemon takes at start: its own range, never used by another daemon.
 pub const CALL_ID_BLOCK: u64 = 1 << 40;
 
@@ -83,26 +90,46 @@ impl Cluster {
         }
     }
 
-    /// One pass: ownership lost to others, revocations, calls for the nodes held here,
-    /// nodes seen by others.
+    /// One pass: ownership lost to others, revocations, pairing records, calls for the
+    /// nodes held here, nodes seen by others. `since_ms` bounds what changed lately
+    /// (claims, sightings); `None` reads everything (the first pass, and every
+    /// [`FULL_PASS_EVERY`]th, which also covers clocks that disagree).
     async fn sync(
         &self,
         runtime: &Runtime,
         revocations: &LiveRevocations,
         pairing: &crate::pairing_responder::ServiceResponder,
+        since_ms: Option<u64>,
     ) -> Result<(), StoreError> {
-        let held: HashMap<String, u64> = self
-            .store
-            .owned_by(&self.daemon_id)
-            .await?
-            .into_iter()
-            .collect();
-        let gone: Vec<String> = self
-            .owned()
-            .iter()
-            .filter(|(node, epoch)| held.get(*node) != Some(epoch))
-            .map(|(node, _)| node.clone())
-            .collect();
+        let gone: Vec<String> = match since_ms {
+            None => {
+                let held: HashMap<String, u64> = self
+                    .store
+                    .owned_by(&self.daemon_id)
+                    .await?
+                    .into_iter()
+                    .collect();
+                self.owned()
+                    .iter()
+                    .filter(|(node, epoch)| held.get(*node) != Some(epoch))
+                    .map(|(node, _)| node.clone())
+                    .collect()
+            }
+            Some(since) => {
+                let owned = self.owned().clone();
+                self.store
+                    .claims_since(since)
+                    .await?
+                    .into_iter()
+                    .filter(|(node, owner, epoch)| {
+                        owned
+                            .get(node)
+                            .is_some_and(|mine| *owner != self.daemon_id || epoch != mine)
+                    })
+                    .map(|(node, _, _)| node)
+                    .collect()
+            }
+        };
         for node in gone {
             self.lost(&node);
         }
@@ -135,7 +162,11 @@ impl Cluster {
             self.store.write(expired).await?;
         }
 
-        for row in self.store.nodes().await? {
+        let seen = match since_ms {
+            None => self.store.nodes().await?,
+            Some(since) => self.store.nodes_since(since).await?,
+        };
+        for row in seen {
             let mine = runtime
                 .node(&row.id)
                 .is_some_and(|n| n.transport.is_some() && n.online);
@@ -160,10 +191,20 @@ impl Cluster {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pass = 0u64;
+            // The start of the last pass that worked; what changed since is read again
+            // with a margin for clocks and commits in flight.
+            let mut last_ok: Option<u64> = None;
             loop {
                 tick.tick().await;
-                if let Err(e) = me.sync(&runtime, &revocations, &pairing).await {
-                    warn!(error = %e, "reading the other daemons' work failed");
+                let started = now_ms();
+                let since = last_ok
+                    .filter(|_| !pass.is_multiple_of(FULL_PASS_EVERY))
+                    .map(|t| t.saturating_sub(SINCE_MARGIN_MS));
+                pass += 1;
+                match me.sync(&runtime, &revocations, &pairing, since).await {
+                    Ok(()) => last_ok = Some(started),
+                    Err(e) => warn!(error = %e, "reading the other daemons' work failed"),
                 }
             }
         })

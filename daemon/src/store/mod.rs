@@ -341,6 +341,12 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
     /// The sessions `owner` owns, with their epochs, by node.
     async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
+    /// Session claims made at or after `since_ms` (by any daemon): node, owner, epoch.
+    async fn claims_since(&self, since_ms: u64) -> Result<Vec<(String, String, u64)>, StoreError>;
+
+    /// Nodes last seen at or after `since_ms`, by id.
+    async fn nodes_since(&self, since_ms: u64) -> Result<Vec<Node>, StoreError>;
+
     /// Calls still queued and in no session, for whichever daemon holds their node.
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError>;
 }

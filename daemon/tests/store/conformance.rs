@@ -245,6 +245,15 @@ pub async fn nodes_and_calls(e: &Engine) {
         ])
         .unwrap();
     let n1 = store.node("n1").await.unwrap().unwrap();
+    // Seen lately: n1 (touched at NOW + 500), not n2 (NOW + 5).
+    let lately: Vec<String> = store
+        .nodes_since(NOW + 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(lately, ["n1"]);
     assert_eq!((n1.first_seen_ms, n1.last_seen_ms), (NOW, NOW + 500));
     assert_eq!(n1.capabilities, node("n1", 0).capabilities);
     assert_eq!(
@@ -940,4 +949,19 @@ pub async fn ownership_fences_a_former_owner(e: &Engine) {
         .unwrap()
         .epochs;
     assert_eq!(other, [1]);
+    // What another daemon reads to learn of claims lately.
+    let mut claims = store.claims_since(NOW).await.unwrap();
+    claims.sort();
+    assert_eq!(
+        claims,
+        [
+            ("n1".to_owned(), "daemon-a".to_owned(), 10),
+            ("n2".to_owned(), "daemon-b".to_owned(), 1)
+        ]
+    );
+    assert!(store.claims_since(NOW + 1).await.unwrap().is_empty());
+    assert_eq!(
+        store.owned_by("daemon-b").await.unwrap(),
+        [("n2".to_owned(), 1)]
+    );
 }

@@ -222,11 +222,13 @@ impl StateStore for PgStore {
     }
 
     async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        read::nodes(&self.reader().await?, None).await
+        read::nodes(&self.reader().await?, read::NodeKey::All).await
     }
 
     async fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
-        Ok(read::nodes(&self.reader().await?, Some(id)).await?.pop())
+        Ok(read::nodes(&self.reader().await?, read::NodeKey::Id(id))
+            .await?
+            .pop())
     }
 
     async fn call(&self, id: u64) -> Result<Option<Call>, StoreError> {
@@ -258,6 +260,14 @@ impl StateStore for PgStore {
 
     async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
         read::owned_by(&self.reader().await?, owner).await
+    }
+
+    async fn claims_since(&self, since_ms: u64) -> Result<Vec<(String, String, u64)>, StoreError> {
+        read::claims_since(&self.reader().await?, since_ms).await
+    }
+
+    async fn nodes_since(&self, since_ms: u64) -> Result<Vec<Node>, StoreError> {
+        read::nodes_since(&self.reader().await?, since_ms).await
     }
 
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError> {

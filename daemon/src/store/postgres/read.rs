@@ -193,12 +193,28 @@ pub(crate) async fn pairings(c: &Object) -> Result<Vec<PairingRecord>, StoreErro
         .collect()
 }
 
-pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<Node>, StoreError> {
+/// Which nodes.
+pub(crate) enum NodeKey<'a> {
+    All,
+    Id(&'a str),
+    SeenSince(u64),
+}
+
+pub(crate) async fn nodes(c: &Object, key: NodeKey<'_>) -> Result<Vec<Node>, StoreError> {
     const COLS: &str =
         "SELECT id, first_seen, last_seen, state, platform, address, capabilities FROM nodes";
-    let found = match id {
-        Some(id) => rows(c, &format!("{COLS} WHERE id = $1"), &[&id], "read a node").await?,
-        None => rows(c, &format!("{COLS} ORDER BY id"), &[], "list nodes").await?,
+    let found = match key {
+        NodeKey::Id(id) => rows(c, &format!("{COLS} WHERE id = $1"), &[&id], "read a node").await?,
+        NodeKey::All => rows(c, &format!("{COLS} ORDER BY id"), &[], "list nodes").await?,
+        NodeKey::SeenSince(ms) => {
+            rows(
+                c,
+                &format!("{COLS} WHERE last_seen >= $1 ORDER BY id"),
+                &[&enc(ms)],
+                "list nodes seen lately",
+            )
+            .await?
+        }
     };
     found
         .iter()
@@ -216,6 +232,31 @@ pub(crate) async fn nodes(c: &Object, id: Option<&str>) -> Result<Vec<Node>, Sto
             })
         })
         .collect()
+}
+
+pub(crate) async fn nodes_since(c: &Object, since_ms: u64) -> Result<Vec<Node>, StoreError> {
+    nodes(c, NodeKey::SeenSince(since_ms)).await
+}
+
+pub(crate) async fn claims_since(
+    c: &Object,
+    since_ms: u64,
+) -> Result<Vec<(String, String, u64)>, StoreError> {
+    rows(
+        c,
+        "SELECT node, owner, epoch FROM owners WHERE since >= $1",
+        &[&enc(since_ms)],
+        "list recent claims",
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let epoch: i64 = r.get(2);
+        u64::try_from(epoch)
+            .map(|e| (r.get(0), r.get(1), e))
+            .map_err(|_| StoreError::Corrupt(format!("epoch {epoch}")))
+    })
+    .collect()
 }
 
 /// Which calls.

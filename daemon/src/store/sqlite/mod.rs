@@ -438,6 +438,14 @@ impl StateStore for SqliteStore {
         self.read(|c| owners::owned_by(c, owner))
     }
 
+    async fn claims_since(&self, since_ms: u64) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(|c| owners::claims_since(c, since_ms))
+    }
+
+    async fn nodes_since(&self, since_ms: u64) -> Result<Vec<Node>, StoreError> {
+        self.read(|c| nodes::since(c, since_ms))
+    }
+
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError> {
         self.read(calls::queued)
     }

@@ -84,6 +84,14 @@ pub(crate) fn get(conn: &Connection, id: &str) -> Result<Option<Node>, StoreErro
         .transpose()
 }
 
+pub(crate) fn since(conn: &Connection, since_ms: u64) -> Result<Vec<Node>, StoreError> {
+    let rows: Vec<_> = conn
+        .prepare_cached(&format!("{COLUMNS} WHERE last_seen >= ?1 ORDER BY id"))
+        .and_then(|mut s| s.query_map([enc(since_ms)], row)?.collect::<Result<_, _>>())
+        .map_err(StoreError::db("list nodes seen lately"))?;
+    rows.into_iter().map(finish).collect()
+}
+
 pub(crate) fn list(conn: &Connection) -> Result<Vec<Node>, StoreError> {
     let rows: Vec<_> = conn
         .prepare_cached(&format!("{COLUMNS} ORDER BY id"))

@@ -68,6 +68,31 @@ pub(crate) fn owned_by(conn: &Connection, owner: &str) -> Result<Vec<(String, u6
         .collect()
 }
 
+pub(crate) fn claims_since(
+    conn: &Connection,
+    since_ms: u64,
+) -> Result<Vec<(String, String, u64)>, StoreError> {
+    conn.prepare_cached("SELECT node, owner, epoch FROM owners WHERE since >= ?1")
+        .and_then(|mut s| {
+            s.query_map([enc(since_ms)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(StoreError::db("list recent claims"))?
+        .into_iter()
+        .map(|(node, owner, epoch)| {
+            u64::try_from(epoch)
+                .map(|e| (node, owner, e))
+                .map_err(|_| StoreError::Corrupt(format!("epoch {epoch}")))
+        })
+        .collect()
+}
+
 pub(crate) fn fence(
     conn: &Connection,
     node: &str,
