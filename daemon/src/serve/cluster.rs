@@ -24,6 +24,9 @@ use crate::store::{Store, StoreError, Write};
 /// How often a daemon reads what the others wrote.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How often a daemon looks for calls queued for the nodes it holds.
+pub const CALLS_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Every this many passes, one reads everything rather than what changed lately.
 pub const FULL_PASS_EVERY: u64 = 20;
 
@@ -143,6 +146,27 @@ impl Cluster {
         // Codes minted, approved, used elsewhere.
         pairing.absorb(self.store.pairing_records().await?);
 
+        let seen = match since_ms {
+            None => self.store.nodes().await?,
+            Some(since) => self.store.nodes_since(since).await?,
+        };
+        for row in seen {
+            let mine = runtime
+                .node(&row.id)
+                .is_some_and(|n| n.transport.is_some() && n.online);
+            if !mine {
+                runtime.know_node(NodeInfo {
+                    online: row.online,
+                    ..crate::serve::store_adapter::node_info(&row)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls queued in the store for the nodes held here: taken, or ended when their
+    /// deadline passed with no daemon taking them. Run more often than the rest.
+    async fn sync_calls(&self, runtime: &Runtime) -> Result<(), StoreError> {
         let now = now_ms();
         let mut expired = Vec::new();
         for row in self.store.queued_calls().await? {
@@ -162,25 +186,11 @@ impl Cluster {
             self.store.write(expired).await?;
         }
 
-        let seen = match since_ms {
-            None => self.store.nodes().await?,
-            Some(since) => self.store.nodes_since(since).await?,
-        };
-        for row in seen {
-            let mine = runtime
-                .node(&row.id)
-                .is_some_and(|n| n.transport.is_some() && n.online);
-            if !mine {
-                runtime.know_node(NodeInfo {
-                    online: row.online,
-                    ..crate::serve::store_adapter::node_info(&row)
-                });
-            }
-        }
         Ok(())
     }
 
-    /// Runs the sync pass every [`SYNC_INTERVAL`].
+    /// Runs the calls pass every [`CALLS_INTERVAL`] and the sync pass every
+    /// [`SYNC_INTERVAL`].
     pub fn spawn_sync(
         self: &Arc<Self>,
         runtime: Arc<Runtime>,
@@ -189,14 +199,23 @@ impl Cluster {
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SYNC_INTERVAL);
+            let mut tick = tokio::time::interval(CALLS_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let every = (SYNC_INTERVAL.as_millis() / CALLS_INTERVAL.as_millis()).max(1) as u64;
+            let mut ticks = 0u64;
             let mut pass = 0u64;
             // The start of the last pass that worked; what changed since is read again
             // with a margin for clocks and commits in flight.
             let mut last_ok: Option<u64> = None;
             loop {
                 tick.tick().await;
+                if let Err(e) = me.sync_calls(&runtime).await {
+                    warn!(error = %e, "reading calls queued on other daemons failed");
+                }
+                ticks += 1;
+                if !ticks.is_multiple_of(every) {
+                    continue;
+                }
                 let started = now_ms();
                 let since = last_ok
                     .filter(|_| !pass.is_multiple_of(FULL_PASS_EVERY))
@@ -220,26 +239,11 @@ impl Ownership for Cluster {
         let store = self.store.clone();
         let (owner, node_id) = (self.daemon_id.clone(), node.to_owned());
         let claim = async move {
-            let receipt = store
-                .write(vec![Write::ClaimSession {
-                    node: node_id.clone(),
-                    owner,
-                    epoch: 0,
-                    at_ms: now_ms(),
-                }])
-                .await?;
-            let epoch = receipt.epochs.first().copied().unwrap_or(0);
-            let journal = store.load_journal(&node_id).await?;
-            let calls = store
-                .calls_for(&node_id)
-                .await?
-                .iter()
-                .filter_map(crate::serve::store_adapter::open_call)
-                .collect();
+            let taken = store.take_session(&node_id, &owner, now_ms()).await?;
             Ok::<_, StoreError>(Claimed {
-                epoch,
-                journal,
-                calls,
+                epoch: taken.epoch,
+                journal: taken.journal,
+                calls: taken.calls,
             })
         };
         // The transports ask on a runtime thread; the store answers on the same

@@ -144,7 +144,7 @@ impl Operator {
                     "call {id} did not finish in time"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -129,6 +129,22 @@ pub(crate) fn capabilities_from(node: &str, json: &str) -> Result<Vec<Capability
         .map_err(|e| StoreError::Corrupt(format!("capabilities of node {node}: {e}")))
 }
 
+/// Stores a pairing record (parameters: code id, JSON, decided, verifier), in both
+/// engines' SQL. An operator's decision is never overwritten by an older, undecided copy
+/// of the same code (another daemon's write, made before it took the decision in);
+/// a new code on the same id replaces the old one.
+pub(crate) const PUT_PAIRING: &str = "INSERT INTO pairings (code_id, record, decided, verifier)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (code_id) DO UPDATE SET record = excluded.record,
+        decided = excluded.decided, verifier = excluded.verifier
+    WHERE excluded.decided OR NOT pairings.decided
+        OR pairings.verifier <> excluded.verifier";
+
+/// Whether an operator decided a pairing (or it ran its course).
+pub(crate) fn pairing_decided(p: &PairingRecord) -> bool {
+    p.approval.state != protocol_core::pairing::ApprovalState::Pending
+}
+
 /// A pairing record as stored: JSON under its code id.
 pub(crate) fn pairing_json(p: &PairingRecord) -> Result<String, StoreError> {
     serde_json::to_string(p)

@@ -338,6 +338,35 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
     /// Keys of every stored journal, sorted.
     async fn journal_keys(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Makes `owner` the owner of `node`'s session (its epoch goes up; durable when this
+    /// returns) and reads what rebuilds the session: the journal, the node's calls not
+    /// yet final. A writer that held the session before cannot commit for it after this.
+    async fn take_session(
+        &self,
+        node: &str,
+        owner: &str,
+        at_ms: u64,
+    ) -> Result<TakenSession, StoreError> {
+        let receipt = self
+            .write(vec![Write::ClaimSession {
+                node: node.to_owned(),
+                owner: owner.to_owned(),
+                epoch: 0,
+                at_ms,
+            }])
+            .await?;
+        Ok(TakenSession {
+            epoch: receipt.epochs.first().copied().unwrap_or(0),
+            journal: self.load_journal(node).await?,
+            calls: self
+                .calls_for(node)
+                .await?
+                .into_iter()
+                .filter(|c| !c.state.is_final())
+                .collect(),
+        })
+    }
+
     /// The sessions `owner` owns, with their epochs, by node.
     async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
@@ -349,6 +378,14 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
 
     /// Calls still queued and in no session, for whichever daemon holds their node.
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError>;
+}
+
+/// A session taken over: see [`StateStore::take_session`].
+#[derive(Debug)]
+pub struct TakenSession {
+    pub epoch: u64,
+    pub journal: MemJournal,
+    pub calls: Vec<Call>,
 }
 
 /// Journal batches go in as one submission, committed with the next group.

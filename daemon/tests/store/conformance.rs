@@ -965,3 +965,54 @@ pub async fn ownership_fences_a_former_owner(e: &Engine) {
         [("n2".to_owned(), 1)]
     );
 }
+
+/// A daemon's older, undecided copy of a pairing never undoes an operator's decision
+/// stored by another daemon; a new code on the same id replaces the old one.
+pub async fn a_decided_pairing_is_not_undone_by_an_older_copy(e: &Engine) {
+    let mut rng = ChaCha20Rng::from_seed([8; 32]);
+    let ca = Arc::new(
+        CertificateAuthority::create("tern CA", NOW, IssuancePolicy::default(), &mut rng).unwrap(),
+    );
+    let server = ca
+        .issue_server(&["ternd.test".into()], NOW, &mut rng)
+        .unwrap();
+    let mut service = PairingService::new(
+        ca,
+        server.fingerprint,
+        PairingSettings::default(),
+        Instant::from_millis(NOW),
+    )
+    .unwrap();
+    let code = service
+        .create_code(
+            Instant::from_millis(NOW),
+            "node-p",
+            None,
+            Some(true),
+            &mut rng,
+        )
+        .unwrap();
+    let pending = service.record(code.id()).unwrap().clone();
+    service
+        .approve(Instant::from_millis(NOW + 1), code.id())
+        .unwrap();
+    let approved = service.record(code.id()).unwrap().clone();
+    let store = e.open().await;
+    store
+        .write(vec![Write::PutPairing(approved.clone())])
+        .await
+        .unwrap();
+    // Another daemon, not yet aware of the decision, writes its copy.
+    let mut stale = pending.clone();
+    stale.awaiting_decision = true;
+    store.write(vec![Write::PutPairing(stale)]).await.unwrap();
+    assert_eq!(store.pairing_records().await.unwrap(), [approved]);
+    // A new code on the same id is another record: it replaces the old one.
+    let mut fresh = pending;
+    fresh.verifier_record = vec![7; fresh.verifier_record.len()];
+    store
+        .write(vec![Write::PutPairing(fresh.clone())])
+        .await
+        .unwrap();
+    assert_eq!(store.pairing_records().await.unwrap(), [fresh]);
+}

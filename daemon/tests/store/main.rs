@@ -61,4 +61,5 @@ conformance!(
     retention_keeps_exactly_what_the_policy_allows,
     journals_match_the_in_memory_reference,
     ownership_fences_a_former_owner,
+    a_decided_pairing_is_not_undone_by_an_older_copy,
 );

@@ -43,7 +43,7 @@ enum Expect {
 }
 
 /// One statement with its parameters.
-struct Op {
+pub(crate) struct Op {
     stmt: Statement,
     params: Vec<Param>,
     expect: Expect,
@@ -146,9 +146,7 @@ impl Statements {
             .await?,
             delete_revocation: p("DELETE FROM revocations WHERE kind = $1 AND subject = $2")
                 .await?,
-            put_pairing: p("INSERT INTO pairings (code_id, record) VALUES ($1, $2)
-                ON CONFLICT (code_id) DO UPDATE SET record = excluded.record")
-            .await?,
+            put_pairing: p(crate::store::encode::PUT_PAIRING).await?,
             delete_pairing: p("DELETE FROM pairings WHERE code_id = $1").await?,
             put_node: p(
                 "INSERT INTO nodes (id, first_seen, last_seen, state, platform, address,
@@ -375,7 +373,12 @@ fn ops(
         }
         Write::PutPairing(p) => out.push(op(
             &s.put_pairing,
-            vec![Box::new(i32::from(p.code_id)), Box::new(pairing_json(p)?)],
+            vec![
+                Box::new(i32::from(p.code_id)),
+                Box::new(pairing_json(p)?),
+                Box::new(crate::store::encode::pairing_decided(p)),
+                Box::new(p.verifier_record.clone()),
+            ],
             "store a pairing",
         )),
         Write::DeletePairing(code_id) => out.push(op(
@@ -637,21 +640,25 @@ enum Answer {
     Count(u64),
 }
 
-/// Applies one submission inside `tx`: every statement sent at once, answers checked in
-/// order. On `Err` the submission's statements may have partly applied: the caller
-/// rolls back to its savepoint.
-pub(crate) async fn apply(
-    tx: &Transaction<'_>,
+/// A submission's statements, after the checks every engine makes.
+pub(crate) fn prepare(
     s: &Statements,
     writes: &[Write],
     retention: &RetentionPolicy,
-) -> Result<Receipt, StoreError> {
+) -> Result<Vec<Op>, StoreError> {
     let mut list = Vec::new();
     for w in writes {
         ops(s, w, retention, &mut list)?;
     }
-    let futures: Vec<OpFuture<'_>> = list
+    Ok(list)
+}
+
+/// Sends every statement of `lists` at once (one pipeline, in order) and answers each
+/// list: what it produced, or why it was refused.
+pub(crate) async fn run(tx: &Transaction<'_>, lists: &[&[Op]]) -> Vec<Result<Receipt, StoreError>> {
+    let futures: Vec<OpFuture<'_>> = lists
         .iter()
+        .flat_map(|l| l.iter())
         .map(|o| {
             let params: Vec<&(dyn ToSql + Sync)> = o
                 .params
@@ -669,7 +676,36 @@ pub(crate) async fn apply(
             }) as OpFuture<'_>
         })
         .collect();
-    let answers = join_all(futures).await;
+    let mut answers = join_all(futures).await.into_iter();
+    lists
+        .iter()
+        .map(|l| {
+            let mine: Vec<_> = answers.by_ref().take(l.len()).collect();
+            check(l, mine)
+        })
+        .collect()
+}
+
+/// Applies one submission inside `tx`. On `Err` the submission's statements may have
+/// partly applied: the caller rolls back to its savepoint.
+pub(crate) async fn apply(
+    tx: &Transaction<'_>,
+    s: &Statements,
+    writes: &[Write],
+    retention: &RetentionPolicy,
+) -> Result<Receipt, StoreError> {
+    let list = prepare(s, writes, retention)?;
+    run(tx, &[&list])
+        .await
+        .pop()
+        .unwrap_or(Err(StoreError::Closed))
+}
+
+/// What one submission's answers say, in order.
+fn check(
+    list: &[Op],
+    answers: Vec<Result<Answer, tokio_postgres::Error>>,
+) -> Result<Receipt, StoreError> {
     let mut receipt = Receipt::default();
     for (o, answer) in list.iter().zip(answers) {
         let answer = answer.map_err(pg(o.what))?;

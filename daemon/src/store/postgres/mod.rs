@@ -258,6 +258,30 @@ impl StateStore for PgStore {
         read::journal_keys(&self.reader().await?).await
     }
 
+    /// The claim runs on a connection of its own, not through the writer: a node
+    /// waiting to connect does not wait behind a group commit.
+    async fn take_session(
+        &self,
+        node: &str,
+        owner: &str,
+        at_ms: u64,
+    ) -> Result<crate::store::TakenSession, StoreError> {
+        crate::store::encode::check_id(node)?;
+        let mut c = self.reader().await?;
+        let epoch = read::claim(&c, node, owner, at_ms).await?;
+        let journal = read::journal(&mut c, node).await?;
+        let calls = read::calls(&c, read::CallKey::Node(node))
+            .await?
+            .into_iter()
+            .filter(|c| !c.state.is_final())
+            .collect();
+        Ok(crate::store::TakenSession {
+            epoch,
+            journal,
+            calls,
+        })
+    }
+
     async fn owned_by(&self, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
         read::owned_by(&self.reader().await?, owner).await
     }

@@ -445,6 +445,27 @@ pub(crate) async fn journal(c: &mut Object, key: &str) -> Result<MemJournal, Sto
     Ok(journal)
 }
 
+/// Claims `node` for `owner` in one statement (committed on return).
+pub(crate) async fn claim(
+    c: &Object,
+    node: &str,
+    owner: &str,
+    at_ms: u64,
+) -> Result<u64, StoreError> {
+    let found = rows(
+        c,
+        "INSERT INTO owners (node, owner, epoch, since) VALUES ($1, $2, 1, $3)
+         ON CONFLICT (node) DO UPDATE SET owner = excluded.owner,
+             epoch = owners.epoch + 1, since = excluded.since
+         RETURNING epoch",
+        &[&node, &owner, &enc(at_ms)],
+        "claim a session",
+    )
+    .await?;
+    let epoch: i64 = found.first().map_or(0, |r| r.get(0));
+    u64::try_from(epoch).map_err(|_| StoreError::Corrupt(format!("epoch {epoch} of {node}")))
+}
+
 pub(crate) async fn owned_by(c: &Object, owner: &str) -> Result<Vec<(String, u64)>, StoreError> {
     rows(
         c,

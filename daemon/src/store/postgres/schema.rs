@@ -54,7 +54,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE pairings (
         code_id INTEGER PRIMARY KEY,
-        record TEXT NOT NULL
+        record TEXT NOT NULL,
+        decided BOOLEAN NOT NULL,
+        verifier BYTEA NOT NULL
     );
     CREATE TABLE nodes (
         id TEXT PRIMARY KEY,

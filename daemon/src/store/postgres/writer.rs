@@ -1,8 +1,8 @@
 //! The single writer of one daemon: a task that owns one connection and commits
 //! whatever was queued in one transaction, then completes every waiter.
 //!
-//! Fast path: every submission's statements are sent together and the group commits
-//! (one round trip for the statements, one for the commit). When a submission is
+//! Fast path: every statement of every submission of the group is sent at once and the
+//! group commits (one round trip for the statements, one for the commit). When a submission is
 //! refused (a missing row, a fence), the group is rolled back and replayed with one
 //! savepoint per submission, so that one fails alone while the rest commit: the same
 //! outcome as SQLite's writer. A group that fails for a transient reason (a deadlock or
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tracing::warn;
 
-use super::apply::{Statements, apply};
+use super::apply::{Op, Statements, apply, prepare, run};
 use super::{connect_client, pg};
 use crate::store::{Receipt, RetentionPolicy, StoreError, Write};
 
@@ -111,32 +111,50 @@ impl Writer {
             return Err(Failure::Transient(StoreError::Closed));
         };
         let retention = self.retention;
-        // Fast path: all at once.
+        // Fast path: every submission's statements in one pipeline. A submission its
+        // checks refuse never reaches the database and fails alone here.
         {
+            let prepared: Vec<Result<Vec<Op>, StoreError>> = group
+                .iter()
+                .map(|job| prepare(stmts, &job.writes, &retention))
+                .collect();
+            let lists: Vec<&[Op]> = prepared
+                .iter()
+                .filter_map(|p| p.as_ref().ok().map(Vec::as_slice))
+                .collect();
             let tx = client
                 .transaction()
                 .await
                 .map_err(failure("begin a group"))?;
-            let mut outcomes = Vec::with_capacity(group.len());
-            let mut refused = false;
-            // Submissions are sent one after another but not awaited one by one: each
-            // `apply` pipelines its statements; the group waits once per submission.
-            for job in group {
-                match apply(&tx, stmts, &job.writes, &retention).await {
-                    Ok(r) => outcomes.push(Ok(r)),
-                    Err(e) if is_transient(&e) => return Err(Failure::Transient(e)),
-                    Err(e) => {
-                        outcomes.push(Err(e));
-                        refused = true;
-                        break;
+            let mut answers = run(&tx, &lists).await.into_iter();
+            let mut refused_by_database = None;
+            let outcomes: Vec<Outcome> = prepared
+                .into_iter()
+                .map(|p| match p {
+                    Ok(_) => {
+                        let answer = answers.next().unwrap_or(Err(StoreError::Closed));
+                        if let Err(e) = &answer {
+                            refused_by_database.get_or_insert_with(|| e.clone());
+                        }
+                        answer
                     }
+                    Err(e) => Err(e),
+                })
+                .collect();
+            match refused_by_database {
+                None if outcomes.iter().any(Result::is_ok) => {
+                    tx.commit().await.map_err(failure("commit a group"))?;
+                    return Ok((true, outcomes));
+                }
+                None => {
+                    tx.rollback().await.map_err(failure("roll back a group"))?;
+                    return Ok((false, outcomes));
+                }
+                Some(e) if is_transient(&e) => return Err(Failure::Transient(e)),
+                Some(_) => {
+                    tx.rollback().await.map_err(failure("roll back a group"))?;
                 }
             }
-            if !refused {
-                tx.commit().await.map_err(failure("commit a group"))?;
-                return Ok((true, outcomes));
-            }
-            tx.rollback().await.map_err(failure("roll back a group"))?;
         }
         // Slow path: a savepoint per submission.
         let mut tx = client

@@ -7,16 +7,20 @@ use rusqlite::{Connection, params};
 
 use crate::pairing::PairingRecord;
 use crate::store::StoreError;
-use crate::store::encode::{pairing_from, pairing_json};
+use crate::store::encode::{PUT_PAIRING, pairing_decided, pairing_from, pairing_json};
 
 pub(crate) fn put(conn: &Connection, p: &PairingRecord) -> Result<(), StoreError> {
     let json = pairing_json(p)?;
-    conn.prepare_cached(
-        "INSERT INTO pairings (code_id, record) VALUES (?1, ?2)
-         ON CONFLICT (code_id) DO UPDATE SET record = excluded.record",
-    )
-    .and_then(|mut s| s.execute(params![p.code_id, json]))
-    .map_err(StoreError::db("store a pairing"))?;
+    conn.prepare_cached(&PUT_PAIRING.replace('$', "?"))
+        .and_then(|mut s| {
+            s.execute(params![
+                p.code_id,
+                json,
+                pairing_decided(p),
+                p.verifier_record
+            ])
+        })
+        .map_err(StoreError::db("store a pairing"))?;
     Ok(())
 }
 

@@ -135,6 +135,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         since INTEGER NOT NULL
     );
     ALTER TABLE calls ADD COLUMN timed_out INTEGER;
+    ALTER TABLE pairings ADD COLUMN decided INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE pairings ADD COLUMN verifier BLOB NOT NULL DEFAULT x'';
     CREATE INDEX calls_queued ON calls (id) WHERE state = 'queued' AND session_call IS NULL;
     CREATE TABLE counters (
         name TEXT PRIMARY KEY,
