@@ -1,12 +1,14 @@
 //! The fleet load generator end to end with a few nodes: a real `ternd` (built here if
 //! it is not next to the test binary), pairing, calls, events, `kill -9` and restart.
-//! Only correctness is asserted; the timings it prints are not checked.
+//! Only correctness is asserted; the timings it prints are not checked. The runs on a
+//! shared PostgreSQL store need a server: `TERN_TEST_POSTGRES` names it (an admin URL
+//! whose user may create databases); without it they say so and pass.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use benches::fleet::{Options, Transport, run, ternd};
+use benches::fleet::{Options, Setup, Transport, run, ternd};
 use benches::transports::memory::runtime;
 
 /// `ternd` of this build profile: found next to the test binary, else built.
@@ -26,9 +28,25 @@ fn ternd_binary() -> PathBuf {
 }
 
 fn quick(transport: Transport) {
+    quick_on(transport, Setup::SQLITE, None);
+}
+
+/// The admin URL of the PostgreSQL server the tests may use, if one is named.
+fn postgres() -> Option<String> {
+    let url = std::env::var("TERN_TEST_POSTGRES").ok();
+    if url.is_none() {
+        eprintln!("TERN_TEST_POSTGRES is not set: fleet run on PostgreSQL skipped");
+    }
+    url
+}
+
+fn quick_on(transport: Transport, setup: Setup, postgres: Option<String>) {
+    let quick = Options::quick(transport);
     let options = Options {
         ternd: Some(ternd_binary()),
-        ..Options::quick(transport)
+        setup,
+        postgres: postgres.unwrap_or(quick.postgres.clone()),
+        ..quick
     };
     let report = runtime().unwrap().block_on(run(&options));
     eprintln!("{}", report.table());
@@ -42,6 +60,11 @@ fn quick(transport: Transport) {
     assert_eq!(report.events_lost, 0);
     assert_eq!(report.events_duplicated, 0);
     assert_eq!(report.gave_up, 0);
+    if setup.daemons > 1 {
+        // One daemon was killed: the other holds every node's session.
+        assert_eq!(report.failed_over, Some(options.nodes / 2));
+        assert_eq!(report.owners_after, vec![("fleet-b".into(), options.nodes)]);
+    }
 }
 
 #[test]
@@ -52,4 +75,18 @@ fn twenty_nodes_over_tcp() {
 #[test]
 fn twenty_nodes_over_quic() {
     quick(Transport::Quic);
+}
+
+#[test]
+fn twenty_nodes_over_tcp_on_postgres() {
+    if let Some(url) = postgres() {
+        quick_on(Transport::Tcp, Setup::POSTGRES, Some(url));
+    }
+}
+
+#[test]
+fn twenty_nodes_over_tcp_on_two_daemons_sharing_postgres() {
+    if let Some(url) = postgres() {
+        quick_on(Transport::Tcp, Setup::POSTGRES_TWO_DAEMONS, Some(url));
+    }
 }

@@ -1,6 +1,7 @@
 //! Enrolment through the real pairing path: codes minted on the operator socket, each
 //! node generating its key and CSR and pairing from its own source address over the
-//! transport under test.
+//! transport under test. With several daemons the nodes are dealt out in turn, each
+//! pairing with the daemon that minted its code.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,10 +36,12 @@ const CODE_TTL_SECONDS: u32 = 600;
 /// Most source addresses used: the daemon's per-address table holds 4,096.
 pub const MAX_SOURCES: usize = 4_000;
 
-/// A paired node: its identity and where it dials from.
+/// A paired node: its identity, where it dials from and which daemon it paired with.
 #[derive(Clone)]
 pub struct Enrolled {
     pub device_id: String,
+    /// The daemon it paired with (an index into the daemons enrolment was given).
+    pub home: usize,
     pub source: Ipv4Addr,
     pub pin: Fingerprint,
     pub tls: Arc<rustls::ClientConfig>,
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Enrolled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enrolled")
             .field("device_id", &self.device_id)
+            .field("home", &self.home)
             .field("source", &self.source)
             .finish_non_exhaustive()
     }
@@ -71,13 +75,18 @@ pub fn device_id(i: usize) -> String {
     format!("fleet-{i:05}")
 }
 
-/// Pairs `n` nodes with the daemon at `addr` over `transport`, `WAVE` codes at a time;
-/// node `i` pairs from `source(i % sources)`. Also returns how many pairing runs were
-/// retried after a network failure.
+/// The daemon node `i` pairs with, of `daemons`.
+pub fn home(i: usize, daemons: usize) -> usize {
+    i % daemons.max(1)
+}
+
+/// Pairs `n` nodes over `transport`, `WAVE` codes at a time: node `i` with daemon
+/// `home(i, daemons.len())` (its operator client and node address), from
+/// `source(i % sources)`. Also returns how many pairing runs were retried after a
+/// network failure.
 pub async fn enrol(
-    api: &ApiClient,
+    daemons: &[(ApiClient, SocketAddr)],
     transport: Transport,
-    addr: SocketAddr,
     n: usize,
     sources: usize,
 ) -> Result<(Vec<Enrolled>, usize), BenchError> {
@@ -86,11 +95,21 @@ pub async fn enrol(
     let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for start in (0..n).step_by(WAVE) {
         let end = (start + WAVE).min(n);
-        let uris = mint(api, start..end).await?;
+        let mut uris = Vec::with_capacity(end - start);
+        for (d, (api, _)) in daemons.iter().enumerate() {
+            let wave = (start..end).filter(|&i| home(i, daemons.len()) == d);
+            uris.extend(
+                mint(api, wave)
+                    .await?
+                    .into_iter()
+                    .map(|(i, uri)| (i, d, uri)),
+            );
+        }
         // QUIC: one client endpoint per source address in this wave.
         let mut endpoints: HashMap<Ipv4Addr, quinn::Endpoint> = HashMap::new();
         let mut runs = JoinSet::new();
-        for (i, uri) in uris {
+        for (i, d, uri) in uris {
+            let addr = daemons[d].1;
             let src = source(i % sources);
             let stream = match transport {
                 Transport::Quic => {
@@ -118,6 +137,12 @@ pub async fn enrol(
                 let mut attempt = 1;
                 loop {
                     match pair_one(i, &uri, addr, src, &stream).await {
+                        Ok(enrolled) => {
+                            return Ok(Enrolled {
+                                home: d,
+                                ..enrolled
+                            });
+                        }
                         Err(Failure::Transient(e)) if attempt < PAIRING_ATTEMPTS => {
                             retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             crate::fleet::log(&format!("retrying: {e}"));
@@ -125,7 +150,6 @@ pub async fn enrol(
                             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         }
                         Err(Failure::Transient(e) | Failure::Fatal(e)) => return Err(e),
-                        Ok(enrolled) => return Ok(enrolled),
                     }
                 }
             });
@@ -141,14 +165,14 @@ pub async fn enrol(
     Ok((all, retries.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
-/// Mints codes for nodes `range` on the operator socket.
+/// Mints codes for `nodes` on the operator socket.
 async fn mint(
     api: &ApiClient,
-    range: std::ops::Range<usize>,
+    nodes: impl Iterator<Item = usize>,
 ) -> Result<Vec<(usize, String)>, BenchError> {
     let slots = Arc::new(Semaphore::new(MINTS_IN_FLIGHT));
     let mut mints = JoinSet::new();
-    for i in range {
+    for i in nodes {
         let (api, slots) = (api.clone(), slots.clone());
         mints.spawn(async move {
             let _slot = slots
@@ -270,6 +294,7 @@ async fn pair_one(
     .map_err(BenchError::context("node TLS"))?;
     Ok(Enrolled {
         device_id: bundle.device_id,
+        home: 0,
         source: src,
         pin: bundle.server_fingerprint,
         tls,

@@ -5,14 +5,23 @@
 //! A node's session and application are lent to a connection and come back when it
 //! ends (`Sessions::closed`), as in the node host; the node's task then waits out a
 //! jittered backoff and dials again, resuming the same session. QUIC nodes share client
-//! endpoints, one per source address in use, which open one connection at a time each
-//! so every connection takes the session queued for it; TCP nodes open a connection
-//! each from their own source address.
+//! endpoints, one per source address in use, which open one connection at a time to each
+//! daemon address so every connection takes the session queued for it; TCP nodes open a
+//! connection each from their own source address.
+//!
+//! Each node knows a list of daemon addresses (several daemons sharing one store),
+//! starting with the one it paired with. It keeps dialing the address that last worked;
+//! a dial that fails moves it on to the next address at once, and a backoff follows
+//! only once every address failed in a row. A dial that waited in this process (for a
+//! dial slot, or behind another node's dial on the same QUIC endpoint) while a dial to
+//! the same address failed fails with it instead of dialing: the node it stands for,
+//! on a host of its own, would have dialed at the same time and failed at the same time.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use chacha20::ChaCha20Rng;
 use protocol_core::backoff::Backoff;
@@ -79,6 +88,8 @@ pub enum NodeCommand {
 pub struct FleetStats {
     /// Connections carrying a session now.
     pub connected: AtomicUsize,
+    /// The same, by daemon address (in the order `Fleet::start` was given them).
+    pub on_daemon: Vec<AtomicUsize>,
     /// Connections that took a session, ever.
     pub opens: AtomicUsize,
     /// Nodes whose events are all acknowledged.
@@ -97,6 +108,20 @@ pub struct FleetStats {
 }
 
 impl FleetStats {
+    fn new(daemons: usize) -> Self {
+        Self {
+            on_daemon: (0..daemons).map(|_| AtomicUsize::new(0)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Nodes connected to daemon address `d` now.
+    pub fn connected_to(&self, d: usize) -> usize {
+        self.on_daemon
+            .get(d)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     pub fn failure(&self) -> Option<String> {
         lock(&self.failure).clone()
     }
@@ -116,6 +141,10 @@ type Back = (NSession, NodeApp, Closed);
 pub struct NodeApp {
     key: Arc<str>,
     stats: Arc<FleetStats>,
+    /// The daemon address (its index) this node dials now.
+    daemon: usize,
+    /// The daemon address its last connection went to.
+    placed: Arc<AtomicUsize>,
     /// The next event's sequence number (from 0) and how many to reach.
     next_seq: u64,
     target_seq: u64,
@@ -222,11 +251,20 @@ impl Application<NSession> for NodeApp {
     }
 }
 
-/// Lends the session waiting in `pending` to the next connection, and sends it back to
-/// its node when the connection ends.
-struct Lend {
-    pending: Arc<Mutex<Option<(NSession, NodeApp)>>>,
+/// A session waiting for the connection being opened to one daemon address, and the
+/// signal that a connection took it.
+struct Slot {
+    pending: Option<(NSession, NodeApp)>,
     opened: mpsc::UnboundedSender<()>,
+}
+
+/// The slots of one endpoint (QUIC) or connection (TCP), by daemon address.
+type Slots = Arc<Mutex<HashMap<SocketAddr, Slot>>>;
+
+/// Lends the session waiting in the slot of the daemon's address to the next connection
+/// to it, and sends it back to its node when the connection ends.
+struct Lend {
+    slots: Slots,
 }
 
 impl Sessions<NSession> for Lend {
@@ -234,16 +272,22 @@ impl Sessions<NSession> for Lend {
 
     fn open(
         &mut self,
-        _: &Peer,
+        peer: &Peer,
         commands: Commands<NodeCommand>,
     ) -> Result<Opened<NSession, NodeApp>, Refusal> {
-        let (session, app) = lock(&self.pending).take().ok_or_else(|| {
-            Refusal::new(ErrorCode::Overloaded, "no node waits for this connection")
-        })?;
+        let refused = || Refusal::new(ErrorCode::Overloaded, "no node waits for this connection");
+        let mut slots = lock(&self.slots);
+        let slot = slots.get_mut(&peer.addr).ok_or_else(refused)?;
+        let (session, app) = slot.pending.take().ok_or_else(refused)?;
+        let _ = slot.opened.send(());
+        drop(slots);
         *lock(&app.link) = Some(commands);
         app.stats.connected.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = app.stats.on_daemon.get(app.daemon) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        app.placed.store(app.daemon, Ordering::Relaxed);
         app.stats.opens.fetch_add(1, Ordering::Relaxed);
-        let _ = self.opened.send(());
         let journal_key = app.key.clone();
         Ok(Opened {
             session,
@@ -254,30 +298,116 @@ impl Sessions<NSession> for Lend {
 
     fn closed(&mut self, _: &Peer, session: NSession, app: NodeApp, how: Closed) {
         app.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = app.stats.on_daemon.get(app.daemon) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
         *lock(&app.link) = None;
         let back = app.back.clone();
         let _ = back.send((session, app, how));
     }
 }
 
+/// When a dial to each daemon address last failed. With a single address nothing is
+/// recorded: a node then keeps dialing it, whatever the others' dials did.
+struct Outages {
+    failed: Vec<Mutex<Option<StdInstant>>>,
+}
+
+impl Outages {
+    fn new(daemons: usize) -> Self {
+        Self {
+            failed: if daemons > 1 {
+                (0..daemons).map(|_| Mutex::new(None)).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn failed(&self, d: usize) {
+        if let Some(f) = self.failed.get(d) {
+            *lock(f) = Some(StdInstant::now());
+        }
+    }
+
+    /// A dial to `d` failed after `since`.
+    fn failed_since(&self, d: usize, since: StdInstant) -> bool {
+        self.failed
+            .get(d)
+            .is_some_and(|f| lock(f).is_some_and(|at| at > since))
+    }
+}
+
 /// A QUIC client endpoint shared by the nodes of one source address.
 struct QuicDialer {
     handle: QuicHandle<NodeCommand>,
-    pending: Arc<Mutex<Option<(NSession, NodeApp)>>>,
-    /// Held for a whole connect, so connections take sessions in order.
-    opened: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    slots: Slots,
+    /// One per daemon address, held for a whole connect to it, so connections take
+    /// sessions in order.
+    lanes: Vec<tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>>,
 }
 
 impl QuicDialer {
+    fn new(
+        source: Ipv4Addr,
+        daemons: &[SocketAddr],
+        journal: Arc<MemJournals>,
+        pool: StoragePool,
+    ) -> Result<(Self, JoinHandle<()>), BenchError> {
+        let mut slots = HashMap::new();
+        let mut lanes = Vec::with_capacity(daemons.len());
+        for addr in daemons {
+            let (opened, rx) = mpsc::unbounded_channel();
+            slots.insert(
+                *addr,
+                Slot {
+                    pending: None,
+                    opened,
+                },
+            );
+            lanes.push(tokio::sync::Mutex::new(rx));
+        }
+        let slots: Slots = Arc::new(Mutex::new(slots));
+        let lend = Lend {
+            slots: slots.clone(),
+        };
+        let (handle, task) = QuicEndpoint::client(
+            SocketAddr::from((source, 0)),
+            QuicLimits::default(),
+            lend,
+            journal,
+            pool,
+        )
+        .map_err(BenchError::context("QUIC node endpoint"))?;
+        Ok((
+            Self {
+                handle,
+                slots,
+                lanes,
+            },
+            task,
+        ))
+    }
+
     async fn dial(
         &self,
         node: (NSession, NodeApp),
-        addr: SocketAddr,
+        (d, addr): (usize, SocketAddr),
         tls: Arc<rustls::ClientConfig>,
+        outages: &Outages,
+        queued: StdInstant,
     ) -> Result<(), (NSession, NodeApp)> {
-        let mut opened = self.opened.lock().await;
+        let Some(lane) = self.lanes.get(d) else {
+            return Err(node);
+        };
+        let mut opened = lane.lock().await;
+        if outages.failed_since(d, queued) {
+            return Err(node);
+        }
         while opened.try_recv().is_ok() {}
-        *lock(&self.pending) = Some(node);
+        if let Some(slot) = lock(&self.slots).get_mut(&addr) {
+            slot.pending = Some(node);
+        }
         let connected = matches!(
             tokio::time::timeout(DIAL_TIMEOUT, self.handle.connect(addr, "127.0.0.1", tls)).await,
             Ok(Ok(_))
@@ -286,8 +416,14 @@ impl QuicDialer {
             let _ = tokio::time::timeout(DIAL_TIMEOUT, opened.recv()).await;
         }
         // Still here: no connection took it.
-        match lock(&self.pending).take() {
-            Some(node) => Err(node),
+        match lock(&self.slots)
+            .get_mut(&addr)
+            .and_then(|s| s.pending.take())
+        {
+            Some(node) => {
+                outages.failed(d);
+                Err(node)
+            }
             None => Ok(()),
         }
     }
@@ -302,6 +438,7 @@ enum Dial {
 pub struct Fleet {
     pub stats: Arc<FleetStats>,
     links: Vec<Link>,
+    placed: Vec<Arc<AtomicUsize>>,
     endpoints: Vec<QuicHandle<NodeCommand>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -322,54 +459,48 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
-    /// Starts one task per enrolled node; each dials `daemon` over `transport` from its
-    /// source address (at most `in_flight` dials at once across the fleet), and
-    /// reconnects for as long as the fleet lives.
+    /// Starts one task per enrolled node; each dials its daemon among `daemons` (the
+    /// others after it in turn when it fails) over `transport` from its source address
+    /// (at most `in_flight` dials at once across the fleet), and reconnects for as long
+    /// as the fleet lives.
     pub fn start(
         transport: Transport,
-        daemon: SocketAddr,
+        daemons: &[SocketAddr],
         nodes: Vec<Enrolled>,
         in_flight: usize,
     ) -> Result<Self, BenchError> {
-        let stats = Arc::new(FleetStats::default());
+        if daemons.is_empty() {
+            return Err(BenchError("no daemon address to dial".into()));
+        }
+        let stats = Arc::new(FleetStats::new(daemons.len()));
         let pool = StoragePool::new(node_config().storage_len(), 64);
         let journal = Arc::new(MemJournals::new());
         let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+        let outages = Arc::new(Outages::new(daemons.len()));
+        let addresses: Arc<[SocketAddr]> = daemons.into();
         let mut fleet = Fleet {
             stats: stats.clone(),
             links: Vec::with_capacity(nodes.len()),
+            placed: Vec::with_capacity(nodes.len()),
             endpoints: Vec::new(),
             tasks: Vec::with_capacity(nodes.len()),
         };
-        let mut dialers: std::collections::HashMap<Ipv4Addr, Arc<QuicDialer>> =
-            std::collections::HashMap::new();
+        let mut dialers: HashMap<Ipv4Addr, Arc<QuicDialer>> = HashMap::new();
         for (i, node) in nodes.into_iter().enumerate() {
             let dial = match transport {
                 Transport::Quic => {
                     let dialer = match dialers.get(&node.source) {
                         Some(d) => d.clone(),
                         None => {
-                            let pending = Arc::new(Mutex::new(None));
-                            let (opened_tx, opened_rx) = mpsc::unbounded_channel();
-                            let lend = Lend {
-                                pending: pending.clone(),
-                                opened: opened_tx,
-                            };
-                            let (handle, task) = QuicEndpoint::client(
-                                SocketAddr::from((node.source, 0)),
-                                QuicLimits::default(),
-                                lend,
+                            let (d, task) = QuicDialer::new(
+                                node.source,
+                                daemons,
                                 journal.clone(),
                                 pool.clone(),
-                            )
-                            .map_err(BenchError::context("QUIC node endpoint"))?;
+                            )?;
                             fleet.tasks.push(task);
-                            fleet.endpoints.push(handle.clone());
-                            let d = Arc::new(QuicDialer {
-                                handle,
-                                pending,
-                                opened: tokio::sync::Mutex::new(opened_rx),
-                            });
+                            fleet.endpoints.push(d.handle.clone());
+                            let d = Arc::new(d);
                             dialers.insert(node.source, d.clone());
                             d
                         }
@@ -383,9 +514,14 @@ impl Fleet {
             let key: Arc<str> = node.device_id.as_str().into();
             let session = NodeSession::new(node_config(), &node.device_id, "linux-fleet", None)
                 .map_err(BenchError::context("node session"))?;
+            let home = node.home % daemons.len();
+            let placed = Arc::new(AtomicUsize::new(home));
+            fleet.placed.push(placed.clone());
             let app = NodeApp {
                 key,
                 stats: stats.clone(),
+                daemon: home,
+                placed,
                 next_seq: 0,
                 target_seq: 0,
                 awaiting_acks: false,
@@ -395,7 +531,9 @@ impl Fleet {
             };
             fleet.links.push(link);
             let run = NodeRun {
-                daemon,
+                daemons: addresses.clone(),
+                at: home,
+                outages: outages.clone(),
                 pin: node.pin,
                 tls: node.tls,
                 dial,
@@ -409,6 +547,12 @@ impl Fleet {
             fleet.tasks.push(tokio::spawn(run.run((session, app))));
         }
         Ok(fleet)
+    }
+
+    /// The daemon address (its index) node `i`'s last connection went to (its own
+    /// before it connected).
+    pub fn daemon_of(&self, i: usize) -> usize {
+        self.placed.get(i).map_or(0, |p| p.load(Ordering::Relaxed))
     }
 
     /// Nodes connected now.
@@ -440,7 +584,10 @@ impl Fleet {
 
 /// One node's dial loop.
 struct NodeRun {
-    daemon: SocketAddr,
+    daemons: Arc<[SocketAddr]>,
+    /// The address dialed next (an index into `daemons`).
+    at: usize,
+    outages: Arc<Outages>,
     pin: Fingerprint,
     tls: Arc<rustls::ClientConfig>,
     dial: Dial,
@@ -456,15 +603,24 @@ impl NodeRun {
     async fn run(mut self, mut node: (NSession, NodeApp)) {
         let backoff = Backoff::default();
         let mut attempt = 0u32;
+        // Addresses that failed in a row since the last connection or backoff.
+        let mut failed_in_row = 0usize;
         loop {
+            let d = self.at;
+            node.1.daemon = d;
             let dialed = {
+                let queued = StdInstant::now();
                 let slots = self.slots.clone();
                 let Ok(_slot) = slots.acquire().await else {
                     return;
                 };
-                self.dial_once(node).await
+                if self.outages.failed_since(d, queued) {
+                    Err(node)
+                } else {
+                    self.dial_once(node, d, queued).await
+                }
             };
-            node = match dialed {
+            match dialed {
                 Ok(()) => {
                     // The session comes back when the connection ends.
                     let Some((session, app, how)) = self.back.recv().await else {
@@ -472,43 +628,67 @@ impl NodeRun {
                     };
                     *lock(&self.stats.ends).entry(how.to_string()).or_default() += 1;
                     attempt = 0;
-                    (session, app)
+                    failed_in_row = 0;
+                    node = (session, app);
                 }
-                Err(node) => {
+                Err(given_back) => {
+                    node = given_back;
                     self.stats.failed_dials.fetch_add(1, Ordering::Relaxed);
-                    node
+                    self.at = (d + 1) % self.daemons.len();
+                    failed_in_row += 1;
+                    if failed_in_row < self.daemons.len() {
+                        // The next address at once.
+                        continue;
+                    }
+                    failed_in_row = 0;
                 }
-            };
+            }
             let delay = backoff.delay_ms(attempt, self.rng.next_u64());
             attempt = attempt.saturating_add(1);
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
     }
 
-    async fn dial_once(&self, node: (NSession, NodeApp)) -> Result<(), (NSession, NodeApp)> {
+    async fn dial_once(
+        &self,
+        node: (NSession, NodeApp),
+        d: usize,
+        queued: StdInstant,
+    ) -> Result<(), (NSession, NodeApp)> {
+        let addr = self.daemons[d];
         match &self.dial {
-            Dial::Quic(d) => d.dial(node, self.daemon, self.tls.clone()).await,
+            Dial::Quic(dialer) => {
+                dialer
+                    .dial(node, (d, addr), self.tls.clone(), &self.outages, queued)
+                    .await
+            }
             Dial::Tcp(source) => {
                 let connector = Connector::new(self.tls.clone());
-                let connect = connector.connect_from(SocketAddr::from((*source, 0)), self.daemon);
+                let connect = connector.connect_from(SocketAddr::from((*source, 0)), addr);
                 let stream = match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
                     Ok(Ok(s)) => s,
-                    _ => return Err(node),
+                    _ => {
+                        self.outages.failed(d);
+                        return Err(node);
+                    }
                 };
-                let pending = Arc::new(Mutex::new(Some(node)));
                 let (opened_tx, mut opened) = mpsc::unbounded_channel();
-                let lend = Lend {
-                    pending: pending.clone(),
+                let slot = Slot {
+                    pending: Some(node),
                     opened: opened_tx,
                 };
-                let peer = daemon_peer(self.daemon, self.pin);
+                let slots: Slots = Arc::new(Mutex::new(HashMap::from([(addr, slot)])));
+                let lend = Lend {
+                    slots: slots.clone(),
+                };
+                let peer = daemon_peer(addr, self.pin);
                 let (journal, pool) = (self.journal.clone(), self.pool.clone());
-                let held = pending.clone();
                 tokio::spawn(async move {
                     let how = serve(stream, peer, lend, journal, pool, None).await;
                     // A connection that ended before it took the session gives it back
                     // here.
-                    if let Some((session, app)) = lock(&held).take() {
+                    let left = lock(&slots).get_mut(&addr).and_then(|s| s.pending.take());
+                    if let Some((session, app)) = left {
                         let back = app.back.clone();
                         let _ = back.send((session, app, how));
                     }

@@ -53,7 +53,7 @@ pub fn free_port() -> Result<u16, BenchError> {
 }
 
 /// Settings the daemon is started with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DaemonSettings {
     pub exe: PathBuf,
     pub state_dir: PathBuf,
@@ -61,6 +61,37 @@ pub struct DaemonSettings {
     pub max_connections: usize,
     /// Daemon-wide pairing burst (the per-address limit keeps its default).
     pub pairing_burst: u32,
+    /// A shared store (`postgres://...`, handed over in `TERN_STORE`) and this daemon's
+    /// name among those sharing it; `None`: SQLite in the state directory.
+    pub store: Option<SharedStore>,
+}
+
+/// A store several daemons may share.
+#[derive(Clone)]
+pub struct SharedStore {
+    pub url: String,
+    pub daemon_id: String,
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("url", &super::pg::redact(&self.url))
+            .field("daemon_id", &self.daemon_id)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DaemonSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The store URL holds a password.
+        f.debug_struct("DaemonSettings")
+            .field("exe", &self.exe)
+            .field("state_dir", &self.state_dir)
+            .field("port", &self.port)
+            .field("daemon_id", &self.store.as_ref().map(|s| &s.daemon_id))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running (or killed) `ternd serve`.
@@ -102,6 +133,11 @@ impl Ternd {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The name it shares the store under, if it does.
+    pub fn daemon_id(&self) -> Option<&str> {
+        self.settings.store.as_ref().map(|s| s.daemon_id.as_str())
+    }
+
     /// Starts the daemon again on the same state directory and ports; returns a client
     /// once the operator socket answers.
     pub async fn restart(&mut self) -> Result<ApiClient, BenchError> {
@@ -111,7 +147,16 @@ impl Ternd {
             .append(true)
             .open(s.state_dir.join("ternd.log"))?;
         let listen = format!("127.0.0.1:{}", s.port);
-        let child = Command::new(&s.exe)
+        let mut command = Command::new(&s.exe);
+        match &s.store {
+            Some(store) => command
+                .env("TERN_STORE", &store.url)
+                .env("TERN_DAEMON_ID", &store.daemon_id),
+            None => command
+                .env_remove("TERN_STORE")
+                .env_remove("TERN_DAEMON_ID"),
+        };
+        let child = command
             .arg("serve")
             .args(["--listen-quic", &listen, "--listen-tcp", &listen])
             .args(["--public-names", "127.0.0.1"])
