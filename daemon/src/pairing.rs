@@ -305,6 +305,13 @@ impl PairingService {
         }
     }
 
+    /// Drops a code minted here whose id another daemon took first (it never reached
+    /// the store); nothing is written for it.
+    pub fn forget(&mut self, code_id: u16) {
+        self.records.remove(&code_id);
+        self.changed.remove(&code_id);
+    }
+
     /// Takes in what other daemons sharing the store did with the codes: codes they
     /// minted, decisions their operators made, codes used or guessed at there. Local
     /// state that is further along stays. Returns whether a decision came in (runs

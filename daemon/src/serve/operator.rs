@@ -314,22 +314,70 @@ impl OperatorApi for Operator {
                 .unwrap_or(a)
         });
         let addr = super::pairing_address(&self.shared.settings, tcp);
-        let (code, uri, record) = {
-            let mut service = self
+        // A code id is one daemon's at a time: the record is created in the store only
+        // where none is, and a code whose id another daemon took first is drawn again.
+        let mut attempts = 0;
+        let (code, uri, record) = loop {
+            attempts += 1;
+            let (code, uri, record) = {
+                let mut service = self
+                    .shared
+                    .pairing
+                    .service()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let code = service
+                    .create_code(now, &device_id, lifetime, req.require_approval, &mut rng)
+                    .map_err(service_error)?;
+                let uri = service.uri(&addr, &code).map_err(service_error)?;
+                let record = service
+                    .record(code.id())
+                    .cloned()
+                    .ok_or_else(|| ApiError::internal("the new code has no record"))?;
+                (code, uri, record)
+            };
+            match self
                 .shared
-                .pairing
-                .service()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let code = service
-                .create_code(now, &device_id, lifetime, req.require_approval, &mut rng)
-                .map_err(service_error)?;
-            let uri = service.uri(&addr, &code).map_err(service_error)?;
-            let record = service.record(code.id()).cloned();
-            (code, uri, record)
+                .store
+                .write(vec![crate::store::Write::CreatePairing(record.clone())])
+                .await
+            {
+                Ok(_) => break (code, uri, record),
+                Err(crate::store::StoreError::Taken { .. }) if attempts < 8 => {
+                    let stored = self.shared.store.pairing_records().await;
+                    // Another write of this service's changes may have stored it first.
+                    let ours = stored.as_ref().is_ok_and(|all| {
+                        all.iter().any(|r| {
+                            r.code_id == record.code_id
+                                && r.verifier_record == record.verifier_record
+                        })
+                    });
+                    if ours {
+                        break (code, uri, record);
+                    }
+                    let mut service = self
+                        .shared
+                        .pairing
+                        .service()
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    service.forget(code.id());
+                    if let Ok(stored) = stored {
+                        service.absorb(stored);
+                    }
+                }
+                Err(e) => {
+                    self.shared
+                        .pairing
+                        .service()
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .forget(code.id());
+                    return Err(ApiError::internal(format!("storing the code: {e}")));
+                }
+            }
         };
         self.persist_pairing().await?;
-        let record = record.ok_or_else(|| ApiError::internal("the new code has no record"))?;
         Ok(PairCode {
             code: code.display().to_string(),
             uri,

@@ -140,6 +140,10 @@ pub(crate) const PUT_PAIRING: &str = "INSERT INTO pairings (code_id, record, dec
     WHERE excluded.decided OR NOT pairings.decided
         OR pairings.verifier <> excluded.verifier";
 
+/// Stores a new code's record only where no record is (parameters as `PUT_PAIRING`).
+pub(crate) const CREATE_PAIRING: &str = "INSERT INTO pairings (code_id, record, decided, verifier)
+    VALUES ($1, $2, $3, $4) ON CONFLICT (code_id) DO NOTHING RETURNING code_id";
+
 /// Whether an operator decided a pairing (or it ran its course).
 pub(crate) fn pairing_decided(p: &PairingRecord) -> bool {
     p.approval.state != protocol_core::pairing::ApprovalState::Pending

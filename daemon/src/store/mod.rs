@@ -70,6 +70,8 @@ pub enum StoreError {
     Invalid(String),
     /// The writer is gone (the store is shutting down).
     Closed,
+    /// A write meant to create `what` found one there already (another daemon's).
+    Taken { what: &'static str, key: String },
     /// The database server cannot be reached (or dropped the connection).
     Unavailable(String),
     /// This daemon no longer owns the session it wrote for: another daemon took the
@@ -92,6 +94,7 @@ impl fmt::Display for StoreError {
             StoreError::NotFound { what, key } => write!(f, "no {what} {key:?} in the state store"),
             StoreError::Invalid(e) => write!(f, "refused write: {e}"),
             StoreError::Closed => f.write_str("state store is closed"),
+            StoreError::Taken { what, key } => write!(f, "{what} {key} is taken already"),
             StoreError::Unavailable(e) => write!(f, "state store unreachable: {e}"),
             StoreError::Fenced { node, epoch } => write!(
                 f,
@@ -164,6 +167,9 @@ pub enum Write {
     DeleteRevocation(Revoked),
     /// Insert or replace, by code id.
     PutPairing(PairingRecord),
+    /// A new code's record: [`StoreError::Taken`] when the store holds one under its
+    /// code id (another daemon minted it).
+    CreatePairing(PairingRecord),
     DeletePairing(u16),
     /// Insert or replace (a node's `first_seen` never moves forward).
     PutNode(Node),

@@ -1014,5 +1014,23 @@ pub async fn a_decided_pairing_is_not_undone_by_an_older_copy(e: &Engine) {
         .write(vec![Write::PutPairing(fresh.clone())])
         .await
         .unwrap();
+    assert_eq!(store.pairing_records().await.unwrap(), [fresh.clone()]);
+    // A code minted on an id another daemon holds is refused, and nothing changes.
+    let mut other = fresh.clone();
+    other.verifier_record = vec![9; other.verifier_record.len()];
+    let err = store
+        .write(vec![Write::CreatePairing(other)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Taken { .. }), "{err}");
+    assert_eq!(store.pairing_records().await.unwrap(), [fresh.clone()]);
+    store
+        .write(vec![Write::DeletePairing(fresh.code_id)])
+        .await
+        .unwrap();
+    store
+        .write(vec![Write::CreatePairing(fresh.clone())])
+        .await
+        .unwrap();
     assert_eq!(store.pairing_records().await.unwrap(), [fresh]);
 }

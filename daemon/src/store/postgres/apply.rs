@@ -30,6 +30,8 @@ enum Expect {
     Done,
     /// At least one row back, else this `NotFound`.
     Row { what: &'static str, key: String },
+    /// At least one row back, else this `Taken`.
+    Created { what: &'static str, key: String },
     /// A fence: at least one row back, else the session was taken over.
     Owned { node: String, epoch: u64 },
     /// The seq of an appended event, or none for a replayed origin.
@@ -65,6 +67,7 @@ pub(crate) struct Statements {
     put_revocation: Statement,
     delete_revocation: Statement,
     put_pairing: Statement,
+    create_pairing: Statement,
     delete_pairing: Statement,
     put_node: Statement,
     touch_node: Statement,
@@ -147,6 +150,7 @@ impl Statements {
             delete_revocation: p("DELETE FROM revocations WHERE kind = $1 AND subject = $2")
                 .await?,
             put_pairing: p(crate::store::encode::PUT_PAIRING).await?,
+            create_pairing: p(crate::store::encode::CREATE_PAIRING).await?,
             delete_pairing: p("DELETE FROM pairings WHERE code_id = $1").await?,
             put_node: p(
                 "INSERT INTO nodes (id, first_seen, last_seen, state, platform, address,
@@ -371,6 +375,22 @@ fn ops(
                 "delete a revocation",
             ));
         }
+        Write::CreatePairing(p) => out.push(Op {
+            expect: Expect::Created {
+                what: "pairing code id",
+                key: format!("{:04}", p.code_id),
+            },
+            ..op(
+                &s.create_pairing,
+                vec![
+                    Box::new(i32::from(p.code_id)),
+                    Box::new(pairing_json(p)?),
+                    Box::new(crate::store::encode::pairing_decided(p)),
+                    Box::new(p.verifier_record.clone()),
+                ],
+                "create a pairing",
+            )
+        }),
         Write::PutPairing(p) => out.push(op(
             &s.put_pairing,
             vec![
@@ -713,6 +733,12 @@ fn check(
             (Expect::Done, _) => {}
             (Expect::Row { what, key }, Answer::Rows(rows)) if rows.is_empty() => {
                 return Err(StoreError::NotFound {
+                    what,
+                    key: key.clone(),
+                });
+            }
+            (Expect::Created { what, key }, Answer::Rows(rows)) if rows.is_empty() => {
+                return Err(StoreError::Taken {
                     what,
                     key: key.clone(),
                 });

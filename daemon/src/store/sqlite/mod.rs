@@ -78,6 +78,7 @@ fn apply(
         Write::DeleteRevocation(what) => revocations::delete(conn, what),
         Write::PutPairing(p) => pairings::put(conn, p),
         Write::DeletePairing(code_id) => pairings::delete(conn, *code_id),
+        Write::CreatePairing(p) => pairings::create(conn, p),
         Write::PutNode(n) => nodes::put(conn, n),
         Write::TouchNode { id, last_seen_ms } => nodes::touch(conn, id, *last_seen_ms),
         Write::PutCall(c) => calls::put(conn, c),

@@ -3,11 +3,13 @@
 //! A [`PairingRecord`] nests the code window and the approval state; it is kept whole
 //! as JSON (a handful of rows, replaced whole, read whole by the pairing service).
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::pairing::PairingRecord;
 use crate::store::StoreError;
-use crate::store::encode::{PUT_PAIRING, pairing_decided, pairing_from, pairing_json};
+use crate::store::encode::{
+    CREATE_PAIRING, PUT_PAIRING, pairing_decided, pairing_from, pairing_json,
+};
 
 pub(crate) fn put(conn: &Connection, p: &PairingRecord) -> Result<(), StoreError> {
     let json = pairing_json(p)?;
@@ -22,6 +24,24 @@ pub(crate) fn put(conn: &Connection, p: &PairingRecord) -> Result<(), StoreError
         })
         .map_err(StoreError::db("store a pairing"))?;
     Ok(())
+}
+
+pub(crate) fn create(conn: &Connection, p: &PairingRecord) -> Result<(), StoreError> {
+    let json = pairing_json(p)?;
+    let created = conn
+        .prepare_cached(&CREATE_PAIRING.replace('$', "?"))
+        .and_then(|mut s| {
+            s.query_row(
+                params![p.code_id, json, pairing_decided(p), p.verifier_record],
+                |_| Ok(()),
+            )
+            .optional()
+        })
+        .map_err(StoreError::db("create a pairing"))?;
+    created.ok_or_else(|| StoreError::Taken {
+        what: "pairing code id",
+        key: format!("{:04}", p.code_id),
+    })
 }
 
 pub(crate) fn delete(conn: &Connection, code_id: u16) -> Result<(), StoreError> {
