@@ -137,6 +137,8 @@ pub struct PairingService {
     records: HashMap<u16, PairingRecord>,
     /// Codes whose record changed (or went) since the store last took them.
     changed: BTreeSet<u16>,
+    /// The verifiers of codes dropped since the store last took the changes.
+    dropped: std::collections::HashMap<u16, Vec<u8>>,
     starts: TokenBucket,
 }
 
@@ -144,7 +146,9 @@ pub struct PairingService {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PairingChanges {
     pub put: Vec<PairingRecord>,
-    pub deleted: Vec<u16>,
+    /// Code ids dropped, each with the verifier of the code it held (so that a store
+    /// shared with other daemons drops that code, not a newer one on the same id).
+    pub deleted: Vec<(u16, Vec<u8>)>,
 }
 
 impl fmt::Debug for PairingService {
@@ -172,6 +176,7 @@ impl PairingService {
             settings,
             records: HashMap::new(),
             changed: BTreeSet::new(),
+            dropped: std::collections::HashMap::new(),
             starts,
         })
     }
@@ -272,7 +277,11 @@ impl PairingService {
         for id in std::mem::take(&mut self.changed) {
             match self.records.get(&id) {
                 Some(r) => changes.put.push(r.clone()),
-                None => changes.deleted.push(id),
+                None => {
+                    if let Some(verifier) = self.dropped.remove(&id) {
+                        changes.deleted.push((id, verifier));
+                    }
+                }
             }
         }
         changes
@@ -367,6 +376,7 @@ impl PairingService {
     /// Drops records that can no longer lead anywhere.
     pub fn purge(&mut self, now: Instant) {
         let changed = &mut self.changed;
+        let dropped = &mut self.dropped;
         self.records.retain(|id, r| {
             let state = r.approval.tick(now);
             let finished = matches!(
@@ -377,6 +387,7 @@ impl PairingService {
             let keep = !(finished || dead);
             if !keep {
                 changed.insert(*id);
+                dropped.insert(*id, r.verifier_record.clone());
             }
             keep
         });

@@ -884,11 +884,19 @@ fn the_store_is_given_only_what_changed_and_what_went() {
     // store when they are dropped, not kept forever.
     w.advance(10 * 60 * 1000);
     let _third = w.code("node-c");
-    let mut changes = w.service.take_changes();
-    changes.deleted.sort_unstable();
+    let changes = w.service.take_changes();
+    let mut deleted: Vec<u16> = changes.deleted.iter().map(|(id, _)| *id).collect();
+    deleted.sort_unstable();
     let mut gone = vec![first.id(), second.id()];
     gone.sort_unstable();
-    assert_eq!(changes.deleted, gone);
+    assert_eq!(deleted, gone);
+    // Each with the verifier of the code it held, so a shared store drops that code only.
+    assert!(
+        changes
+            .deleted
+            .iter()
+            .all(|(_, verifier)| !verifier.is_empty())
+    );
     assert_eq!(changes.put.len(), 1);
 }
 

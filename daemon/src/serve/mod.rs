@@ -371,9 +371,11 @@ pub async fn run(
 /// The store writes that bring it up to the pairing service's changes.
 fn pairing_writes(changes: PairingChanges) -> impl Iterator<Item = Write> {
     let PairingChanges { put, deleted } = changes;
-    put.into_iter()
-        .map(Write::PutPairing)
-        .chain(deleted.into_iter().map(Write::DeletePairing))
+    put.into_iter().map(Write::PutPairing).chain(
+        deleted
+            .into_iter()
+            .map(|(code_id, verifier)| Write::DeletePairing { code_id, verifier }),
+    )
 }
 
 fn on_pairing_report(

@@ -170,7 +170,12 @@ pub enum Write {
     /// A new code's record: [`StoreError::Taken`] when the store holds one under its
     /// code id (another daemon minted it).
     CreatePairing(PairingRecord),
-    DeletePairing(u16),
+    /// Drops the record of code `code_id` if it is the code with this verifier (not a
+    /// newer code another daemon minted on the same id).
+    DeletePairing {
+        code_id: u16,
+        verifier: Vec<u8>,
+    },
     /// Insert or replace (a node's `first_seen` never moves forward).
     PutNode(Node),
     /// Moves a node's `last_seen` forward; `NotFound` for an unknown node.

@@ -172,7 +172,10 @@ pub async fn identity_devices_revocations_and_pairings_persist(e: &Engine) {
         forged.fingerprint = Fingerprint([1; 32]);
         let err = store
             .write_now(vec![
-                Write::DeletePairing(records[0].code_id),
+                Write::DeletePairing {
+                    code_id: records[0].code_id,
+                    verifier: records[0].verifier_record.clone(),
+                },
                 Write::PutDevice(forged),
             ])
             .unwrap_err();
@@ -213,7 +216,10 @@ pub async fn identity_devices_revocations_and_pairings_persist(e: &Engine) {
     store
         .write_now(vec![
             Write::DeleteRevocation(Revoked::Device("node-9".into())),
-            Write::DeletePairing(sorted[0].code_id),
+            Write::DeletePairing {
+                code_id: sorted[0].code_id,
+                verifier: sorted[0].verifier_record.clone(),
+            },
             Write::DeleteDevice("node-1".into()),
         ])
         .unwrap();
@@ -1006,7 +1012,7 @@ pub async fn a_decided_pairing_is_not_undone_by_an_older_copy(e: &Engine) {
     let mut stale = pending.clone();
     stale.awaiting_decision = true;
     store.write(vec![Write::PutPairing(stale)]).await.unwrap();
-    assert_eq!(store.pairing_records().await.unwrap(), [approved]);
+    assert_eq!(store.pairing_records().await.unwrap(), std::slice::from_ref(&approved));
     // A new code on the same id is another record: it replaces the old one.
     let mut fresh = pending;
     fresh.verifier_record = vec![7; fresh.verifier_record.len()];
@@ -1024,8 +1030,20 @@ pub async fn a_decided_pairing_is_not_undone_by_an_older_copy(e: &Engine) {
         .unwrap_err();
     assert!(matches!(err, StoreError::Taken { .. }), "{err}");
     assert_eq!(store.pairing_records().await.unwrap(), [fresh.clone()]);
+    // Dropping the old code on that id leaves the new one; dropping the new one frees it.
     store
-        .write(vec![Write::DeletePairing(fresh.code_id)])
+        .write(vec![Write::DeletePairing {
+            code_id: fresh.code_id,
+            verifier: approved.verifier_record.clone(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.pairing_records().await.unwrap(), [fresh.clone()]);
+    store
+        .write(vec![Write::DeletePairing {
+            code_id: fresh.code_id,
+            verifier: fresh.verifier_record.clone(),
+        }])
         .await
         .unwrap();
     store

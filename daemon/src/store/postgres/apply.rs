@@ -151,7 +151,7 @@ impl Statements {
                 .await?,
             put_pairing: p(crate::store::encode::PUT_PAIRING).await?,
             create_pairing: p(crate::store::encode::CREATE_PAIRING).await?,
-            delete_pairing: p("DELETE FROM pairings WHERE code_id = $1").await?,
+            delete_pairing: p("DELETE FROM pairings WHERE code_id = $1 AND verifier = $2").await?,
             put_node: p(
                 "INSERT INTO nodes (id, first_seen, last_seen, state, platform, address,
                     capabilities)
@@ -401,9 +401,9 @@ fn ops(
             ],
             "store a pairing",
         )),
-        Write::DeletePairing(code_id) => out.push(op(
+        Write::DeletePairing { code_id, verifier } => out.push(op(
             &s.delete_pairing,
-            vec![Box::new(i32::from(*code_id))],
+            vec![Box::new(i32::from(*code_id)), Box::new(verifier.clone())],
             "delete a pairing",
         )),
         Write::PutNode(n) => {

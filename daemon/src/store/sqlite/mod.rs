@@ -77,7 +77,7 @@ fn apply(
         Write::PutRevocation(r) => revocations::put(conn, r),
         Write::DeleteRevocation(what) => revocations::delete(conn, what),
         Write::PutPairing(p) => pairings::put(conn, p),
-        Write::DeletePairing(code_id) => pairings::delete(conn, *code_id),
+        Write::DeletePairing { code_id, verifier } => pairings::delete(conn, *code_id, verifier),
         Write::CreatePairing(p) => pairings::create(conn, p),
         Write::PutNode(n) => nodes::put(conn, n),
         Write::TouchNode { id, last_seen_ms } => nodes::touch(conn, id, *last_seen_ms),

@@ -44,9 +44,9 @@ pub(crate) fn create(conn: &Connection, p: &PairingRecord) -> Result<(), StoreEr
     })
 }
 
-pub(crate) fn delete(conn: &Connection, code_id: u16) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM pairings WHERE code_id = ?1")
-        .and_then(|mut s| s.execute([code_id]))
+pub(crate) fn delete(conn: &Connection, code_id: u16, verifier: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM pairings WHERE code_id = ?1 AND verifier = ?2")
+        .and_then(|mut s| s.execute(params![code_id, verifier]))
         .map_err(StoreError::db("delete a pairing"))?;
     Ok(())
 }
