@@ -130,15 +130,16 @@ pub(crate) fn capabilities_from(node: &str, json: &str) -> Result<Vec<Capability
 }
 
 /// Stores a pairing record (parameters: code id, JSON, decided, verifier), in both
-/// engines' SQL. An operator's decision is never overwritten by an older, undecided copy
-/// of the same code (another daemon's write, made before it took the decision in);
-/// a new code on the same id replaces the old one.
+/// engines' SQL. It changes only the same code: a copy of another code on that id (a
+/// daemon's stale one) never replaces the stored one, and an operator's decision is
+/// never overwritten by an older, undecided copy (another daemon's write, made before
+/// it took the decision in). New codes go in with `CREATE_PAIRING`.
 pub(crate) const PUT_PAIRING: &str = "INSERT INTO pairings (code_id, record, decided, verifier)
     VALUES ($1, $2, $3, $4)
     ON CONFLICT (code_id) DO UPDATE SET record = excluded.record,
-        decided = excluded.decided, verifier = excluded.verifier
-    WHERE excluded.decided OR NOT pairings.decided
-        OR pairings.verifier <> excluded.verifier";
+        decided = excluded.decided
+    WHERE pairings.verifier = excluded.verifier
+        AND (excluded.decided OR NOT pairings.decided)";
 
 /// Stores a new code's record only where no record is (parameters as `PUT_PAIRING`).
 pub(crate) const CREATE_PAIRING: &str = "INSERT INTO pairings (code_id, record, decided, verifier)

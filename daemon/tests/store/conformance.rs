@@ -1012,12 +1012,31 @@ pub async fn a_decided_pairing_is_not_undone_by_an_older_copy(e: &Engine) {
     let mut stale = pending.clone();
     stale.awaiting_decision = true;
     store.write(vec![Write::PutPairing(stale)]).await.unwrap();
-    assert_eq!(store.pairing_records().await.unwrap(), std::slice::from_ref(&approved));
-    // A new code on the same id is another record: it replaces the old one.
+    assert_eq!(
+        store.pairing_records().await.unwrap(),
+        std::slice::from_ref(&approved)
+    );
+    // Another code on the same id never replaces it through a plain write; once the
+    // old one is dropped, a new code is created there.
     let mut fresh = pending;
     fresh.verifier_record = vec![7; fresh.verifier_record.len()];
     store
         .write(vec![Write::PutPairing(fresh.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pairing_records().await.unwrap(),
+        std::slice::from_ref(&approved)
+    );
+    store
+        .write(vec![Write::DeletePairing {
+            code_id: approved.code_id,
+            verifier: approved.verifier_record.clone(),
+        }])
+        .await
+        .unwrap();
+    store
+        .write(vec![Write::CreatePairing(fresh.clone())])
         .await
         .unwrap();
     assert_eq!(store.pairing_records().await.unwrap(), [fresh.clone()]);
