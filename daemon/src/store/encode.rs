@@ -12,6 +12,19 @@ use crate::model::{CallStatus, Capability};
 use crate::pairing::PairingRecord;
 use crate::revocation::Revoked;
 
+/// Stores a device (parameters: id, fingerprint, certificate, paired at, name), in both
+/// engines' SQL.
+pub(crate) const PUT_DEVICE: &str = "INSERT INTO devices (device_id, fingerprint, cert_der,
+    paired_at, name) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
+        cert_der = excluded.cert_der, paired_at = excluded.paired_at, name = excluded.name";
+
+/// A renewed certificate: a stored device keeps its `paired_at` and name.
+pub(crate) const RENEW_DEVICE: &str = "INSERT INTO devices (device_id, fingerprint, cert_der,
+    paired_at, name) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
+        cert_der = excluded.cert_der";
+
 /// Ends a call no node took (parameters: id, time), in both engines' SQL.
 pub(crate) const EXPIRE_CALL: &str = "UPDATE calls SET state = 'timed_out', updated = $2,
     error = 'deadline passed before any daemon holding the node took the call'

@@ -192,6 +192,17 @@ pub async fn identity_devices_revocations_and_pairings_persist(e: &Engine) {
     assert!(back == server, "server identity differs after reopening");
     assert_eq!(store.devices().await.unwrap(), vec![device.clone()]);
     assert_eq!(store.device("node-1").await.unwrap(), Some(device.clone()));
+    // A renewal changes the certificate, not when the device paired or its name.
+    let renewed = Device {
+        paired_at_ms: NOW + 99,
+        name: None,
+        ..device.clone()
+    };
+    store
+        .write(vec![Write::RenewDevice(renewed)])
+        .await
+        .unwrap();
+    assert_eq!(store.device("node-1").await.unwrap(), Some(device.clone()));
     assert_eq!(
         store
             .device_by_fingerprint(&client.fingerprint)

@@ -125,22 +125,9 @@ impl Statements {
                 ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
                 RETURNING value - $2 + 1")
             .await?,
-            put_device: p(
-                "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
-                    cert_der = excluded.cert_der, paired_at = excluded.paired_at,
-                    name = excluded.name",
-            )
-            .await?,
+            put_device: p(crate::store::encode::PUT_DEVICE).await?,
             delete_device: p("DELETE FROM devices WHERE device_id = $1").await?,
-            renew_device: p(
-                "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
-                    cert_der = excluded.cert_der",
-            )
-            .await?,
+            renew_device: p(crate::store::encode::RENEW_DEVICE).await?,
             put_revocation: p(
                 "INSERT INTO revocations (kind, subject, revoked_at, reason) VALUES ($1, $2, $3, $4)
                 ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at,

@@ -6,48 +6,23 @@ use super::get_u64;
 use crate::ca::Fingerprint;
 use crate::model::Device;
 use crate::store::StoreError;
-use crate::store::encode::{check_device, enc};
+use crate::store::encode::{PUT_DEVICE, RENEW_DEVICE, check_device, enc};
 
-pub(crate) fn put(conn: &Connection, d: &Device) -> Result<(), StoreError> {
+/// Stores `d`; a renewal (`renew`) keeps a stored device's `paired_at` and name.
+pub(crate) fn put(conn: &Connection, d: &Device, renew: bool) -> Result<(), StoreError> {
     check_device(d)?;
-    conn.prepare_cached(
-        "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
-             cert_der = excluded.cert_der, paired_at = excluded.paired_at,
-             name = excluded.name",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            d.device_id,
-            d.fingerprint.0,
-            d.cert_der,
-            enc(d.paired_at_ms),
-            d.name
-        ])
-    })
-    .map_err(StoreError::db("store a device"))?;
-    Ok(())
-}
-
-pub(crate) fn renew(conn: &Connection, d: &Device) -> Result<(), StoreError> {
-    check_device(d)?;
-    conn.prepare_cached(
-        "INSERT INTO devices (device_id, fingerprint, cert_der, paired_at, name)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (device_id) DO UPDATE SET fingerprint = excluded.fingerprint,
-             cert_der = excluded.cert_der",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            d.device_id,
-            d.fingerprint.0,
-            d.cert_der,
-            enc(d.paired_at_ms),
-            d.name
-        ])
-    })
-    .map_err(StoreError::db("renew a device"))?;
+    let sql = if renew { RENEW_DEVICE } else { PUT_DEVICE };
+    conn.prepare_cached(&sql.replace('$', "?"))
+        .and_then(|mut s| {
+            s.execute(params![
+                d.device_id,
+                d.fingerprint.0,
+                d.cert_der,
+                enc(d.paired_at_ms),
+                d.name
+            ])
+        })
+        .map_err(StoreError::db("store a device"))?;
     Ok(())
 }
 

@@ -71,9 +71,9 @@ fn apply(
                 .push(owners::reserve(conn, counter, *count)?);
             Ok(())
         }
-        Write::PutDevice(d) => devices::put(conn, d),
+        Write::PutDevice(d) => devices::put(conn, d, false),
         Write::DeleteDevice(id) => devices::delete(conn, id),
-        Write::RenewDevice(d) => devices::renew(conn, d),
+        Write::RenewDevice(d) => devices::put(conn, d, true),
         Write::PutRevocation(r) => revocations::put(conn, r),
         Write::DeleteRevocation(what) => revocations::delete(conn, what),
         Write::PutPairing(p) => pairings::put(conn, p),
