@@ -305,7 +305,11 @@ fn three_daemons_share_one_fleet() {
     // SIGSTOP: the daemon holding a node is paused, the node moves, and after SIGCONT
     // the paused daemon cannot write for it.
     let (id, opened, _) = &nodes[1];
-    let (paused_name, epoch) = db.owner(id).unwrap();
+    // On a live daemon: it may have been on the one killed above, and moved since.
+    let (paused_name, epoch) = wait_until("the second node on a live daemon", || {
+        db.owner(id)
+            .filter(|(o, _)| daemons[index(o)].proc.is_some())
+    });
     let paused = index(&paused_name);
     signal(&daemons[paused], "-STOP");
     let (taker, new_epoch) = wait_until("the node taken over from the paused daemon", || {
