@@ -489,13 +489,16 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| hyper_error(endpoint, &e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| hyper_error(endpoint, &e))
+    let conn = tokio::spawn(conn);
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp),
+        // The request is cancelled when the connection fails; the connection's own
+        // error says why (a TLS alert: the daemon refused the certificate).
+        Err(e) => match tokio::time::timeout(Duration::from_secs(1), conn).await {
+            Ok(Ok(Err(conn_error))) => Err(hyper_error(endpoint, &conn_error)),
+            _ => Err(hyper_error(endpoint, &e)),
+        },
+    }
 }
 
 /// A TLS alert from the daemon during or right after the handshake means it refused
