@@ -85,6 +85,10 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             show: Some(daemon::cli::CallsCommand::Show { id }),
             ..
         }) => operator::call_show(&socket, style, id).await,
+        Command::Calls(daemon::cli::CallsArgs {
+            show: Some(daemon::cli::CallsCommand::Watch { id }),
+            ..
+        }) => operator::call_watch(&socket, style, id).await,
         Command::Calls(args) => {
             operator::calls_list(
                 &socket, style, args.node, args.state, args.since, args.limit,

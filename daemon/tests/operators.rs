@@ -134,6 +134,18 @@ fn a_viewer_reads_an_admin_calls_and_a_node_certificate_is_refused() {
     let call_id = listed["call_id"].as_u64().unwrap().to_string();
     let o = remote(&addr, &viewer, &["--json", "calls", "show", &call_id]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Its progress, streamed: a finished call is one final record.
+    let o = remote(&addr, &viewer, &["--json", "calls", "watch", &call_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["state"], "succeeded");
+    let o = remote(&addr, &viewer, &["calls", "watch", "999999"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
 
     // A node's own certificate (issued by the same daemon) is no operator identity.
     let node_as_operator = tmp.path().join("node-as-operator.pem");

@@ -353,11 +353,24 @@ impl ApiClient {
                 after: self.config.request_timeout,
             })??;
         Ok(EventStream {
-            body,
-            buf: BytesMut::new(),
+            inner: MessageStream::new(body, Method::Events.descriptor().output()),
             next_seq,
-            done: false,
         })
+    }
+
+    /// A call's record now and at each change until it is final.
+    pub async fn watch_call(&self, id: u64) -> Result<MessageStream<CallResult>, ClientError> {
+        let req = Request::WatchCall(v1::ShowCallRequest { id });
+        let exchange = self.exchange(&req);
+        let body = tokio::time::timeout(self.config.request_timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                after: self.config.request_timeout,
+            })??;
+        Ok(MessageStream::new(
+            body,
+            Method::WatchCall.descriptor().output(),
+        ))
     }
 
     /// Sends `req` and reads its one answer.
@@ -546,48 +559,54 @@ fn refused(endpoint: &str, e: &rustls::Error) -> ClientError {
     }
 }
 
-/// An event stream. `next()` yields events until the stream ends (`None`) or fails.
-pub struct EventStream {
+/// A stream of messages, one JSON object per line. `next()` yields them until the
+/// stream ends (`None`) or fails.
+pub struct MessageStream<T> {
     body: Incoming,
     buf: BytesMut,
-    next_seq: u64,
+    desc: prost_reflect::MessageDescriptor,
     done: bool,
+    _of: std::marker::PhantomData<fn() -> T>,
 }
 
-impl fmt::Debug for EventStream {
+impl<T> fmt::Debug for MessageStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventStream")
-            .field("next_seq", &self.next_seq)
+        f.debug_struct("MessageStream")
+            .field("of", &self.desc.full_name())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
 }
 
-impl EventStream {
-    /// The next event; `None` once the daemon ended the stream (or after an error).
-    pub async fn next(&mut self) -> Option<Result<Event, ClientError>> {
+impl<T: Message + Default> MessageStream<T> {
+    fn new(body: Incoming, desc: prost_reflect::MessageDescriptor) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            desc,
+            done: false,
+            _of: std::marker::PhantomData,
+        }
+    }
+
+    /// The next message; `None` once the daemon ended the stream (or after an error).
+    pub async fn next(&mut self) -> Option<Result<T, ClientError>> {
         if self.done {
             return None;
         }
         loop {
             if let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(at + 1);
-                let desc = Method::Events.descriptor().output();
-                return Some(match from_json::<Event>(&desc, &line[..at]) {
-                    Ok(event) => {
-                        self.next_seq = event.seq.saturating_add(1);
-                        Ok(event)
-                    }
-                    Err(e) => {
-                        self.done = true;
-                        Err(ClientError::Protocol(e.message))
-                    }
+                let item = from_json::<T>(&self.desc, &line[..at]).map_err(|e| {
+                    self.done = true;
+                    ClientError::Protocol(e.message)
                 });
+                return Some(item);
             }
             if self.buf.len() > MAX_BODY {
                 self.done = true;
                 return Some(Err(ClientError::Protocol(format!(
-                    "an event line exceeds {MAX_BODY} bytes"
+                    "a line of the stream exceeds {MAX_BODY} bytes"
                 ))));
             }
             match self.body.frame().await {
@@ -599,7 +618,7 @@ impl EventStream {
                 Some(Err(e)) => {
                     self.done = true;
                     return Some(Err(ClientError::Disconnected {
-                        detail: format!("the event stream broke: {e}"),
+                        detail: format!("the stream broke: {e}"),
                     }));
                 }
                 None => {
@@ -608,6 +627,24 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+/// An event stream, which knows where to resume.
+#[derive(Debug)]
+pub struct EventStream {
+    inner: MessageStream<Event>,
+    next_seq: u64,
+}
+
+impl EventStream {
+    /// The next event; `None` once the daemon ended the stream (or after an error).
+    pub async fn next(&mut self) -> Option<Result<Event, ClientError>> {
+        let item = self.inner.next().await;
+        if let Some(Ok(event)) = &item {
+            self.next_seq = event.seq.saturating_add(1);
+        }
+        item
     }
 
     /// The seq to resume from after this stream: one past the last event read.

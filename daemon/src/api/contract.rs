@@ -47,6 +47,7 @@ pub enum Method {
     Call,
     ShowCall,
     ListCalls,
+    WatchCall,
     Events,
     AddOperator,
     ListOperators,
@@ -54,7 +55,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 17] = [
         Method::Status,
         Method::WhoAmI,
         Method::CreatePairCode,
@@ -67,6 +68,7 @@ impl Method {
         Method::Call,
         Method::ShowCall,
         Method::ListCalls,
+        Method::WatchCall,
         Method::Events,
         Method::AddOperator,
         Method::ListOperators,
@@ -88,6 +90,7 @@ impl Method {
             Method::Call => "Call",
             Method::ShowCall => "ShowCall",
             Method::ListCalls => "ListCalls",
+            Method::WatchCall => "WatchCall",
             Method::Events => "Events",
             Method::AddOperator => "AddOperator",
             Method::ListOperators => "ListOperators",

@@ -17,12 +17,12 @@ mod validate;
 
 use std::fmt;
 
-pub use client::{ApiClient, ClientError, Endpoint, EventStream};
+pub use client::{ApiClient, ClientError, Endpoint, EventStream, MessageStream};
 pub use contract::Method;
 pub use proto::{CONTRACT_VERSION, v1};
 pub use request::Request;
 pub use server::{
-    ApiServer, BindError, EventSink, OperatorApi, OperatorListener, ServerConfig, SinkError,
+    ApiServer, BindError, EventSink, OperatorApi, OperatorListener, ServerConfig, Sink, SinkError,
 };
 pub use validate::{MAX_CALL_TIMEOUT_MS, MAX_CSR_LEN, MAX_NAME_LEN, MAX_REASON_LEN, check_request};
 

@@ -58,7 +58,7 @@ pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
         Kind::ApprovePairing(req) => code_id(req.code_id),
         Kind::RejectPairing(req) => code_id(req.code_id),
         Kind::ShowNode(req) => node_id("id", &req.id),
-        Kind::ShowCall(_) => Ok(()),
+        Kind::ShowCall(_) | Kind::WatchCall(_) => Ok(()),
         Kind::Call(req) => {
             node_id("node", &req.node)?;
             name("capability", &req.capability)?;

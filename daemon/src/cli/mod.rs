@@ -146,6 +146,8 @@ pub enum CallsCommand {
     /// One call's record: its state, its times, and when it timed out if the node
     /// answered afterwards.
     Show { id: u64 },
+    /// Follow one call: its record now and at each change until it is final.
+    Watch { id: u64 },
 }
 
 #[derive(Debug, Args)]

@@ -456,6 +456,42 @@ pub async fn call_show(endpoint: &Endpoint, style: Style, id: u64) -> Result<(),
     Ok(())
 }
 
+/// `ternd calls watch ID`: a line per change of the call's state, until it is final; the
+/// exit code is `ternd call`'s for the final state.
+pub async fn call_watch(endpoint: &Endpoint, style: Style, id: u64) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
+    let mut stream = c.watch_call(id).await.map_err(|e| from_client(&e))?;
+    let mut last = None;
+    while let Some(r) = stream.next().await {
+        let r = r.map_err(|e| from_client(&e))?;
+        match style {
+            Style::Json => println!(
+                "{}",
+                json!({"call_id": r.call_id, "state": call_state(r.state),
+                       "updated_at_ms": r.updated_at_ms, "message": r.message})
+            ),
+            Style::Table => println!(
+                "{}  call {}  {}{}",
+                ms_to_text(r.updated_at_ms),
+                r.call_id,
+                call_state(r.state),
+                if r.message.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", r.message)
+                }
+            ),
+        }
+        last = Some(r.state);
+    }
+    match last {
+        Some(state) => Exit::for_call(state),
+        None => Err(Exit::failure(
+            "the daemon ended the stream without the call",
+        )),
+    }
+}
+
 /// `ternd calls`: past calls, newest first.
 pub async fn calls_list(
     endpoint: &Endpoint,

@@ -20,7 +20,7 @@ use crate::api::v1::{
 };
 use crate::api::{
     ApiError, Caller, DEFAULT_CALL_PAGE, DEFAULT_NODE_PAGE, EventSink, MAX_CALL_PAGE,
-    MAX_NODE_PAGE, NODE_PAGE_BYTES, OperatorApi,
+    MAX_NODE_PAGE, NODE_PAGE_BYTES, OperatorApi, Sink,
 };
 use crate::model::{CallFilter, OperatorRole};
 use crate::pairing::{PairingRecord, ServiceError};
@@ -30,6 +30,8 @@ use crate::store::{StoreError, Write};
 
 /// Events read from the store at a time.
 const EVENT_PAGE: usize = 256;
+/// How often a watched call's record is read again.
+const CALL_WATCH_POLL: Duration = Duration::from_millis(50);
 /// A follower re-reads the store at least this often.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
@@ -570,6 +572,29 @@ impl OperatorApi for Operator {
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map(call_result)
             .ok_or_else(|| ApiError::not_found(format!("no call {}", req.id)))
+    }
+
+    async fn watch_call(
+        &self,
+        req: ShowCallRequest,
+        mut sink: Sink<CallResult>,
+    ) -> Result<(), ApiError> {
+        let mut last: Option<(i32, u64)> = None;
+        loop {
+            let result = self.show_call(req.clone()).await?;
+            let now = (result.state, result.updated_at_ms);
+            if last != Some(now) {
+                last = Some(now);
+                let done = result.state != v1::CallState::Pending as i32;
+                sink.send(result)
+                    .await
+                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+                if done {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(CALL_WATCH_POLL).await;
+        }
     }
 
     async fn list_calls(&self, req: ListCallsRequest) -> Result<CallList, ApiError> {

@@ -15,10 +15,11 @@ use hyper::body::{Frame, Incoming};
 use rustls::pki_types::CertificateDer;
 use tracing::debug;
 
-use super::EventSink;
 use super::OperatorApi;
+use super::Sink;
 use super::console::Console;
 use crate::api::contract::{Method, message, to_json};
+
 use crate::api::request::Request as ApiRequest;
 use crate::api::v1::{self, ErrorCode, Role};
 use crate::api::{
@@ -225,7 +226,18 @@ async fn run<H: OperatorApi>(
         ApiRequest::AddOperator(r) => to_json(&out, &handler.add_operator(r).await?),
         ApiRequest::ListOperators(_) => to_json(&out, &handler.list_operators().await?),
         ApiRequest::RevokeOperator(r) => to_json(&out, &handler.revoke_operator(r).await?),
-        ApiRequest::Events(r) => return Ok(event_stream(handler, r)),
+        ApiRequest::Events(r) => {
+            return Ok(ndjson_stream(out, move |sink| {
+                tokio::spawn(async move { handler.events(r, sink).await })
+            }));
+        }
+        ApiRequest::WatchCall(r) => {
+            // An unknown call is an error status, not an empty stream.
+            handler.show_call(r.clone()).await?;
+            return Ok(ndjson_stream(out, move |sink| {
+                tokio::spawn(async move { handler.watch_call(r, sink).await })
+            }));
+        }
     };
     Ok(bytes_response(StatusCode::OK, "application/json", json))
 }
@@ -240,34 +252,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Events as `application/x-ndjson`, one per line, as the handler produces them.
-fn event_stream<H: OperatorApi>(handler: Arc<H>, req: v1::EventsRequest) -> Response<Body> {
-    let (sink, rx) = EventSink::channel(64);
-    let task = tokio::spawn(async move { handler.events(req, sink).await });
+/// A stream as `application/x-ndjson`: one message per line, as the handler `feed`
+/// produces them into its sink; the handler runs on a task of its own, aborted when the
+/// client goes away (the body is dropped).
+fn ndjson_stream<M, F>(desc: prost_reflect::MessageDescriptor, feed: F) -> Response<Body>
+where
+    M: prost::Message + Send + 'static,
+    F: FnOnce(Sink<M>) -> tokio::task::JoinHandle<Result<(), ApiError>>,
+{
+    let (sink, rx) = Sink::channel(64);
+    let task = feed(sink);
     let guard = AbortOnDrop(task.abort_handle());
-    let desc = message("tern.operator.v1.Event");
     let lines =
         futures_util::stream::unfold((rx, Some(task), guard), move |(mut rx, task, guard)| {
             let desc = desc.clone();
             async move {
-                if let Some(event) = rx.recv().await {
-                    let mut line = to_json(&desc, &event);
+                if let Some(message) = rx.recv().await {
+                    let mut line = to_json(&desc, &message);
                     line.push(b'\n');
                     return Some((Ok(Frame::data(Bytes::from(line))), (rx, task, guard)));
                 }
                 // The handler is done: a clean end, or the stream is cut short.
-                let outcome = match task {
-                    Some(task) => task.await,
-                    None => return None,
+                let outcome = task?.await;
+                let error = match outcome {
+                    Ok(Ok(())) => return None,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
                 };
-                match outcome {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "event stream failed");
-                        Some((Err(std::io::Error::other(e.to_string())), (rx, None, guard)))
-                    }
-                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None, guard))),
-                }
+                debug!(%error, "stream failed");
+                Some((Err(std::io::Error::other(error)), (rx, None, guard)))
             }
         })
         .fuse();

@@ -76,6 +76,15 @@ pub trait OperatorApi: Send + Sync + 'static {
         req: ListCallsRequest,
     ) -> impl Future<Output = Result<CallList, ApiError>> + Send;
 
+    /// A call's record now, then again at each change of its state, until it is final
+    /// (returning ends the stream). `NOT_FOUND` before anything is sent for an unknown
+    /// call.
+    fn watch_call(
+        &self,
+        req: ShowCallRequest,
+        sink: Sink<CallResult>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
     /// Runs a capability call to its final state. A call that ends badly on the node
     /// (failed, rejected, timed out...) is an `Ok` [`CallResult`] with that state; an
     /// `Err` means the call could not be placed (unknown node, daemon shutting down).
@@ -158,21 +167,24 @@ impl fmt::Display for SinkError {
 
 impl std::error::Error for SinkError {}
 
-/// Where an [`OperatorApi::events`] handler puts the events of one stream.
+/// Where a streaming handler puts the messages of one stream.
 #[derive(Debug)]
-pub struct EventSink {
-    out: mpsc::Sender<Event>,
+pub struct Sink<T> {
+    out: mpsc::Sender<T>,
 }
 
-impl EventSink {
+/// The sink of an [`OperatorApi::events`] stream.
+pub type EventSink = Sink<Event>;
+
+impl<T> Sink<T> {
     /// A sink and the receiving end the server streams from (also for tests).
-    pub fn channel(depth: usize) -> (Self, mpsc::Receiver<Event>) {
+    pub fn channel(depth: usize) -> (Self, mpsc::Receiver<T>) {
         let (out, rx) = mpsc::channel(depth);
         (Self { out }, rx)
     }
 
-    /// Sends one event, waiting while the client is slower than the daemon.
-    pub async fn send(&mut self, event: Event) -> Result<(), SinkError> {
-        self.out.send(event).await.map_err(|_| SinkError::Closed)
+    /// Sends one message, waiting while the client is slower than the daemon.
+    pub async fn send(&mut self, message: T) -> Result<(), SinkError> {
+        self.out.send(message).await.map_err(|_| SinkError::Closed)
     }
 }
