@@ -581,7 +581,7 @@ impl OperatorApi for Operator {
     ) -> Result<(), ApiError> {
         let mut last: Option<(i32, u64)> = None;
         loop {
-            let result = self.show_call(req.clone()).await?;
+            let result = self.show_call(req).await?;
             let now = (result.state, result.updated_at_ms);
             if last != Some(now) {
                 last = Some(now);

@@ -233,7 +233,7 @@ async fn run<H: OperatorApi>(
         }
         ApiRequest::WatchCall(r) => {
             // An unknown call is an error status, not an empty stream.
-            handler.show_call(r.clone()).await?;
+            handler.show_call(r).await?;
             return Ok(ndjson_stream(out, move |sink| {
                 tokio::spawn(async move { handler.watch_call(r, sink).await })
             }));
