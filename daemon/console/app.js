@@ -15,6 +15,8 @@
   let teardown = [];
   /** The banner's source, so a poll that recovers clears only its own error. */
   let bannerSource = null;
+  /** The highest event seq any stream has seen (0: none yet). */
+  let latestSeq = 0;
 
   const POLL_MS = 2000;
   const HEALTH_EVENTS = new Set(['health', 'system.health']);
@@ -303,7 +305,7 @@
   function followEvents(filter, onEvent, onState) {
     const controller = new AbortController();
     let stopped = false;
-    let next = 0;
+    let next = num(filter.fromSeq);
     const source = `stream:${filter.node || '*'}`;
     (async () => {
       let attempt = 0;
@@ -335,6 +337,7 @@
               }
               const seq = num(ev.seq);
               if (seq >= next) next = seq + 1;
+              if (seq > latestSeq) latestSeq = seq;
               onEvent(ev);
             }
           }
@@ -658,10 +661,11 @@
       }));
     });
 
-    // An event is a sign that something changed: refresh soon after it.
+    // An event is a sign that something changed: refresh soon after it. (Only new
+    // events matter here: start after the last one seen, if any was.)
     let pending = null;
     teardown.push(() => clearTimeout(pending));
-    teardown.push(followEvents({}, () => {
+    teardown.push(followEvents({ fromSeq: latestSeq ? latestSeq + 1 : 0 }, () => {
       if (pending) return;
       pending = setTimeout(() => { pending = null; refresh(); }, 300);
     }, () => {}));

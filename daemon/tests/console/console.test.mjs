@@ -214,10 +214,14 @@ async function stopChild(name) {
   }
 }
 
-let cleanedUp = false;
-async function cleanup() {
-  if (cleanedUp) return;
-  cleanedUp = true;
+let cleaning = null;
+/** Stops everything this test started; every caller waits for the same cleanup. */
+function cleanup() {
+  if (!cleaning) cleaning = stopAll();
+  return cleaning;
+}
+
+async function stopAll() {
   if (context) await Promise.race([context.close().catch(() => {}), sleep(10000)]);
   await stopChild('node');
   await stopChild('daemon');
