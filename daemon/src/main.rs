@@ -48,7 +48,19 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<(), Exit> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let socket = state_dir.join(daemon::api::SOCKET_NAME);
+    let socket = match (&cli.remote, &cli.identity) {
+        (Some(addr), Some(file)) => daemon::api::Endpoint::Remote {
+            addr: addr.clone(),
+            identity: daemon::api::identity::IdentityFile::read(file)
+                .map_err(|e| Exit::usage(e.to_string()))?,
+        },
+        (Some(_), None) => {
+            return Err(Exit::usage(
+                "--remote needs --identity FILE (an identity from `ternd operator add`)",
+            ));
+        }
+        (None, _) => daemon::api::Endpoint::Unix(state_dir.join(daemon::api::SOCKET_NAME)),
+    };
     let style = if cli.json { Style::Json } else { Style::Table };
     match cli.command {
         Command::Serve(args) => serve(state_dir, args).await,
@@ -69,8 +81,24 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         Command::Nodes => operator::nodes(&socket, style).await,
         Command::Node(NodeCommand::Show { id }) => operator::node_show(&socket, style, &id).await,
         Command::Node(cmd) => daemon::cli::node::run(cmd).await,
-        Command::Calls(daemon::cli::CallsCommand::Show { id }) => {
-            operator::call_show(&socket, style, id).await
+        Command::Calls(daemon::cli::CallsArgs {
+            show: Some(daemon::cli::CallsCommand::Show { id }),
+            ..
+        }) => operator::call_show(&socket, style, id).await,
+        Command::Calls(args) => {
+            operator::calls_list(
+                &socket, style, args.node, args.state, args.since, args.limit,
+            )
+            .await
+        }
+        Command::Operator(daemon::cli::OperatorCommand::Add { name, role, out }) => {
+            operator::operator_add(&socket, style, &name, &role, out.as_deref()).await
+        }
+        Command::Operator(daemon::cli::OperatorCommand::List) => {
+            operator::operator_list(&socket, style).await
+        }
+        Command::Operator(daemon::cli::OperatorCommand::Revoke { name }) => {
+            operator::operator_revoke(&socket, style, &name).await
         }
         Command::Call {
             node,
@@ -118,6 +146,9 @@ async fn serve(state_dir: std::path::PathBuf, args: ServeArgs) -> Result<(), Exi
     }
     if let Some(v) = args.public_names {
         settings.public_names = v;
+    }
+    if let Some(v) = args.operator_listen {
+        settings.operator_listen = Some(v);
     }
     if let Some(v) = args.metrics {
         settings.metrics = Some(v);

@@ -126,6 +126,62 @@ pub struct Device {
     pub name: Option<String>,
 }
 
+/// What an operator identity may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperatorRole {
+    Viewer,
+    Admin,
+}
+
+impl OperatorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Viewer, Self::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// An operator identity the daemon issued: a client certificate of the operator CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// 1 to 64 bytes of `[A-Za-z0-9._-]` (the rule of device ids).
+    pub name: String,
+    pub role: OperatorRole,
+    /// SHA-256 of `cert_der`.
+    pub fingerprint: [u8; 32],
+    /// The client certificate issued to the operator.
+    pub cert_der: Vec<u8>,
+    /// When the certificate expires (Unix milliseconds).
+    pub not_after_ms: u64,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    /// When the identity was revoked (Unix milliseconds), if it was.
+    pub revoked_ms: Option<u64>,
+}
+
+/// Which calls a listing wants, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallFilter {
+    pub node: Option<String>,
+    pub state: Option<CallStatus>,
+    /// Only calls created at or after this (Unix ms); 0 for no bound.
+    pub since_ms: u64,
+    /// Only calls created before this (Unix ms); None for no bound.
+    pub until_ms: Option<u64>,
+    /// Only calls with an id below this (the previous page's last id); None from the
+    /// newest.
+    pub before_id: Option<u64>,
+    /// Most calls returned (the caller caps it; the store takes it as given, min 1).
+    pub limit: u32,
+}
+
 /// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallStatus {

@@ -499,18 +499,17 @@ fn a_node_host_told_to_wait_pairs_once_the_limit_allows() {
     );
 }
 
-/// A daemon holding more nodes than fit in one frame lists them all, once each and by
+/// A daemon holding more nodes than fit in one answer lists them all, once each and by
 /// id, in pages: to the CLI, to the client's `list_nodes`, and page by page.
 #[test]
-fn nodes_are_listed_in_pages_past_the_frame_limit() {
-    use daemon::api::v1::{self, ErrorCode, Request, Response, request, response};
+fn nodes_are_listed_in_pages_past_the_answer_limit() {
+    use daemon::api::v1;
     use daemon::api::{
-        ApiClient, CONTRACT_VERSION, DEFAULT_NODE_PAGE, MAX_FRAME, MAX_NODE_PAGE, NODE_PAGE_BYTES,
-        SOCKET_NAME, decode_response,
+        ApiClient, DEFAULT_NODE_PAGE, MAX_BODY, MAX_NODE_PAGE, NODE_PAGE_BYTES, SOCKET_NAME,
     };
     use daemon::store::{Capability, Node, SqliteStore, StoreOptions, Write};
+    use http_body_util::BodyExt as _;
     use prost::Message as _;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SMALL: usize = 1600;
     let row = |id: String, caps: Vec<Capability>| Node {
@@ -576,16 +575,12 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
         let client_ids: Vec<&str> = all.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(client_ids, ids);
         assert_eq!(all.next_after, "");
-        // The old single answer would not fit in a frame, even without the big nodes.
+        // One answer would not fit in the answer limit, even without the big nodes.
         let small = v1::NodeList {
             nodes: all.nodes[3..].to_vec(),
             next_after: String::new(),
         };
-        assert!(
-            small.encoded_len() > MAX_FRAME as usize,
-            "{}",
-            small.encoded_len()
-        );
+        assert!(small.encoded_len() > MAX_BODY, "{}", small.encoded_len());
 
         // Page by page with the default limit: the big nodes cut the first pages short.
         let mut pages = Vec::new();
@@ -616,51 +611,34 @@ fn nodes_are_listed_in_pages_past_the_frame_limit() {
 
         // A client from before paging sends no limit: it gets every node in one answer
         // when they fit, an error rather than a part of them when they do not.
-        let mut raw = tokio::net::UnixStream::connect(dir.join(SOCKET_NAME))
-            .await
-            .unwrap();
-        let mut exchange = async |id: u64, kind: request::Kind| {
-            let body = Request {
-                id,
-                kind: Some(kind),
-            }
-            .encode_to_vec();
-            raw.write_all(&u32::try_from(body.len()).unwrap().to_be_bytes())
+        let exchange = async |body: &str| -> (u16, serde_json::Value) {
+            let stream = tokio::net::UnixStream::connect(dir.join(SOCKET_NAME))
                 .await
                 .unwrap();
-            raw.write_all(&body).await.unwrap();
-            let len = raw.read_u32().await.unwrap();
-            let mut body = vec![0; len as usize];
-            raw.read_exact(&mut body).await.unwrap();
-            let response: Response = decode_response(&body).unwrap();
-            assert_eq!(response.id, id);
-            response.kind.unwrap()
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::post("/api/v1/ListNodes")
+                .header("host", "localhost")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_owned(),
+                )))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice(&body).unwrap())
         };
-        let hello = request::Kind::Hello(v1::Hello {
-            contract_version: CONTRACT_VERSION,
-            software_version: "0.0.1".into(),
-        });
-        assert!(matches!(exchange(1, hello).await, response::Kind::Hello(_)));
-        let legacy = |after: &str| {
-            request::Kind::ListNodes(v1::ListNodesRequest {
-                after: after.into(),
-                limit: None,
-            })
-        };
-        match exchange(2, legacy("")).await {
-            response::Kind::Error(e) => {
-                assert_eq!(e.code(), ErrorCode::FailedPrecondition, "{e:?}");
-            }
-            other => panic!("expected an error, got {other:?}"),
-        }
-        match exchange(3, legacy("node-01500")).await {
-            response::Kind::Nodes(list) => {
-                assert_eq!(list.nodes[0].id, "node-01501");
-                assert_eq!(list.nodes.len(), SMALL - 1501);
-                assert_eq!(list.next_after, "");
-            }
-            other => panic!("expected the nodes, got {other:?}"),
-        }
+        let (status, error) = exchange("{}").await;
+        assert_eq!(status, 409, "{error}");
+        assert_eq!(error["code"], "ERROR_CODE_FAILED_PRECONDITION", "{error}");
+        let (status, list) = exchange(r#"{"after": "node-01500"}"#).await;
+        assert_eq!(status, 200);
+        assert_eq!(list["nodes"][0]["id"], "node-01501");
+        assert_eq!(list["nodes"].as_array().unwrap().len(), SMALL - 1501);
+        assert_eq!(list["nextAfter"], "");
     });
 }
 

@@ -1052,7 +1052,7 @@ async fn count_events(
     let mut seen = HashSet::new();
     let (mut stored, mut dup) = (0usize, 0usize);
     let mut from_seq = 0;
-    // A stream that falls behind is cancelled by the client; resume where it stopped.
+    // A stream that breaks (the daemon cut it) is resumed where it stopped.
     'resume: loop {
         let mut stream = api
             .events(EventsRequest {
@@ -1065,8 +1065,10 @@ async fn count_events(
         while let Some(e) = stream.next().await {
             let e = match e {
                 Ok(e) => e,
-                Err(daemon::api::ClientError::Lagged { next_seq }) => {
-                    from_seq = next_seq;
+                Err(daemon::api::ClientError::Disconnected { .. })
+                    if stream.next_seq() > from_seq =>
+                {
+                    from_seq = stream.next_seq();
                     continue 'resume;
                 }
                 Err(e) => return Err(BenchError(format!("events: {e}"))),

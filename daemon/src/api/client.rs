@@ -1,49 +1,67 @@
-//! The operator CLI's side of the socket.
+//! The CLI's side of the operator API: HTTP/1.1 with the contract's JSON mapping, on the
+//! daemon's Unix socket or, with an operator identity, on its TLS listener.
 //!
-//! [`ApiClient::connect`] opens the socket and exchanges `Hello`s; then every method sends
-//! one request and waits for its answer. The client is cheap to clone and its methods take
-//! `&self`, so requests run side by side on one connection: a reader task routes each
-//! response to its request by id. Errors are typed so the CLI can tell "daemon not
-//! running" from "contract mismatch", "permission denied", a timeout or the daemon's own
-//! error codes.
+//! Each request takes a connection of its own (a Unix socket connects in microseconds;
+//! a remote CLI runs one command), so a client is cheap to clone and requests run side
+//! by side. Errors are typed so the CLI can tell "daemon not running" from "contract
+//! mismatch", "permission denied", a timeout or the daemon's own error codes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot};
+use bytes::{Bytes, BytesMut};
+use http::header;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
 
-use super::framing::{ReadError, encode_frame, read_frame};
+use super::contract::{Method, from_json, message};
+use super::identity::IdentityFile;
+use super::request::Request;
 use super::v1::{
-    self, CallRequest, CallResult, ErrorCode, Event, EventsRequest, Node, NodeList,
-    PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
-    Request, Response, RevokeRequest, Revoked, ShowCallRequest, ShowNodeRequest, Status, request,
-    response,
+    self, AddOperatorRequest, CallList, CallRequest, CallResult, ErrorCode, Event, EventsRequest,
+    ListCallsRequest, Node, NodeList, OperatorIdentity, OperatorList, OperatorRecord, PairCode,
+    PairCodeRequest, PairList, PairRecord, Revoked, Status, WhoAmI,
 };
-use super::{ApiError, CONTRACT_VERSION, MAX_FRAME, SOFTWARE_VERSION, decode_response};
+use super::{ApiError, CONTRACT_HEADER, CONTRACT_VERSION, MAX_BODY};
 
-/// Client timeouts and limits.
+/// Where the daemon is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The operator socket in the daemon's state directory.
+    Unix(PathBuf),
+    /// The daemon's TLS listener, `host:port`, reached with an operator identity.
+    Remote {
+        addr: String,
+        identity: IdentityFile,
+    },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "{}", path.display()),
+            Endpoint::Remote { addr, .. } => write!(f, "https://{addr}"),
+        }
+    }
+}
+
+/// Client timeouts.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Connecting and exchanging `Hello`s.
+    /// Connecting (and the TLS handshake).
     pub connect_timeout: Duration,
     /// Waiting for the answer to a request other than a call or an event stream.
     pub request_timeout: Duration,
     /// A call with `timeout_ms == 0` waits this long (the daemon applies its own default).
     pub default_call_timeout: Duration,
-    /// Events buffered for a stream the caller is not reading; past that the stream ends
-    /// with [`ClientError::Lagged`] rather than stalling the connection's other requests.
-    pub stream_buffer: usize,
-    pub max_frame: u32,
-    /// Announced in the client's `Hello`.
-    pub software_version: String,
 }
 
 impl Default for ClientConfig {
@@ -52,24 +70,21 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             default_call_timeout: Duration::from_secs(60),
-            stream_buffer: 4096,
-            max_frame: MAX_FRAME,
-            software_version: SOFTWARE_VERSION.to_owned(),
         }
     }
 }
 
-/// Why a request, or the connection, failed.
+/// Why a request failed.
 #[derive(Debug)]
 pub enum ClientError {
-    /// No daemon serves the socket: it does not exist, or nobody accepts on it.
+    /// No daemon serves the endpoint: nothing exists there, or nobody accepts on it.
     NotRunning {
-        path: PathBuf,
+        endpoint: String,
         source: io::Error,
     },
-    /// The socket, or the daemon, refused this user.
+    /// The daemon refused this caller: the socket's user, or the identity's certificate.
     PermissionDenied {
-        path: PathBuf,
+        endpoint: String,
         detail: String,
     },
     /// The two sides speak different contract versions.
@@ -77,28 +92,20 @@ pub enum ClientError {
         client: u32,
         daemon: u32,
     },
-    /// No answer in time; the request was cancelled.
+    /// No answer in time.
     Timeout {
         after: Duration,
     },
     /// The daemon answered with an error.
     Server(ApiError),
-    /// The request does not fit in one frame.
-    TooLarge {
-        len: u32,
-        max: u32,
-    },
-    /// The connection closed before the answer came.
+    /// The connection closed before the answer came (or an event stream broke).
     Disconnected {
         detail: String,
     },
     /// The daemon sent something this client cannot read.
     Protocol(String),
-    /// An event stream was not read fast enough and was cancelled; resume it from the
-    /// next seq.
-    Lagged {
-        next_seq: u64,
-    },
+    /// The identity file cannot be used.
+    Identity(String),
     Io(io::Error),
 }
 
@@ -115,13 +122,12 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::NotRunning { path, source } => write!(
+            ClientError::NotRunning { endpoint, source } => write!(
                 f,
-                "the daemon is not running (no one serves {}: {source})",
-                path.display()
+                "the daemon is not running (no one serves {endpoint}: {source})"
             ),
-            ClientError::PermissionDenied { path, detail } => {
-                write!(f, "permission denied on {}: {detail}", path.display())
+            ClientError::PermissionDenied { endpoint, detail } => {
+                write!(f, "permission denied by {endpoint}: {detail}")
             }
             ClientError::ContractMismatch { client, daemon } => write!(
                 f,
@@ -136,21 +142,14 @@ impl fmt::Display for ClientError {
                 )
             }
             ClientError::Server(e) => write!(f, "the daemon answered {e}"),
-            ClientError::TooLarge { len, max } => write!(
-                f,
-                "a request of {len} bytes exceeds the frame limit of {max} bytes"
-            ),
             ClientError::Disconnected { detail } => {
                 write!(f, "the daemon closed the connection: {detail}")
             }
             ClientError::Protocol(detail) => {
                 write!(f, "unreadable answer from the daemon: {detail}")
             }
-            ClientError::Lagged { next_seq } => write!(
-                f,
-                "the event stream was not read fast enough and stopped; resume from seq {next_seq}"
-            ),
-            ClientError::Io(e) => write!(f, "operator socket: {e}"),
+            ClientError::Identity(detail) => write!(f, "operator identity: {detail}"),
+            ClientError::Io(e) => write!(f, "operator API: {e}"),
         }
     }
 }
@@ -166,241 +165,83 @@ impl std::error::Error for ClientError {
     }
 }
 
-type Answer = Result<Response, ClientError>;
-
-/// Where the reader puts a response.
-enum Pending {
-    Unary(oneshot::Sender<Answer>),
-    Stream(mpsc::Sender<Answer>),
-}
-
-struct Shared {
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// Set once the connection is gone: why.
-    closed: Mutex<Option<String>>,
-    next_id: AtomicU64,
-    max_frame: u32,
-}
-
-impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        // A panic elsewhere leaves the map consistent (single inserts and removes).
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn closed_reason(&self) -> Option<String> {
-        self.closed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn cancel(&self, target: u64) {
-        if self.pending().remove(&target).is_none() {
-            return;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let req = Request {
-            id,
-            kind: Some(request::Kind::Cancel(v1::CancelRequest { target })),
-        };
-        if let Ok(frame) = encode_frame(&req, self.max_frame) {
-            let _ = self.out.send(frame);
-        }
-    }
-}
-
-struct Tasks {
-    reader: tokio::task::AbortHandle,
-    writer: tokio::task::AbortHandle,
-}
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
-    }
-}
-
-/// A connection to the daemon's operator socket.
+/// A client of one daemon.
 #[derive(Clone)]
 pub struct ApiClient {
-    shared: Arc<Shared>,
+    endpoint: Arc<Endpoint>,
+    tls: Option<TlsConnector>,
     config: Arc<ClientConfig>,
-    daemon: Arc<v1::Hello>,
-    _tasks: Arc<Tasks>,
 }
 
 impl fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiClient")
-            .field("daemon", &self.daemon)
+            .field("endpoint", &self.endpoint.to_string())
             .finish_non_exhaustive()
     }
 }
 
 impl ApiClient {
-    /// Connects to the daemon's socket at `path` with the default timeouts.
+    /// A client of the daemon whose socket is at `path`; checks that it answers, speaks
+    /// this contract and serves this user.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
-        Self::connect_with(path, ClientConfig::default()).await
+        Self::open(
+            Endpoint::Unix(path.as_ref().to_path_buf()),
+            ClientConfig::default(),
+        )
+        .await
     }
 
-    pub async fn connect_with(
-        path: impl AsRef<Path>,
-        config: ClientConfig,
-    ) -> Result<Self, ClientError> {
-        let path = path.as_ref().to_path_buf();
-        let after = config.connect_timeout;
-        tokio::time::timeout(after, Self::open(path, config))
-            .await
-            .unwrap_or(Err(ClientError::Timeout { after }))
-    }
-
-    async fn open(path: PathBuf, config: ClientConfig) -> Result<Self, ClientError> {
-        let mut stream =
-            UnixStream::connect(&path)
-                .await
-                .map_err(|source| match source.kind() {
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                        ClientError::NotRunning {
-                            path: path.clone(),
-                            source,
-                        }
-                    }
-                    io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-                        path: path.clone(),
-                        detail: source.to_string(),
-                    },
-                    _ => ClientError::Io(source),
-                })?;
-        let hello = Request {
-            id: 1,
-            kind: Some(request::Kind::Hello(v1::Hello {
-                contract_version: CONTRACT_VERSION,
-                software_version: config.software_version.clone(),
-            })),
+    /// A client of the daemon at `endpoint`; checks as [`Self::connect`] does.
+    pub async fn open(endpoint: Endpoint, config: ClientConfig) -> Result<Self, ClientError> {
+        let tls = match &endpoint {
+            Endpoint::Unix(_) => None,
+            Endpoint::Remote { identity, .. } => Some(TlsConnector::from(Arc::new(
+                identity
+                    .client_config()
+                    .map_err(|e| ClientError::Identity(e.to_string()))?,
+            ))),
         };
-        let frame = encode_frame(&hello, config.max_frame).map_err(frame_error)?;
-        stream.write_all(&frame).await.map_err(ClientError::Io)?;
-        let answer = match read_frame(&mut stream, config.max_frame).await {
-            Ok(frame) => decode_response(&frame)
-                .map_err(|e| ClientError::Protocol(format!("hello answer: {e}")))?,
-            Err(ReadError::Closed) => {
-                return Err(ClientError::Disconnected {
-                    detail: "closed before answering Hello".into(),
-                });
-            }
-            Err(e) => return Err(read_error(e)),
-        };
-        let daemon = match answer.kind {
-            Some(response::Kind::Hello(h)) if h.contract_version == CONTRACT_VERSION => h,
-            Some(response::Kind::Hello(h)) => {
-                return Err(ClientError::ContractMismatch {
-                    client: CONTRACT_VERSION,
-                    daemon: h.contract_version,
-                });
-            }
-            Some(response::Kind::Error(e)) => {
-                let daemon_version = e.daemon_contract_version;
-                let e = ApiError::from_proto(e);
-                return Err(match e.code {
-                    ErrorCode::ContractMismatch => ClientError::ContractMismatch {
-                        client: CONTRACT_VERSION,
-                        daemon: daemon_version,
-                    },
-                    ErrorCode::PermissionDenied => ClientError::PermissionDenied {
-                        path,
-                        detail: e.message,
-                    },
-                    _ => ClientError::Server(e),
-                });
-            }
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected Hello, got {}",
-                    kind_name(other.as_ref())
-                )));
-            }
-        };
-
-        let (rd, mut wr) = stream.into_split();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let shared = Arc::new(Shared {
-            out,
-            pending: Mutex::new(HashMap::new()),
-            closed: Mutex::new(None),
-            next_id: AtomicU64::new(2),
-            max_frame: config.max_frame,
-        });
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if wr.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let reader = tokio::spawn(read_loop(rd, shared.clone()));
-        Ok(Self {
-            shared,
+        let client = Self {
+            endpoint: Arc::new(endpoint),
+            tls,
             config: Arc::new(config),
-            daemon: Arc::new(daemon),
-            _tasks: Arc::new(Tasks {
-                reader: reader.abort_handle(),
-                writer: writer.abort_handle(),
-            }),
-        })
+        };
+        client.whoami().await?;
+        Ok(client)
     }
 
-    /// The daemon's `Hello`: its contract and software versions.
-    pub fn daemon_hello(&self) -> &v1::Hello {
-        &self.daemon
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.unary(Request::WhoAmI(v1::WhoAmIRequest {}), None)
+            .await
     }
 
     pub async fn status(&self) -> Result<Status, ClientError> {
-        let timeout = self.config.request_timeout;
-        match self
-            .unary(request::Kind::Status(v1::StatusRequest {}), timeout)
-            .await?
-        {
-            response::Kind::Status(s) => Ok(s),
-            other => Err(unexpected("Status", &other)),
-        }
+        self.unary(Request::Status(v1::StatusRequest {}), None)
+            .await
     }
 
     pub async fn pair_code(&self, req: PairCodeRequest) -> Result<PairCode, ClientError> {
-        let timeout = self.config.request_timeout;
-        match self.unary(request::Kind::PairCode(req), timeout).await? {
-            response::Kind::PairCode(c) => Ok(c),
-            other => Err(unexpected("PairCode", &other)),
-        }
+        self.unary(Request::CreatePairCode(req), None).await
     }
 
     pub async fn pair_list(&self) -> Result<PairList, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::PairList(v1::PairListRequest {});
-        match self.unary(kind, timeout).await? {
-            response::Kind::PairList(l) => Ok(l),
-            other => Err(unexpected("PairList", &other)),
-        }
+        self.unary(Request::ListPairings(v1::PairListRequest {}), None)
+            .await
     }
 
     pub async fn pair_approve(&self, code_id: u32) -> Result<PairRecord, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::PairApprove(PairApproveRequest { code_id });
-        match self.unary(kind, timeout).await? {
-            response::Kind::PairRecord(r) => Ok(r),
-            other => Err(unexpected("PairRecord", &other)),
-        }
+        let req = v1::PairApproveRequest { code_id };
+        self.unary(Request::ApprovePairing(req), None).await
     }
 
     pub async fn pair_reject(&self, code_id: u32) -> Result<PairRecord, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::PairReject(PairRejectRequest { code_id });
-        match self.unary(kind, timeout).await? {
-            response::Kind::PairRecord(r) => Ok(r),
-            other => Err(unexpected("PairRecord", &other)),
-        }
+        let req = v1::PairRejectRequest { code_id };
+        self.unary(Request::RejectPairing(req), None).await
     }
 
     /// Every node, by id: the daemon's pages, one after the other. The answer's
@@ -427,41 +268,33 @@ impl ApiClient {
     }
 
     /// One page of the nodes: at most `limit` of them (0 for the daemon's default, capped
-    /// by the daemon) whose ids sort after `after` (empty for the first page). The next
-    /// page starts after the answer's `next_after`, empty when this was the last page.
+    /// by the daemon) whose ids sort after `after` (empty for the first page).
     pub async fn list_nodes_page(
         &self,
         after: impl Into<String>,
         limit: u32,
     ) -> Result<NodeList, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::ListNodes(v1::ListNodesRequest {
+        let req = v1::ListNodesRequest {
             after: after.into(),
             limit: Some(limit),
-        });
-        match self.unary(kind, timeout).await? {
-            response::Kind::Nodes(n) => Ok(n),
-            other => Err(unexpected("NodeList", &other)),
-        }
+        };
+        self.unary(Request::ListNodes(req), None).await
     }
 
     pub async fn show_node(&self, id: impl Into<String>) -> Result<Node, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::ShowNode(ShowNodeRequest { id: id.into() });
-        match self.unary(kind, timeout).await? {
-            response::Kind::Node(n) => Ok(n),
-            other => Err(unexpected("Node", &other)),
-        }
+        let req = v1::ShowNodeRequest { id: id.into() };
+        self.unary(Request::ShowNode(req), None).await
     }
 
     /// One call's record.
     pub async fn show_call(&self, id: u64) -> Result<CallResult, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::ShowCall(ShowCallRequest { id });
-        match self.unary(kind, timeout).await? {
-            response::Kind::CallResult(c) => Ok(c),
-            other => Err(unexpected("CallResult", &other)),
-        }
+        self.unary(Request::ShowCall(v1::ShowCallRequest { id }), None)
+            .await
+    }
+
+    /// One page of past calls, newest first.
+    pub async fn list_calls(&self, req: ListCallsRequest) -> Result<CallList, ClientError> {
+        self.unary(Request::ListCalls(req), None).await
     }
 
     /// Runs a capability call to its final state. Waits for the call's own deadline plus
@@ -473,10 +306,7 @@ impl ApiClient {
             ms => Duration::from_millis(u64::from(ms)),
         };
         let timeout = deadline + self.config.request_timeout;
-        match self.unary(request::Kind::Call(req), timeout).await? {
-            response::Kind::CallResult(r) => Ok(r),
-            other => Err(unexpected("CallResult", &other)),
-        }
+        self.unary(Request::Call(req), Some(timeout)).await
     }
 
     pub async fn revoke(
@@ -484,129 +314,242 @@ impl ApiClient {
         node: impl Into<String>,
         reason: impl Into<String>,
     ) -> Result<Revoked, ClientError> {
-        let timeout = self.config.request_timeout;
-        let kind = request::Kind::Revoke(RevokeRequest {
+        let req = v1::RevokeRequest {
             node: node.into(),
             reason: reason.into(),
-        });
-        match self.unary(kind, timeout).await? {
-            response::Kind::Revoked(r) => Ok(r),
-            other => Err(unexpected("Revoked", &other)),
-        }
+        };
+        self.unary(Request::Revoke(req), None).await
+    }
+
+    pub async fn add_operator(
+        &self,
+        req: AddOperatorRequest,
+    ) -> Result<OperatorIdentity, ClientError> {
+        self.unary(Request::AddOperator(req), None).await
+    }
+
+    pub async fn list_operators(&self) -> Result<OperatorList, ClientError> {
+        self.unary(Request::ListOperators(v1::ListOperatorsRequest {}), None)
+            .await
+    }
+
+    pub async fn revoke_operator(
+        &self,
+        name: impl Into<String>,
+    ) -> Result<OperatorRecord, ClientError> {
+        let req = v1::RevokeOperatorRequest { name: name.into() };
+        self.unary(Request::RevokeOperator(req), None).await
     }
 
     /// Starts an event stream; read it with [`EventStream::next`]. Dropping the stream
-    /// cancels it on the daemon.
+    /// closes it on the daemon.
     pub async fn events(&self, req: EventsRequest) -> Result<EventStream, ClientError> {
         let next_seq = req.from_seq;
-        let (tx, rx) = mpsc::channel(self.config.stream_buffer.max(1));
-        let id = self.register(Pending::Stream(tx))?;
-        let guard = CancelOnDrop {
-            shared: self.shared.clone(),
-            id,
-            armed: true,
-        };
-        self.send(id, request::Kind::Events(req))?;
+        let req = Request::Events(req);
+        let exchange = self.exchange(&req);
+        let body = tokio::time::timeout(self.config.request_timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                after: self.config.request_timeout,
+            })??;
         Ok(EventStream {
-            rx,
-            guard,
-            _tasks: self._tasks.clone(),
+            body,
+            buf: BytesMut::new(),
             next_seq,
             done: false,
         })
     }
 
-    fn register(&self, pending: Pending) -> Result<u64, ClientError> {
-        if let Some(detail) = self.shared.closed_reason() {
-            return Err(ClientError::Disconnected { detail });
-        }
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.shared.pending().insert(id, pending);
-        // The reader may have closed between the check and the insert; it drains the map
-        // after setting `closed`, so check once more.
-        if let Some(detail) = self.shared.closed_reason() {
-            self.shared.pending().remove(&id);
-            return Err(ClientError::Disconnected { detail });
-        }
-        Ok(id)
-    }
-
-    fn send(&self, id: u64, kind: request::Kind) -> Result<(), ClientError> {
-        let req = Request {
-            id,
-            kind: Some(kind),
-        };
-        let frame = match encode_frame(&req, self.shared.max_frame) {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.shared.pending().remove(&id);
-                return Err(frame_error(e));
-            }
-        };
-        self.shared.out.send(frame).map_err(|_| {
-            self.shared.pending().remove(&id);
-            ClientError::Disconnected {
-                detail: "the connection's writer stopped".into(),
-            }
-        })
-    }
-
-    async fn unary(
+    /// Sends `req` and reads its one answer.
+    async fn unary<T: Message + Default>(
         &self,
-        kind: request::Kind,
-        timeout: Duration,
-    ) -> Result<response::Kind, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        let id = self.register(Pending::Unary(tx))?;
-        // Dropped before the answer (timeout, or the caller gave up): cancel on the daemon.
-        let mut guard = CancelOnDrop {
-            shared: self.shared.clone(),
-            id,
-            armed: true,
+        req: Request,
+        timeout: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        let after = timeout.unwrap_or(self.config.request_timeout);
+        let output = req.method().descriptor().output();
+        let answer = async {
+            let body = self.exchange(&req).await?;
+            let bytes = Limited::new(body, 4 * MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Disconnected {
+                    detail: format!("reading the answer: {e}"),
+                })?
+                .to_bytes();
+            from_json::<T>(&output, &bytes).map_err(|e| ClientError::Protocol(e.message))
         };
-        self.send(id, kind)?;
-        let answer = match tokio::time::timeout(timeout, rx).await {
-            Err(_) => return Err(ClientError::Timeout { after: timeout }),
-            Ok(Err(_)) => {
-                guard.armed = false;
-                return Err(ClientError::Disconnected {
-                    detail: self.shared.closed_reason().unwrap_or_default(),
-                });
+        tokio::time::timeout(after, answer)
+            .await
+            .map_err(|_| ClientError::Timeout { after })?
+    }
+
+    /// Sends `req`; the body of a successful answer, or the daemon's error.
+    async fn exchange(&self, req: &Request) -> Result<Incoming, ClientError> {
+        let method = req.method();
+        let http_req = http::Request::post(method.path())
+            .header(header::HOST, self.host())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(CONTRACT_HEADER, CONTRACT_VERSION)
+            .body(Full::new(Bytes::from(req.encode())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let endpoint = self.endpoint.to_string();
+        let connect =
+            tokio::time::timeout(self.config.connect_timeout, self.connect_and_send(http_req));
+        let resp = connect.await.map_err(|_| ClientError::Timeout {
+            after: self.config.connect_timeout,
+        })??;
+        if resp.status().is_success() {
+            return Ok(resp.into_body());
+        }
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let error: v1::Error =
+            from_json(&message("tern.operator.v1.Error"), &bytes).map_err(|_| {
+                ClientError::Protocol(format!(
+                    "{endpoint} answered HTTP {status} without an error"
+                ))
+            })?;
+        let error = ApiError::from_proto_with_version(error);
+        match error {
+            (e, daemon) if e.code == ErrorCode::ContractMismatch => {
+                Err(ClientError::ContractMismatch {
+                    client: CONTRACT_VERSION,
+                    daemon,
+                })
             }
-            Ok(Ok(answer)) => answer,
-        };
-        guard.armed = false;
-        match answer?.kind {
-            Some(response::Kind::Error(e)) => Err(ClientError::Server(ApiError::from_proto(e))),
-            Some(kind) => Ok(kind),
-            None => Err(ClientError::Protocol(
-                "an answer of a kind this client does not know".into(),
-            )),
+            (e, _) => Err(ClientError::Server(e)),
+        }
+    }
+
+    fn host(&self) -> String {
+        match &*self.endpoint {
+            Endpoint::Unix(_) => "localhost".to_owned(),
+            Endpoint::Remote { addr, .. } => addr.clone(),
+        }
+    }
+
+    async fn connect_and_send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let endpoint = self.endpoint.to_string();
+        match (&*self.endpoint, &self.tls) {
+            (Endpoint::Unix(path), _) => {
+                let stream = UnixStream::connect(path)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                            endpoint: endpoint.clone(),
+                            detail: e.to_string(),
+                        },
+                        _ => ClientError::NotRunning {
+                            endpoint: endpoint.clone(),
+                            source: e,
+                        },
+                    })?;
+                send(stream, req, &endpoint).await
+            }
+            (Endpoint::Remote { addr, .. }, Some(tls)) => {
+                let tcp = TcpStream::connect(addr.as_str()).await.map_err(|e| {
+                    ClientError::NotRunning {
+                        endpoint: endpoint.clone(),
+                        source: e,
+                    }
+                })?;
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| ClientError::Identity(format!("address {addr:?}: {e}")))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| refused_or_io(&endpoint, e))?;
+                send(stream, req, &endpoint).await
+            }
+            (Endpoint::Remote { .. }, None) => {
+                Err(ClientError::Identity("no TLS configuration".to_owned()))
+            }
         }
     }
 }
 
-/// Cancels a request on the daemon unless disarmed (its answer came).
-struct CancelOnDrop {
-    shared: Arc<Shared>,
-    id: u64,
-    armed: bool,
+async fn send<S>(
+    stream: S,
+    req: http::Request<Full<Bytes>>,
+    endpoint: &str,
+) -> Result<http::Response<Incoming>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| hyper_error(endpoint, &e))?;
+    let conn = tokio::spawn(conn);
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp),
+        // The request is cancelled when the connection fails; the connection's own
+        // error says why (a TLS alert: the daemon refused the certificate).
+        Err(e) => match tokio::time::timeout(Duration::from_secs(1), conn).await {
+            Ok(Ok(Err(conn_error))) => Err(hyper_error(endpoint, &conn_error)),
+            _ => Err(hyper_error(endpoint, &e)),
+        },
+    }
 }
 
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.cancel(self.id);
+/// A TLS alert from the daemon during or right after the handshake means it refused
+/// the certificate.
+fn hyper_error(endpoint: &str, e: &hyper::Error) -> ClientError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return refused_or_io(endpoint, io::Error::new(io.kind(), io.to_string()));
         }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return refused(endpoint, tls);
+        }
+        source = err.source();
+    }
+    ClientError::Disconnected {
+        detail: e.to_string(),
+    }
+}
+
+fn refused_or_io(endpoint: &str, e: io::Error) -> ClientError {
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return refused(endpoint, tls);
+    }
+    if e.to_string().contains("alert") {
+        return ClientError::PermissionDenied {
+            endpoint: endpoint.to_owned(),
+            detail: format!(
+                "the daemon refused the TLS connection ({e}): is this an operator identity it issued?"
+            ),
+        };
+    }
+    ClientError::Io(e)
+}
+
+fn refused(endpoint: &str, e: &rustls::Error) -> ClientError {
+    match e {
+        rustls::Error::AlertReceived(_) => ClientError::PermissionDenied {
+            endpoint: endpoint.to_owned(),
+            detail: format!(
+                "the daemon refused the certificate ({e}): is this an operator identity it issued?"
+            ),
+        },
+        _ => ClientError::Identity(format!("TLS with {endpoint}: {e}")),
     }
 }
 
 /// An event stream. `next()` yields events until the stream ends (`None`) or fails.
 pub struct EventStream {
-    rx: mpsc::Receiver<Answer>,
-    guard: CancelOnDrop,
-    /// The connection lives while its stream does, even if every client handle is gone.
-    _tasks: Arc<Tasks>,
+    body: Incoming,
+    buf: BytesMut,
     next_seq: u64,
     done: bool,
 }
@@ -614,7 +557,6 @@ pub struct EventStream {
 impl fmt::Debug for EventStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream")
-            .field("id", &self.guard.id)
             .field("next_seq", &self.next_seq)
             .field("done", &self.done)
             .finish_non_exhaustive()
@@ -627,154 +569,49 @@ impl EventStream {
         if self.done {
             return None;
         }
-        let answer = self.rx.recv().await;
-        let item = match answer {
-            Some(Ok(resp)) => match resp.kind {
-                Some(response::Kind::Event(event)) => {
-                    self.next_seq = event.seq.saturating_add(1);
-                    return Some(Ok(event));
+        loop {
+            if let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(at + 1);
+                let desc = Method::Events.descriptor().output();
+                return Some(match from_json::<Event>(&desc, &line[..at]) {
+                    Ok(event) => {
+                        self.next_seq = event.seq.saturating_add(1);
+                        Ok(event)
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        Err(ClientError::Protocol(e.message))
+                    }
+                });
+            }
+            if self.buf.len() > MAX_BODY {
+                self.done = true;
+                return Some(Err(ClientError::Protocol(format!(
+                    "an event line exceeds {MAX_BODY} bytes"
+                ))));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
                 }
-                Some(response::Kind::End(_)) => None,
-                Some(response::Kind::Error(e)) => {
-                    Some(Err(ClientError::Server(ApiError::from_proto(e))))
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Disconnected {
+                        detail: format!("the event stream broke: {e}"),
+                    }));
                 }
-                other => Some(Err(unexpected(
-                    "Event",
-                    &other.unwrap_or(response::Kind::End(v1::EndOfStream {})),
-                ))),
-            },
-            Some(Err(e)) => Some(Err(e)),
-            // The reader dropped our sender: it overflowed, or the connection closed.
-            None => Some(Err(match self.guard.shared.closed_reason() {
-                Some(detail) => ClientError::Disconnected { detail },
-                None => ClientError::Lagged {
-                    next_seq: self.next_seq,
-                },
-            })),
-        };
-        self.done = true;
-        self.guard.armed = false;
-        item
+                None => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
     }
 
     /// The seq to resume from after this stream: one past the last event read.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
-    }
-}
-
-async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
-    let mut last_notice: Option<ApiError> = None;
-    let reason = loop {
-        let frame = match read_frame(&mut rd, shared.max_frame).await {
-            Ok(frame) => frame,
-            Err(ReadError::Closed) => {
-                break match last_notice.take() {
-                    Some(e) => e.to_string(),
-                    None => "connection closed".to_owned(),
-                };
-            }
-            Err(e) => break read_error(e).to_string(),
-        };
-        let resp = match decode_response(&frame) {
-            Ok(resp) => resp,
-            Err(e) => break format!("undecodable frame from the daemon: {e}"),
-        };
-        if resp.id == 0 {
-            // A notice about the connection (the daemon may close after it).
-            if let Some(response::Kind::Error(e)) = resp.kind {
-                last_notice = Some(ApiError::from_proto(e));
-            }
-            continue;
-        }
-        route(&shared, resp);
-    };
-    *shared.closed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
-    let pending: Vec<Pending> = shared.pending().drain().map(|(_, p)| p).collect();
-    for p in pending {
-        let err = ClientError::Disconnected {
-            detail: reason.clone(),
-        };
-        match p {
-            Pending::Unary(tx) => {
-                let _ = tx.send(Err(err));
-            }
-            Pending::Stream(tx) => {
-                let _ = tx.try_send(Err(err));
-            }
-        }
-    }
-}
-
-fn route(shared: &Shared, resp: Response) {
-    let id = resp.id;
-    let terminal = !matches!(resp.kind, Some(response::Kind::Event(_)));
-    let mut pending = shared.pending();
-    if terminal {
-        match pending.remove(&id) {
-            Some(Pending::Unary(tx)) => {
-                let _ = tx.send(Ok(resp));
-            }
-            // A full stream buffer cannot take its end either: the stream then reads as
-            // lagged, which tells the caller to resume.
-            Some(Pending::Stream(tx)) => {
-                let _ = tx.try_send(Ok(resp));
-            }
-            None => {}
-        }
-        return;
-    }
-    let overflow = match pending.get(&id) {
-        Some(Pending::Stream(tx)) => tx.try_send(Ok(resp)).is_err(),
-        // An event for a unary request or for a cancelled stream: nothing waits for it.
-        _ => false,
-    };
-    drop(pending);
-    if overflow {
-        // Dropping the sender lets the stream see it lagged once it drained what it has.
-        shared.cancel(id);
-    }
-}
-
-fn kind_name(kind: Option<&response::Kind>) -> &'static str {
-    match kind {
-        None => "an unknown answer",
-        Some(response::Kind::Hello(_)) => "Hello",
-        Some(response::Kind::Error(_)) => "Error",
-        Some(response::Kind::End(_)) => "EndOfStream",
-        Some(response::Kind::Status(_)) => "Status",
-        Some(response::Kind::PairCode(_)) => "PairCode",
-        Some(response::Kind::PairList(_)) => "PairList",
-        Some(response::Kind::PairRecord(_)) => "PairRecord",
-        Some(response::Kind::Nodes(_)) => "NodeList",
-        Some(response::Kind::Node(_)) => "Node",
-        Some(response::Kind::CallResult(_)) => "CallResult",
-        Some(response::Kind::Event(_)) => "Event",
-        Some(response::Kind::Revoked(_)) => "Revoked",
-    }
-}
-
-fn unexpected(wanted: &str, got: &response::Kind) -> ClientError {
-    ClientError::Protocol(format!("expected {wanted}, got {}", kind_name(Some(got))))
-}
-
-fn frame_error(e: protocol_core::frame::FrameError) -> ClientError {
-    match e {
-        protocol_core::frame::FrameError::TooLarge { len, max } => {
-            ClientError::TooLarge { len, max }
-        }
-        other => ClientError::Protocol(other.to_string()),
-    }
-}
-
-fn read_error(e: ReadError) -> ClientError {
-    match e {
-        ReadError::Closed => ClientError::Disconnected {
-            detail: "connection closed".into(),
-        },
-        ReadError::TooLarge { len, max } => ClientError::Protocol(format!(
-            "the daemon sent a frame of {len} bytes, above the limit of {max}"
-        )),
-        ReadError::Io(e) => ClientError::Io(e),
     }
 }

@@ -1,33 +1,42 @@
-//! The operator API: the daemon's side ([`ApiServer`], driven by an [`OperatorApi`]
-//! implementation) and the CLI's side ([`ApiClient`]) of the `tern.operator.v1` contract,
-//! over a Unix socket in the daemon's state directory.
+//! The operator API: the `tern.operator.v1` contract served over HTTP, with its proto3
+//! JSON mapping, to the CLI, the web console and any HTTP client.
 //!
-//! Frames are the protocol's own: a 4-byte big-endian length, then one protobuf
-//! `Request` or `Response` ([`MAX_FRAME`] at most, checked on the prefix before the body
-//! is read). Requests are multiplexed by id over one connection, so an event stream can
-//! run beside a call. The conversation itself is documented in the `.proto` file
-//! (`proto/tern/operator/v1/operator.proto`).
+//! [`contract`] reads the service, its methods, their roles and the JSON mapping from
+//! the compiled `.proto`; [`server`] serves it on the Unix socket (the daemon's own user)
+//! and on TCP with TLS (operator identities, the console's sessions); [`client`] is the
+//! CLI's side. The HTTP mapping is documented in the `.proto` file
+//! (`proto/tern/operator/v1/operator.proto`) and served as OpenAPI ([`openapi`]).
 
 pub mod client;
-mod framing;
+pub mod contract;
+pub mod identity;
+pub mod openapi;
+mod request;
 pub mod server;
 mod validate;
 
 use std::fmt;
 
-pub use client::{ApiClient, ClientConfig, ClientError, EventStream};
-pub use framing::{ReadError, decode_request, decode_response, read_frame};
+pub use client::{ApiClient, ClientError, Endpoint, EventStream};
+pub use contract::Method;
 pub use proto::{CONTRACT_VERSION, v1};
+pub use request::Request;
 pub use server::{
-    ApiServer, BindError, EventSink, HelloAnswer, OperatorApi, Screened, ServerConfig, SinkError,
-    screen, screen_hello,
+    ApiServer, BindError, EventSink, OperatorApi, OperatorListener, ServerConfig, SinkError,
 };
-pub use validate::{MAX_CALL_TIMEOUT_MS, MAX_NAME_LEN, MAX_REASON_LEN, check_request};
+pub use validate::{MAX_CALL_TIMEOUT_MS, MAX_CSR_LEN, MAX_NAME_LEN, MAX_REASON_LEN, check_request};
 
-use v1::ErrorCode;
+use v1::{ErrorCode, Role};
 
-/// Largest frame payload either side sends or accepts: 1 MiB.
-pub const MAX_FRAME: u32 = 1024 * 1024;
+/// Where every method lives: `POST /api/v1/<Method>`.
+pub const API_PREFIX: &str = "/api/v1/";
+
+/// The header a client names its contract version in, and the daemon its own.
+pub const CONTRACT_HEADER: &str = "tern-contract";
+
+/// Largest request body the daemon reads, and answer body the client reads (an event
+/// stream's lines each).
+pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Nodes in a `ListNodes` page when the request's `limit` is 0.
 pub const DEFAULT_NODE_PAGE: u32 = 500;
@@ -35,19 +44,67 @@ pub const DEFAULT_NODE_PAGE: u32 = 500;
 /// Most nodes in a `ListNodes` page; a larger `limit` is taken as this.
 pub const MAX_NODE_PAGE: u32 = 1000;
 
-/// Most bytes the nodes of one `ListNodes` page take in its frame: the rest of
-/// [`MAX_FRAME`] is headroom for the `Response` around them (request id, lengths) and
-/// `next_after` (a node id), under 100 bytes. A page holds fewer nodes than asked when
-/// the next one would pass this. One node always fits: its capabilities came in one
+/// Most bytes the nodes of one `ListNodes` page take (encoded as protobuf; the JSON
+/// answer is at most about twice that). A page holds fewer nodes than asked when the
+/// next one would pass this. One node always fits: its capabilities came in one
 /// `Register` message of at most the session's frame limit (512 KiB), and the rest of it
 /// is ids, an address and a fingerprint.
-pub const NODE_PAGE_BYTES: usize = MAX_FRAME as usize - 1024;
+pub const NODE_PAGE_BYTES: usize = MAX_BODY - 1024;
+
+/// Calls in a `ListCalls` page when the request's `limit` is 0, and the most.
+pub const DEFAULT_CALL_PAGE: u32 = 100;
+pub const MAX_CALL_PAGE: u32 = 500;
 
 /// The file name of the socket inside the daemon's state directory.
 pub const SOCKET_NAME: &str = "operator.sock";
 
-/// The software version both sides announce in their `Hello`.
+/// The software version the daemon reports.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The daemon's own user (or root) on the Unix socket.
+    UnixSocket,
+    /// An operator certificate, on the TLS listener.
+    Certificate,
+    /// The web console's session cookie.
+    ConsoleSession,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::UnixSocket => "unix-socket",
+            Via::Certificate => "certificate",
+            Via::ConsoleSession => "console-session",
+        }
+    }
+}
+
+/// Who sends a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The operator identity's name; `local` on the Unix socket.
+    pub name: String,
+    pub role: Role,
+    pub via: Via,
+}
+
+impl Caller {
+    /// Whether this caller may use `method`.
+    pub fn may(&self, method: Method) -> bool {
+        role_rank(self.role) >= role_rank(method.required_role())
+    }
+}
+
+fn role_rank(role: Role) -> u8 {
+    match role {
+        Role::Unspecified => 0,
+        Role::Viewer => 1,
+        Role::Admin => 2,
+    }
+}
 
 /// A typed failure of one request, as the daemon reports it and the client receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,13 +153,51 @@ impl ApiError {
         Self::new(ErrorCode::PermissionDenied, message)
     }
 
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Malformed, message)
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn http_status(&self) -> u16 {
+        match self.code {
+            ErrorCode::InvalidArgument
+            | ErrorCode::Malformed
+            | ErrorCode::ContractMismatch
+            | ErrorCode::Unspecified => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::NotFound | ErrorCode::Unimplemented => 404,
+            ErrorCode::FailedPrecondition | ErrorCode::Rejected => 409,
+            ErrorCode::FrameTooLarge => 413,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::Cancelled => 499,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 504,
+        }
+    }
+
     /// The wire form.
     pub fn to_proto(&self) -> v1::Error {
         v1::Error {
             code: self.code as i32,
             message: self.message.clone(),
-            daemon_contract_version: 0,
+            daemon_contract_version: if self.code == ErrorCode::ContractMismatch {
+                CONTRACT_VERSION
+            } else {
+                0
+            },
         }
+    }
+
+    /// From the wire form, with the contract version a CONTRACT_MISMATCH names.
+    pub fn from_proto_with_version(e: v1::Error) -> (Self, u32) {
+        let version = e.daemon_contract_version;
+        (Self::from_proto(e), version)
     }
 
     /// From the wire form; a code this build does not know reads as `Unspecified`.

@@ -5,7 +5,7 @@
 use protocol_core::pairing::{MAX_CODE_ID, MAX_CODE_LIFETIME_MS, MIN_CODE_LIFETIME_MS};
 
 use super::ApiError;
-use super::v1::request::Kind;
+use super::request::Request as Kind;
 use crate::ca::{MAX_DEVICE_ID_LEN, check_device_id};
 
 /// Longest capability name or content type, in bytes.
@@ -18,11 +18,16 @@ pub const MAX_REASON_LEN: usize = 512;
 /// person's approval).
 pub const MAX_CALL_TIMEOUT_MS: u32 = 24 * 60 * 60 * 1000;
 
-/// Checks the arguments of a request other than `Hello` and `Cancel`, as the server
-/// does before a handler sees it. Pure: it looks at the request only.
+/// Longest certificate signing request an operator identity may come with.
+pub const MAX_CSR_LEN: usize = 4096;
+
+/// Checks the arguments of a request, as the server does before a handler sees it.
+/// Pure: it looks at the request only.
 pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
     match kind {
-        Kind::Hello(_) | Kind::Cancel(_) | Kind::Status(_) | Kind::PairList(_) => Ok(()),
+        Kind::Status(_) | Kind::WhoAmI(_) | Kind::ListPairings(_) | Kind::ListOperators(_) => {
+            Ok(())
+        }
         // Any id the daemon lists comes back as `after`: only its length is checked.
         Kind::ListNodes(req) => {
             if req.after.len() > MAX_DEVICE_ID_LEN {
@@ -33,7 +38,7 @@ pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        Kind::PairCode(req) => {
+        Kind::CreatePairCode(req) => {
             if req.ttl_seconds != 0 {
                 let ms = u64::from(req.ttl_seconds) * 1000;
                 if !(MIN_CODE_LIFETIME_MS..=MAX_CODE_LIFETIME_MS).contains(&ms) {
@@ -50,8 +55,8 @@ pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
             }
             Ok(())
         }
-        Kind::PairApprove(req) => code_id(req.code_id),
-        Kind::PairReject(req) => code_id(req.code_id),
+        Kind::ApprovePairing(req) => code_id(req.code_id),
+        Kind::RejectPairing(req) => code_id(req.code_id),
         Kind::ShowNode(req) => node_id("id", &req.id),
         Kind::ShowCall(_) => Ok(()),
         Kind::Call(req) => {
@@ -66,6 +71,41 @@ pub fn check_request(kind: &Kind) -> Result<(), ApiError> {
             }
             Ok(())
         }
+        Kind::ListCalls(req) => {
+            if let Some(node) = &req.node {
+                node_id("node", node)?;
+            }
+            if let Some(state) = req.state
+                && super::v1::CallState::try_from(state).is_err()
+            {
+                return Err(ApiError::invalid_argument(format!(
+                    "state {state} is not a call state"
+                )));
+            }
+            if req.until_ms != 0 && req.until_ms <= req.since_ms {
+                return Err(ApiError::invalid_argument(format!(
+                    "until_ms {} must be after since_ms {} (or 0 for no bound)",
+                    req.until_ms, req.since_ms
+                )));
+            }
+            Ok(())
+        }
+        Kind::AddOperator(req) => {
+            node_id("name", &req.name)?;
+            let role = super::v1::Role::try_from(req.role).unwrap_or(super::v1::Role::Unspecified);
+            if role == super::v1::Role::Unspecified {
+                return Err(ApiError::invalid_argument(
+                    "role must be ROLE_VIEWER or ROLE_ADMIN",
+                ));
+            }
+            if req.csr_der.is_empty() || req.csr_der.len() > MAX_CSR_LEN {
+                return Err(ApiError::invalid_argument(format!(
+                    "csr_der must be a certificate signing request of 1..={MAX_CSR_LEN} bytes"
+                )));
+            }
+            Ok(())
+        }
+        Kind::RevokeOperator(req) => node_id("name", &req.name),
         Kind::Events(req) => match &req.node {
             Some(node) => node_id("node", node),
             None => Ok(()),

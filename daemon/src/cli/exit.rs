@@ -80,7 +80,7 @@ pub fn from_client(e: &ClientError) -> Exit {
             ErrorCode::Timeout => TIMEOUT,
             ErrorCode::Rejected => REJECTED,
             ErrorCode::ContractMismatch => CONTRACT_MISMATCH,
-            ErrorCode::PermissionDenied => PERMISSION_DENIED,
+            ErrorCode::PermissionDenied | ErrorCode::Unauthenticated => PERMISSION_DENIED,
             ErrorCode::InvalidArgument => USAGE,
             ErrorCode::Unavailable => NOT_RUNNING,
             _ => FAILURE,

@@ -45,6 +45,13 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Talk to a daemon elsewhere: its operator listener (`serve --operator-listen`),
+    /// HOST:PORT. Needs --identity.
+    #[arg(long, env = "TERN_REMOTE", global = true)]
+    pub remote: Option<String>,
+    /// The operator identity file for --remote (`ternd operator add` writes it).
+    #[arg(long, env = "TERN_IDENTITY", global = true)]
+    pub identity: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,9 +79,11 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Look calls up.
+    /// Past calls, newest first (by node, state, age); `calls show ID` for one.
+    Calls(CallsArgs),
+    /// Operator identities for remote operators and the web console.
     #[command(subcommand)]
-    Calls(CallsCommand),
+    Operator(OperatorCommand),
     /// Show events; `--follow` keeps streaming new ones.
     Events {
         #[arg(long)]
@@ -93,6 +102,43 @@ pub enum Command {
     },
     /// The deployment's posture: listeners, mTLS, CA, pairing policy, node counts.
     Status,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CallsArgs {
+    #[command(subcommand)]
+    pub show: Option<CallsCommand>,
+    /// Only this node's calls.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only calls in this state (succeeded, failed, timed_out, rejected, ...).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only calls made within this long (30m, 2h, 1d).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Most calls listed.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Issue an operator identity and write it to a file.
+    Add {
+        name: String,
+        /// viewer (reads) or admin (also calls, pairs, approves, revokes).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Where to write the identity (default: NAME.tern-operator.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The operator identities, revoked ones included.
+    List,
+    /// Revoke an operator identity: its next request is refused.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +173,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (off by default).
     #[arg(long, env = "TERN_METRICS")]
     pub metrics: Option<SocketAddr>,
+    /// Serve the operator API and the web console over TLS on this address, for
+    /// operators elsewhere (`ternd operator add`); off by default.
+    #[arg(long, env = "TERN_OPERATOR_LISTEN")]
+    pub operator_listen: Option<SocketAddr>,
     /// Every pairing waits for an operator's approval.
     #[arg(long, env = "TERN_PAIRING_APPROVAL")]
     pub pairing_approval: Option<bool>,

@@ -1,14 +1,19 @@
-//! The operator's commands: each talks to the running daemon over its socket and prints
-//! a table for people or JSON for scripts (`--json`).
+//! The operator's commands: each talks to the running daemon (its socket, or its TLS
+//! listener with `--remote` and an operator identity) and prints a table for people or
+//! JSON for scripts (`--json`).
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::exit::{Exit, from_client};
+use crate::api::client::ClientConfig;
+use crate::api::identity::{NewKey, render};
 use crate::api::v1::{self, CallRequest, EventsRequest, PairCodeRequest};
-use crate::api::{ApiClient, ClientError};
+use crate::api::{ApiClient, ClientError, Endpoint};
 
 /// Output style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,8 +22,8 @@ pub enum Style {
     Json,
 }
 
-async fn connect(socket: &Path) -> Result<ApiClient, Exit> {
-    ApiClient::connect(socket)
+async fn connect(endpoint: &Endpoint) -> Result<ApiClient, Exit> {
+    ApiClient::open(endpoint.clone(), ClientConfig::default())
         .await
         .map_err(|e| from_client(&e))
 }
@@ -138,8 +143,8 @@ fn body_value(content_type: &str, body: &[u8]) -> Value {
     }
 }
 
-pub async fn status(socket: &Path, style: Style) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+pub async fn status(endpoint: &Endpoint, style: Style) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
     let s = c.status().await.map_err(|e| from_client(&e))?;
     let ca = s.ca.clone().unwrap_or_default();
     let pairing = s.pairing.unwrap_or_default();
@@ -188,14 +193,14 @@ pub async fn status(socket: &Path, style: Style) -> Result<(), Exit> {
 }
 
 pub async fn pair_code(
-    socket: &Path,
+    endpoint: &Endpoint,
     style: Style,
     ttl: Option<Duration>,
     approval: bool,
     qr: bool,
     device_id: Option<String>,
 ) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+    let c = connect(endpoint).await?;
     let req = PairCodeRequest {
         ttl_seconds: ttl.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX)),
         require_approval: approval.then_some(true),
@@ -231,8 +236,8 @@ pub async fn pair_code(
     Ok(())
 }
 
-pub async fn pair_list(socket: &Path, style: Style) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+pub async fn pair_list(endpoint: &Endpoint, style: Style) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
     let list = c.pair_list().await.map_err(|e| from_client(&e))?;
     match style {
         Style::Json => {
@@ -275,12 +280,12 @@ pub async fn pair_list(socket: &Path, style: Style) -> Result<(), Exit> {
 }
 
 pub async fn pair_decide(
-    socket: &Path,
+    endpoint: &Endpoint,
     style: Style,
     code_id: u32,
     approve: bool,
 ) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+    let c = connect(endpoint).await?;
     let r = if approve {
         c.pair_approve(code_id).await
     } else {
@@ -297,8 +302,8 @@ pub async fn pair_decide(
     Ok(())
 }
 
-pub async fn nodes(socket: &Path, style: Style) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+pub async fn nodes(endpoint: &Endpoint, style: Style) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
     let list = c.list_nodes().await.map_err(|e| from_client(&e))?;
     match style {
         Style::Json => println!(
@@ -332,8 +337,8 @@ pub async fn nodes(socket: &Path, style: Style) -> Result<(), Exit> {
     Ok(())
 }
 
-pub async fn node_show(socket: &Path, style: Style, id: &str) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+pub async fn node_show(endpoint: &Endpoint, style: Style, id: &str) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
     let n = c.show_node(id).await.map_err(|e| from_client(&e))?;
     match style {
         Style::Json => println!("{}", node_json(&n)),
@@ -365,7 +370,7 @@ pub async fn node_show(socket: &Path, style: Style, id: &str) -> Result<(), Exit
 }
 
 pub async fn call(
-    socket: &Path,
+    endpoint: &Endpoint,
     style: Style,
     node: &str,
     capability: &str,
@@ -376,7 +381,7 @@ pub async fn call(
     if serde_json::from_str::<Value>(input).is_err() {
         return Err(Exit::usage(format!("--input is not JSON: {input}")));
     }
-    let c = connect(socket).await?;
+    let c = connect(endpoint).await?;
     let req = CallRequest {
         node: node.to_owned(),
         capability: capability.to_owned(),
@@ -407,8 +412,8 @@ pub async fn call(
 }
 
 /// `ternd calls show ID`.
-pub async fn call_show(socket: &Path, style: Style, id: u64) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+pub async fn call_show(endpoint: &Endpoint, style: Style, id: u64) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
     let r = c.show_call(id).await.map_err(|e| from_client(&e))?;
     let state = call_state(r.state);
     let late = r.timed_out_at_ms != 0;
@@ -451,14 +456,230 @@ pub async fn call_show(socket: &Path, style: Style, id: u64) -> Result<(), Exit>
     Ok(())
 }
 
+/// `ternd calls`: past calls, newest first.
+pub async fn calls_list(
+    endpoint: &Endpoint,
+    style: Style,
+    node: Option<String>,
+    state: Option<String>,
+    since: Option<Duration>,
+    limit: u32,
+) -> Result<(), Exit> {
+    let state = match state {
+        None => None,
+        Some(s) => {
+            let name = format!("CALL_STATE_{}", s.to_ascii_uppercase().replace('-', "_"));
+            let state = v1::CallState::from_str_name(&name).ok_or_else(|| {
+                Exit::usage(format!(
+                    "unknown state {s:?} (succeeded, failed, timed_out, rejected, cancelled, \
+                     lost, undeliverable, pending)"
+                ))
+            })?;
+            Some(state as i32)
+        }
+    };
+    let since_ms = since.map_or(0, |d| {
+        crate::runtime::persist::now_ms()
+            .saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    });
+    let c = connect(endpoint).await?;
+    let list = c
+        .list_calls(v1::ListCallsRequest {
+            node,
+            state,
+            since_ms,
+            limit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| from_client(&e))?;
+    match style {
+        Style::Json => {
+            let calls: Vec<Value> = list
+                .calls
+                .iter()
+                .map(|r| {
+                    json!({
+                        "call_id": r.call_id, "node": r.node, "capability": r.capability,
+                        "state": call_state(r.state), "message": r.message,
+                        "created_at_ms": r.created_at_ms, "updated_at_ms": r.updated_at_ms,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                json!({ "calls": calls, "next_before_id": list.next_before_id })
+            );
+        }
+        Style::Table => {
+            let rows: Vec<Vec<String>> = list
+                .calls
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.call_id.to_string(),
+                        r.node.clone(),
+                        r.capability.clone(),
+                        call_state(r.state).to_owned(),
+                        ms_to_text(r.created_at_ms),
+                        format!("{} ms", r.updated_at_ms.saturating_sub(r.created_at_ms)),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["CALL", "NODE", "CAPABILITY", "STATE", "CREATED", "TOOK"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ternd operator add NAME --role R --out FILE`: a key made here, a certificate from
+/// the daemon's operator CA, written together as an identity file (mode 0600).
+pub async fn operator_add(
+    endpoint: &Endpoint,
+    style: Style,
+    name: &str,
+    role: &str,
+    out: Option<&Path>,
+) -> Result<(), Exit> {
+    let role_enum = match role {
+        "viewer" => v1::Role::Viewer,
+        "admin" => v1::Role::Admin,
+        other => return Err(Exit::usage(format!("--role {other:?}: viewer or admin"))),
+    };
+    let default_out = format!("{name}.tern-operator.pem");
+    let out = out.unwrap_or_else(|| Path::new(&default_out));
+    if out.exists() {
+        return Err(Exit::usage(format!(
+            "{} exists; choose another --out",
+            out.display()
+        )));
+    }
+    let key = NewKey::generate(name).map_err(|e| Exit::failure(e.to_string()))?;
+    let c = connect(endpoint).await?;
+    let issued = c
+        .add_operator(v1::AddOperatorRequest {
+            name: name.to_owned(),
+            role: role_enum as i32,
+            csr_der: key.csr_der.clone(),
+        })
+        .await
+        .map_err(|e| from_client(&e))?;
+    let text = render(
+        name,
+        role,
+        &issued.certificate_pem,
+        &key.key.serialize_pem(),
+        &issued.server_ca_pem,
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| Exit::failure(format!("cannot write {}: {e}", out.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Exit::failure(format!("cannot write {}: {e}", out.display())))?;
+    let fingerprint = issued
+        .operator
+        .as_ref()
+        .map(|o| o.certificate_fingerprint.clone())
+        .unwrap_or_default();
+    match style {
+        Style::Json => println!(
+            "{}",
+            json!({"name": name, "role": role, "file": out.display().to_string(),
+                   "certificate_fingerprint": fingerprint})
+        ),
+        Style::Table => {
+            println!("operator:    {name} ({role})");
+            println!(
+                "identity:    {} (keep it secret: it holds the key)",
+                out.display()
+            );
+            println!("fingerprint: {fingerprint}");
+            println!(
+                "use it:      ternd --remote HOST:PORT --identity {} nodes; or log in to the console with it",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn operator_list(endpoint: &Endpoint, style: Style) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
+    let list = c.list_operators().await.map_err(|e| from_client(&e))?;
+    let role = |r: i32| match v1::Role::try_from(r) {
+        Ok(v1::Role::Admin) => "admin",
+        Ok(v1::Role::Viewer) => "viewer",
+        _ => "?",
+    };
+    match style {
+        Style::Json => {
+            let ops: Vec<Value> = list
+                .operators
+                .iter()
+                .map(|o| {
+                    json!({"name": o.name, "role": role(o.role),
+                           "certificate_fingerprint": o.certificate_fingerprint,
+                           "created_at_ms": o.created_at_ms, "not_after_ms": o.not_after_ms,
+                           "revoked_at_ms": (o.revoked_at_ms != 0).then_some(o.revoked_at_ms)})
+                })
+                .collect();
+            println!("{}", json!({ "operators": ops }));
+        }
+        Style::Table => {
+            let rows: Vec<Vec<String>> = list
+                .operators
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.name.clone(),
+                        role(o.role).to_owned(),
+                        if o.revoked_at_ms != 0 {
+                            format!("revoked {}", ms_to_text(o.revoked_at_ms))
+                        } else {
+                            "valid".to_owned()
+                        },
+                        ms_to_text(o.not_after_ms),
+                        o.certificate_fingerprint.chars().take(16).collect(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ROLE", "STATE", "EXPIRES", "FINGERPRINT"], &rows);
+        }
+    }
+    Ok(())
+}
+
+pub async fn operator_revoke(endpoint: &Endpoint, style: Style, name: &str) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
+    let r = c.revoke_operator(name).await.map_err(|e| from_client(&e))?;
+    match style {
+        Style::Json => println!(
+            "{}",
+            json!({"name": r.name, "revoked_at_ms": r.revoked_at_ms})
+        ),
+        Style::Table => println!(
+            "operator {} revoked at {}",
+            r.name,
+            ms_to_text(r.revoked_at_ms)
+        ),
+    }
+    Ok(())
+}
+
 pub async fn events(
-    socket: &Path,
+    endpoint: &Endpoint,
     style: Style,
     node: Option<String>,
     from: u64,
     follow: bool,
 ) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+    let c = connect(endpoint).await?;
     let mut stream = c
         .events(EventsRequest {
             node,
@@ -470,9 +691,10 @@ pub async fn events(
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => ev,
-            Err(ClientError::Lagged { next_seq }) => {
+            Err(e @ ClientError::Disconnected { .. }) => {
                 return Err(Exit::failure(format!(
-                    "fell behind the daemon; resume with --from {next_seq}"
+                    "{e}; resume with --from {}",
+                    stream.next_seq()
                 )));
             }
             Err(e) => return Err(from_client(&e)),
@@ -499,8 +721,13 @@ pub async fn events(
     Ok(())
 }
 
-pub async fn revoke(socket: &Path, style: Style, node: &str, reason: &str) -> Result<(), Exit> {
-    let c = connect(socket).await?;
+pub async fn revoke(
+    endpoint: &Endpoint,
+    style: Style,
+    node: &str,
+    reason: &str,
+) -> Result<(), Exit> {
+    let c = connect(endpoint).await?;
     let r = c.revoke(node, reason).await.map_err(|e| from_client(&e))?;
     match style {
         Style::Json => println!(

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod identity;
 pub mod metrics;
 pub mod operator;
+pub mod operators;
 pub mod revocations;
 pub mod settings;
 pub mod store_adapter;
@@ -26,7 +27,7 @@ use transport_tokio::quic::{QuicEndpoint, QuicLimits};
 use transport_tokio::tcp::{Listener, ListenerConfig, Routes};
 use transport_tokio::{JournalStore, StoragePool};
 
-use crate::api::ApiServer;
+use crate::api::{ApiServer, OperatorListener, ServerConfig};
 use crate::pairing::{PairingChanges, PairingService, PairingSettings, ServiceEvent};
 use crate::pairing_responder::ServiceResponder;
 use crate::runtime::{NodeInfo, Registry, Runtime};
@@ -75,6 +76,10 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Present when the store is shared with other daemons.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Operator identities and the operator CA.
+    pub operators: Arc<operators::OperatorRegistry>,
+    /// Where the operator API listens with TLS.
+    pub operator_listening: Vec<String>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -342,6 +347,40 @@ pub async fn run(
         tasks.push(c.spawn_sync(runtime.clone(), revocations.clone(), pairing.clone()));
     }
 
+    let operators = Arc::new(
+        operators::OperatorRegistry::load(&*store)
+            .await
+            .map_err(err("operator identities"))?,
+    );
+    {
+        // Another daemon sharing the store may add or revoke an operator.
+        let (store, operators) = (store.clone(), operators.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = operators.refresh(&*store).await {
+                    warn!(error = %e, "reading operator identities failed");
+                }
+            }
+        }));
+    }
+    let operator_listener = match settings.operator_listen {
+        Some(addr) => {
+            let tls = operators
+                .listener_tls(&identity.ca, addr, &settings.public_names)
+                .map_err(err("operator TLS"))?;
+            let listener = OperatorListener::bind(addr, tls, ServerConfig::default())
+                .await
+                .map_err(|e| err("operator listener")(e.to_string()))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| err("operator listener")(e.to_string()))?;
+            info!(addr = %local, "operator API and console on https://{local}/");
+            Some((listener, format!("https://{local}")))
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         store: store.clone(),
@@ -353,12 +392,32 @@ pub async fn run(
         started_at_ms: crate::runtime::persist::now_ms(),
         metrics,
         cluster: cluster.clone(),
+        operators,
+        operator_listening: operator_listener.iter().map(|(_, a)| a.clone()).collect(),
     });
     let api = ApiServer::bind(settings.socket_path())
         .map_err(|e| err("operator socket")(e.to_string()))?;
     info!(socket = %settings.socket_path().display(), "operator API listening");
     let operator = Arc::new(operator::Operator::new(shared.clone()));
-    let served = api.serve(operator, shutdown).await;
+    // Both listeners stop when `shutdown` does.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let remote = operator_listener.map(|(listener, _)| {
+        let operator = operator.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { listener.serve(operator, stop).await })
+    });
+    let served = api
+        .serve(operator, async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    if let Some(remote) = remote {
+        let _ = remote.await;
+    }
     if let Some(q) = quic {
         q.shutdown().await;
     }

@@ -14,12 +14,19 @@ use crate::api::v1::{
     PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
     RevokeRequest, Revoked, ShowCallRequest, ShowNodeRequest, Status,
 };
-use crate::api::{
-    ApiError, DEFAULT_NODE_PAGE, EventSink, MAX_NODE_PAGE, NODE_PAGE_BYTES, OperatorApi,
+use crate::api::v1::{
+    AddOperatorRequest, CallList, ListCallsRequest, OperatorIdentity, OperatorList, OperatorRecord,
+    RevokeOperatorRequest,
 };
+use crate::api::{
+    ApiError, Caller, DEFAULT_CALL_PAGE, DEFAULT_NODE_PAGE, EventSink, MAX_CALL_PAGE,
+    MAX_NODE_PAGE, NODE_PAGE_BYTES, OperatorApi,
+};
+use crate::model::{CallFilter, OperatorRole};
 use crate::pairing::{PairingRecord, ServiceError};
 use crate::runtime::persist::now_ms;
 use crate::runtime::{CallStatus, DispatchError, NodeInfo};
+use crate::store::{StoreError, Write};
 
 /// Events read from the store at a time.
 const EVENT_PAGE: usize = 256;
@@ -179,6 +186,13 @@ impl Operator {
                     needs_approval: c.needs_approval,
                 })
                 .collect(),
+            transport: info
+                .address
+                .as_deref()
+                .and_then(|a| a.split_once("://"))
+                .map(|(scheme, _)| scheme.to_owned())
+                .unwrap_or_default(),
+            platform: info.platform.clone().unwrap_or_default(),
             address: info.address.clone().unwrap_or_default(),
             certificate_fingerprint: fingerprint,
             certificate_not_after_ms: not_after,
@@ -249,6 +263,25 @@ fn call_result(call: crate::model::Call) -> CallResult {
     }
 }
 
+/// The stored state a listing's `state` filter names.
+fn call_status(s: v1::CallState) -> Result<CallStatus, ApiError> {
+    Ok(match s {
+        v1::CallState::Succeeded => CallStatus::Succeeded,
+        v1::CallState::Failed => CallStatus::Failed,
+        v1::CallState::TimedOut => CallStatus::TimedOut,
+        v1::CallState::Rejected => CallStatus::Rejected,
+        v1::CallState::Cancelled => CallStatus::Cancelled,
+        v1::CallState::Lost => CallStatus::Lost,
+        v1::CallState::Undeliverable => CallStatus::Undeliverable,
+        // Not final: queued, with the node, or running. The store keeps those apart;
+        // a listing by `PENDING` takes queued ones, the others are short-lived.
+        v1::CallState::Pending => CallStatus::Queued,
+        v1::CallState::Unspecified => {
+            return Err(ApiError::invalid_argument("state must name a call state"));
+        }
+    })
+}
+
 fn call_state(s: CallStatus) -> v1::CallState {
     match s {
         CallStatus::Succeeded => v1::CallState::Succeeded,
@@ -293,6 +326,14 @@ impl OperatorApi for Operator {
                 revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
             }),
             started_at_ms: s.started_at_ms,
+            operator_addresses: s.operator_listening.clone(),
+            software_version: crate::api::SOFTWARE_VERSION.to_owned(),
+            store: s.settings.store_location().redacted(),
+            daemon_id: s
+                .cluster
+                .as_ref()
+                .map(|c| c.daemon_id.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -529,6 +570,121 @@ impl OperatorApi for Operator {
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map(call_result)
             .ok_or_else(|| ApiError::not_found(format!("no call {}", req.id)))
+    }
+
+    async fn list_calls(&self, req: ListCallsRequest) -> Result<CallList, ApiError> {
+        let limit = match req.limit {
+            0 => DEFAULT_CALL_PAGE,
+            n => n.min(MAX_CALL_PAGE),
+        };
+        let state = match req.state.map(v1::CallState::try_from) {
+            None => None,
+            Some(Ok(state)) => Some(call_status(state)?),
+            Some(Err(_)) => return Err(ApiError::invalid_argument("unknown call state")),
+        };
+        let filter = CallFilter {
+            node: req.node,
+            state,
+            since_ms: req.since_ms,
+            until_ms: (req.until_ms != 0).then_some(req.until_ms),
+            before_id: (req.before_id != 0).then_some(req.before_id),
+            // One more than asked: whether there is a next page.
+            limit: limit + 1,
+        };
+        let mut calls = self
+            .shared
+            .store
+            .calls(&filter)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let more = calls.len() > limit as usize;
+        calls.truncate(limit as usize);
+        let next_before_id = if more {
+            calls.last().map_or(0, |c| c.id)
+        } else {
+            0
+        };
+        Ok(CallList {
+            calls: calls.into_iter().map(call_result).collect(),
+            next_before_id,
+        })
+    }
+
+    async fn add_operator(&self, req: AddOperatorRequest) -> Result<OperatorIdentity, ApiError> {
+        let role = match v1::Role::try_from(req.role) {
+            Ok(v1::Role::Admin) => OperatorRole::Admin,
+            Ok(v1::Role::Viewer) => OperatorRole::Viewer,
+            _ => return Err(ApiError::invalid_argument("role must be viewer or admin")),
+        };
+        let registry = &self.shared.operators;
+        let (op, certificate_pem) = registry.issue(&req.name, role, &req.csr_der)?;
+        self.shared
+            .store
+            .write(vec![Write::AddOperator(op.clone())])
+            .await
+            .map_err(|e| match e {
+                StoreError::Taken { .. } => ApiError::failed_precondition(format!(
+                    "an operator named {:?} exists: revoke it first, or choose another name",
+                    req.name
+                )),
+                e => ApiError::internal(e.to_string()),
+            })?;
+        let record = super::operators::record(&op);
+        registry.remember(op);
+        tracing::info!(operator = %req.name, role = role.as_str(), "operator identity issued");
+        Ok(OperatorIdentity {
+            operator: Some(record),
+            certificate_pem,
+            server_ca_pem: self.shared.identity.ca.certificate_pem().to_owned(),
+        })
+    }
+
+    async fn list_operators(&self) -> Result<OperatorList, ApiError> {
+        let all = self
+            .shared
+            .store
+            .operators()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(OperatorList {
+            operators: all.iter().map(super::operators::record).collect(),
+        })
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: RevokeOperatorRequest,
+    ) -> Result<OperatorRecord, ApiError> {
+        let now = now_ms();
+        self.shared
+            .store
+            .write(vec![Write::RevokeOperator {
+                name: req.name.clone(),
+                at_ms: now,
+            }])
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => {
+                    ApiError::not_found(format!("no operator {:?}", req.name))
+                }
+                e => ApiError::internal(e.to_string()),
+            })?;
+        self.shared.operators.forget(&req.name, now);
+        tracing::info!(operator = %req.name, "operator identity revoked");
+        let all = self
+            .shared
+            .store
+            .operators()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        all.iter()
+            .find(|o| o.name == req.name)
+            .map(super::operators::record)
+            .ok_or_else(|| ApiError::not_found(format!("no operator {:?}", req.name)))
+    }
+
+    fn authenticate(&self, cert_der: &[u8]) -> Result<Caller, ApiError> {
+        self.shared.operators.authenticate(cert_der)
     }
 
     async fn events(&self, req: EventsRequest, mut sink: EventSink) -> Result<(), ApiError> {

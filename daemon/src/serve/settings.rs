@@ -27,6 +27,8 @@ pub struct Settings {
     pub public_names: Vec<String>,
     /// Prometheus metrics on this address (off unless set).
     pub metrics: Option<SocketAddr>,
+    /// The operator API and web console over TLS on this address (off unless set).
+    pub operator_listen: Option<SocketAddr>,
     pub max_connections: usize,
     /// How long a node connection may take to finish its handshake, on both transports;
     /// one that takes longer is cut and its slot freed.
@@ -99,6 +101,7 @@ impl Settings {
             listen_tcp: Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
             public_names: vec!["localhost".into(), "127.0.0.1".into()],
             metrics: None,
+            operator_listen: None,
             max_connections: transport_tokio::quic::DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: transport_tokio::tcp::DEFAULT_HANDSHAKE_TIMEOUT,
             pairing: PairingPolicy {
@@ -153,6 +156,9 @@ impl Settings {
         }
         if let Some(v) = file.metrics {
             self.metrics = parse_listen(&v)?;
+        }
+        if let Some(v) = file.operator_listen {
+            self.operator_listen = parse_listen(&v)?;
         }
         if let Some(v) = file.max_connections {
             self.max_connections = v;
@@ -212,6 +218,7 @@ struct FileSettings {
     listen_tcp: Option<String>,
     public_names: Option<Vec<String>>,
     metrics: Option<String>,
+    operator_listen: Option<String>,
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     pairing: Option<FilePairing>,

@@ -8,7 +8,7 @@
 
 use super::StoreError;
 use crate::ca::Fingerprint;
-use crate::model::{CallStatus, Capability};
+use crate::model::{CallFilter, CallStatus, Capability, Operator, OperatorRole};
 use crate::pairing::PairingRecord;
 use crate::revocation::Revoked;
 
@@ -179,4 +179,109 @@ pub(crate) fn pairing_from(code_id: u16, json: &str) -> Result<PairingRecord, St
         )));
     }
     Ok(rec)
+}
+
+/// Stores a new operator (parameters: name, role, fingerprint, certificate, not after,
+/// created, revoked), in both engines' SQL; a row back when it was stored. A stored
+/// operator of that name is replaced only when it is revoked and this is another
+/// certificate, or when it is live and this is its own certificate (a retried
+/// submission): a live name stays taken, a revoked certificate stays revoked.
+pub(crate) const ADD_OPERATOR: &str = "INSERT INTO operators (name, role, fingerprint, cert_der,
+    not_after, created, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (name) DO UPDATE SET role = excluded.role,
+        fingerprint = excluded.fingerprint, cert_der = excluded.cert_der,
+        not_after = excluded.not_after, created = excluded.created, revoked = excluded.revoked
+    WHERE (operators.revoked IS NULL) = (operators.fingerprint = excluded.fingerprint)
+    RETURNING name";
+
+/// Revokes an operator (parameters: name, time), keeping an earlier revocation's time;
+/// a row back when the operator exists. In both engines' SQL.
+pub(crate) const REVOKE_OPERATOR: &str =
+    "UPDATE operators SET revoked = coalesce(revoked, $2) WHERE name = $1 RETURNING name";
+
+/// An operator row's columns, in the order [`operator_from`] takes them.
+pub(crate) const OPERATOR_COLUMNS: &str =
+    "SELECT name, role, fingerprint, cert_der, not_after, created, revoked FROM operators";
+
+/// An operator's name is valid (the rule of device ids) and its fingerprint is its
+/// certificate's.
+pub(crate) fn check_operator(o: &Operator) -> Result<(), StoreError> {
+    crate::ca::check_device_id(&o.name)
+        .map_err(|_| StoreError::Invalid(format!("invalid operator name {:?}", o.name)))?;
+    if Fingerprint::of(&o.cert_der).0 != o.fingerprint {
+        return Err(StoreError::Invalid(format!(
+            "operator {}: fingerprint does not match the certificate",
+            o.name
+        )));
+    }
+    Ok(())
+}
+
+/// An operator from its stored columns (`OPERATOR_COLUMNS`, numbers still [`enc`]oded).
+pub(crate) fn operator_from(
+    name: String,
+    role: &str,
+    fingerprint: Vec<u8>,
+    cert_der: Vec<u8>,
+    not_after: i64,
+    created: i64,
+    revoked: Option<i64>,
+) -> Result<Operator, StoreError> {
+    let role = OperatorRole::parse(role)
+        .ok_or_else(|| StoreError::Corrupt(format!("operator {name} has role {role:?}")))?;
+    let fingerprint = <[u8; 32]>::try_from(fingerprint)
+        .map_err(|_| StoreError::Corrupt(format!("operator {name}: fingerprint length")))?;
+    Ok(Operator {
+        name,
+        role,
+        fingerprint,
+        cert_der,
+        not_after_ms: dec(not_after),
+        created_ms: dec(created),
+        revoked_ms: revoked.map(dec),
+    })
+}
+
+/// A parameter of a call listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListParam<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// What follows `SELECT ... FROM calls` in a listing of the calls `filter` wants, in
+/// both engines' SQL (`$n` parameters), and its parameters in order. Only the bounds
+/// set are in the SQL, so each engine plans the listing on the index that fits it:
+/// `calls_by_node` (node, id), `calls_by_state` (state, id), `calls_by_node_state`,
+/// `calls_by_created`, or the primary key walked from the newest id.
+pub(crate) fn call_listing(filter: &CallFilter) -> (String, Vec<ListParam<'_>>) {
+    let mut bounds: Vec<(&str, ListParam<'_>)> = Vec::new();
+    if let Some(node) = &filter.node {
+        bounds.push(("node =", ListParam::Text(node)));
+    }
+    if let Some(state) = filter.state {
+        bounds.push(("state =", ListParam::Text(state.as_str())));
+    }
+    if filter.since_ms > 0 {
+        bounds.push(("created >=", ListParam::Int(enc(filter.since_ms))));
+    }
+    if let Some(until) = filter.until_ms {
+        bounds.push(("created <", ListParam::Int(enc(until))));
+    }
+    if let Some(before) = filter.before_id {
+        bounds.push(("id <", ListParam::Int(enc(before))));
+    }
+    let conditions: Vec<String> = bounds
+        .iter()
+        .enumerate()
+        .map(|(i, (condition, _))| format!("{condition} ${}", i + 1))
+        .collect();
+    let mut sql = String::new();
+    if !conditions.is_empty() {
+        sql = format!("WHERE {} ", conditions.join(" AND "));
+    }
+    sql.push_str(&format!("ORDER BY id DESC LIMIT ${}", bounds.len() + 1));
+    let mut params: Vec<ListParam<'_>> = bounds.into_iter().map(|(_, p)| p).collect();
+    params.push(ListParam::Int(i64::from(filter.limit.max(1))));
+    (sql, params)
 }

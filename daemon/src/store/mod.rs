@@ -41,8 +41,8 @@ use crate::pairing::PairingRecord;
 use crate::revocation::{RevocationRecord, Revoked};
 
 pub use crate::model::{
-    Call, CallStatus, CallUpdate, Capability, Device, EventOrigin, NewEvent, Node, Payload,
-    StoredEvent,
+    Call, CallFilter, CallStatus, CallUpdate, Capability, Device, EventOrigin, NewEvent, Node,
+    Operator, OperatorRole, Payload, StoredEvent,
 };
 pub use encode::{MAX_JOURNAL_KEY_LEN, MAX_NODE_ID_LEN};
 pub use postgres::PgStore;
@@ -150,6 +150,20 @@ pub enum Write {
     CreateCa(StoredCa),
     CreateServerIdentity(ServerIdentity),
     CreateEndpointKeys(EndpointKeys),
+    /// The CA that signs operator identities (not the one that signs devices and the
+    /// server): stored only if none is, like `CreateCa`.
+    CreateOperatorCa(StoredCa),
+    /// A new operator identity. [`StoreError::Taken`] when an operator of that name is
+    /// stored and not revoked; a revoked one of that name is replaced (a name is free
+    /// again once revoked). The same certificate again (a retried submission) changes
+    /// nothing; a revoked certificate never comes back.
+    AddOperator(Operator),
+    /// Revokes an operator's identity at `at_ms`; one revoked already keeps its first
+    /// time. `NotFound` for an unknown name.
+    RevokeOperator {
+        name: String,
+        at_ms: u64,
+    },
     /// Takes the next `count` values of the named counter; the first is in
     /// [`Receipt::reserved`]. Values are never handed out twice, to any daemon.
     ReserveIds {
@@ -389,6 +403,21 @@ pub trait StateStore: JournalStore + Send + Sync + 'static {
 
     /// Calls still queued and in no session, for whichever daemon holds their node.
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError>;
+
+    /// The CA that signs operator identities.
+    async fn operator_ca(&self) -> Result<Option<StoredCa>, StoreError>;
+
+    /// Operators, by name, revoked ones included.
+    async fn operators(&self) -> Result<Vec<Operator>, StoreError>;
+
+    /// The operator whose certificate has this SHA-256 fingerprint (revoked or not).
+    async fn operator_by_fingerprint(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Operator>, StoreError>;
+
+    /// The calls `filter` wants, newest (highest id) first.
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<Call>, StoreError>;
 }
 
 /// A session taken over: see [`StateStore::take_session`].

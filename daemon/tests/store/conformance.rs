@@ -11,8 +11,8 @@ use daemon::ca::{CertificateAuthority, Fingerprint, IssuancePolicy};
 use daemon::pairing::{PairingService, PairingSettings};
 use daemon::revocation::{RevocationRecord, Revoked};
 use daemon::store::{
-    Call, CallStatus, CallUpdate, Capability, Device, EventOrigin, NewEvent, Node, Payload,
-    RetentionPolicy, StoreError, StoreOptions, Write,
+    Call, CallFilter, CallStatus, CallUpdate, Capability, Device, EventOrigin, NewEvent, Node,
+    Operator, OperatorRole, Payload, RetentionPolicy, StoreError, StoreOptions, Write,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -1081,4 +1081,505 @@ pub async fn a_decided_pairing_is_not_undone_by_an_older_copy(e: &Engine) {
         .await
         .unwrap();
     assert_eq!(store.pairing_records().await.unwrap(), [fresh]);
+}
+
+/// An operator with a stand-in certificate (the store keeps the bytes, never parses
+/// them): `serial` tells certificates apart.
+fn operator(name: &str, role: OperatorRole, serial: u8) -> Operator {
+    let cert_der = [b"operator certificate ".as_slice(), &[serial; 40]].concat();
+    Operator {
+        name: name.into(),
+        role,
+        fingerprint: Fingerprint::of(&cert_der).0,
+        cert_der,
+        not_after_ms: u64::MAX - u64::from(serial),
+        created_ms: NOW + u64::from(serial),
+        revoked_ms: None,
+    }
+}
+
+/// The operator CA is created once and kept apart from the device CA; operators are
+/// added, found by fingerprint, revoked once, and their names freed by revocation.
+pub async fn operators_are_added_revoked_and_replaced(e: &Engine) {
+    let mut rng = ChaCha20Rng::from_seed([11; 32]);
+    let first =
+        CertificateAuthority::create("tern operators", NOW, IssuancePolicy::default(), &mut rng)
+            .unwrap()
+            .to_stored();
+    let second =
+        CertificateAuthority::create("tern operators", NOW, IssuancePolicy::default(), &mut rng)
+            .unwrap()
+            .to_stored();
+    assert_ne!(first, second);
+    let alice = operator("alice", OperatorRole::Admin, 1);
+    let bob = operator("bob", OperatorRole::Viewer, 2);
+    {
+        let store = e.open().await;
+        assert_eq!(store.operator_ca().await.unwrap(), None);
+        assert!(store.operators().await.unwrap().is_empty());
+        // Two daemons starting together: the first CA written stays.
+        let a = store.write(vec![Write::CreateOperatorCa(first.clone())]);
+        let b = store.write(vec![Write::CreateOperatorCa(second.clone())]);
+        a.await.unwrap();
+        b.await.unwrap();
+        assert_eq!(store.operator_ca().await.unwrap(), Some(first.clone()));
+        // It is not the device CA, and the device CA is not it.
+        assert_eq!(store.ca().await.unwrap(), None);
+        store
+            .write(vec![Write::CreateCa(second.clone())])
+            .await
+            .unwrap();
+        assert_eq!(store.operator_ca().await.unwrap(), Some(first.clone()));
+
+        store
+            .write(vec![
+                Write::AddOperator(bob.clone()),
+                Write::AddOperator(alice.clone()),
+            ])
+            .await
+            .unwrap();
+    }
+
+    let store = e.open().await;
+    assert_eq!(store.operator_ca().await.unwrap(), Some(first));
+    assert_eq!(store.ca().await.unwrap(), Some(second));
+    assert_eq!(
+        store.operators().await.unwrap(),
+        [alice.clone(), bob.clone()]
+    );
+    assert_eq!(
+        store
+            .operator_by_fingerprint(&bob.fingerprint)
+            .await
+            .unwrap(),
+        Some(bob.clone())
+    );
+    assert_eq!(store.operator_by_fingerprint(&[7; 32]).await.unwrap(), None);
+
+    // A live name is taken, whatever the certificate; nothing changes.
+    let impostor = operator("alice", OperatorRole::Viewer, 3);
+    let err = store
+        .write(vec![Write::AddOperator(impostor.clone())])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Taken {
+            what: "operator",
+            key: "alice".into()
+        }
+    );
+    assert_eq!(
+        store
+            .operator_by_fingerprint(&impostor.fingerprint)
+            .await
+            .unwrap(),
+        None
+    );
+    // The same certificate again (a retried submission) changes nothing.
+    store
+        .write(vec![Write::AddOperator(alice.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.operators().await.unwrap(),
+        [alice.clone(), bob.clone()]
+    );
+    // A certificate is one operator's.
+    let twin = Operator {
+        name: "carol".into(),
+        ..bob.clone()
+    };
+    assert!(store.write(vec![Write::AddOperator(twin)]).await.is_err());
+    assert_eq!(
+        store.operators().await.unwrap(),
+        [alice.clone(), bob.clone()]
+    );
+
+    // Names follow the device id rule; a fingerprint must be its certificate's.
+    let long = "a".repeat(65);
+    for name in ["", "has space", "slash/", "ünï", long.as_str()] {
+        let err = store
+            .write(vec![Write::AddOperator(operator(
+                name,
+                OperatorRole::Admin,
+                4,
+            ))])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{name:?}: {err}");
+    }
+    // The longest name, of every kind of character; it sorts by bytes, before "alice".
+    let longest = "A.z_0-9".repeat(10)[..64].to_owned();
+    store
+        .write(vec![Write::AddOperator(operator(
+            &longest,
+            OperatorRole::Viewer,
+            4,
+        ))])
+        .await
+        .unwrap();
+    let forged = Operator {
+        fingerprint: [1; 32],
+        ..operator("dave", OperatorRole::Admin, 5)
+    };
+    let err = store
+        .write(vec![Write::AddOperator(forged)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert_eq!(store.operators().await.unwrap().len(), 3);
+
+    // A revocation keeps its first time; an unknown name is not found.
+    store
+        .write(vec![Write::RevokeOperator {
+            name: "alice".into(),
+            at_ms: NOW + 10,
+        }])
+        .await
+        .unwrap();
+    store
+        .write(vec![Write::RevokeOperator {
+            name: "alice".into(),
+            at_ms: NOW + 20,
+        }])
+        .await
+        .unwrap();
+    let revoked = Operator {
+        revoked_ms: Some(NOW + 10),
+        ..alice.clone()
+    };
+    assert_eq!(
+        store
+            .operator_by_fingerprint(&alice.fingerprint)
+            .await
+            .unwrap(),
+        Some(revoked.clone())
+    );
+    assert_eq!(store.operators().await.unwrap()[1], revoked);
+    assert_eq!(store.operators().await.unwrap()[0].name, longest);
+    let err = store
+        .write(vec![Write::RevokeOperator {
+            name: "ghost".into(),
+            at_ms: NOW,
+        }])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::NotFound {
+            what: "operator",
+            key: "ghost".into()
+        }
+    );
+
+    // A revoked certificate never comes back under its name.
+    let err = store
+        .write(vec![Write::AddOperator(alice.clone())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Taken { .. }), "{err}");
+    assert_eq!(
+        store
+            .operator_by_fingerprint(&alice.fingerprint)
+            .await
+            .unwrap(),
+        Some(revoked)
+    );
+    // A revoked name is free for a new certificate; the old one is gone with it.
+    let again = operator("alice", OperatorRole::Viewer, 6);
+    store
+        .write(vec![Write::AddOperator(again.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .operator_by_fingerprint(&alice.fingerprint)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .operator_by_fingerprint(&again.fingerprint)
+            .await
+            .unwrap(),
+        Some(again.clone())
+    );
+    let names: Vec<(String, Option<u64>)> = store
+        .operators()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.revoked_ms))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (longest, None),
+            ("alice".into(), None),
+            ("bob".into(), None),
+        ]
+    );
+}
+
+fn listed(calls: &[Call]) -> Vec<u64> {
+    calls.iter().map(|c| c.id).collect()
+}
+
+/// Listings apply every bound of the filter, newest first, and page without gaps.
+pub async fn calls_are_listed_newest_first_by_filter(e: &Engine) {
+    let store = e.open().await;
+    let states = [
+        CallStatus::Queued,
+        CallStatus::Running,
+        CallStatus::Succeeded,
+    ];
+    // Ids 1..=25: odd ones on n1, even on n2; created 100 ms apart.
+    let all: Vec<Call> = (1..=25u64)
+        .map(|id| Call {
+            state: states[(id % 3) as usize],
+            created_ms: NOW + id * 100,
+            ..call(id, if id % 2 == 1 { "n1" } else { "n2" })
+        })
+        .collect();
+    store
+        .write(all.iter().cloned().map(Write::PutCall).collect())
+        .await
+        .unwrap();
+    let list = |filter: CallFilter| {
+        let store = store.clone();
+        async move { listed(&store.calls(&filter).await.unwrap()) }
+    };
+    let limit = 100;
+    let newest: Vec<u64> = (1..=25).rev().collect();
+    assert_eq!(
+        list(CallFilter {
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        newest
+    );
+    assert_eq!(
+        store
+            .calls(&CallFilter {
+                limit,
+                ..CallFilter::default()
+            })
+            .await
+            .unwrap()[0],
+        all[24]
+    );
+    // The store takes at least one.
+    assert_eq!(list(CallFilter::default()).await, [25]);
+    let n1: Vec<u64> = newest.iter().copied().filter(|id| id % 2 == 1).collect();
+    assert_eq!(
+        list(CallFilter {
+            node: Some("n1".into()),
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        n1
+    );
+    assert!(
+        list(CallFilter {
+            node: Some("n3".into()),
+            limit,
+            ..CallFilter::default()
+        })
+        .await
+        .is_empty()
+    );
+    let running: Vec<u64> = newest.iter().copied().filter(|id| id % 3 == 1).collect();
+    assert_eq!(
+        list(CallFilter {
+            state: Some(CallStatus::Running),
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        running
+    );
+    let n2_succeeded: Vec<u64> = newest
+        .iter()
+        .copied()
+        .filter(|id| id % 2 == 0 && id % 3 == 2)
+        .collect();
+    assert_eq!(
+        list(CallFilter {
+            node: Some("n2".into()),
+            state: Some(CallStatus::Succeeded),
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        n2_succeeded
+    );
+    // Created at or after `since`, before `until`.
+    assert_eq!(
+        list(CallFilter {
+            since_ms: NOW + 1000,
+            until_ms: Some(NOW + 1500),
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        [14, 13, 12, 11, 10]
+    );
+    assert_eq!(
+        list(CallFilter {
+            until_ms: Some(NOW + 300),
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        [2, 1]
+    );
+    assert_eq!(
+        list(CallFilter {
+            since_ms: NOW + 2400,
+            limit,
+            ..CallFilter::default()
+        })
+        .await,
+        [25, 24]
+    );
+
+    // Pages of ten: every call once, newest first.
+    let mut pages = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = list(CallFilter {
+            before_id,
+            limit: 10,
+            ..CallFilter::default()
+        })
+        .await;
+        if page.is_empty() {
+            break;
+        }
+        before_id = page.last().copied();
+        pages.push(page);
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+    assert_eq!(pages.concat(), newest);
+    // Paging one node's calls.
+    let page = list(CallFilter {
+        node: Some("n1".into()),
+        before_id: Some(15),
+        limit: 3,
+        ..CallFilter::default()
+    })
+    .await;
+    assert_eq!(page, [13, 11, 9]);
+}
+
+/// What a straightforward filter over the calls gives.
+fn reference(calls: &[Call], f: &CallFilter) -> Vec<u64> {
+    let mut want: Vec<u64> = calls
+        .iter()
+        .filter(|c| {
+            f.node.as_ref().is_none_or(|n| &c.node == n)
+                && f.state.is_none_or(|s| c.state == s)
+                && c.created_ms >= f.since_ms
+                && f.until_ms.is_none_or(|u| c.created_ms < u)
+                && f.before_id.is_none_or(|b| c.id < b)
+        })
+        .map(|c| c.id)
+        .collect();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    want.truncate(f.limit.max(1) as usize);
+    want
+}
+
+const LIST_NODES: [&str; 3] = ["n1", "n2", "node-3"];
+const LIST_STATES: [CallStatus; 4] = [
+    CallStatus::Queued,
+    CallStatus::Running,
+    CallStatus::Succeeded,
+    CallStatus::TimedOut,
+];
+
+fn listed_call() -> impl Strategy<Value = Call> {
+    (
+        wide_u64(),
+        0..LIST_NODES.len(),
+        0..LIST_STATES.len(),
+        wide_u64(),
+    )
+        .prop_map(|(id, node, state, created_ms)| Call {
+            state: LIST_STATES[state],
+            created_ms,
+            ..call(id, LIST_NODES[node])
+        })
+}
+
+fn call_filter() -> impl Strategy<Value = CallFilter> {
+    (
+        proptest::option::of(0..LIST_NODES.len() + 1),
+        proptest::option::of(0..LIST_STATES.len()),
+        prop_oneof![Just(0u64), wide_u64()],
+        proptest::option::of(wide_u64()),
+        proptest::option::of(wide_u64()),
+        prop_oneof![0u32..4, 0u32..50, Just(u32::MAX)],
+    )
+        .prop_map(
+            |(node, state, since_ms, until_ms, before_id, limit)| CallFilter {
+                // One past the nodes: a node with no calls.
+                node: node.map(|n| LIST_NODES.get(n).copied().unwrap_or("nobody").to_owned()),
+                state: state.map(|s| LIST_STATES[s]),
+                since_ms,
+                until_ms,
+                before_id,
+                limit,
+            },
+        )
+}
+
+/// Random calls and random filters: the store lists what an in-memory filter picks,
+/// and paging through a filter's calls gives each of them once.
+pub async fn call_listings_match_an_in_memory_filter(e: &Engine) {
+    let cases = (
+        proptest::collection::vec(listed_call(), 0..40),
+        proptest::collection::vec(call_filter(), 1..12),
+    );
+    for (drawn, filters) in draws(cases, 24) {
+        e.clear().await;
+        let store = e.open().await;
+        // One call per id (a later put would replace it).
+        let mut seen = BTreeSet::new();
+        let calls: Vec<Call> = drawn.into_iter().filter(|c| seen.insert(c.id)).collect();
+        store
+            .write(calls.iter().cloned().map(Write::PutCall).collect())
+            .await
+            .unwrap();
+        for filter in filters {
+            let got = listed(&store.calls(&filter).await.unwrap());
+            assert_eq!(got, reference(&calls, &filter), "{filter:?} over {calls:?}");
+            // Pages of three from where the filter starts: the whole unlimited listing.
+            let whole = reference(
+                &calls,
+                &CallFilter {
+                    limit: u32::MAX,
+                    ..filter.clone()
+                },
+            );
+            let mut paged = Vec::new();
+            let mut page_filter = CallFilter {
+                limit: 3,
+                ..filter.clone()
+            };
+            loop {
+                let page = listed(&store.calls(&page_filter).await.unwrap());
+                paged.extend_from_slice(&page);
+                match page.last() {
+                    Some(&last) if page.len() == 3 => page_filter.before_id = Some(last),
+                    _ => break,
+                }
+            }
+            assert_eq!(paged, whole, "paging {filter:?} over {calls:?}");
+        }
+    }
 }

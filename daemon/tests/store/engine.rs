@@ -52,7 +52,7 @@ impl Engine {
                 c.batch_execute(
                     "TRUNCATE ca, server_identity, endpoint_keys, devices, revocations, pairings,
                         nodes, calls, events, journals, journal_meta, journal_messages,
-                        journal_calls, journal_seen, owners",
+                        journal_calls, journal_seen, owners, operator_ca, operators",
                 )
                 .await
                 .unwrap();

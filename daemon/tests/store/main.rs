@@ -62,4 +62,7 @@ conformance!(
     journals_match_the_in_memory_reference,
     ownership_fences_a_former_owner,
     a_decided_pairing_is_not_undone_by_an_older_copy,
+    operators_are_added_revoked_and_replaced,
+    calls_are_listed_newest_first_by_filter,
+    call_listings_match_an_in_memory_filter,
 );

@@ -60,6 +60,9 @@ pub(crate) struct Statements {
     create_ca: Statement,
     create_server: Statement,
     create_keys: Statement,
+    create_operator_ca: Statement,
+    add_operator: Statement,
+    revoke_operator: Statement,
     reserve: Statement,
     put_device: Statement,
     delete_device: Statement,
@@ -121,6 +124,11 @@ impl Statements {
             create_ca: p2(keep(CA)).await?,
             create_server: p2(keep(SERVER)).await?,
             create_keys: p2(keep(KEYS)).await?,
+            create_operator_ca: p("INSERT INTO operator_ca (id, cert_pem, key_pem, policy)
+                VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING")
+            .await?,
+            add_operator: p(crate::store::encode::ADD_OPERATOR).await?,
+            revoke_operator: p(crate::store::encode::REVOKE_OPERATOR).await?,
             reserve: p("INSERT INTO counters (name, value) VALUES ($1, $2)
                 ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
                 RETURNING value - $2 + 1")
@@ -249,11 +257,12 @@ fn ops(
     out: &mut Vec<Op>,
 ) -> Result<(), StoreError> {
     match w {
-        Write::PutCa(ca) | Write::CreateCa(ca) => {
+        Write::PutCa(ca) | Write::CreateCa(ca) | Write::CreateOperatorCa(ca) => {
             let policy = serde_json::to_string(&ca.policy)
                 .map_err(|e| StoreError::Invalid(format!("CA policy does not encode: {e}")))?;
             let stmt = match w {
                 Write::CreateCa(_) => &s.create_ca,
+                Write::CreateOperatorCa(_) => &s.create_operator_ca,
                 _ => &s.put_ca,
             };
             out.push(op(
@@ -266,6 +275,39 @@ fn ops(
                 "store the CA",
             ));
         }
+        Write::AddOperator(o) => {
+            crate::store::encode::check_operator(o)?;
+            out.push(Op {
+                expect: Expect::Created {
+                    what: "operator",
+                    key: o.name.clone(),
+                },
+                ..op(
+                    &s.add_operator,
+                    vec![
+                        Box::new(o.name.clone()),
+                        Box::new(o.role.as_str()),
+                        Box::new(o.fingerprint.to_vec()),
+                        Box::new(o.cert_der.clone()),
+                        Box::new(enc(o.not_after_ms)),
+                        Box::new(enc(o.created_ms)),
+                        Box::new(o.revoked_ms.map(enc)),
+                    ],
+                    "add an operator",
+                )
+            });
+        }
+        Write::RevokeOperator { name, at_ms } => out.push(Op {
+            expect: Expect::Row {
+                what: "operator",
+                key: name.clone(),
+            },
+            ..op(
+                &s.revoke_operator,
+                vec![Box::new(name.clone()), Box::new(enc(*at_ms))],
+                "revoke an operator",
+            )
+        }),
         Write::PutServerIdentity(id) | Write::CreateServerIdentity(id) => {
             if crate::ca::Fingerprint::of(&id.cert_der) != id.fingerprint {
                 return Err(StoreError::Invalid(

@@ -22,7 +22,8 @@ use transport_tokio::journal::{Batch, CommitFuture, JournalStore};
 use transport_tokio::quic::EndpointKeys;
 
 use super::{
-    Call, Device, Node, Pending, StateStore, StoreError, StoreOptions, StoredEvent, Write,
+    Call, CallFilter, Device, Node, Operator, Pending, StateStore, StoreError, StoreOptions,
+    StoredEvent, Write,
 };
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
@@ -178,7 +179,7 @@ impl StateStore for PgStore {
     }
 
     async fn ca(&self) -> Result<Option<StoredCa>, StoreError> {
-        read::ca(&self.reader().await?).await
+        read::ca(&self.reader().await?, read::CA).await
     }
 
     async fn server_identity(&self) -> Result<Option<ServerIdentity>, StoreError> {
@@ -296,5 +297,29 @@ impl StateStore for PgStore {
 
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError> {
         read::calls(&self.reader().await?, read::CallKey::Queued).await
+    }
+
+    async fn operator_ca(&self) -> Result<Option<StoredCa>, StoreError> {
+        read::ca(&self.reader().await?, read::OPERATOR_CA).await
+    }
+
+    async fn operators(&self) -> Result<Vec<Operator>, StoreError> {
+        read::operators(&self.reader().await?, read::OperatorKey::All).await
+    }
+
+    async fn operator_by_fingerprint(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Operator>, StoreError> {
+        Ok(read::operators(
+            &self.reader().await?,
+            read::OperatorKey::Fingerprint(fingerprint),
+        )
+        .await?
+        .pop())
+    }
+
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<Call>, StoreError> {
+        read::calls(&self.reader().await?, read::CallKey::Filter(filter)).await
     }
 }

@@ -14,10 +14,13 @@ use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
 use crate::revocation::RevocationRecord;
 use crate::store::encode::{
-    QUEUED_CALLS, call_state_from, capabilities_from, dec, enc, node_online, pairing_from,
-    revoked_from, unblob,
+    ListParam, OPERATOR_COLUMNS, QUEUED_CALLS, call_listing, call_state_from, capabilities_from,
+    dec, enc, node_online, operator_from, pairing_from, revoked_from, unblob,
 };
-use crate::store::{Call, Device, EventOrigin, NewEvent, Node, Payload, StoreError, StoredEvent};
+use crate::store::{
+    Call, CallFilter, Device, EventOrigin, NewEvent, Node, Operator, Payload, StoreError,
+    StoredEvent,
+};
 
 async fn rows(
     c: &Object,
@@ -33,10 +36,15 @@ fn u(r: &Row, i: usize) -> u64 {
     dec(r.get::<_, i64>(i))
 }
 
-pub(crate) async fn ca(c: &Object) -> Result<Option<StoredCa>, StoreError> {
+/// The table of the CA that signs devices and the server, and of the one that signs
+/// operator identities.
+pub(crate) const CA: &str = "ca";
+pub(crate) const OPERATOR_CA: &str = "operator_ca";
+
+pub(crate) async fn ca(c: &Object, table: &str) -> Result<Option<StoredCa>, StoreError> {
     let found = rows(
         c,
-        "SELECT cert_pem, key_pem, policy FROM ca WHERE id = 1",
+        &format!("SELECT cert_pem, key_pem, policy FROM {table} WHERE id = 1"),
         &[],
         "read the CA",
     )
@@ -259,17 +267,79 @@ pub(crate) async fn claims_since(
     .collect()
 }
 
+/// Which operators.
+pub(crate) enum OperatorKey<'a> {
+    All,
+    Fingerprint(&'a [u8; 32]),
+}
+
+pub(crate) async fn operators(
+    c: &Object,
+    key: OperatorKey<'_>,
+) -> Result<Vec<Operator>, StoreError> {
+    let found = match key {
+        OperatorKey::All => {
+            rows(
+                c,
+                &format!("{OPERATOR_COLUMNS} ORDER BY name"),
+                &[],
+                "list operators",
+            )
+            .await?
+        }
+        OperatorKey::Fingerprint(fp) => {
+            let fp = fp.to_vec();
+            rows(
+                c,
+                &format!("{OPERATOR_COLUMNS} WHERE fingerprint = $1"),
+                &[&fp],
+                "read an operator",
+            )
+            .await?
+        }
+    };
+    let mut list = found
+        .iter()
+        .map(|r| {
+            operator_from(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // By bytes, as SQLite orders: the database's collation may order names otherwise.
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(list)
+}
+
 /// Which calls.
 pub(crate) enum CallKey<'a> {
     Id(u64),
     Node(&'a str),
     Queued,
+    Filter(&'a CallFilter),
 }
 
 pub(crate) async fn calls(c: &Object, key: CallKey<'_>) -> Result<Vec<Call>, StoreError> {
     const COLS: &str = "SELECT id, node, capability, input_type, input, state, output_type,
         output, error, created, updated, deadline, session_call, timed_out FROM calls";
     let found = match key {
+        CallKey::Filter(filter) => {
+            let (sql, params) = call_listing(filter);
+            let params: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| match p {
+                    ListParam::Text(t) => t as &(dyn ToSql + Sync),
+                    ListParam::Int(i) => i,
+                })
+                .collect();
+            rows(c, &format!("{COLS} {sql}"), &params, "list calls").await?
+        }
         CallKey::Id(id) => {
             rows(
                 c,

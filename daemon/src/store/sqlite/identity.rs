@@ -1,5 +1,6 @@
-//! The daemon's certificate authority, server identity and QUIC endpoint keys: one row
-//! each.
+//! The daemon's certificate authorities (the one that signs devices and the server,
+//! the one that signs operator identities), server identity and QUIC endpoint keys: one
+//! row each.
 //!
 //! The CA's issuance policy is kept as JSON (a small serde struct that may grow fields);
 //! the server identity's fingerprint is not stored but recomputed from its DER, so the
@@ -12,11 +13,21 @@ use transport_tokio::quic::{ENDPOINT_KEY_LEN, EndpointKeys};
 
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 
-pub(crate) fn put_ca(conn: &Connection, ca: &StoredCa, replace: bool) -> Result<(), StoreError> {
+/// The table of the CA that signs devices and the server, and of the one that signs
+/// operator identities.
+pub(crate) const CA: &str = "ca";
+pub(crate) const OPERATOR_CA: &str = "operator_ca";
+
+pub(crate) fn put_ca(
+    conn: &Connection,
+    table: &str,
+    ca: &StoredCa,
+    replace: bool,
+) -> Result<(), StoreError> {
     let policy = serde_json::to_string(&ca.policy)
         .map_err(|e| StoreError::Invalid(format!("CA policy does not encode: {e}")))?;
     conn.prepare_cached(&upsert(
-        "INSERT INTO ca (id, cert_pem, key_pem, policy) VALUES (1, ?1, ?2, ?3)",
+        &format!("INSERT INTO {table} (id, cert_pem, key_pem, policy) VALUES (1, ?1, ?2, ?3)"),
         "cert_pem = excluded.cert_pem,
              key_pem = excluded.key_pem, policy = excluded.policy",
         replace,
@@ -26,10 +37,10 @@ pub(crate) fn put_ca(conn: &Connection, ca: &StoredCa, replace: bool) -> Result<
     Ok(())
 }
 
-pub(crate) fn ca(conn: &Connection) -> Result<Option<StoredCa>, StoreError> {
+pub(crate) fn ca(conn: &Connection, table: &str) -> Result<Option<StoredCa>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT cert_pem, key_pem, policy FROM ca WHERE id = 1",
+            &format!("SELECT cert_pem, key_pem, policy FROM {table} WHERE id = 1"),
             [],
             |r| {
                 Ok((

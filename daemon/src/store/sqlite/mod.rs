@@ -8,6 +8,7 @@ mod events;
 mod identity;
 mod journal;
 mod nodes;
+mod operators;
 mod owners;
 mod pairings;
 mod revocations;
@@ -27,8 +28,8 @@ use transport_tokio::journal::{Batch, CommitFuture, JournalStore};
 use transport_tokio::quic::EndpointKeys;
 
 use super::{
-    Call, Device, Node, Pending, Receipt, RetentionPolicy, StateStore, StoreError, StoreOptions,
-    StoredEvent, Write,
+    Call, CallFilter, Device, Node, Operator, Pending, Receipt, RetentionPolicy, StateStore,
+    StoreError, StoreOptions, StoredEvent, Write,
 };
 use crate::ca::{Fingerprint, ServerIdentity, StoredCa};
 use crate::pairing::PairingRecord;
@@ -59,10 +60,13 @@ fn apply(
     receipt: &mut Receipt,
 ) -> Result<(), StoreError> {
     match w {
-        Write::PutCa(ca) => identity::put_ca(conn, ca, true),
+        Write::PutCa(ca) => identity::put_ca(conn, identity::CA, ca, true),
         Write::PutServerIdentity(id) => identity::put_server(conn, id, true),
         Write::PutEndpointKeys(keys) => identity::put_endpoint_keys(conn, keys, true),
-        Write::CreateCa(ca) => identity::put_ca(conn, ca, false),
+        Write::CreateCa(ca) => identity::put_ca(conn, identity::CA, ca, false),
+        Write::CreateOperatorCa(ca) => identity::put_ca(conn, identity::OPERATOR_CA, ca, false),
+        Write::AddOperator(o) => operators::add(conn, o),
+        Write::RevokeOperator { name, at_ms } => operators::revoke(conn, name, *at_ms),
         Write::CreateServerIdentity(id) => identity::put_server(conn, id, false),
         Write::CreateEndpointKeys(keys) => identity::put_endpoint_keys(conn, keys, false),
         Write::ReserveIds { counter, count } => {
@@ -230,7 +234,7 @@ impl SqliteStore {
     }
 
     pub fn ca(&self) -> Result<Option<StoredCa>, StoreError> {
-        self.read(identity::ca)
+        self.read(|c| identity::ca(c, identity::CA))
     }
 
     pub fn server_identity(&self) -> Result<Option<ServerIdentity>, StoreError> {
@@ -449,5 +453,24 @@ impl StateStore for SqliteStore {
 
     async fn queued_calls(&self) -> Result<Vec<Call>, StoreError> {
         self.read(calls::queued)
+    }
+
+    async fn operator_ca(&self) -> Result<Option<StoredCa>, StoreError> {
+        self.read(|c| identity::ca(c, identity::OPERATOR_CA))
+    }
+
+    async fn operators(&self) -> Result<Vec<Operator>, StoreError> {
+        self.read(operators::list)
+    }
+
+    async fn operator_by_fingerprint(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Operator>, StoreError> {
+        self.read(|c| operators::by_fingerprint(c, fingerprint))
+    }
+
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<Call>, StoreError> {
+        self.read(|c| calls::list(c, filter))
     }
 }

@@ -143,6 +143,28 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     );
     ",
+    // 4: operator identities and the CA that signs them, and the indexes call listings
+    // (newest first, by node, state or creation time) walk.
+    r"
+    CREATE TABLE operator_ca (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        cert_pem TEXT NOT NULL,
+        key_pem TEXT NOT NULL,
+        policy TEXT NOT NULL
+    );
+    CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'admin')),
+        fingerprint BLOB NOT NULL UNIQUE CHECK (length(fingerprint) = 32),
+        cert_der BLOB NOT NULL,
+        not_after INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        revoked INTEGER
+    );
+    CREATE INDEX calls_by_state ON calls (state, id);
+    CREATE INDEX calls_by_node_state ON calls (node, state, id);
+    CREATE INDEX calls_by_created ON calls (created);
+    ",
 ];
 
 /// The schema version this binary writes.
