@@ -437,6 +437,26 @@ async function main() {
   const after = await page.evaluate(async () => (await fetch('/console/session', { credentials: 'same-origin' })).status);
   if (after !== 401) throw new Failure(`expected GET /console/session to answer 401 after signing out, got ${after}`);
 
+  step('a viewer: admin controls disabled, a refusal shown');
+  const viewerFile = path.join(stateDir, 'viewer.identity');
+  const viewer = await ternd(['--state-dir', stateDir, 'operator', 'add', 'watcher', '--role', 'viewer', '--out', viewerFile]);
+  if (viewer.code !== 0) throw new Failure(`\`ternd operator add watcher --role viewer\` exited with ${viewer.code}: ${viewer.stderr.trim()}`);
+  await page.setInputFiles(byTestId('login-file'), viewerFile);
+  await page.click(byTestId('login-submit'));
+  await waitText(byTestId('operator-name'), /^watcher$/, 'the operator name "watcher" after signing in');
+  await waitText(byTestId('operator-role'), /viewer/i, 'the role "viewer"');
+  await navigate('pairing', 'pairing');
+  if (!(await page.locator(byTestId('pair-create')).isDisabled())) {
+    throw new Failure('expected "Create pairing code" to be disabled for a viewer');
+  }
+  // Were the button enabled, the daemon would refuse: the page must say so.
+  await page.locator(byTestId('pair-create')).evaluate((b) => { b.disabled = false; });
+  await page.click(byTestId('pair-create'));
+  await waitFor('the error banner with PERMISSION_DENIED', async () => /PERMISSION_DENIED/.test((await bannerText()) || ''));
+  say(`banner: ${await bannerText()}`);
+  await page.click(byTestId('logout'));
+  await waitVisible(byTestId('login-file'), 'the login form after signing out');
+
   if (pageProblems.length) {
     throw new Failure(`the page reported problems:\n    ${pageProblems.join('\n    ')}`);
   }
