@@ -296,7 +296,9 @@ async function main() {
   const response = await page.goto(`${origin}/`);
   if (!response || !response.ok()) throw new Failure(`GET / answered ${response ? response.status() : 'nothing'}`);
   const csp = (await response.allHeaders())['content-security-policy'] || '';
-  if (!csp.includes("script-src 'self'")) say(`note: GET / has no strict Content-Security-Policy (${csp || 'none'})`);
+  if (!csp.includes("default-src 'none'") || !csp.includes("script-src 'self'")) {
+    throw new Failure(`expected GET / to carry a strict Content-Security-Policy, found ${JSON.stringify(csp)}`);
+  }
   await waitVisible(byTestId('login-file'), 'the login form');
   await screenshot('login.png');
   await page.setInputFiles(byTestId('login-file'), identityFile);
