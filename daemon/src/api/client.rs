@@ -407,11 +407,8 @@ impl ApiClient {
             .body(Full::new(Bytes::from(req.encode())))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let endpoint = self.endpoint.to_string();
-        let connect =
-            tokio::time::timeout(self.config.connect_timeout, self.connect_and_send(http_req));
-        let resp = connect.await.map_err(|_| ClientError::Timeout {
-            after: self.config.connect_timeout,
-        })??;
+        // The caller bounds the whole exchange; connecting has its own, shorter bound.
+        let resp = self.connect_and_send(http_req).await?;
         if resp.status().is_success() {
             return Ok(resp.into_body());
         }
@@ -451,11 +448,11 @@ impl ApiClient {
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<Incoming>, ClientError> {
         let endpoint = self.endpoint.to_string();
+        let after = self.config.connect_timeout;
         match (&*self.endpoint, &self.tls) {
             (Endpoint::Unix(path), _) => {
-                let stream = UnixStream::connect(path)
-                    .await
-                    .map_err(|e| match e.kind() {
+                let connect = async {
+                    UnixStream::connect(path).await.map_err(|e| match e.kind() {
                         io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
                             endpoint: endpoint.clone(),
                             detail: e.to_string(),
@@ -464,24 +461,28 @@ impl ApiClient {
                             endpoint: endpoint.clone(),
                             source: e,
                         },
-                    })?;
+                    })
+                };
+                let stream = bounded(after, connect).await?;
                 send(stream, req, &endpoint).await
             }
             (Endpoint::Remote { addr, .. }, Some(tls)) => {
-                let tcp = TcpStream::connect(addr.as_str()).await.map_err(|e| {
-                    ClientError::NotRunning {
-                        endpoint: endpoint.clone(),
-                        source: e,
-                    }
-                })?;
                 let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                     .map_err(|e| ClientError::Identity(format!("address {addr:?}: {e}")))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| refused_or_io(&endpoint, e))?;
+                let connect = async {
+                    let tcp = TcpStream::connect(addr.as_str()).await.map_err(|e| {
+                        ClientError::NotRunning {
+                            endpoint: endpoint.clone(),
+                            source: e,
+                        }
+                    })?;
+                    tls.connect(name, tcp)
+                        .await
+                        .map_err(|e| refused_or_io(&endpoint, e))
+                };
+                let stream = bounded(after, connect).await?;
                 send(stream, req, &endpoint).await
             }
             (Endpoint::Remote { .. }, None) => {
@@ -489,6 +490,16 @@ impl ApiClient {
             }
         }
     }
+}
+
+/// `connect` within `after`.
+async fn bounded<T>(
+    after: Duration,
+    connect: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(after, connect)
+        .await
+        .map_err(|_| ClientError::Timeout { after })?
 }
 
 async fn send<S>(
