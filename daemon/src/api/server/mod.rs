@@ -4,7 +4,7 @@
 //! user or root is served, as an administrator). [`OperatorListener`] is TCP with TLS,
 //! where operators present certificates of the daemon's operator CA and the web console
 //! is served (its login turns an identity into a session cookie). Both speak HTTP/1.1;
-//! [`http`] routes a request, authenticates its caller, checks its role and arguments
+//! `http` routes a request, authenticates its caller, checks its role and arguments
 //! and runs it on the [`OperatorApi`].
 
 mod console;
