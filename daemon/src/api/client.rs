@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use super::contract::{Method, from_json, message};
+use super::contract::{Method, from_json_lenient as from_json, message};
 use super::identity::IdentityFile;
 use super::request::Request;
 use super::v1::{

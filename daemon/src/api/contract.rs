@@ -145,32 +145,67 @@ pub fn message(full_name: &str) -> MessageDescriptor {
         .expect("every message the daemon encodes is in the contract")
 }
 
-/// Reads `body` (proto3 JSON) as the message `desc` names, into its Rust type. An empty
-/// body is the empty message. Unknown fields are ignored, so a newer client's additions
-/// reach an older daemon harmlessly.
+/// Reads `body` (proto3 JSON) as the message `desc` names, into its Rust type, as the
+/// daemon reads a request: strictly. An empty body is the empty message; an unknown
+/// field or enum name, or a number no 64-bit field holds, is `MALFORMED` (naming it),
+/// never dropped or rounded: a misspelled filter must not widen a listing.
 pub fn from_json<T: Message + Default>(
     desc: &MessageDescriptor,
     body: &[u8],
 ) -> Result<T, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
+    decode_json(desc, body, true)
+}
+
+/// Reads an answer, as a client does: fields a newer daemon added are ignored.
+pub fn from_json_lenient<T: Message + Default>(
+    desc: &MessageDescriptor,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    decode_json(desc, body, false)
+}
+
+fn decode_json<T: Message + Default>(
+    desc: &MessageDescriptor,
+    body: &[u8],
+    strict: bool,
+) -> Result<T, ApiError> {
+    let malformed = |e: &dyn std::fmt::Display| {
+        ApiError::malformed(format!(
+            "the body is not a {} in JSON: {}",
+            desc.name(),
+            truncate(&e.to_string())
+        ))
     };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let options = DeserializeOptions::new().deny_unknown_fields(false);
-    let dynamic = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &options)
-        .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| {
-            ApiError::malformed(format!(
-                "the body is not a {} in JSON: {}",
-                desc.name(),
-                truncate(&e.to_string())
-            ))
-        })?;
+    let value: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(body).map_err(|e| malformed(&e))?
+    };
+    if strict && let Some(n) = beyond_64_bits(&value) {
+        return Err(malformed(&format_args!(
+            "the number {n} is beyond 64 bits (64-bit fields take a string of digits)"
+        )));
+    }
+    let options = DeserializeOptions::new().deny_unknown_fields(strict);
+    let dynamic = DynamicMessage::deserialize_with_options(desc.clone(), value, &options)
+        .map_err(|e| malformed(&e))?;
     dynamic
         .transcode_to::<T>()
         .map_err(|e| ApiError::malformed(format!("the body is not a {}: {e}", desc.name())))
+}
+
+/// A number JSON parsing could only keep as a float, though no field of the contract is
+/// a float: one past the 64-bit range (`18446744073709551616`) would otherwise be
+/// rounded into it.
+fn beyond_64_bits(value: &serde_json::Value) -> Option<&serde_json::Number> {
+    match value {
+        serde_json::Value::Number(n) if n.as_u64().is_none() && n.as_i64().is_none() => {
+            n.as_f64().filter(|f| f.abs() >= 9.2e18).map(|_| n)
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(beyond_64_bits),
+        serde_json::Value::Object(fields) => fields.values().find_map(beyond_64_bits),
+        _ => None,
+    }
 }
 
 /// Writes `msg` in the proto3 JSON mapping, every field present (defaults included), so a
@@ -232,9 +267,33 @@ mod tests {
         let desc = message("tern.operator.v1.CallRequest");
         let req: v1::CallRequest = from_json(
             &desc,
-            br#"{"node":"n1","capability":"echo","input":"aGk=","contentType":"text/plain","timeoutMs":5,"later":1}"#,
+            br#"{"node":"n1","capability":"echo","input":"aGk=","contentType":"text/plain","timeoutMs":5}"#,
         )
         .unwrap();
+        // The daemon refuses what it does not know; a client ignores it.
+        let with_later = br#"{"node":"n1","later":1}"#;
+        assert_eq!(
+            from_json::<v1::CallRequest>(&desc, with_later)
+                .unwrap_err()
+                .code,
+            v1::ErrorCode::Malformed
+        );
+        assert_eq!(
+            from_json_lenient::<v1::CallRequest>(&desc, with_later)
+                .unwrap()
+                .node,
+            "n1"
+        );
+        let show = message("tern.operator.v1.ShowCallRequest");
+        for past in [
+            &b"{\"id\":18446744073709551616}"[..],
+            b"{\"id\":18446744073709552000}",
+        ] {
+            let e = from_json::<v1::ShowCallRequest>(&show, past).unwrap_err();
+            assert_eq!(e.code, v1::ErrorCode::Malformed, "{e}");
+        }
+        let max: v1::ShowCallRequest = from_json(&show, br#"{"id":18446744073709551615}"#).unwrap();
+        assert_eq!(max.id, u64::MAX);
         assert_eq!(req.input, b"hi");
         assert_eq!(req.timeout_ms, 5);
         let empty: v1::CallRequest = from_json(&desc, b"  ").unwrap();

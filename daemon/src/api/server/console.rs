@@ -84,6 +84,14 @@ impl Console {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
+        // Read before any refusal, so the connection stays usable after one.
+        let (parts, body) = req.into_parts();
+        let body = if parts.method == HttpMethod::POST {
+            read_body(body).await?
+        } else {
+            bytes::Bytes::new()
+        };
+        let req = Request::from_parts(parts, ());
         match (req.method().clone(), path.as_str()) {
             (HttpMethod::GET, "/" | "/index.html") => {
                 Ok(asset("text/html; charset=utf-8", INDEX_HTML))
@@ -105,7 +113,6 @@ impl Console {
             }
             (HttpMethod::POST, "/console/login") => {
                 check_origin(&req)?;
-                let body = read_body(req.into_body()).await?;
                 self.login(handler, &body)
             }
             (HttpMethod::POST, "/console/logout") => {
@@ -124,7 +131,6 @@ impl Console {
             }
             (HttpMethod::POST, "/console/qr") => {
                 self.caller_of(handler, &req, true)?;
-                let body = read_body(req.into_body()).await?;
                 let QrText { text } = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::malformed(format!("expected {{\"text\": ...}}: {e}")))?;
                 qr_svg(&text)
@@ -138,18 +144,18 @@ impl Console {
 
     /// The caller behind a console request: a live session, its CSRF token in the
     /// header, the request from this origin.
-    pub(super) fn caller<H: OperatorApi>(
+    pub(super) fn caller<H: OperatorApi, B>(
         &self,
         handler: &H,
-        req: &Request<Incoming>,
+        req: &Request<B>,
     ) -> Result<Caller, ApiError> {
         self.caller_of(handler, req, true)
     }
 
-    fn caller_of<H: OperatorApi>(
+    fn caller_of<H: OperatorApi, B>(
         &self,
         handler: &H,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         state_changing: bool,
     ) -> Result<Caller, ApiError> {
         let token = cookie(req)
@@ -187,7 +193,7 @@ impl Console {
         }
     }
 
-    fn csrf_of(&self, req: &Request<Incoming>) -> Option<String> {
+    fn csrf_of<B>(&self, req: &Request<B>) -> Option<String> {
         let token = cookie(req)?;
         self.lock_sessions().get(&token).map(|s| s.csrf.clone())
     }

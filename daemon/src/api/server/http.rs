@@ -112,6 +112,10 @@ async fn route<H: OperatorApi>(
                 format!("{} takes POST", method.path()),
             ));
         }
+        // The body is read before any refusal, so the connection stays usable after one.
+        let (parts, body) = req.into_parts();
+        let body = read_body(body).await?;
+        let req = Request::from_parts(parts, ());
         let caller = authenticate(&*handler, &conn, &req)?;
         if !caller.may(method) {
             return Err(ApiError::permission_denied(format!(
@@ -122,7 +126,6 @@ async fn route<H: OperatorApi>(
                 role_name(method.required_role())
             )));
         }
-        let body = read_body(req.into_body()).await?;
         let request = ApiRequest::decode(method, &body)?;
         check_request(&request)?;
         return run(handler, caller, request).await;
@@ -137,10 +140,10 @@ async fn route<H: OperatorApi>(
 }
 
 /// The caller of an API request.
-fn authenticate<H: OperatorApi>(
+fn authenticate<H: OperatorApi, B>(
     handler: &H,
     conn: &Conn,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Result<Caller, ApiError> {
     match &conn.peer {
         Peer::Unix => Ok(Caller {
@@ -280,6 +283,9 @@ where
                     Err(e) => e.to_string(),
                 };
                 debug!(%error, "stream failed");
+                // Give the connection a turn to send the lines before it: an error drops
+                // what hyper has not written yet.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 Some((Err(std::io::Error::other(error)), (rx, None, guard)))
             }
         })
