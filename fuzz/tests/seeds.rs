@@ -8,13 +8,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use daemon::api::v1::{self, request};
-use daemon::api::{CONTRACT_VERSION, MAX_CALL_TIMEOUT_MS, MAX_NAME_LEN, MAX_REASON_LEN};
-use prost::Message as _;
+use daemon::api::v1;
+use daemon::api::{
+    MAX_CALL_TIMEOUT_MS, MAX_CSR_LEN, MAX_NAME_LEN, MAX_REASON_LEN, Method, Request,
+};
+use daemon::ca::MAX_DEVICE_ID_LEN;
 use protocol_core::frame::HEADER_LEN;
 use protocol_core::pairing::{
-    Abort, Challenge, Confirm, PairingCode, PairingError, PairingMessage, PairingUri, Sealed,
-    Start, encode_pairing,
+    Abort, Challenge, Confirm, MAX_CODE_ID, PairingCode, PairingError, PairingMessage, PairingUri,
+    Sealed, Start, encode_pairing,
 };
 use protocol_core::session::MAX_SEQ;
 use protocol_core::wire::{
@@ -314,117 +316,246 @@ fn node_records() -> Corpus {
     c
 }
 
-/// A client's byte stream: `Hello` first, then requests.
-fn operator_stream(requests: &[request::Kind]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut frame = |req: v1::Request| {
-        let body = req.encode_to_vec();
-        out.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
-        out.extend_from_slice(&body);
-    };
-    frame(v1::Request {
-        id: 1,
-        kind: Some(request::Kind::Hello(v1::Hello {
-            contract_version: CONTRACT_VERSION,
-            software_version: "0.1.0".into(),
-        })),
-    });
-    for (i, kind) in requests.iter().enumerate() {
-        let id = if i == 0 { u64::MAX } else { 2 + i as u64 };
-        frame(v1::Request {
-            id,
-            kind: Some(kind.clone()),
-        });
-    }
-    out
+/// A request as the server reads it: the method's index in `Method::ALL`, then the body.
+fn operator_request(method: Method, body: &[u8]) -> Vec<u8> {
+    let index = Method::ALL
+        .iter()
+        .position(|m| *m == method)
+        .expect("every method is in ALL");
+    [&[u8::try_from(index).expect("16 methods")][..], body].concat()
 }
 
+/// One request per seed: every method well-formed (as a client encodes it, at the edges
+/// of valid), then one past each limit, and bodies no client of ours writes: numbers out
+/// of range or of the wrong form, proto field names, unknown fields and enum values,
+/// wrong types, deep nesting, an empty body, trailing data, invalid UTF-8.
 fn operator_api() -> Corpus {
-    use request::Kind as K;
-    let node = "n".repeat(daemon::ca::MAX_DEVICE_ID_LEN);
+    use Request as R;
+    let node = "n".repeat(MAX_DEVICE_ID_LEN);
     let mut c = Corpus::new();
-    let mut add = |name: &str, kinds: Vec<K>| {
-        c.insert(name.to_owned(), operator_stream(&kinds));
+    // Well-formed requests, as a client encodes them, with values at the edges of valid.
+    let mut typed = |name: &str, request: Request| {
+        c.insert(
+            name.to_owned(),
+            operator_request(request.method(), &request.encode()),
+        );
     };
-    add("hello_only", vec![]);
-    add("status", vec![K::Status(v1::StatusRequest {})]);
-    add(
-        "pairing",
-        vec![
-            K::PairCode(v1::PairCodeRequest {
-                ttl_seconds: 24 * 3600,
-                require_approval: Some(true),
-                device_id: node.clone(),
-            }),
-            K::PairList(v1::PairListRequest {}),
-            K::PairApprove(v1::PairApproveRequest { code_id: 9999 }),
-            K::PairReject(v1::PairRejectRequest { code_id: u32::MAX }),
-        ],
+    typed("status", R::Status(v1::StatusRequest {}));
+    typed("who_am_i", R::WhoAmI(v1::WhoAmIRequest {}));
+    typed(
+        "create_pair_code",
+        R::CreatePairCode(v1::PairCodeRequest {
+            ttl_seconds: 24 * 3600,
+            require_approval: Some(true),
+            device_id: node.clone(),
+        }),
     );
-    add(
-        "nodes",
-        vec![
-            K::ListNodes(v1::ListNodesRequest::default()),
-            K::ListNodes(v1::ListNodesRequest {
-                after: node.clone(),
-                limit: Some(u32::MAX),
-            }),
-            K::ShowNode(v1::ShowNodeRequest { id: node.clone() }),
-        ],
+    typed("list_pairings", R::ListPairings(v1::PairListRequest {}));
+    typed(
+        "approve_pairing",
+        R::ApprovePairing(v1::PairApproveRequest {
+            code_id: MAX_CODE_ID.into(),
+        }),
     );
-    add(
-        "call_extremes",
-        vec![K::Call(v1::CallRequest {
+    typed(
+        "reject_pairing",
+        R::RejectPairing(v1::PairRejectRequest { code_id: 0 }),
+    );
+    typed(
+        "list_nodes",
+        R::ListNodes(v1::ListNodesRequest {
+            after: node.clone(),
+            limit: Some(u32::MAX),
+        }),
+    );
+    typed(
+        "show_node",
+        R::ShowNode(v1::ShowNodeRequest { id: node.clone() }),
+    );
+    typed(
+        "revoke",
+        R::Revoke(v1::RevokeRequest {
+            node: node.clone(),
+            reason: "r".repeat(MAX_REASON_LEN),
+        }),
+    );
+    typed(
+        "call",
+        R::Call(v1::CallRequest {
             node: node.clone(),
             capability: "c".repeat(MAX_NAME_LEN),
             input: vec![b'x'; 2048],
             content_type: "application/json; charset=utf-8".into(),
             timeout_ms: MAX_CALL_TIMEOUT_MS,
-        })],
+        }),
     );
-    add(
-        "call_cancel",
-        vec![
-            K::Call(v1::CallRequest {
-                node: "node-1".into(),
-                capability: "echo".into(),
-                input: b"{}".to_vec(),
-                content_type: "application/json".into(),
-                timeout_ms: 0,
-            }),
-            K::Cancel(v1::CancelRequest { target: u64::MAX }),
-        ],
+    typed(
+        "show_call",
+        R::ShowCall(v1::ShowCallRequest { id: u64::MAX }),
     );
-    add(
-        "events_follow",
-        vec![K::Events(v1::EventsRequest {
+    typed(
+        "list_calls",
+        R::ListCalls(v1::ListCallsRequest {
+            node: Some(node.clone()),
+            state: Some(v1::CallState::Succeeded as i32),
+            since_ms: u64::MAX - 1,
+            until_ms: u64::MAX,
+            before_id: u64::MAX,
+            limit: u32::MAX,
+        }),
+    );
+    typed(
+        "events",
+        R::Events(v1::EventsRequest {
             node: Some(node.clone()),
             from_seq: u64::MAX,
             follow: true,
-        })],
+        }),
     );
-    add(
-        "revoke",
-        vec![K::Revoke(v1::RevokeRequest {
-            node,
-            reason: "r".repeat(MAX_REASON_LEN),
-        })],
+    typed(
+        "add_operator",
+        R::AddOperator(v1::AddOperatorRequest {
+            name: node.clone(),
+            role: v1::Role::Admin as i32,
+            csr_der: vec![0x30; MAX_CSR_LEN],
+        }),
     );
-    // A second Hello, and one from a newer contract.
-    add(
-        "hello_twice",
-        vec![K::Hello(v1::Hello {
-            contract_version: u32::MAX,
-            software_version: String::new(),
-        })],
+    typed(
+        "list_operators",
+        R::ListOperators(v1::ListOperatorsRequest {}),
     );
-    // A prefix at the 1 MiB limit with no body after it, and one beyond.
-    let mut at_limit = operator_stream(&[]);
-    at_limit.extend_from_slice(&daemon::api::MAX_FRAME.to_be_bytes());
-    c.insert("prefix_at_limit".into(), at_limit);
-    let mut over = operator_stream(&[]);
-    over.extend_from_slice(&u32::MAX.to_be_bytes());
-    c.insert("prefix_u32_max".into(), over);
+    typed(
+        "revoke_operator",
+        R::RevokeOperator(v1::RevokeOperatorRequest { name: node.clone() }),
+    );
+    // One past each limit.
+    let long = format!("{node}n");
+    typed(
+        "show_node_id_over",
+        R::ShowNode(v1::ShowNodeRequest { id: long }),
+    );
+    typed(
+        "call_capability_over",
+        R::Call(v1::CallRequest {
+            node: "node-1".into(),
+            capability: "c".repeat(MAX_NAME_LEN + 1),
+            input: Vec::new(),
+            content_type: "t".repeat(MAX_NAME_LEN + 1),
+            timeout_ms: MAX_CALL_TIMEOUT_MS + 1,
+        }),
+    );
+    typed(
+        "call_timeout_over",
+        R::Call(v1::CallRequest {
+            node: "node-1".into(),
+            capability: "echo".into(),
+            input: b"{}".to_vec(),
+            content_type: "t".repeat(MAX_NAME_LEN),
+            timeout_ms: MAX_CALL_TIMEOUT_MS + 1,
+        }),
+    );
+    typed(
+        "revoke_reason_over",
+        R::Revoke(v1::RevokeRequest {
+            node: "node-1".into(),
+            reason: "r".repeat(MAX_REASON_LEN + 1),
+        }),
+    );
+    typed(
+        "add_operator_csr_over",
+        R::AddOperator(v1::AddOperatorRequest {
+            name: "ops".into(),
+            role: v1::Role::Viewer as i32,
+            csr_der: vec![0x30; MAX_CSR_LEN + 1],
+        }),
+    );
+    typed(
+        "list_calls_empty_range",
+        R::ListCalls(v1::ListCallsRequest {
+            since_ms: 7,
+            until_ms: 7,
+            ..Default::default()
+        }),
+    );
+    typed(
+        "create_pair_code_ttl_over",
+        R::CreatePairCode(v1::PairCodeRequest {
+            ttl_seconds: 24 * 3600 + 1,
+            require_approval: None,
+            device_id: String::new(),
+        }),
+    );
+    // Bodies no client of ours writes.
+    let mut raw = |name: &str, method: Method, body: &[u8]| {
+        c.insert(name.to_owned(), operator_request(method, body));
+    };
+    raw(
+        "show_call_u64_max_number",
+        Method::ShowCall,
+        br#"{"id":18446744073709551615}"#,
+    );
+    raw(
+        "show_call_u64_over",
+        Method::ShowCall,
+        br#"{"id":"18446744073709551616"}"#,
+    );
+    raw(
+        "events_negative",
+        Method::Events,
+        br#"{"fromSeq":"-1","follow":true}"#,
+    );
+    raw(
+        "approve_negative",
+        Method::ApprovePairing,
+        br#"{"codeId":-1}"#,
+    );
+    raw(
+        "approve_code_id_over",
+        Method::ApprovePairing,
+        br#"{"codeId":10000}"#,
+    );
+    raw(
+        "reject_u32_over",
+        Method::RejectPairing,
+        br#"{"codeId":4294967296}"#,
+    );
+    raw(
+        "call_proto_names_unknown_fields",
+        Method::Call,
+        br#"{"node":"n1","later":{"a":[1,2.5e308,{"b":null}]},"capability":"echo","input":"e30=","content_type":"application/json","timeout_ms":1e3}"#,
+    );
+    raw(
+        "call_wrong_types",
+        Method::Call,
+        br#"{"node":5,"capability":["x"],"input":"not base64!","timeoutMs":"x"}"#,
+    );
+    raw(
+        "list_calls_enums",
+        Method::ListCalls,
+        br#"{"node":null,"state":99,"sinceMs":"0","untilMs":1}"#,
+    );
+    raw(
+        "add_operator_role_names",
+        Method::AddOperator,
+        br#"{"name":"ops","role":"ROLE_ROOT","csrDer":"MA=="}"#,
+    );
+    raw(
+        "deep_nesting",
+        Method::Status,
+        &[&b"{\"x\":"[..], &b"[".repeat(200), &b"]".repeat(200), b"}"].concat(),
+    );
+    raw("empty_body", Method::Call, b"");
+    raw("trailing", Method::WhoAmI, b"{} {}");
+    raw(
+        "invalid_utf8",
+        Method::ShowNode,
+        b"{\"id\":\"n\xff\xfe\xc0\x80\"}",
+    );
+    raw(
+        "revoke_escapes",
+        Method::Revoke,
+        br#"{"node":"node-1","reason":"a\u0000b\ud83d\ude00\n"}"#,
+    );
     c
 }
 
