@@ -147,6 +147,7 @@ fn passed(request: &Request) {
         | Request::WhoAmI(_)
         | Request::ListPairings(_)
         | Request::ShowCall(_)
+        | Request::WatchCall(_)
         | Request::ListOperators(_) => {}
     }
 }

@@ -394,6 +394,10 @@ fn operator_api() -> Corpus {
         R::ShowCall(v1::ShowCallRequest { id: u64::MAX }),
     );
     typed(
+        "watch_call",
+        R::WatchCall(v1::ShowCallRequest { id: u64::MAX }),
+    );
+    typed(
         "list_calls",
         R::ListCalls(v1::ListCallsRequest {
             node: Some(node.clone()),
