@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use daemon::api::Method;
 use daemon::api::v1::ErrorCode;
 use daemon::serve::Settings;
+use http_body_util::BodyExt as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use prost_reflect::{Cardinality, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 
 /// Generated requests, one method each (`TERN_HOSTILE_CASES` asks for more, for a
 /// longer run by hand).
@@ -130,139 +130,93 @@ impl Drop for Live {
 }
 
 // ---------------------------------------------------------------------------------------
-// Hand-written HTTP/1.1
+// HTTP, with hyper's client: any path, header and body
 
 struct Answer {
     status: u16,
-    headers: Vec<(String, String)>,
+    headers: http::HeaderMap,
     body: Vec<u8>,
 }
 
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-async fn line(io: &mut BufReader<OwnedReadHalf>) -> Result<String, String> {
-    let mut line = String::new();
-    io.read_line(&mut line)
-        .await
-        .map_err(|e| format!("reading: {e}"))?;
-    line.strip_suffix("\r\n")
-        .map(str::to_owned)
-        .ok_or_else(|| format!("the answer was cut short: {line:?}"))
-}
-
-async fn read_head(
-    io: &mut BufReader<OwnedReadHalf>,
-) -> Result<(u16, Vec<(String, String)>), String> {
-    let status_line = line(io).await?;
-    let status = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line: {status_line:?}"))?;
-    let mut headers = Vec::new();
-    loop {
-        let line = line(io).await?;
-        if line.is_empty() {
-            return Ok((status, headers));
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("no header: {line:?}"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-}
-
-/// Reads a chunked body; `until` cuts a body that does not end (a follow stream) short.
-async fn read_chunked(
-    io: &mut BufReader<OwnedReadHalf>,
-    until: Option<Instant>,
-) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let size = match until {
-            Some(until) => {
-                let left = until.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, line(io)).await {
-                    Ok(size) => size?,
-                    Err(_) => return Ok(body),
-                }
-            }
-            None => line(io).await?,
-        };
-        let size = size.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16).map_err(|e| format!("chunk size: {e}"))?;
-        if size == 0 {
-            while !line(io).await?.is_empty() {}
-            return Ok(body);
-        }
-        let mut data = vec![0; size + 2];
-        io.read_exact(&mut data)
-            .await
-            .map_err(|e| format!("a chunk was cut short: {e}"))?;
-        body.extend_from_slice(&data[..size]);
-    }
-}
-
-/// One request on a connection of its own.
+/// One request on a connection of its own. A stream is read for [`STREAM_READ`], then
+/// the client hangs up (a follow stream never ends).
 async fn exchange(
     socket: &Path,
     path: &str,
     contract: Option<&str>,
     body: &[u8],
 ) -> Result<Answer, String> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
-    let (read, mut write) = stream.into_split();
-    let mut io = BufReader::new(read);
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if let Some(v) = contract {
-        request.push_str(&format!("tern-contract: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut request = request.into_bytes();
-    request.extend_from_slice(body);
-    // Written beside the reading: the daemon may answer (and close) before it reads the
-    // body. The write half stays open until the answer is read.
-    let writer = tokio::spawn(async move {
-        let _ = write.write_all(&request).await;
-        write
-    });
     let answer = async {
-        let (status, headers) = read_head(&mut io).await?;
-        let mut answer = Answer {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = http::Request::post(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json");
+        if let Some(v) = contract {
+            req = req.header("tern-contract", v);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let streams = headers
+            .get("content-type")
+            .is_some_and(|v| v == "application/x-ndjson");
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        let until = Instant::now() + STREAM_READ;
+        loop {
+            let frame = if streams {
+                match tokio::time::timeout(
+                    until.saturating_duration_since(Instant::now()),
+                    body.frame(),
+                )
+                .await
+                {
+                    Ok(frame) => frame,
+                    Err(_) => break,
+                }
+            } else {
+                body.frame().await
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        out.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(format!("the body broke: {e}")),
+                None => break,
+            }
+        }
+        Ok(Answer {
             status,
             headers,
-            body: Vec::new(),
-        };
-        if let Some(len) = answer.header("content-length") {
-            let len: usize = len.parse().map_err(|e| format!("content-length: {e}"))?;
-            answer.body = vec![0; len];
-            io.read_exact(&mut answer.body)
-                .await
-                .map_err(|e| format!("the body was cut short: {e}"))?;
-        } else if answer.header("transfer-encoding") == Some("chunked") {
-            let streams = answer.header("content-type") == Some("application/x-ndjson");
-            let until = streams.then(|| Instant::now() + STREAM_READ);
-            answer.body = read_chunked(&mut io, until).await?;
-        } else {
-            return Err("an answer without a length".to_owned());
-        }
-        Ok(answer)
+            body: out,
+        })
     };
-    let answer = tokio::time::timeout(WAIT, answer).await;
-    writer.abort();
-    answer.map_err(|_| format!("no answer within {WAIT:?}"))?
+    tokio::time::timeout(WAIT, answer)
+        .await
+        .map_err(|_| format!("no answer within {WAIT:?}"))?
 }
 
 async fn status_ok(socket: &Path) -> Result<(), String> {
@@ -272,26 +226,6 @@ async fn status_ok(socket: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("Status answered {} {v}", a.status))
-    }
-}
-
-/// The status each code is answered with, as the `.proto` file's HTTP mapping says.
-fn status_of(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::Unspecified
-        | ErrorCode::InvalidArgument
-        | ErrorCode::Malformed
-        | ErrorCode::ContractMismatch => 400,
-        ErrorCode::Unauthenticated => 401,
-        ErrorCode::PermissionDenied => 403,
-        ErrorCode::NotFound | ErrorCode::Unimplemented => 404,
-        ErrorCode::FailedPrecondition | ErrorCode::Rejected => 409,
-        ErrorCode::FrameTooLarge => 413,
-        ErrorCode::ResourceExhausted => 429,
-        ErrorCode::Cancelled => 499,
-        ErrorCode::Internal => 500,
-        ErrorCode::Unavailable => 503,
-        ErrorCode::Timeout => 504,
     }
 }
 
@@ -334,7 +268,7 @@ fn check_answer(method: Method, a: &Answer) -> Result<(), String> {
     if (500..600).contains(&a.status) && a.status != 503 && a.status != 504 {
         return Err(format!("the daemon failed: {} {v}", a.status));
     }
-    if a.status != status_of(code) {
+    if a.status != daemon::api::ApiError::new(code, "").http_status() {
         return Err(format!("status {} for {code:?}: {v}", a.status));
     }
     Ok(())

@@ -25,6 +25,15 @@ fn start(tmp: &Path) -> (Daemon, String) {
     (d, addr)
 }
 
+/// A node host paired with `d`, online: its process and its id.
+fn paired_node(d: &Daemon, dir: &Path) -> (common::Proc, String) {
+    let uri = d.pair_uri(&[]);
+    let proc = node(dir, Some(&uri), &[]);
+    let id = node_id(dir);
+    online(d, &id);
+    (proc, id)
+}
+
 fn add_operator(d: &Daemon, name: &str, role: &str, out: &Path) {
     let o = d.cli(&[
         "operator",
@@ -90,11 +99,8 @@ fn node_identity_file(node_dir: &Path, out: &Path) {
 fn a_viewer_reads_an_admin_calls_and_a_node_certificate_is_refused() {
     let tmp = scratch();
     let (d, addr) = start(tmp.path());
-    let uri = d.pair_uri(&[]);
     let node_dir = tmp.path().join("node");
-    let _n = node(&node_dir, Some(&uri), &[]);
-    let id = node_id(&node_dir);
-    online(&d, &id);
+    let (_n, id) = paired_node(&d, &node_dir);
 
     let viewer = tmp.path().join("viewer.pem");
     let admin = tmp.path().join("admin.pem");
@@ -224,11 +230,8 @@ fn have(tool: &str) -> bool {
 fn the_readme_scripts_work() {
     let tmp = scratch();
     let (d, addr) = start(tmp.path());
-    let uri = d.pair_uri(&[]);
     let node_dir = tmp.path().join("node");
-    let _n = node(&node_dir, Some(&uri), &[]);
-    let id = node_id(&node_dir);
-    online(&d, &id);
+    let (_n, id) = paired_node(&d, &node_dir);
     let admin = tmp.path().join("ops.pem");
     add_operator(&d, "ops", "admin", &admin);
 

@@ -211,10 +211,6 @@ impl ApiClient {
         Ok(client)
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
         self.unary(Request::WhoAmI(v1::WhoAmIRequest {}), None)
             .await
@@ -424,16 +420,13 @@ impl ApiClient {
                     "{endpoint} answered HTTP {status} without an error"
                 ))
             })?;
-        let error = ApiError::from_proto_with_version(error);
-        match error {
-            (e, daemon) if e.code == ErrorCode::ContractMismatch => {
-                Err(ClientError::ContractMismatch {
-                    client: CONTRACT_VERSION,
-                    daemon,
-                })
-            }
-            (e, _) => Err(ClientError::Server(e)),
+        if error.code == ErrorCode::ContractMismatch as i32 {
+            return Err(ClientError::ContractMismatch {
+                client: CONTRACT_VERSION,
+                daemon: error.daemon_contract_version,
+            });
         }
+        Err(ClientError::Server(ApiError::from_proto(error)))
     }
 
     fn host(&self) -> String {

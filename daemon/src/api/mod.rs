@@ -194,12 +194,6 @@ impl ApiError {
         }
     }
 
-    /// From the wire form, with the contract version a CONTRACT_MISMATCH names.
-    pub fn from_proto_with_version(e: v1::Error) -> (Self, u32) {
-        let version = e.daemon_contract_version;
-        (Self::from_proto(e), version)
-    }
-
     /// From the wire form; a code this build does not know reads as `Unspecified`.
     pub fn from_proto(e: v1::Error) -> Self {
         Self {

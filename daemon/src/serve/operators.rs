@@ -90,10 +90,6 @@ impl OperatorRegistry {
         Ok(())
     }
 
-    pub fn ca_certificate_der(&self) -> &[u8] {
-        self.ca.certificate_der()
-    }
-
     /// The operator `cert_der` names, if it is one this daemon issued, not revoked and
     /// not expired.
     pub fn authenticate(&self, cert_der: &[u8]) -> Result<Caller, ApiError> {

@@ -160,7 +160,7 @@ impl ApiServer {
                         Err(refusal) => Peer::Refused(refusal),
                     };
                     let conn = Conn { peer, console: None };
-                    connections.spawn(stream, conn, handler.clone(), permit);
+                    connections.spawn(async { Some((stream, conn)) }, handler.clone(), permit);
                 }
                 Some(_) = connections.set.join_next(), if !connections.set.is_empty() => {}
             }
@@ -255,18 +255,15 @@ impl OperatorListener {
                     let Some(permit) = connections.slot() else { continue };
                     let tls = self.tls.clone();
                     let console = self.console.clone();
-                    let handler = handler.clone();
                     let timeout = self.config.handshake_timeout;
-                    let header_timeout = self.config.header_timeout;
-                    let stop = connections.stop.clone();
-                    connections.set.spawn(async move {
+                    let handshake = async move {
                         let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(e)) => {
                                 debug!(%from, error = %e, "operator TLS handshake failed");
-                                return;
+                                return None;
                             }
-                            Err(_) => return,
+                            Err(_) => return None,
                         };
                         let cert = stream
                             .get_ref()
@@ -275,9 +272,9 @@ impl OperatorListener {
                             .and_then(|c| c.first())
                             .map(|c| CertificateDer::from(c.to_vec()));
                         let conn = Conn { peer: Peer::Tls { cert }, console: Some(console) };
-                        serve_http(stream, conn, handler, header_timeout, stop).await;
-                        drop(permit);
-                    });
+                        Some((stream, conn))
+                    };
+                    connections.spawn(handshake, handler.clone(), permit);
                 }
                 Some(_) = connections.set.join_next(), if !connections.set.is_empty() => {}
             }
@@ -314,15 +311,23 @@ impl Connections {
         self.slots.clone().try_acquire_owned().ok()
     }
 
-    fn spawn<S, H>(&mut self, stream: S, conn: Conn, handler: Arc<H>, permit: OwnedSemaphorePermit)
-    where
+    /// Serves the connection `setup` yields (none if it failed, e.g. its TLS handshake)
+    /// on a task of its own, holding its slot until it closes.
+    fn spawn<S, H>(
+        &mut self,
+        setup: impl Future<Output = Option<(S, Conn)>> + Send + 'static,
+        handler: Arc<H>,
+        permit: OwnedSemaphorePermit,
+    ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         H: OperatorApi,
     {
         let stop = self.stop.clone();
         let header_timeout = self.config.header_timeout;
         self.set.spawn(async move {
-            serve_http(stream, conn, handler, header_timeout, stop).await;
+            if let Some((stream, conn)) = setup.await {
+                serve_http(stream, conn, handler, header_timeout, stop).await;
+            }
             drop(permit);
         });
     }

@@ -23,7 +23,7 @@ use super::v1::{
     PairApproveRequest, PairCode, PairCodeRequest, PairList, PairRecord, PairRejectRequest,
     RevokeOperatorRequest, RevokeRequest, Revoked, ShowCallRequest, ShowNodeRequest, Status,
 };
-use super::{ApiError, Caller, SOFTWARE_VERSION};
+use super::{ApiError, Caller};
 
 pub use listen::{ApiServer, BindError, OperatorListener};
 
@@ -135,8 +135,6 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How long a console session lasts after its login.
     pub session_lifetime: Duration,
-    /// Reported by `Status`.
-    pub software_version: String,
 }
 
 impl Default for ServerConfig {
@@ -147,7 +145,6 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(2),
             session_lifetime: Duration::from_secs(12 * 60 * 60),
-            software_version: SOFTWARE_VERSION.to_owned(),
         }
     }
 }
