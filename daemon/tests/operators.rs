@@ -138,6 +138,19 @@ fn a_viewer_reads_an_admin_calls_and_a_node_certificate_is_refused() {
     assert_eq!(listed["capability"], "echo");
     assert_eq!(listed["state"], "succeeded");
     let call_id = listed["call_id"].as_u64().unwrap().to_string();
+    // Filters by state and age, as typed on the command line.
+    let recent = remote(
+        &addr,
+        &viewer,
+        &["--json", "calls", "--state", "succeeded", "--since", "1h"],
+    );
+    assert!(recent.status.success(), "{}", stderr(&recent));
+    let recent: Value = serde_json::from_slice(&recent.stdout).unwrap();
+    assert_eq!(recent["calls"][0]["call_id"], listed["call_id"], "{recent}");
+    let failed = d.json(&["calls", "--state", "failed"]);
+    assert_eq!(failed["calls"].as_array().unwrap().len(), 0, "{failed}");
+    let o = d.cli(&["calls", "--state", "nope"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = remote(&addr, &viewer, &["--json", "calls", "show", &call_id]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Its progress, streamed: a finished call is one final record.

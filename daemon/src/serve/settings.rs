@@ -265,12 +265,17 @@ mod tests {
         let path = dir.path().join("t.toml");
         std::fs::write(
             &path,
-            "listen_quic = \"off\"\nlisten_tcp = \"127.0.0.1:9000\"\n[pairing]\napproval_required = true\n",
+            "listen_quic = \"off\"\nlisten_tcp = \"127.0.0.1:9000\"\noperator_listen = \"127.0.0.2:7444\"\n[pairing]\napproval_required = true\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let mut s = Settings::defaults(dir.path().to_owned());
+        assert_eq!(s.operator_listen, None, "remote operators only when asked");
         s.apply_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.listen_quic, None);
+        assert_eq!(
+            s.operator_listen,
+            Some("127.0.0.2:7444".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
         assert_eq!(
             s.listen_tcp,
             Some("127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}")))
